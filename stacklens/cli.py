@@ -1,0 +1,119 @@
+"""The `stacklens` command line (typer + rich); every command has a `--json` twin."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stacklens.errors import StacklensError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Multi-layer tracing and diagnosis for OpenStack clouds.")
+
+DEFAULT_STORE = os.environ.get("STACKLENS_STORE", "stacklens-store")
+StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory (env STACKLENS_STORE).")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
+
+
+def _store(path: str, create: bool = False):
+    from stacklens.store import Store
+    return Store(path, create=create)
+
+
+@app.command()
+def ingest(paths: list[Path] = typer.Argument(..., help="Trace bundles, trace directories or files."),
+           store: str = StoreOpt,
+           host: Optional[str] = typer.Option(None, help="Host of every part (overrides bundle.toml)."),
+           tz: Optional[str] = typer.Option(None, help="Time zone of text timestamps (UTC, +02:00, Europe/Paris)."),
+           json_out: bool = JsonOpt) -> None:
+    """Read every recognised part under PATHS into the store (idempotent)."""
+    from stacklens.views.ingest_report import run_ingest
+    code = run_ingest(_store(store, create=True), paths, host=host, tz=tz, json_out=json_out)
+    raise typer.Exit(code)
+
+
+@app.command()
+def info(store: str = StoreOpt, json_out: bool = JsonOpt,
+         top: int = typer.Option(30, help="Event names to list (0: all).")) -> None:
+    """Hosts, layers, sources, time range, event counts per name, lost events."""
+    from stacklens.views.info import show_info
+    show_info(_store(store), json_out=json_out, top=top)
+
+
+@app.command()
+def events(store: str = StoreOpt,
+           name: Optional[str] = typer.Option(None, help="Event name (SQL LIKE pattern with %)."),
+           host: Optional[str] = typer.Option(None),
+           layer: Optional[str] = typer.Option(None),
+           request: Optional[str] = typer.Option(None, help="Request id."),
+           from_: Optional[str] = typer.Option(None, "--from", help="Start: ISO time (UTC) or ns."),
+           to: Optional[str] = typer.Option(None, "--to", help="End (exclusive): ISO time or ns."),
+           limit: int = typer.Option(50, help="Rows at most (0: all)."),
+           json_out: bool = JsonOpt) -> None:
+    """Events in time order, filtered."""
+    from stacklens.views.events import show_events
+    show_events(_store(store), name=name, host=host, layer=layer, request=request,
+                start=parse_time(from_), end=parse_time(to), limit=limit, json_out=json_out)
+
+
+@app.command()
+def sql(query: str = typer.Argument(..., help="DuckDB SQL; tables: events, lost, sources."),
+        store: str = StoreOpt,
+        csv: bool = typer.Option(False, "--csv", help="CSV on stdout."),
+        json_out: bool = JsonOpt) -> None:
+    """Run SQL over the event table."""
+    from stacklens.views.sql import run_sql
+    run_sql(_store(store), query, csv=csv, json_out=json_out)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("out/demo-store"), help="Store to (re)create."),
+         data: Optional[Path] = typer.Option(None, help="The shared data directory.")) -> None:
+    """Ingest the real traces and logs of the shared data set, then show `info`."""
+    from stacklens.views.demo import run_demo
+    raise typer.Exit(run_demo(out, data))
+
+
+_ISO = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def parse_time(text: Optional[str]) -> Optional[int]:
+    """ns since the epoch from an integer or an ISO 8601 time (UTC unless an offset is given)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    m = _ISO.match(text)
+    if not m:
+        raise StacklensError(f"cannot read time {text!r}: give ns since the epoch or YYYY-MM-DDTHH:MM:SS[.fff][Z|±HH:MM]")
+    base = dt.datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}")
+    tz = m.group(4)
+    if tz and tz != "Z":
+        tz = tz if ":" in tz else tz[:3] + ":" + tz[3:]
+        base = dt.datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}{tz}")
+    else:
+        base = base.replace(tzinfo=dt.timezone.utc)
+    frac = int((m.group(3) or "0").ljust(9, "0"))
+    return int(base.timestamp()) * 1_000_000_000 + frac
+
+
+def main() -> None:
+    try:
+        app()
+    except StacklensError as e:
+        print(f"stacklens: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("stacklens: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

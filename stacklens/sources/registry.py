@@ -1,0 +1,41 @@
+"""The readers stacklens knows, in the order they are tried on a part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stacklens.sources.base import Reader
+from stacklens.sources.oslo_log import OsloLogReader
+
+HEAD_BYTES = 16384
+
+
+def readers() -> list[type[Reader]]:
+    found: list[type[Reader]] = []
+    try:
+        from stacklens.sources.ctf import CtfReader
+        found.append(CtfReader)
+    except ImportError:  # the CTF package may be absent in a partial checkout
+        pass
+    found.append(OsloLogReader)
+    return found
+
+
+def recognise(path: Path) -> type[Reader] | None:
+    """The reader for `path`, chosen by content (file head, or directory layout)."""
+    if path.is_dir():
+        for r in readers():
+            if r.is_directory and r.sniff(path, b""):
+                return r
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError:
+        return None
+    if b"\0" in head[:1024]:
+        return None  # binary files are never text logs; CTF streams live inside trace dirs
+    for r in readers():
+        if not r.is_directory and r.sniff(path, head):
+            return r
+    return None

@@ -1,0 +1,137 @@
+"""Ingest: run the right reader on every part of a bundle and write its rows to the store.
+
+Idempotent by content: a part's id is the hash of its bytes (of every file, for a trace
+directory); a part already in the store is skipped, so ingesting twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from stacklens.errors import SourceError, StacklensError
+from stacklens.sources.base import ReadOptions
+from stacklens.sources.bundle import Part, discover
+from stacklens.store.store import Store
+
+HASH_CHUNK = 1 << 20
+
+
+@dataclass
+class PartResult:
+    path: str
+    status: str  # ingested | already | unrecognised | rejected
+    format: str | None = None
+    host: str | None = None
+    src: str | None = None
+    rows: int = 0
+    skipped: int = 0
+    lost: int = 0
+    message: str | None = None  # why rejected / what was skipped
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def source_id(path: Path) -> str:
+    """Content hash of a file, or of a directory's files (relative names and bytes)."""
+    h = hashlib.blake2b(digest_size=12)
+    files = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(HASH_CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def part_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
+
+
+def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | None = None,
+           on_part: Callable[[Part, int], None] | None = None,
+           on_progress: Callable[[int], None] | None = None) -> list[PartResult]:
+    """Ingest every part under `paths`. `host`/`tz` override the bundle's settings.
+    `on_part(part, size)` is called before each part, `on_progress(nbytes)` as bytes are read."""
+    results = []
+    for part in discover(paths):
+        size = part_size(part.path)
+        if on_part:
+            on_part(part, size)
+        reported = 0
+
+        def progress(n: int) -> None:
+            nonlocal reported
+            n = max(0, min(n, size - reported))
+            reported += n
+            if on_progress and n:
+                on_progress(n)
+
+        results.append(_ingest_part(store, part, host, tz, progress))
+        progress(size - reported)
+    return results
+
+
+def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,
+                 progress: Callable[[int], None]) -> PartResult:
+    path = str(part.path)
+    if part.reader is None:
+        return PartResult(path, "unrecognised", message="not a recognised format")
+    fmt = part.reader.format
+    try:
+        src = source_id(part.path)
+    except OSError as e:
+        return PartResult(path, "rejected", fmt, message=f"cannot read: {e.strerror or e}")
+    if store.has_source(src):
+        return PartResult(path, "already", fmt, src=src, message="already in the store")
+    options = ReadOptions(host=host or part.host, tz=tz or part.tz, on_progress=progress)
+    reader = part.reader(part.path, options)
+    writer = store.writer(src)
+    resolved_host: str | None = None
+    try:
+        for table in reader.tables():
+            if resolved_host is None:
+                resolved_host = options.host or reader.report.host_hint or "unknown"
+            consts = {"host": resolved_host, "source": fmt}
+            if part.layer:
+                table = table.drop_columns([c for c in ("layer",) if c in table.column_names])
+                consts["layer"] = part.layer
+            elif "layer" not in table.column_names:
+                consts["layer"] = reader.layer
+            writer.write(table, **consts)
+        if resolved_host is None:
+            resolved_host = options.host or reader.report.host_hint or "unknown"
+        lost = reader.lost()
+        if lost is not None and lost.num_rows:
+            writer.write_lost(lost, host=resolved_host)
+    except SourceError as e:
+        writer.abort()
+        return PartResult(path, "rejected", fmt, message=e.problem)
+    except StacklensError as e:
+        writer.abort()
+        return PartResult(path, "rejected", fmt, message=str(e))
+    except (MemoryError, KeyboardInterrupt):
+        writer.abort()
+        raise
+    except Exception as e:  # a reader bug must not take the other parts down
+        writer.abort()
+        if os.environ.get("STACKLENS_DEBUG"):
+            raise
+        return PartResult(path, "rejected", fmt, message=f"internal error: {type(e).__name__}: {e}")
+    rep = reader.report
+    record = writer.commit({
+        "path": path, "format": fmt, "host": resolved_host,
+        "layer": part.layer or reader.layer, "bytes": part_size(part.path),
+        "skipped": rep.skipped, "bad_positions": rep.bad_positions, "notes": rep.notes,
+    })
+    return PartResult(path, "ingested", fmt, resolved_host, src, rows=record["rows"],
+                      skipped=rep.skipped, lost=record["lost"], message=rep.summary(reader.unit),
+                      notes=list(rep.notes))
