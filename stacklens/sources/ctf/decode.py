@@ -1,0 +1,833 @@
+"""Compiled decoding of CTF streams.
+
+Each layout (packet header + context, event header, stream event context, and every event
+class) is compiled once into a small program of fixed-width instructions (`OPW` int64
+words each). One numba-compiled loop (`decode_stream`) walks the packets of a stream file,
+runs the programs and writes every decoded scalar into one int64 slot buffer: an event is a
+record of slots at `ev_base[i]`, arrays/sequences put their elements further in the same
+buffer. Nothing per event is a Python object; columns are then gathered per event class
+with NumPy (`build_columns`).
+
+All reads are checked against the packet's content size before they happen, array and
+sequence lengths against the bits left in the packet, so corrupt data yields an error code
+(never an out-of-bounds access or an unbounded allocation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+import pyarrow as pa
+
+from .types import (BE, ArrayType, BlobType, CtfType, EnumType, EventClass, FloatType, IntType,
+                    OptionalType, SequenceType, StreamClass, StringType, StructType,
+                    TraceMetadata, VariantType)
+from .tsdl import MetadataError, strip_underscore
+
+# --- instruction set -----------------------------------------------------------------
+OPW = 8
+OP_END, OP_ALIGN, OP_INT, OP_FLOAT, OP_STRING, OP_CHARS, OP_LOOP, OP_LOOP_END, OP_VARIANT, \
+    OP_JUMP, OP_BLOB, OP_OPT = range(12)
+
+F_SIGNED, F_BE, F_CLOCK, F_ID, F_PSIZE, F_CSIZE, F_MAGIC, F_SID = 1, 2, 4, 8, 16, 32, 64, 128
+F_DISC = 256
+
+# st[] indices: the mutable state of the decoder, kept between calls
+S_BIT, S_END, S_CLOCK, S_ATOP, S_PSIZE, S_CSIZE, S_ID, S_SID, S_CAP, S_ERRV, S_P, S_PHASE, \
+    S_PKTEND, S_NPKT, S_DISC = range(15)
+NST = 16
+
+# status codes
+OK, FULL, DONE = 0, 1, 2
+E_TRUNC, E_PSIZE, E_MAGIC, E_SID, E_EVID, E_VARIANT, E_LEN, E_STRING, E_DEPTH, E_CSIZE = \
+    -1, -2, -3, -4, -5, -6, -7, -8, -9, -10
+
+ERRORS = {
+    E_TRUNC: "event or packet field extends past the end of the packet content",
+    E_PSIZE: "bad packet size",
+    E_MAGIC: "bad packet magic number",
+    E_SID: "packet of another stream class in the same stream file",
+    E_EVID: "unknown event class id",
+    E_VARIANT: "variant selector value selects no option",
+    E_LEN: "array/sequence length exceeds the packet",
+    E_STRING: "unterminated string",
+    E_DEPTH: "nesting too deep",
+    E_CSIZE: "packet content size larger than packet size",
+}
+
+CTF_MAGIC = 0xC1FC1FC1
+MAX_DEPTH = 32
+
+
+# --- the numba kernel ----------------------------------------------------------------
+@numba.njit(cache=True, inline="always")
+def _read_bits(data, byte0, shift, size, be):
+    nbytes = (shift + size + 7) >> 3
+    v = np.uint64(0)
+    if be == 0:
+        if shift == 0:
+            for i in range(nbytes):
+                v |= np.uint64(data[byte0 + i]) << np.uint64(8 * i)
+        else:
+            for i in range(nbytes):
+                b = np.uint64(data[byte0 + i])
+                s = 8 * i - shift
+                if s >= 0:
+                    v |= b << np.uint64(s)
+                else:
+                    v |= b >> np.uint64(-s)
+    else:
+        if nbytes == 1:
+            v = np.uint64(data[byte0]) >> np.uint64(8 - shift - size)
+        else:
+            v = np.uint64(data[byte0]) & np.uint64(0xFF >> shift)
+            for i in range(1, nbytes - 1):
+                v = (v << np.uint64(8)) | np.uint64(data[byte0 + i])
+            tail = nbytes * 8 - shift - size
+            v = (v << np.uint64(8 - tail)) | (np.uint64(data[byte0 + nbytes - 1]) >> np.uint64(tail))
+    if size < 64:
+        v &= (np.uint64(1) << np.uint64(size)) - np.uint64(1)
+    return v
+
+
+@numba.njit(cache=True)
+def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
+    """Run the program at `pc` writing slots from buf[base]. Returns a status code."""
+    sp = 0
+    while True:
+        op = ops[pc, 0]
+        if op == OP_END:
+            return OK
+        elif op == OP_INT:
+            al = ops[pc, 4]
+            bit = st[S_BIT]
+            if al > 1:
+                bit = (bit + al - 1) & ~(al - 1)
+            size = ops[pc, 2]
+            if bit + size > st[S_END]:
+                return E_TRUNC
+            flags = ops[pc, 3]
+            u = _read_bits(data, P + (bit >> 3), bit & 7, size, flags & F_BE)
+            v = np.int64(u)
+            if flags & F_SIGNED and size < 64:
+                if (u >> np.uint64(size - 1)) & np.uint64(1):
+                    v = v - (np.int64(1) << size)
+            st[S_BIT] = bit + size
+            slot = ops[pc, 1]
+            if slot >= 0:
+                buf[base + slot] = v
+            r = ops[pc, 5]
+            if r >= 0:
+                regs[r] = v
+            if flags > F_BE:
+                if flags & F_CLOCK:
+                    if size >= 64:
+                        st[S_CLOCK] = v
+                    else:
+                        mask = (np.int64(1) << size) - 1
+                        clk = st[S_CLOCK]
+                        if v < (clk & mask):
+                            clk += np.int64(1) << size
+                        st[S_CLOCK] = (clk & ~mask) | v
+                if flags & F_ID:
+                    st[S_ID] = v
+                if flags & F_PSIZE:
+                    st[S_PSIZE] = v
+                if flags & F_CSIZE:
+                    st[S_CSIZE] = v
+                if flags & F_MAGIC:
+                    if v != CTF_MAGIC:
+                        st[S_ERRV] = v
+                        return E_MAGIC
+                if flags & F_SID:
+                    st[S_SID] = v
+                if flags & F_DISC:
+                    st[S_DISC] = v
+            pc += 1
+        elif op == OP_ALIGN:
+            al = ops[pc, 1]
+            st[S_BIT] = (st[S_BIT] + al - 1) & ~(al - 1)
+            if st[S_BIT] > st[S_END]:
+                return E_TRUNC
+            pc += 1
+        elif op == OP_STRING:
+            bit = (st[S_BIT] + 7) & ~7
+            start = P + (bit >> 3)
+            end = P + (st[S_END] >> 3)
+            i = start
+            while i < end and data[i] != 0:
+                i += 1
+            if i >= end:
+                return E_STRING
+            slot = ops[pc, 1]
+            buf[base + slot] = start
+            buf[base + slot + 1] = i - start
+            st[S_BIT] = (i + 1 - P) << 3
+            pc += 1
+        elif op == OP_CHARS:
+            al = ops[pc, 4]
+            bit = st[S_BIT]
+            if al > 1:
+                bit = (bit + al - 1) & ~(al - 1)
+            n = ops[pc, 2]
+            if n < 0:
+                n = regs[ops[pc, 3]]
+            if n < 0 or bit + n * 8 > st[S_END]:
+                st[S_ERRV] = n
+                return E_LEN
+            start = P + (bit >> 3)
+            i = start
+            while i < start + n and data[i] != 0:
+                i += 1
+            slot = ops[pc, 1]
+            buf[base + slot] = start
+            buf[base + slot + 1] = i - start
+            st[S_BIT] = bit + n * 8
+            pc += 1
+        elif op == OP_FLOAT:
+            al = ops[pc, 4]
+            bit = st[S_BIT]
+            if al > 1:
+                bit = (bit + al - 1) & ~(al - 1)
+            size = ops[pc, 2]
+            if bit + size > st[S_END]:
+                return E_TRUNC
+            u = _read_bits(data, P + (bit >> 3), bit & 7, size, ops[pc, 3] & F_BE)
+            buf[base + ops[pc, 1]] = np.int64(u)
+            st[S_BIT] = bit + size
+            pc += 1
+        elif op == OP_LOOP:
+            al = ops[pc, 7]
+            if al > 1:
+                st[S_BIT] = (st[S_BIT] + al - 1) & ~(al - 1)
+            n = ops[pc, 2]
+            if n < 0:
+                n = regs[ops[pc, 3]]
+            minbits = ops[pc, 6]
+            left = st[S_END] - st[S_BIT]
+            if n < 0 or (minbits > 0 and n * minbits > left) or (minbits == 0 and n > 65536):
+                st[S_ERRV] = n
+                return E_LEN
+            k = ops[pc, 4]
+            atop = st[S_ATOP]
+            if atop + n * k > st[S_CAP]:
+                return FULL
+            slot = ops[pc, 1]
+            buf[base + slot] = atop
+            buf[base + slot + 1] = n
+            if n == 0:
+                pc = ops[pc, 5]
+            else:
+                if sp + 3 > stack.shape[0]:
+                    return E_DEPTH
+                stack[sp] = pc
+                stack[sp + 1] = n
+                stack[sp + 2] = base
+                sp += 3
+                base = atop
+                st[S_ATOP] = atop + n * k
+                pc += 1
+        elif op == OP_LOOP_END:
+            begin = stack[sp - 3]
+            stack[sp - 2] -= 1
+            if stack[sp - 2] > 0:
+                base += ops[begin, 4]
+                pc = begin + 1
+            else:
+                base = stack[sp - 1]
+                sp -= 3
+                pc += 1
+        elif op == OP_VARIANT:
+            tag = regs[ops[pc, 2]]
+            t0 = ops[pc, 3]
+            target = -1
+            opt = -1
+            for j in range(t0, t0 + ops[pc, 4]):
+                if vtab[j, 0] <= tag <= vtab[j, 1]:
+                    target = vtab[j, 2]
+                    opt = vtab[j, 3]
+                    break
+            if target < 0:
+                st[S_ERRV] = tag
+                return E_VARIANT
+            buf[base + ops[pc, 1]] = opt
+            pc = target
+        elif op == OP_JUMP:
+            pc = ops[pc, 1]
+        elif op == OP_OPT:
+            sel = regs[ops[pc, 2]]
+            n = ops[pc, 4]
+            present = False
+            if n < 0:
+                present = sel != 0
+            else:
+                t0 = ops[pc, 3]
+                for j in range(t0, t0 + n):
+                    if vtab[j, 0] <= sel <= vtab[j, 1]:
+                        present = True
+                        break
+            buf[base + ops[pc, 1]] = 1 if present else 0
+            pc = pc + 1 if present else ops[pc, 5]
+        elif op == OP_BLOB:
+            bit = (st[S_BIT] + 7) & ~7
+            n = ops[pc, 2]
+            if bit + n * 8 > st[S_END]:
+                return E_TRUNC
+            buf[base + ops[pc, 1]] = P + (bit >> 3)
+            st[S_BIT] = bit + n * 8
+            pc += 1
+        else:
+            return E_DEPTH
+
+
+@numba.njit(cache=True)
+def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, stack,
+                  ev_class, ev_ts, ev_base, ev_pkt, pkt_base, pkt_off, pkt_size, pkt_csize):
+    """Decode events of one stream file from the state in `st` until it ends or a buffer is
+    full. entries = [packet program, header program, stream-event-context program,
+    class programs...]; class_k = [slots of header + stream event context, slots of each
+    class]. Packet records go to buf too (their base in pkt_base). Returns (status,
+    events, packets) decoded in this call; on FULL the caller flushes and calls again."""
+    nev = 0
+    npk = 0
+    n = data.shape[0]
+    kh = class_k[0]
+    kp = class_k[class_k.shape[0] - 1]  # last entry: slots of the packet record
+    maxev = ev_class.shape[0]
+    maxpk = pkt_off.shape[0]
+    ci = 0
+    while True:
+        if st[S_PHASE] == 0:
+            # start of a packet
+            P = st[S_P]
+            if P >= n:
+                return DONE, nev, npk
+            if npk >= maxpk:
+                return FULL, nev, npk
+            base = st[S_ATOP]
+            if base + kp > st[S_CAP]:
+                return FULL, nev, npk
+            st[S_ATOP] = base + kp
+            st[S_BIT] = 0
+            st[S_END] = (n - P) * 8
+            st[S_PSIZE] = -1
+            st[S_CSIZE] = -1
+            st[S_DISC] = 0
+            status = _exec(ops, vtab, entries[0], base, data, P, st, buf, regs, stack)
+            if status != OK:
+                if status == FULL:
+                    st[S_ATOP] = base
+                return status, nev, npk
+            psize = st[S_PSIZE]
+            csize = st[S_CSIZE]
+            if psize < 0:
+                psize = (n - P) * 8
+            if csize < 0:
+                csize = psize
+            if psize % 8 != 0 or psize <= 0 or psize // 8 > n - P:
+                st[S_ERRV] = psize
+                return E_PSIZE, nev, npk
+            if csize > psize or csize < st[S_BIT]:
+                st[S_ERRV] = csize
+                return E_CSIZE, nev, npk
+            st[S_END] = csize
+            st[S_PKTEND] = P + psize // 8
+            pkt_off[npk] = P
+            pkt_size[npk] = psize
+            pkt_csize[npk] = csize
+            pkt_base[npk] = base
+            st[S_NPKT] += 1
+            npk += 1
+            st[S_PHASE] = 1
+        # events of the current packet
+        P = st[S_P]
+        if st[S_BIT] >= st[S_END]:
+            st[S_P] = st[S_PKTEND]
+            st[S_PHASE] = 0
+            continue
+        if nev >= maxev:
+            return FULL, nev, npk
+        bit0 = st[S_BIT]
+        clk0 = st[S_CLOCK]
+        base = st[S_ATOP]
+        if base + kh > st[S_CAP]:
+            return FULL, nev, npk
+        st[S_ATOP] = base + kh
+        st[S_ID] = 0
+        status = _exec(ops, vtab, entries[1], base, data, P, st, buf, regs, stack)
+        if status == OK:
+            # class lookup by binary search over the sorted ids
+            eid = st[S_ID]
+            lo = 0
+            hi = class_ids.shape[0]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if class_ids[mid] < eid:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo >= class_ids.shape[0] or class_ids[lo] != eid:
+                st[S_ERRV] = eid
+                status = E_EVID
+            else:
+                ci = lo
+                if base + kh + class_k[ci + 1] > st[S_CAP]:
+                    status = FULL
+                else:
+                    st[S_ATOP] = base + kh + class_k[ci + 1]
+                    status = _exec(ops, vtab, entries[2], base, data, P, st, buf, regs, stack)
+                    if status == OK:
+                        status = _exec(ops, vtab, entries[3 + ci], base + kh, data, P, st, buf,
+                                       regs, stack)
+        if status != OK:
+            # roll back to the event start: after a flush (FULL) the next call resumes here
+            st[S_BIT] = bit0
+            st[S_CLOCK] = clk0
+            st[S_ATOP] = base
+            return status, nev, npk
+        ev_class[nev] = ci
+        ev_ts[nev] = st[S_CLOCK]
+        ev_base[nev] = base
+        ev_pkt[nev] = st[S_NPKT] - 1
+        nev += 1
+
+
+# --- layout nodes (how slots map back to values) ---------------------------------------
+@dataclass
+class Node:
+    kind: str  # int, enum, float, string, blob, struct, list, variant, optional
+    slot: int = 0
+    type: object = None
+    children: list[tuple[str, "Node"]] = field(default_factory=list)
+    elem_k: int = 0  # list: slots per element
+
+
+@dataclass
+class CompiledClass:
+    cls: EventClass
+    index: int
+    entry: int
+    k: int  # slots of context + payload
+    context: Node | None
+    payload: Node | None
+
+
+@dataclass
+class CompiledStream:
+    """Everything `decode_stream` needs for one stream class."""
+
+    sclass: StreamClass
+    ops: np.ndarray
+    vtab: np.ndarray
+    entries: np.ndarray
+    class_ids: np.ndarray
+    class_k: np.ndarray
+    nregs: int
+    packet: Node  # packet header + context (slots of pkt_rec)
+    packet_k: int
+    header: Node | None
+    stream_ctx: Node | None
+    kh: int
+    classes: list[CompiledClass]
+    packet_fields: dict[str, tuple[int, IntType]]  # role/name -> (slot, type) in pkt_rec
+    clock: str | None
+
+
+SCOPES = {
+    ("trace", "packet", "header"): "trace.packet.header",
+    ("stream", "packet", "context"): "stream.packet.context",
+    ("stream", "event", "header"): "stream.event.header",
+    ("stream", "event", "context"): "stream.event.context",
+    ("event", "context"): "event.context",
+    ("event", "fields"): "event.fields",
+}
+
+
+class _Compiler:
+    def __init__(self, meta: TraceMetadata) -> None:
+        self.meta = meta
+        self.ops: list[list[int]] = []
+        self.vtab: list[list[int]] = []
+        self.nregs = 0
+        self.symbols: dict[tuple[str, ...], tuple[int, CtfType]] = {}
+        self.root = ""
+        self.clock_names = set(meta.clocks)
+
+    def emit(self, *words: int) -> int:
+        w = list(words) + [0] * (OPW - len(words))
+        self.ops.append(w)
+        return len(self.ops) - 1
+
+    # Resolution of a length/selector path, relative (searched outwards) or absolute.
+    def resolve(self, ref: tuple[str, ...], path: list[str]) -> tuple[int, CtfType]:
+        for n in (3, 2):
+            if tuple(ref[:n]) in SCOPES:
+                key = (SCOPES[tuple(ref[:n])], *ref[n:])
+                if key in self.symbols:
+                    return self.symbols[key]
+                raise MetadataError(f"field {'.'.join(ref)!r} not found")
+        for k in range(len(path), 0, -1):
+            key = (*path[:k], *ref)
+            if key in self.symbols:
+                return self.symbols[key]
+        raise MetadataError(f"field {'.'.join(ref)!r} not found")
+
+    def compile(self, t: CtfType, path: list[str], alloc: list[int], flags_of=None) -> Node:
+        """Emit ops for `t`; slots come from alloc[0] (a counter for the enclosing record)."""
+        if len(path) > MAX_DEPTH:
+            raise MetadataError("metadata nesting too deep")
+        if isinstance(t, (IntType, EnumType)):
+            it = t.int_type if isinstance(t, EnumType) else t
+            slot = alloc[0]
+            alloc[0] += 1
+            reg = self.nregs
+            self.nregs += 1
+            self.symbols[tuple(path)] = (reg, t)
+            flags = (F_SIGNED if it.signed else 0) | (F_BE if it.byte_order == BE else 0)
+            if flags_of is not None:
+                flags |= flags_of(path, it)
+            self.emit(OP_INT, slot, it.size, flags, it.align, reg)
+            return Node("enum" if isinstance(t, EnumType) else "int", slot, t)
+        if isinstance(t, FloatType):
+            slot = alloc[0]
+            alloc[0] += 1
+            if t.size not in (32, 64):
+                raise MetadataError(f"unsupported floating point size {t.size}")
+            self.emit(OP_FLOAT, slot, t.size, F_BE if t.byte_order == BE else 0, t.align)
+            return Node("float", slot, t)
+        if isinstance(t, StringType):
+            slot = alloc[0]
+            alloc[0] += 2
+            self.emit(OP_STRING, slot)
+            return Node("string", slot, t)
+        if isinstance(t, BlobType):
+            slot = alloc[0]
+            alloc[0] += 1
+            self.emit(OP_BLOB, slot, t.length)
+            return Node("blob", slot, t)
+        if isinstance(t, StructType):
+            if t.align > 1:
+                self.emit(OP_ALIGN, t.align)
+            node = Node("struct", 0, t)
+            for name, ft in t.fields:
+                node.children.append((name, self.compile(ft, [*path, name], alloc, flags_of)))
+            return node
+        if isinstance(t, (ArrayType, SequenceType)):
+            el = t.element
+            reg = -1
+            if isinstance(t, SequenceType):
+                reg, lt = self.resolve(t.length_ref, path[:-1])
+                lit = lt.int_type if isinstance(lt, EnumType) else lt
+                if not isinstance(lit, IntType) or lit.signed:
+                    raise MetadataError(f"sequence length {'.'.join(t.length_ref)!r} is not an unsigned integer")
+            n = t.length if isinstance(t, ArrayType) else -1
+            if isinstance(el, IntType) and el.encoding and el.size == 8 and el.align % 8 == 0:
+                slot = alloc[0]
+                alloc[0] += 2
+                self.emit(OP_CHARS, slot, n, reg, el.align)
+                return Node("string", slot, t)
+            slot = alloc[0]
+            alloc[0] += 2
+            at = self.emit(OP_LOOP, slot, n, reg, 0, 0, 0, el.align)
+            ealloc = [0]
+            child = self.compile(el, [*path, "[]"], ealloc, flags_of)
+            self.emit(OP_LOOP_END, at)
+            self.ops[at][4] = ealloc[0]
+            self.ops[at][5] = len(self.ops)
+            self.ops[at][6] = _min_bits(el)
+            return Node("list", slot, t, [("", child)], ealloc[0])
+        if isinstance(t, VariantType):
+            reg, tt = self.resolve(t.tag_ref, path[:-1])
+            slot = alloc[0]
+            alloc[0] += 1
+            at = self.emit(OP_VARIANT, slot, reg, 0, 0)
+            if t.option_ranges is None:
+                if not isinstance(tt, EnumType):
+                    raise MetadataError(f"variant selector {'.'.join(t.tag_ref)!r} is not an enumeration")
+                ranges: list[tuple[int, int, int]] = []
+                names = [o for o, _ in t.options]
+                for label, lo, hi in tt.mappings:
+                    k = _match_option(label, names)
+                    if k >= 0:
+                        ranges.append((lo, hi, k))
+            else:
+                if not isinstance(tt, (IntType, EnumType)):
+                    raise MetadataError(f"variant selector {'.'.join(t.tag_ref)!r} is not an integer")
+                ranges = [(lo, hi, k) for k, rs in enumerate(t.option_ranges) for lo, hi in rs]
+            node = Node("variant", slot, t)
+            targets = []
+            jumps = []
+            for name, ot in t.options:
+                targets.append(len(self.ops))
+                node.children.append((name, self.compile(ot, [*path, name], alloc, flags_of)))
+                jumps.append(self.emit(OP_JUMP, 0))
+            end = len(self.ops)
+            for j in jumps:
+                self.ops[j][1] = end
+            t0 = len(self.vtab)
+            for lo, hi, k in ranges:
+                self.vtab.append([lo, hi, targets[k], k])
+            self.ops[at][3] = t0
+            self.ops[at][4] = len(ranges)
+            return node
+        if isinstance(t, OptionalType):
+            reg, _ = self.resolve(t.selector_ref, path[:-1])
+            slot = alloc[0]
+            alloc[0] += 1
+            t0 = len(self.vtab)
+            n = -1
+            if t.ranges is not None:
+                for lo, hi in t.ranges:
+                    self.vtab.append([lo, hi, 0, 0])
+                n = len(t.ranges)
+            at = self.emit(OP_OPT, slot, reg, t0, n, 0)
+            child = self.compile(t.element, [*path, ""], alloc, flags_of)
+            self.ops[at][5] = len(self.ops)
+            return Node("optional", slot, t, [("", child)])
+        raise MetadataError(f"unsupported type {type(t).__name__}")
+
+    def program(self, t: StructType | None, root: str, alloc: list[int], flags_of=None) -> tuple[int, Node | None]:
+        entry = len(self.ops)
+        node = self.compile(t, [root], alloc, flags_of) if t is not None else None
+        self.emit(OP_END)
+        return entry, node
+
+
+def _match_option(label: str, names: list[str]) -> int:
+    """Variant option selected by an enum label (CTF 1.8: an option may carry one extra
+    leading underscore that protects a reserved word)."""
+    if label in names:
+        return names.index(label)
+    for i, n in enumerate(names):
+        if n.startswith("_") and n[1:] == label:
+            return i
+    return -1
+
+
+def _min_bits(t: CtfType) -> int:
+    if isinstance(t, (IntType, FloatType)):
+        return t.size
+    if isinstance(t, EnumType):
+        return t.int_type.size
+    if isinstance(t, StringType):
+        return 8
+    if isinstance(t, BlobType):
+        return t.length * 8
+    if isinstance(t, StructType):
+        return sum(_min_bits(f) for _, f in t.fields)
+    if isinstance(t, ArrayType):
+        return t.length * _min_bits(t.element)
+    return 0
+
+
+ROLE_BY_NAME = {
+    "magic": "packet-magic-number", "stream_id": "data-stream-class-id",
+    "packet_size": "packet-total-length", "content_size": "packet-content-length",
+    "timestamp_begin": "default-clock-timestamp", "timestamp_end": "packet-end-default-clock-timestamp",
+    "events_discarded": "discarded-event-record-counter-snapshot",
+}
+
+
+def compile_stream(meta: TraceMetadata, sclass: StreamClass) -> CompiledStream:
+    c = _Compiler(meta)
+    single_clock = next(iter(meta.clocks)) if len(meta.clocks) == 1 else None
+    clock_name = sclass.default_clock
+
+    def role(path: list[str], it: IntType) -> str | None:
+        if it.roles:
+            return it.roles[0]
+        if len(path) == 2:
+            return ROLE_BY_NAME.get(path[1])
+        return None
+
+    def pkt_flags(path: list[str], it: IntType) -> int:
+        nonlocal clock_name
+        r = role(path, it)
+        f = 0
+        if path[0] == "trace.packet.header":
+            if r == "packet-magic-number":
+                f |= F_MAGIC
+            elif r == "data-stream-class-id":
+                f |= F_SID
+        else:
+            if r == "packet-total-length":
+                f |= F_PSIZE
+            elif r == "packet-content-length":
+                f |= F_CSIZE
+            elif r == "discarded-event-record-counter-snapshot":
+                f |= F_DISC
+            elif r == "default-clock-timestamp" and (it.clock or single_clock or meta.version == 2):
+                f |= F_CLOCK
+                clock_name = clock_name or it.clock or single_clock
+        return f
+
+    def hdr_flags(path: list[str], it: IntType) -> int:
+        nonlocal clock_name
+        f = 0
+        name = path[-1]
+        if it.roles:
+            if "event-record-class-id" in it.roles:
+                f |= F_ID
+            if "default-clock-timestamp" in it.roles:
+                f |= F_CLOCK
+        else:
+            if name == "id":
+                f |= F_ID
+            if it.clock or (name == "timestamp" and single_clock):
+                f |= F_CLOCK
+                clock_name = clock_name or it.clock or single_clock
+        return f
+
+    def ctx_flags(path: list[str], it: IntType) -> int:
+        return 0  # clock-mapped payload integers do not move the stream clock (as babeltrace2)
+
+    palloc = [0]
+    e_pkt = len(c.ops)
+    pnode = Node("struct", 0, None)
+    if meta.packet_header is not None:
+        pnode.children.append(("packet.header", c.compile(meta.packet_header, ["trace.packet.header"], palloc, pkt_flags)))
+    if sclass.packet_context is not None:
+        pnode.children.append(("packet.context", c.compile(sclass.packet_context, ["stream.packet.context"], palloc, pkt_flags)))
+    c.emit(OP_END)
+    halloc = [0]
+    e_hdr, hnode = c.program(sclass.event_header, "stream.event.header", halloc, hdr_flags)
+    e_sec, snode = c.program(sclass.event_context, "stream.event.context", halloc, ctx_flags)
+    kh = halloc[0]
+    classes: list[CompiledClass] = []
+    entries = [e_pkt, e_hdr, e_sec]
+    ks = [kh]
+    saved = dict(c.symbols)
+    ids = sorted(sclass.events)
+    for i, eid in enumerate(ids):
+        ev = sclass.events[eid]
+        c.symbols = dict(saved)  # event scopes are private to each class
+        alloc = [0]
+        entry = len(c.ops)
+        cnode = c.compile(ev.context, ["event.context"], alloc, ctx_flags) if ev.context else None
+        pl = c.compile(ev.fields, ["event.fields"], alloc, ctx_flags) if ev.fields else None
+        c.emit(OP_END)
+        classes.append(CompiledClass(ev, i, entry, alloc[0], cnode, pl))
+        entries.append(entry)
+        ks.append(alloc[0])
+    ks.append(max(palloc[0], 1))  # last: slots of the packet record
+    # slots of well-known packet fields, for packets/lost-event reporting
+    pf: dict[str, tuple[int, IntType]] = {}
+    for scope_name, n in pnode.children:
+        for name, child in n.children:
+            if child.kind in ("int", "enum"):
+                it = child.type.int_type if isinstance(child.type, EnumType) else child.type
+                key = (it.roles[0] if it.roles else ROLE_BY_NAME.get(name, name))
+                pf.setdefault(key, (child.slot, it))
+                pf.setdefault(name, (child.slot, it))
+    if clock_name is None and meta.clocks:
+        clock_name = single_clock
+    return CompiledStream(sclass, np.array(c.ops, dtype=np.int64).reshape(-1, OPW),
+                          np.array(c.vtab, dtype=np.int64).reshape(-1, 4), np.array(entries, dtype=np.int64),
+                          np.array(ids, dtype=np.int64), np.array(ks, dtype=np.int64), max(c.nregs, 1),
+                          pnode, max(palloc[0], 1), hnode, snode, kh, classes, pf, clock_name)
+
+
+# --- from slots back to Arrow ------------------------------------------------------------
+def _ints(buf: np.ndarray, idx: np.ndarray, t: IntType) -> pa.Array:
+    v = buf[idx]
+    if t.size == 64 and not t.signed:
+        return pa.array(v.view(np.uint64))
+    return pa.array(v)
+
+
+def build(node: Node, buf: np.ndarray, idx: np.ndarray, data: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """Arrow array of `node`'s values for the records whose slot base is `idx`."""
+    k = node.kind
+    mask = None if valid is None else ~valid
+    if k in ("int", "enum"):
+        it = node.type.int_type if isinstance(node.type, EnumType) else node.type
+        v = buf[idx + node.slot]
+        if it.size == 64 and not it.signed:
+            return pa.array(v.view(np.uint64), mask=mask)
+        return pa.array(v, mask=mask)
+    if k == "float":
+        v = buf[idx + node.slot]
+        if node.type.size == 32:
+            return pa.array(v.astype(np.uint32).view(np.float32), mask=mask)
+        return pa.array(v.view(np.float64), mask=mask)
+    if k == "string":
+        starts = buf[idx + node.slot]
+        lens = buf[idx + node.slot + 1]
+        if valid is not None:
+            lens = np.where(valid, lens, 0)
+        return _strings(data, starts, lens, mask)
+    if k == "blob":
+        n = node.type.length
+        starts = buf[idx + node.slot]
+        if len(starts) == 0:
+            return pa.array([], pa.string())
+        gather = starts[:, None] + np.arange(n)[None, :]
+        raw = data[np.clip(gather, 0, len(data) - 1)]
+        hexs = [bytes(r).hex() for r in raw]
+        return pa.array(hexs, mask=mask)
+    if k == "struct":
+        if not node.children:
+            return pa.array([{}] * len(idx), pa.struct([]))  # rare: empty struct
+        arrays = [build(c, buf, idx, data, valid) for _, c in node.children]
+        names = [strip_underscore(n) for n, _ in node.children]
+        return pa.StructArray.from_arrays(arrays, names=names, mask=pa.array(mask) if mask is not None else None)
+    if k == "list":
+        starts = buf[idx + node.slot]
+        counts = buf[idx + node.slot + 1]
+        if valid is not None:
+            counts = np.where(valid, counts, 0)
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        total = int(offsets[-1])
+        if total:
+            # element i of row r lives at starts[r] + i * elem_k
+            within = np.arange(total) - np.repeat(offsets[:-1], counts)
+            cidx = np.repeat(starts, counts) + within * node.elem_k
+        else:
+            cidx = np.zeros(0, dtype=np.int64)
+        child = build(node.children[0][1], buf, cidx, data)
+        return pa.LargeListArray.from_arrays(pa.array(offsets), child, mask=pa.array(mask) if mask is not None else None)
+    if k == "variant":
+        sel = buf[idx + node.slot]
+        arrays, names = [], []
+        for i, (n, c) in enumerate(node.children):
+            ok = sel == i if valid is None else (sel == i) & valid
+            arrays.append(build(c, buf, idx, data, ok))
+            names.append(strip_underscore(n))
+        return pa.StructArray.from_arrays(arrays, names=names, mask=pa.array(mask) if mask is not None else None)
+    if k == "optional":
+        present = buf[idx + node.slot] != 0
+        if valid is not None:
+            present &= valid
+        return build(node.children[0][1], buf, idx, data, present)
+    raise ValueError(k)
+
+
+def _strings(data: np.ndarray, starts: np.ndarray, lens: np.ndarray, mask: np.ndarray | None) -> pa.Array:
+    n = len(starts)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    total = int(offsets[-1])
+    if total:
+        src = np.repeat(starts - offsets[:-1], lens) + np.arange(total)
+        chars = data[src]
+    else:
+        chars = np.zeros(0, dtype=np.uint8)
+    validity = None
+    if mask is not None and mask.any():
+        validity = pa.array(~mask).buffers()[1]
+        nulls = int(mask.sum())
+    else:
+        nulls = 0
+    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()),
+                                           validity, nulls)
+    # invalid UTF-8 bytes would make later consumers fail: replace them
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        py = [None if (mask is not None and mask[i]) else bytes(chars[offsets[i]:offsets[i + 1]]).decode("utf-8", "replace")
+              for i in range(n)]
+        arr = pa.array(py, pa.large_string())
+    return arr
