@@ -1,0 +1,196 @@
+"""Our own CTF reader (CTF 1.8 TSDL and CTF 2 JSON metadata): LTTng kernel and UST traces.
+
+`CtfReader` turns one CTF trace directory into rows of the common event table;
+`open_trace` gives the lower-level API (metadata, env, clocks, typed per-class batches).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stacklens.errors import SourceError
+from stacklens.sources.base import Reader, ReadOptions, json_objects
+
+from .jsonify import json_column
+from .streams import Chunk, CtfTrace, Part, TraceError, merge, merged_order
+
+__all__ = ["CtfReader", "CtfTrace", "open_trace", "find_traces", "is_ctf_metadata"]
+
+MAX_ROWS = 1 << 20
+
+
+def open_trace(path: Path | str) -> CtfTrace:
+    """Open a CTF trace directory; raises SourceError (one line) if it cannot be read."""
+    try:
+        return CtfTrace.open(Path(path))
+    except TraceError as e:
+        raise SourceError(path, str(e).removeprefix(f"{path}: ")) from None
+    except OSError as e:
+        raise SourceError(path, f"cannot read ({e.strerror or e})") from None
+
+
+def is_ctf_metadata(head: bytes) -> bool:
+    """True for the start of a CTF metadata file: packetized (magic, either byte order),
+    CTF 2 (JSON text sequence, RS byte) or TSDL text."""
+    if head[:4] in (b"\x57\x1d\xd1\x75", b"\x75\xd1\x1d\x57"):
+        return True
+    if head[:1] == b"\x1e":
+        return True
+    text = head[:4096].decode("utf-8", errors="replace")
+    return "/* CTF" in text or any(k in text for k in ("trace {", "typealias ", "trace{"))
+
+
+def find_traces(root: Path | str) -> list[Path]:
+    """Every CTF trace directory under `root` (itself included), sorted."""
+    root = Path(root)
+    out = [p.parent for p in root.rglob("metadata") if p.is_file()]
+    return sorted(set(out))
+
+
+class CtfReader(Reader):
+    format = "ctf"
+    layer = "kernel"
+    unit = "event"
+    is_directory = True
+
+    def __init__(self, path: Path, options: ReadOptions | None = None) -> None:
+        super().__init__(Path(path), options or ReadOptions())
+        self._trace: CtfTrace | None = None
+
+    @classmethod
+    def sniff(cls, path: Path, head: bytes) -> bool:
+        m = Path(path) / "metadata"
+        if not m.is_file():
+            return False
+        try:
+            with open(m, "rb") as f:
+                return is_ctf_metadata(f.read(4096))
+        except OSError:
+            return False
+
+    def trace(self) -> CtfTrace:
+        if self._trace is None:
+            self._trace = open_trace(self.path)
+            host = self._trace.env.get("hostname")
+            if isinstance(host, str) and host:
+                self.report.host_hint = host
+            self.report.notes.extend(self._trace.notes)
+        return self._trace
+
+    def tables(self) -> Iterator[pa.Table]:
+        trace = self.trace()
+        kernel = str(trace.env.get("domain", "")) == "kernel" or \
+            str(trace.env.get("tracer_name", "")) == "lttng-modules"
+        per_stream = max(8192, min(1 << 17, MAX_ROWS // max(1, len(trace.streams))))
+        iters = [self._with_rows(trace, trace.chunks(sf, per_stream, self.options.progress), kernel)
+                 for sf in trace.streams]
+        pos = 0
+        for parts in merge(iters):
+            t = pa.concat_tables([p.chunk.rows.slice(p.first, p.end - p.first) for p in parts])  # type: ignore[attr-defined]
+            if len(parts) > 1:
+                t = t.take(pa.array(merged_order(parts)))
+            n = t.num_rows
+            t = t.append_column("pos", pa.array(np.arange(pos, pos + n, dtype=np.int64)))
+            pos += n
+            self.report.rows += n
+            for off in range(0, n, MAX_ROWS):
+                yield t.slice(off, MAX_ROWS)
+        for sf in trace.streams:
+            if sf.error:
+                self.report.skip(pos, 1)
+                self.report.notes.append(f"{sf.error}; rest of the packet skipped"
+                                         if sf.skipped_packets else f"{sf.error}; rest of the stream skipped")
+        for msg in trace.problems[len([s for s in trace.streams if s.error]):][:10]:
+            self.report.notes.append(msg)
+
+    def _with_rows(self, trace: CtfTrace, chunks: Iterator[Chunk], kernel: bool) -> Iterator[Chunk]:
+        for ch in chunks:
+            ch.rows = chunk_rows(ch, kernel)  # type: ignore[attr-defined]
+            yield ch
+
+    def lost(self) -> pa.Table | None:
+        trace = self.trace()
+        rows = trace.lost()
+        return pa.table({
+            "stream": pa.array([r[0] for r in rows], pa.string()),
+            "cpu": pa.array([r[1] for r in rows], pa.int32()),
+            "ts_begin": pa.array([r[2] for r in rows], pa.int64()),
+            "ts_end": pa.array([r[3] for r in rows], pa.int64()),
+            "count": pa.array([r[4] for r in rows], pa.int64()),
+        })
+
+
+def layer_of(names: pa.Array, kernel: bool) -> pa.Array:
+    if kernel:
+        virt = pc.starts_with(names, "addons_lttng_ovs_")
+    else:
+        virt = pc.or_(pc.starts_with(names, "qemu:"), pc.starts_with(names, "ovs"))
+    return pc.if_else(virt, "virt", "kernel" if kernel else "app")
+
+
+ROW_COLUMNS = ["ts", "name", "layer", "cpu", "pid", "tid", "procname", "fields"]
+
+
+def chunk_rows(ch: Chunk, kernel: bool) -> pa.Table:
+    """The event-table rows of a chunk (stream order): ts, name, layer, cpu, pid, tid,
+    procname, fields (JSON of contexts + payload)."""
+    sf = ch.stream
+    cs = sf.cs
+    n = len(ch)
+    cols: dict[str, list] = {k: [] for k in ("name", "pid", "tid", "procname", "fields")}
+    order = []
+    for ci, rows in ch.groups():
+        names, arrays, ctx = ch.columns(ci, rows)
+        m = len(rows)
+        order.append(rows)
+        cols["name"].append(pa.array(np.zeros(m, dtype=np.int32)).dictionary_encode()
+                            if False else pa.repeat(pa.scalar(cs.classes[ci].cls.name), m))
+        ctx_map = {nm: arr for nm, arr in zip(names[:len(ctx)], arrays[:len(ctx)])}
+        cols["pid"].append(_first_int(ctx_map, ("vpid", "pid"), m))
+        cols["tid"].append(_first_int(ctx_map, ("vtid", "tid"), m))
+        proc = ctx_map.get("procname")
+        cols["procname"].append(proc.cast(pa.string()) if proc is not None and pa.types.is_large_string(proc.type)
+                                else pa.nulls(m, pa.string()))
+        # JSON keys: contexts then payload; a context name also used by the payload is
+        # kept as "context.<name>"
+        payload_names = set(names[len(ctx):])
+        keys = [(f"context.{nm}" if nm in payload_names else nm) for nm in names[:len(ctx)]] + names[len(ctx):]
+        cols["fields"].append(json_column(keys, arrays, m))
+    if not order:
+        return pa.table({c: pa.array([], t) for c, t in zip(ROW_COLUMNS, ROW_TYPES)})
+    perm = np.concatenate(order)
+    inv = np.empty(n, dtype=np.int64)
+    inv[perm] = np.arange(n)
+    take = pa.array(inv)
+    out = {"ts": pa.array(ch.ts)}
+    name = pa.concat_arrays(cols["name"]).take(take)
+    out["name"] = name
+    out["layer"] = layer_of(name, kernel)
+    out["cpu"] = _cpu(sf, ch.pkt)
+    for k in ("pid", "tid", "procname", "fields"):
+        out[k] = pa.concat_arrays(cols[k]).take(take)
+    return pa.table(out)
+
+
+ROW_TYPES = [pa.int64(), pa.string(), pa.string(), pa.int32(), pa.int64(), pa.int64(), pa.string(), pa.string()]
+
+
+def _first_int(ctx: dict[str, pa.Array], keys: tuple[str, ...], m: int) -> pa.Array:
+    for k in keys:
+        a = ctx.get(k)
+        if a is not None and pa.types.is_integer(a.type):
+            return a.cast(pa.int64(), safe=False)
+    return pa.nulls(m, pa.int64())
+
+
+def _cpu(sf, pkt: np.ndarray) -> pa.Array:
+    vals = np.array([p.cpu if p.cpu is not None else -1 for p in sf.packets], dtype=np.int64)
+    if len(vals) == 0 or (vals < 0).all():
+        return pa.nulls(len(pkt), pa.int32())
+    v = vals[pkt]
+    return pa.array(v.astype(np.int32), mask=v < 0)

@@ -1,0 +1,492 @@
+"""A CTF trace on disk: its stream files, their packets, decoding by chunks, the merge of
+all streams by timestamp, and lost-event (discarded) records.
+
+A stream file is memory-mapped and decoded by `decode.decode_stream` a bounded number of
+events at a time; each call gives a `Chunk` (timestamps, class index, packet index and the
+slot buffer), from which typed Arrow columns are gathered per event class.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from . import decode as D
+from .decode import CompiledStream, build, compile_stream
+from .tsdl import MetadataError, read_metadata_file, strip_underscore
+from .types import Clock, EnumType, IntType, TraceMetadata
+
+CHUNK_EVENTS = 131072  # events per decode call and stream: bounds memory per stream
+INDEX_MAGIC = 0xC1F1DCC1
+
+
+class TraceError(Exception):
+    """A trace that cannot be read as a whole; one-line message."""
+
+
+@dataclass
+class Packet:
+    offset: int
+    size_bits: int
+    content_bits: int
+    ts_begin: int | None  # clock cycles
+    ts_end: int | None
+    discarded: int | None  # counter snapshot
+    cpu: int | None
+    seq: int | None
+
+
+@dataclass
+class StreamFile:
+    path: Path
+    name: str
+    data: np.ndarray
+    cs: CompiledStream
+    packets: list[Packet] = field(default_factory=list)
+    error: str | None = None  # the first decoding problem met, if any
+    skipped_packets: int = 0
+
+
+@dataclass
+class Chunk:
+    """Events decoded from one stream by one call, in stream order."""
+
+    stream: StreamFile
+    ts: np.ndarray  # int64 ns since the clock origin (Unix epoch for LTTng)
+    cls: np.ndarray  # int32 index into stream.cs.classes
+    pkt: np.ndarray  # int64 index into stream.packets
+    base: np.ndarray  # slot base in buf
+    buf: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def groups(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(class index, row positions) for each class present, rows in stream order."""
+        if len(self.cls) == 0:
+            return
+        order = np.argsort(self.cls, kind="stable")
+        sc = self.cls[order]
+        cuts = np.flatnonzero(np.diff(sc)) + 1
+        for rows in np.split(order, cuts):
+            yield int(self.cls[rows[0]]), rows
+
+    def columns(self, ci: int, rows: np.ndarray) -> tuple[list[str], list[pa.Array], list[str]]:
+        """Typed columns of class `ci` for `rows`: names, arrays, and which ones are context."""
+        cs = self.stream.cs
+        cc = cs.classes[ci]
+        base = self.base[rows]
+        names: list[str] = []
+        arrays: list[pa.Array] = []
+        ctx: list[str] = []
+        for node, off in ((cs.stream_ctx, 0), (cc.context, cs.kh)):
+            if node is not None:
+                for n, child in node.children:
+                    names.append(strip_underscore(n))
+                    ctx.append(strip_underscore(n))
+                    arrays.append(build(child, self.buf, base + off, self.stream.data))
+        if cc.payload is not None:
+            for n, child in cc.payload.children:
+                names.append(strip_underscore(n))
+                arrays.append(build(child, self.buf, base + cs.kh, self.stream.data))
+        return names, arrays, ctx
+
+
+def clock_ns(cycles: np.ndarray, clock: Clock | None) -> np.ndarray:
+    """Clock cycles (uint64 bit patterns in int64) to ns from the clock origin, computed as
+    babeltrace2 does: whole seconds exactly, the sub-second remainder through a double."""
+    u = cycles.view(np.uint64) if cycles.dtype == np.int64 else cycles.astype(np.uint64)
+    if clock is None:
+        return u.astype(np.int64)
+    freq = clock.freq
+    off_s = clock.offset_s + clock.offset // freq
+    off_c = clock.offset % freq
+    if freq == 1_000_000_000:
+        base_ns = off_s * 1_000_000_000 + off_c
+        return (u.astype(np.int64) + np.int64(base_ns)) if abs(base_ns) < 2**63 else u.astype(np.int64)
+    base_ns = off_s * 1_000_000_000 + int(1e9 * off_c / freq)
+    sec = (u // np.uint64(freq)).astype(np.int64)
+    rem = (u % np.uint64(freq)).astype(np.float64)
+    return sec * 1_000_000_000 + (1e9 * rem / freq).astype(np.int64) + np.int64(base_ns)
+
+
+def _is_data_file(p: Path) -> bool:
+    return p.is_file() and p.name != "metadata" and not p.name.startswith(".")
+
+
+class CtfTrace:
+    """One CTF trace directory (a `metadata` file and its stream files)."""
+
+    def __init__(self, path: Path, metadata: TraceMetadata) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.env = metadata.env
+        self.clocks = metadata.clocks
+        self.compiled: dict[int, CompiledStream] = {}
+        self.streams: list[StreamFile] = []
+        self.notes: list[str] = []
+        self.problems: list[str] = []  # decoding errors met (data skipped)
+        self._maps: list[mmap.mmap] = []
+
+    # --- opening -------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path) -> "CtfTrace":
+        path = Path(path)
+        mpath = path / "metadata"
+        if not mpath.is_file():
+            raise TraceError(f"{path}: no CTF metadata file")
+        try:
+            meta = read_metadata_file(mpath)
+        except MetadataError as e:
+            raise TraceError(f"{mpath}: {e}") from None
+        except RecursionError:
+            raise TraceError(f"{mpath}: metadata nesting too deep") from None
+        t = cls(path, meta)
+        t._open_streams()
+        return t
+
+    def _compiled(self, sid: int) -> CompiledStream:
+        if sid not in self.compiled:
+            sc = self.metadata.streams.get(sid)
+            if sc is None:
+                raise TraceError(f"{self.path}: packet of unknown stream class {sid}")
+            try:
+                self.compiled[sid] = compile_stream(self.metadata, sc)
+            except MetadataError as e:
+                raise TraceError(f"{self.path / 'metadata'}: {e}") from None
+            except RecursionError:
+                raise TraceError(f"{self.path / 'metadata'}: metadata nesting too deep") from None
+        return self.compiled[sid]
+
+    def _open_streams(self) -> None:
+        if not self.metadata.streams:
+            raise TraceError(f"{self.path / 'metadata'}: no stream class")
+        files = sorted((p for p in self.path.iterdir() if _is_data_file(p)), key=lambda p: p.name)
+        for p in files:
+            size = p.stat().st_size
+            if size == 0:
+                continue
+            with open(p, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps.append(mm)
+            data = np.frombuffer(mm, dtype=np.uint8)
+            sid = self._first_stream_id(p, data)
+            cs = self._compiled(sid)
+            self.streams.append(StreamFile(p, p.name, data, cs))
+        self._check_indexes()
+
+    def _first_stream_id(self, p: Path, data: np.ndarray) -> int:
+        """Stream class of a stream file, from its first packet header."""
+        if len(self.metadata.streams) == 1:
+            return next(iter(self.metadata.streams))
+        # decode only the packet header with a throw-away compiled stream
+        any_cs = self._compiled(next(iter(self.metadata.streams)))
+        st = np.zeros(D.NST, dtype=np.int64)
+        st[D.S_END] = len(data) * 8
+        st[D.S_CAP] = 1 << 16
+        st[D.S_SID] = -1
+        buf = np.zeros(1 << 16, dtype=np.int64)
+        regs = np.zeros(any_cs.nregs, dtype=np.int64)
+        stack = np.zeros(3 * 64, dtype=np.int64)
+        # the packet program starts with the trace packet header: run it until the context
+        hdr_only = _header_only_ops(any_cs)
+        status = D._exec(hdr_only, any_cs.vtab, 0, 0, data, 0, st, buf, regs, stack)
+        if status not in (D.OK,):
+            raise TraceError(f"{p}: cannot read the first packet header ({D.ERRORS.get(status, status)})")
+        return int(st[D.S_SID]) if st[D.S_SID] >= 0 else 0
+
+    def _check_indexes(self) -> None:
+        """LTTng index files are optional: when present they are compared with the packets
+        found in the stream (a mismatch is noted, the stream itself is authoritative)."""
+        idir = self.path / "index"
+        if not idir.is_dir():
+            return
+        for sf in self.streams:
+            ip = idir / (sf.name + ".idx")
+            if not ip.is_file():
+                continue
+            try:
+                entries = read_index(ip)
+            except ValueError as e:
+                self.notes.append(f"{ip}: ignored ({e})")
+                continue
+            total = sum(e[1] for e in entries) // 8
+            if total > len(sf.data):
+                self.notes.append(f"{ip}: index describes {total} bytes, stream has {len(sf.data)}")
+
+    def close(self) -> None:
+        for s in self.streams:
+            s.data = np.zeros(0, dtype=np.uint8)
+        for m in self._maps:
+            try:
+                m.close()
+            except BufferError:
+                pass  # arrays still refer to it; the GC closes it
+        self._maps.clear()
+
+    # --- decoding ------------------------------------------------------------------
+    def clock_of(self, sf: StreamFile) -> Clock | None:
+        name = sf.cs.clock
+        return self.clocks.get(name) if name else None
+
+    def chunks(self, sf: StreamFile, max_events: int = CHUNK_EVENTS,
+               progress: Callable[[int], None] | None = None) -> Iterator[Chunk]:
+        """Decode one stream file by chunks of at most `max_events` events."""
+        cs = sf.cs
+        st = np.zeros(D.NST, dtype=np.int64)
+        regs = np.zeros(cs.nregs, dtype=np.int64)
+        stack = np.zeros(3 * (D.MAX_DEPTH + 8), dtype=np.int64)
+        cap = max(1 << 16, max_events * 24)
+        maxev = max_events
+        maxpk = 4096
+        clock = self.clock_of(sf)
+        sf.packets = []
+        last_p = 0
+        while True:
+            buf = np.empty(cap, dtype=np.int64)
+            ev_class = np.empty(maxev, dtype=np.int32)
+            ev_ts = np.empty(maxev, dtype=np.int64)
+            ev_base = np.empty(maxev, dtype=np.int64)
+            ev_pkt = np.empty(maxev, dtype=np.int64)
+            pkt_base = np.empty(maxpk, dtype=np.int64)
+            pkt_off = np.empty(maxpk, dtype=np.int64)
+            pkt_size = np.empty(maxpk, dtype=np.int64)
+            pkt_csize = np.empty(maxpk, dtype=np.int64)
+            st[D.S_ATOP] = 0
+            st[D.S_CAP] = cap
+            status, nev, npk = D.decode_stream(sf.data, cs.ops, cs.vtab, cs.entries, cs.class_ids,
+                                               cs.class_k, st, buf, regs, stack, ev_class, ev_ts,
+                                               ev_base, ev_pkt, pkt_base, pkt_off, pkt_size, pkt_csize)
+            self._packets(sf, buf, pkt_base[:npk], pkt_off[:npk], pkt_size[:npk], pkt_csize[:npk])
+            if progress is not None:
+                now = int(st[D.S_P]) if status != D.DONE else len(sf.data)
+                progress(max(0, now - last_p))
+                last_p = now
+            if nev:
+                yield Chunk(sf, clock_ns(ev_ts[:nev], clock), ev_class[:nev], ev_pkt[:nev],
+                            ev_base[:nev], buf)
+            if status == D.DONE:
+                return
+            if status == D.FULL:
+                if nev == 0 and npk == 0:
+                    cap *= 4  # one event larger than the buffer: grow (bounded by the packet)
+                    if cap > (len(sf.data) * 8 + (1 << 20)) * 4:
+                        self._problem(sf, st, D.E_LEN)
+                        return
+                continue
+            # a decoding error
+            self._problem(sf, st, status)
+            if st[D.S_PHASE] == 1 and status not in (D.E_PSIZE, D.E_CSIZE, D.E_MAGIC, D.E_SID):
+                # the packet's size is known: skip the rest of it, go on with the next
+                st[D.S_P] = st[D.S_PKTEND]
+                st[D.S_PHASE] = 0
+                sf.skipped_packets += 1
+                continue
+            return
+
+    def _problem(self, sf: StreamFile, st: np.ndarray, status: int) -> None:
+        what = D.ERRORS.get(status, f"decoding error {status}")
+        if status in (D.E_EVID, D.E_VARIANT, D.E_LEN, D.E_MAGIC, D.E_PSIZE, D.E_CSIZE):
+            what += f" ({int(st[D.S_ERRV])})"
+        msg = f"{sf.path}: packet at byte {int(st[D.S_P])}: {what}"
+        if sf.error is None:
+            sf.error = msg
+        self.problems.append(msg)
+
+    def _packets(self, sf: StreamFile, buf: np.ndarray, bases: np.ndarray, offs: np.ndarray,
+                 sizes: np.ndarray, csizes: np.ndarray) -> None:
+        pf = sf.cs.packet_fields
+
+        def get(key: str, i: int) -> int | None:
+            if key not in pf:
+                return None
+            slot, it = pf[key]
+            v = int(buf[bases[i] + slot])
+            return v & 0xFFFFFFFFFFFFFFFF if not it.signed else v
+
+        for i in range(len(bases)):
+            sf.packets.append(Packet(int(offs[i]), int(sizes[i]), int(csizes[i]),
+                                     get("default-clock-timestamp", i),
+                                     get("packet-end-default-clock-timestamp", i),
+                                     get("discarded-event-record-counter-snapshot", i),
+                                     get("cpu_id", i), get("packet_seq_num", i)))
+
+    def lost(self) -> list[tuple[str, int | None, int | None, int | None, int]]:
+        """(stream, cpu, ts_begin ns, ts_end ns, count) per packet with discarded events,
+        from the packets decoded so far (call after reading)."""
+        out = []
+        for sf in self.streams:
+            clock = self.clock_of(sf)
+            prev = 0
+            prev_end: int | None = None
+            for p in sf.packets:
+                if p.discarded is None:
+                    continue
+                n = (p.discarded - prev) & 0xFFFFFFFFFFFFFFFF
+                if n and n < 1 << 63:
+                    b = prev_end if prev_end is not None else p.ts_begin
+                    tb = int(clock_ns(np.array([b], dtype=np.uint64), clock)[0]) if b is not None else None
+                    te = int(clock_ns(np.array([p.ts_end], dtype=np.uint64), clock)[0]) if p.ts_end is not None else None
+                    out.append((sf.name, p.cpu, tb, te, n))
+                prev = p.discarded
+                prev_end = p.ts_end
+        return out
+
+    # --- typed batches (the lower-level API) -----------------------------------------
+    def batches(self, max_events: int = CHUNK_EVENTS) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """(event class name, batch) with `ts` and the typed fields (contexts + payload) of
+        that class, stream by stream, in each stream's order. Analyses that need only some
+        classes read these instead of JSON."""
+        for sf in self.streams:
+            for ch in self.chunks(sf, max_events):
+                for ci, rows in ch.groups():
+                    names, arrays, _ = ch.columns(ci, rows)
+                    cpu = _packet_column(sf, ch.pkt[rows], "cpu")
+                    batch = pa.RecordBatch.from_arrays(
+                        [pa.array(ch.ts[rows]), cpu, *arrays],
+                        names=["ts", "cpu", *_dedupe(names)])
+                    yield sf.cs.classes[ci].cls.name, batch
+
+
+def _dedupe(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        if n in seen:
+            seen[n] += 1
+            out.append(f"{n}.{seen[n]}")
+        else:
+            seen[n] = 0
+            out.append(n)
+    return out
+
+
+def _packet_column(sf: StreamFile, pkt: np.ndarray, attr: str) -> pa.Array:
+    vals = np.array([getattr(p, attr) if getattr(p, attr) is not None else -1 for p in sf.packets],
+                    dtype=np.int64)
+    if len(vals) == 0 or (vals < 0).all():
+        return pa.nulls(len(pkt), pa.int32())
+    v = vals[pkt]
+    return pa.array(v.astype(np.int32), mask=v < 0)
+
+
+def _header_only_ops(cs: CompiledStream) -> np.ndarray:
+    """The packet program cut after the trace packet header (to find the stream class)."""
+    ops = cs.ops.copy()
+    n_hdr = 0
+    node = cs.packet
+    if node.children and node.children[0][0] == "packet.header":
+        # count the ops belonging to the header: they precede the first op of the context
+        pass
+    # simplest correct approach: run the whole packet program but without the packet
+    # context is not possible in general; instead stop at the first op that writes a slot
+    # of the context, i.e. the first op whose slot >= number of header slots.
+    hdr_slots = _count_slots(node.children[0][1]) if node.children and node.children[0][0] == "packet.header" else 0
+    for i in range(len(ops)):
+        if ops[i, 0] == D.OP_END:
+            break
+        if ops[i, 0] in (D.OP_INT, D.OP_FLOAT, D.OP_STRING, D.OP_CHARS, D.OP_LOOP, D.OP_VARIANT,
+                         D.OP_BLOB, D.OP_OPT) and ops[i, 1] >= hdr_slots and not _inside_loop(ops, i):
+            ops[i, 0] = D.OP_END
+            break
+        n_hdr += 1
+    return ops
+
+
+def _inside_loop(ops: np.ndarray, i: int) -> bool:
+    depth = 0
+    for j in range(i):
+        if ops[j, 0] == D.OP_LOOP:
+            depth += 1
+        elif ops[j, 0] == D.OP_LOOP_END:
+            depth -= 1
+    return depth > 0
+
+
+def _count_slots(node: D.Node) -> int:
+    if node.kind == "struct":
+        return sum(_count_slots(c) for _, c in node.children)
+    if node.kind in ("string", "list"):
+        return 2
+    if node.kind in ("variant", "optional"):
+        return 1 + sum(_count_slots(c) for _, c in node.children)
+    return 1
+
+
+def read_index(path: Path) -> list[tuple[int, ...]]:
+    """Entries of an LTTng index file: (offset, packet_size bits, content_size bits,
+    ts_begin, ts_end, events_discarded, stream_id, …)."""
+    raw = path.read_bytes()
+    if len(raw) < 16:
+        raise ValueError("truncated index header")
+    magic, major, minor, elen = struct.unpack_from(">IIII", raw, 0)
+    if magic != INDEX_MAGIC:
+        raise ValueError(f"bad index magic 0x{magic:08x}")
+    if elen < 56 or elen > 4096:
+        raise ValueError(f"bad index entry length {elen}")
+    out = []
+    for pos in range(16, len(raw) - elen + 1, elen):
+        out.append(struct.unpack_from(">7Q", raw, pos))
+    return out
+
+
+@dataclass
+class Part:
+    """Rows [first, end) of a chunk, with their merge keys, taken by one merge step."""
+
+    rank: int  # stream rank: ties on the key go to the lower rank
+    chunk: Chunk
+    first: int
+    end: int
+    keys: np.ndarray
+
+
+def merge(chunk_iters: list[Iterator[Chunk]]) -> Iterator[list[Part]]:
+    """Merge the chunks of several streams by timestamp.
+
+    Each step yields the parts whose rows, ordered by (key, rank) with `merged_order`, come
+    next in the merged order. The merge key is the running maximum of a stream's timestamps,
+    so that a stream whose timestamps go back (old LTTng traces) is still read whole, in its
+    own order. At most one chunk per stream is held at a time."""
+    n = len(chunk_iters)
+    pend: list[tuple[Chunk, np.ndarray, int] | None] = [None] * n
+    runmax = [np.iinfo(np.int64).min] * n
+
+    def refill(i: int) -> bool:
+        for ch in chunk_iters[i]:
+            if len(ch) == 0:
+                continue
+            keys = np.maximum.accumulate(np.maximum(ch.ts, runmax[i]))
+            runmax[i] = int(keys[-1])
+            pend[i] = (ch, keys, 0)
+            return True
+        pend[i] = None
+        return False
+
+    live = [i for i in range(n) if refill(i)]
+    while live:
+        frontier = min(int(pend[i][1][-1]) for i in live)  # type: ignore[index]
+        parts = []
+        for i in live:
+            ch, keys, first = pend[i]  # type: ignore[misc]
+            end = first + int(np.searchsorted(keys[first:], frontier, side="right"))
+            if end > first:
+                parts.append(Part(i, ch, first, end, keys[first:end]))
+                pend[i] = (ch, keys, end)
+        yield parts
+        live = [i for i in live if pend[i][2] < len(pend[i][1]) or refill(i)]  # type: ignore[index]
+
+
+def merged_order(parts: list[Part]) -> np.ndarray:
+    """Permutation of the concatenated parts' rows into merged order (stable)."""
+    if len(parts) == 1:
+        return np.arange(parts[0].end - parts[0].first)
+    keys = np.concatenate([p.keys for p in parts])
+    ranks = np.concatenate([np.full(p.end - p.first, p.rank, dtype=np.int32) for p in parts])
+    return np.lexsort((ranks, keys))
