@@ -29,7 +29,7 @@ def open_trace(path: Path | str) -> CtfTrace:
     try:
         return CtfTrace.open(Path(path))
     except TraceError as e:
-        raise SourceError(path, str(e).removeprefix(f"{path}: ")) from None
+        raise SourceError(e.path, e.problem) from None
     except OSError as e:
         raise SourceError(path, f"cannot read ({e.strerror or e})") from None
 

@@ -508,6 +508,7 @@ class _Compiler:
             self.emit(OP_BLOB, slot, t.length)
             return Node("blob", slot, t)
         if isinstance(t, StructType):
+            self.symbols[tuple(path)] = (-1, t)
             if t.align > 1:
                 self.emit(OP_ALIGN, t.align)
             node = Node("struct", 0, t)
@@ -520,7 +521,7 @@ class _Compiler:
             if isinstance(t, SequenceType):
                 reg, lt = self.resolve(t.length_ref, path[:-1])
                 lit = lt.int_type if isinstance(lt, EnumType) else lt
-                if not isinstance(lit, IntType) or lit.signed:
+                if reg < 0 or not isinstance(lit, IntType) or lit.signed:
                     raise MetadataError(f"sequence length {'.'.join(t.length_ref)!r} is not an unsigned integer")
             n = t.length if isinstance(t, ArrayType) else -1
             if isinstance(el, IntType) and el.encoding and el.size == 8 and el.align % 8 == 0:
@@ -540,6 +541,8 @@ class _Compiler:
             return Node("list", slot, t, [("", child)], ealloc[0])
         if isinstance(t, VariantType):
             reg, tt = self.resolve(t.tag_ref, path[:-1])
+            if reg < 0:
+                raise MetadataError(f"variant selector {'.'.join(t.tag_ref)!r} is not an integer or enumeration")
             slot = alloc[0]
             alloc[0] += 1
             at = self.emit(OP_VARIANT, slot, reg, 0, 0)
@@ -574,6 +577,8 @@ class _Compiler:
             return node
         if isinstance(t, OptionalType):
             reg, _ = self.resolve(t.selector_ref, path[:-1])
+            if reg < 0:
+                raise MetadataError(f"optional selector {'.'.join(t.selector_ref)!r} is not an integer")
             slot = alloc[0]
             alloc[0] += 1
             t0 = len(self.vtab)
@@ -630,6 +635,9 @@ ROLE_BY_NAME = {
 }
 
 
+ROLE_NAMES = set(ROLE_BY_NAME.values())
+
+
 def compile_stream(meta: TraceMetadata, sclass: StreamClass) -> CompiledStream:
     c = _Compiler(meta)
     single_clock = next(iter(meta.clocks)) if len(meta.clocks) == 1 else None
@@ -637,6 +645,9 @@ def compile_stream(meta: TraceMetadata, sclass: StreamClass) -> CompiledStream:
 
     def role(path: list[str], it: IntType) -> str | None:
         if it.roles:
+            for r in it.roles:
+                if r in ROLE_NAMES:
+                    return r
             return it.roles[0]
         if len(path) == 2:
             return ROLE_BY_NAME.get(path[1])

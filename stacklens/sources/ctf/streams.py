@@ -27,7 +27,12 @@ INDEX_MAGIC = 0xC1F1DCC1
 
 
 class TraceError(Exception):
-    """A trace that cannot be read as a whole; one-line message."""
+    """A trace that cannot be read as a whole: the file at fault and a one-line problem."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass
@@ -140,14 +145,16 @@ class CtfTrace:
         path = Path(path)
         mpath = path / "metadata"
         if not mpath.is_file():
-            raise TraceError(f"{path}: no CTF metadata file")
+            raise TraceError(path, f"no CTF metadata file")
         try:
             meta = read_metadata_file(mpath)
         except MetadataError as e:
-            raise TraceError(f"{mpath}: {e}") from None
+            raise TraceError(mpath, f"{e}") from None
         except RecursionError:
-            raise TraceError(f"{mpath}: metadata nesting too deep") from None
+            raise TraceError(mpath, f"metadata nesting too deep") from None
         t = cls(path, meta)
+        for sid in meta.streams:  # compile every layout now: bad metadata fails here
+            t._compiled(sid)
         t._open_streams()
         return t
 
@@ -155,18 +162,18 @@ class CtfTrace:
         if sid not in self.compiled:
             sc = self.metadata.streams.get(sid)
             if sc is None:
-                raise TraceError(f"{self.path}: packet of unknown stream class {sid}")
+                raise TraceError(self.path, f"packet of unknown stream class {sid}")
             try:
                 self.compiled[sid] = compile_stream(self.metadata, sc)
             except MetadataError as e:
-                raise TraceError(f"{self.path / 'metadata'}: {e}") from None
+                raise TraceError(self.path / 'metadata', f"{e}") from None
             except RecursionError:
-                raise TraceError(f"{self.path / 'metadata'}: metadata nesting too deep") from None
+                raise TraceError(self.path / 'metadata', f"metadata nesting too deep") from None
         return self.compiled[sid]
 
     def _open_streams(self) -> None:
         if not self.metadata.streams:
-            raise TraceError(f"{self.path / 'metadata'}: no stream class")
+            raise TraceError(self.path / 'metadata', f"no stream class")
         files = sorted((p for p in self.path.iterdir() if _is_data_file(p)), key=lambda p: p.name)
         for p in files:
             size = p.stat().st_size
@@ -198,7 +205,7 @@ class CtfTrace:
         hdr_only = _header_only_ops(any_cs)
         status = D._exec(hdr_only, any_cs.vtab, 0, 0, data, 0, st, buf, regs, stack)
         if status not in (D.OK,):
-            raise TraceError(f"{p}: cannot read the first packet header ({D.ERRORS.get(status, status)})")
+            raise TraceError(p, f"cannot read the first packet header ({D.ERRORS.get(status, status)})")
         return int(st[D.S_SID]) if st[D.S_SID] >= 0 else 0
 
     def _check_indexes(self) -> None:
