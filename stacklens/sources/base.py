@@ -8,13 +8,17 @@ It never raises on bad records: it skips them and says so in its report. It rais
 
 from __future__ import annotations
 
+import json
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 MAX_BAD_POSITIONS = 10
 
@@ -82,17 +86,64 @@ class Reader(ABC):
         return None
 
 
-def json_objects(table: pa.Table, columns: list[str]) -> pa.Array:
-    """One JSON object string per row built from `columns` of `table` (null values dropped).
+def json_objects(table: pa.Table, columns: list[str] | None = None) -> pa.Array:
+    """One JSON object string per row built from `columns` of `table` (null values left out).
 
-    Done by DuckDB in C++: building JSON per row in Python would dominate ingest time."""
+    Column-wise string kernels build the text: a JSON encoder called per row in Python would
+    dominate ingest time. Strings, integers, floats and booleans are encoded here; other types
+    (lists, structs) are encoded by DuckDB's to_json, also column-wise."""
+    columns = list(columns or table.column_names)
+    n = table.num_rows
+    pieces = []
+    for i, name in enumerate(columns):
+        col = table.column(name)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        value = json_values(col)
+        key = json.dumps(name) + ":"
+        member = pc.binary_join_element_wise(pa.scalar("," if i else ""), pa.scalar(key), value, "")
+        pieces.append(pc.if_else(value.is_valid(), member, pa.scalar("")))
+    if not pieces:
+        return pa.repeat(pa.scalar("{}"), n)
+    body = pc.binary_join_element_wise(pa.scalar("{"), *pieces, pa.scalar("}"), "")
+    # Members after a left-out first member start with a comma: "{,"  →  "{".
+    return pc.replace_substring(body, "{,", "{", max_replacements=1)
+
+
+_ESCAPES = [("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")]
+
+
+def json_values(col: pa.Array) -> pa.Array:
+    """JSON text of each value of `col` (null stays null)."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        col, t = col.dictionary_decode(), t.value_type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        out = col.cast(pa.string())
+        # Escape only the values that need it (a rewrite of every value is the costly part).
+        needs = pc.fill_null(pc.match_substring_regex(out, r'[\\"\x00-\x1f\x7f]'), False)
+        if pc.any(needs).as_py():
+            sub = out.filter(needs)
+            for a, b in _ESCAPES:
+                sub = pc.replace_substring(sub, a, b)
+            ctrl = pc.match_substring_regex(sub, r"[\x00-\x1f\x7f]")
+            if pc.any(ctrl).as_py():  # rare: other control characters, encoded one by one
+                originals = col.cast(pa.string()).filter(needs)
+                vals = sub.to_pylist()
+                for i in np.flatnonzero(ctrl.to_numpy(zero_copy_only=False) == True):  # noqa: E712
+                    vals[i] = json.dumps(originals[int(i)].as_py())[1:-1]
+                sub = pa.array(vals, type=pa.string())
+            out = pc.replace_with_mask(out, needs, sub)
+        return pc.binary_join_element_wise(pa.scalar('"'), out, pa.scalar('"'), "")
+    if pa.types.is_boolean(t):
+        return pc.if_else(col, pa.scalar("true"), pa.scalar("false"))
+    if pa.types.is_integer(t):
+        return col.cast(pa.string())
+    if pa.types.is_floating(t):
+        finite = pc.is_finite(col)
+        return pc.if_else(finite, col.cast(pa.string()), pa.scalar(None, pa.string()))
     con = duckdb.connect()
-    con.register("t", table.select(columns))
-    members = ", ".join(f"{_q(c)} := {_q(c)}" for c in columns)
-    # A JSON merge patch onto {} drops the keys whose value is null.
-    out = con.sql(f"SELECT CAST(json_merge_patch('{{}}', to_json(struct_pack({members}))) AS VARCHAR) AS j"
-                  " FROM t").to_arrow_table()
-    return out.column("j").combine_chunks()
+    con.register("t", pa.table({"v": col}))
+    return con.sql("SELECT CAST(to_json(v) AS VARCHAR) AS j FROM t").to_arrow_table().column("j").combine_chunks()
 
 
 def _q(name: str) -> str:

@@ -1,0 +1,131 @@
+"""The store and the command line, end to end on the loghub log."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import need_data
+from stacklens.cli import parse_time
+from stacklens.store import Store
+from stacklens.store.ingest import ingest
+from stacklens.store.store import ClockTransform
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "stacklens.cli", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"stacklens {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def loghub_store(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("store") / "s"
+    cli("ingest", str(need_data("openstack", "loghub")), "--store", str(d), "--host", "cloudlab")
+    return d
+
+
+def oracle_rows() -> list[dict]:
+    with open(need_data("openstack", "loghub", "OpenStack_2k.log_structured.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_info_json(loghub_store):
+    info = json.loads(cli("info", "--store", str(loghub_store), "--json", "--top", "0").stdout)
+    assert info["events"] == 2000
+    assert info["hosts"] == [{"host": "cloudlab", "layer": "app", "events": 2000,
+                              "begin": info["time_range"]["begin"], "end": info["time_range"]["end"]}]
+    expected = Counter(o["Component"] for o in oracle_rows())
+    assert {c["name"]: c["events"] for c in info["counts"]} == dict(expected)
+    assert info["time_range"]["begin_utc"] == "2017-05-16T00:00:00.008000000Z"
+    assert info["lost"]["events"] == 0
+    human = cli("info", "--store", str(loghub_store)).stdout
+    assert "nova.compute.manager" in human and "2,000" in human
+
+
+def test_events_filters(loghub_store):
+    rows = oracle_rows()
+    warn_compute = [o for o in rows if o["Component"] == "nova.compute.manager"]
+    out = json.loads(cli("events", "--store", str(loghub_store), "--name", "nova.compute.manager",
+                         "--limit", "0", "--json").stdout)
+    assert len(out) == len(warn_compute)
+    assert all(r["fields"]["logger"] == "nova.compute.manager" for r in out)
+    # a time window [from, to): oracle from the CSV's own timestamps
+    lo, hi = "2017-05-16T00:05:00", "2017-05-16T00:06:00.5"
+    expected = [o for o in rows if lo <= f"{o['Date']}T{o['Time']}" < "2017-05-16T00:06:00.500"]
+    got = json.loads(cli("events", "--store", str(loghub_store), "--from", lo, "--to", hi + "Z",
+                         "--limit", "0", "--json").stdout)
+    assert len(got) == len(expected) > 0
+    rid = next(o["ADDR"].split()[0] for o in rows if o["ADDR"].startswith("req-"))
+    got = json.loads(cli("events", "--store", str(loghub_store), "--request", rid, "--json").stdout)
+    assert len(got) == sum(1 for o in rows if o["ADDR"].split()[:1] == [rid])
+    assert cli("events", "--store", str(loghub_store), "--limit", "2").stdout.count("nova") >= 2
+
+
+def test_sql_csv_and_errors(loghub_store):
+    out = cli("sql", "--store", str(loghub_store), "--csv", "SELECT count(*) AS n FROM events").stdout
+    assert out.splitlines() == ["n", "2000"]
+    bad = cli("sql", "--store", str(loghub_store), "SELECT nope FROM nowhere", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.count("\n") == 1 and "nowhere" in bad.stderr
+
+
+def test_missing_store_is_one_line(tmp_path):
+    r = cli("info", "--store", str(tmp_path / "nope"), check=False)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such store" in r.stderr
+    r = cli("ingest", str(tmp_path / "missing.log"), "--store", str(tmp_path / "s"), check=False)
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bundle_toml_names_hosts(tmp_path):
+    src = need_data("openstack", "loghub", "OpenStack_2k.log").read_text().splitlines(keepends=True)
+    b = tmp_path / "bundle"
+    (b / "ctl").mkdir(parents=True)
+    (b / "cmp").mkdir()
+    (b / "ctl" / "nova-api.log").write_text("".join(src[:100]))
+    (b / "cmp" / "nova-compute.log").write_text("".join(src[100:250]))
+    (b / "notes.txt").write_text("not a log\n")
+    (b / "bundle.toml").write_text('host = "default-host"\ntz = "+02:00"\n'
+                                   '[[parts]]\npath = "cmp"\nhost = "compute1"\n')
+    store = Store(tmp_path / "s", create=True)
+    res = {Path(r.path).name: r for r in ingest(store, [b])}
+    assert res["nova-api.log"].host == "default-host" and res["nova-api.log"].rows == 100
+    assert res["nova-compute.log"].host == "compute1" and res["nova-compute.log"].rows == 150
+    assert res["notes.txt"].status == "unrecognised"
+    con = store.connect()
+    assert dict(con.execute("SELECT host, count(*) FROM events GROUP BY 1").fetchall()) == {
+        "default-host": 100, "compute1": 150}
+    # tz +02:00: the first line's 00:00:00.008 local is 22:00:00.008 UTC the day before
+    first = con.execute("SELECT min(ts) FROM events WHERE host = 'default-host'").fetchall()[0][0]
+    assert first == int(dt.datetime(2017, 5, 15, 22, 0, 0, tzinfo=dt.timezone.utc).timestamp()) * 10**9 + 8_000_000
+    # only one host's partition is read when asked
+    assert store.connect(host="compute1").execute("SELECT count(*) FROM events").fetchall()[0][0] == 150
+
+
+def test_clock_transform_applied_at_query_time(tmp_path):
+    store = Store(tmp_path / "s", create=True)
+    ingest(store, [need_data("openstack", "loghub", "OpenStack_2k.log")], host="h1")
+    con = store.connect()
+    before = con.execute("SELECT ts FROM events ORDER BY pos").fetchall()
+    t = ClockTransform(offset_ns=1_500, drift=2e-6, base_ns=before[0][0], quality="accurate", reference="h0")
+    store.set_clocks({"h1": t})
+    after = store.connect().execute("SELECT ts, ts_raw FROM events ORDER BY pos").fetchall()
+    assert [r[1] for r in after] == [b[0] for b in before]
+    # exact integer arithmetic, checked with Python ints
+    assert [r[0] for r in after] == [t.apply(b[0]) for b in before]
+    assert after[-1][0] - before[-1][0] == 1_500 + round((before[-1][0] - before[0][0]) * 2e-6)
+
+
+def test_parse_time():
+    assert parse_time("1494892800008000000") == 1494892800008000000
+    assert parse_time("2017-05-16T00:00:00.008") == 1494892800008000000
+    assert parse_time("2017-05-16 02:00:00.008+02:00") == 1494892800008000000
+    assert parse_time(None) is None
