@@ -80,6 +80,18 @@ def demo(out: Path = typer.Option(Path("out/demo-store"), help="Store to (re)cre
     raise typer.Exit(run_demo(out, data))
 
 
+# Commands of the layers live next to their views; each module has `register(app)`.
+# Add a module here to add its commands (kept explicit: a broken module fails loudly).
+COMMAND_MODULES: list[str] = [
+]
+
+
+def _register_commands() -> None:
+    import importlib
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
 _ISO = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?$")
 
 
@@ -106,6 +118,7 @@ def parse_time(text: Optional[str]) -> Optional[int]:
 
 def main() -> None:
     try:
+        _register_commands()
         app()
     except StacklensError as e:
         print(f"stacklens: error: {e}", file=sys.stderr)
