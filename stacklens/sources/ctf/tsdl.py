@@ -557,9 +557,24 @@ def parse_tsdl(text: str) -> TraceMetadata:
         raise MetadataError("metadata nesting too deep") from None
 
 
+_CACHE: dict[bytes, TraceMetadata] = {}
+
+
 def read_metadata_file(path: Path) -> TraceMetadata:
+    """The metadata of a trace (TSDL plain/packetized or CTF 2). Parsed models are kept by
+    content hash: sessions of many identical traces (per-CPU/per-UID, rotations) parse once.
+    The model is not modified after parsing, so sharing it is safe."""
+    import hashlib
     raw = path.read_bytes()
+    key = hashlib.sha1(raw).digest()
+    if key in _CACHE:
+        return _CACHE[key]
     if raw[:1] == b"\x1e":
         from .ctf2 import parse_ctf2
-        return parse_ctf2(raw)
-    return parse_tsdl(metadata_text(raw))
+        meta = parse_ctf2(raw)
+    else:
+        meta = parse_tsdl(metadata_text(raw))
+    if len(_CACHE) >= 64:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = meta
+    return meta
