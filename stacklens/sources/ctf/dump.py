@@ -137,9 +137,11 @@ def _clock_text(ns: int) -> str:
     return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}.{frac:09d}"
 
 
-def dump(root: Path | str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def dump(root: Path | str, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print every event of the trace(s) under `root` merged by time. Returns the exit
     status: 0, or 1 after printing the events read when a trace has a problem."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     paths = find_traces(root)
     if not paths:
         print(f"{root}: no CTF trace found", file=err)
