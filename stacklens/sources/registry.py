@@ -6,6 +6,8 @@ from pathlib import Path
 
 from stacklens.sources.base import Reader
 from stacklens.sources.oslo_log import OsloLogReader
+from stacklens.sources.qemu_trace import QemuTraceReader
+from stacklens.sources.qmp import QmpReader
 
 HEAD_BYTES = 16384
 
@@ -18,7 +20,17 @@ def readers() -> list[type[Reader]]:
     except ImportError:  # the CTF package may be absent in a partial checkout
         pass
     found.append(OsloLogReader)
+    found += [QemuTraceReader, QmpReader]
+    found.extend(_app_readers())
     return found
+
+
+def _app_readers() -> list[type[Reader]]:
+    # Application-layer readers (issue 4): notifications, oslo.log JSON, firehose dumps.
+    from stacklens.sources.notifications import NotificationReader
+    from stacklens.sources.oslo_json import OsloJsonLogReader
+    from stacklens.sources.rabbitmq_dump import RabbitDumpReader
+    return [NotificationReader, OsloJsonLogReader, RabbitDumpReader]
 
 
 def recognise(path: Path) -> type[Reader] | None:

@@ -1,0 +1,80 @@
+"""Nova live-migration steps per instance (SPEC §4), as Nova reports them in notifications.
+
+Legacy and versioned event types map to one step vocabulary:
+
+| step          | where       | legacy                                          | versioned                                  |
+|---------------|-------------|-------------------------------------------------|--------------------------------------------|
+| pre           | destination | compute.instance.live_migration.pre.*           | instance.live_migration_pre.*              |
+| migration     | source      | (the interval between pre.end and post.start)   |                                            |
+| post          | source      | compute.instance.live_migration._post.*         | instance.live_migration_post.*             |
+| post_dest     | destination | compute.instance.live_migration.post.dest.*     | instance.live_migration_post_dest.*        |
+| rollback      | source      | compute.instance.live_migration._rollback.*     | instance.live_migration_rollback.*         |
+| rollback_dest | destination | compute.instance.live_migration.rollback.dest.* | instance.live_migration_rollback_dest.*    |
+| abort, force_complete | source |                                         | instance.live_migration_abort/force_complete.* |
+
+`live_migration_steps(con)` gives one row per (instance, step) with start/end/duration and the
+host that reported it; other models (e.g. the QEMU migration lab) join on `instance` and time.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from stacklens.models.service_tasks import service_tasks
+
+STEP_ORDER = ["select_destination", "pre", "migration", "post", "post_dest", "rollback",
+              "rollback_dest", "abort", "force_complete"]
+STEP_WHERE = {"select_destination": "scheduler", "pre": "destination", "migration": "source",
+              "post": "source", "post_dest": "destination", "rollback": "source",
+              "rollback_dest": "destination", "abort": "source", "force_complete": "source"}
+
+STEP_OF_TASK = {
+    "compute.instance.live_migration.pre": "pre",
+    "compute.instance.live_migration._post": "post",
+    "compute.instance.live_migration.post.dest": "post_dest",
+    "compute.instance.live_migration._rollback": "rollback",
+    "compute.instance.live_migration.rollback.dest": "rollback_dest",
+    "instance.live_migration_pre": "pre",
+    "instance.live_migration_post": "post",
+    "instance.live_migration_post_dest": "post_dest",
+    "instance.live_migration_rollback": "rollback",
+    "instance.live_migration_rollback_dest": "rollback_dest",
+    "instance.live_migration_abort": "abort",
+    "instance.live_migration_force_complete": "force_complete",
+}
+
+
+def live_migration_steps(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Per instance, the Nova live-migration steps in order (columns: instance, vmname, step,
+    where, host, start_ts, end_ts, duration_ns, outcome, request_id, event_family)."""
+    tasks = service_tasks(con)
+    con.register("_step_map", pa.table({"task": list(STEP_OF_TASK), "step": list(STEP_OF_TASK.values())}))
+    con.register("_step_rank", pa.table({"step": STEP_ORDER, "rank": list(range(len(STEP_ORDER))),
+                                         "where_": [STEP_WHERE[s] for s in STEP_ORDER]}))
+    steps = con.sql("""
+      WITH s AS (
+        SELECT t.instance, t.vmname, m.step, t.node AS host, t.worker, t.start_ts, t.end_ts,
+               t.duration_ns, t.outcome, t.request_id,
+               CASE WHEN t.task LIKE 'compute.%' THEN 'legacy' ELSE 'versioned' END AS event_family
+        FROM tasks t JOIN _step_map m USING (task)
+      ), sched AS (  -- select_destinations of the same request
+        SELECT DISTINCT s.instance, s.vmname, 'select_destination' AS step, t.node AS host, t.worker,
+               t.start_ts, t.end_ts, t.duration_ns, t.outcome, t.request_id, s.event_family
+        FROM tasks t JOIN s ON t.request_id = s.request_id
+        WHERE t.task IN ('scheduler.select_destinations', 'compute_task.select_destinations')
+      ), mig AS (  -- the migration itself runs on the source between pre.end and post.start
+        SELECT pre.instance, pre.vmname, 'migration' AS step, NULL AS host, NULL AS worker,
+               pre.end_ts AS start_ts, post.start_ts AS end_ts, post.start_ts - pre.end_ts AS duration_ns,
+               'ok' AS outcome, pre.request_id, pre.event_family
+        FROM s pre JOIN s post ON post.instance = pre.instance AND pre.step = 'pre'
+         AND post.step IN ('post', 'rollback') AND post.start_ts >= pre.end_ts
+      )
+      SELECT x.*, r.where_ AS "where" FROM (SELECT * FROM s UNION ALL SELECT * FROM sched
+                                            UNION ALL SELECT * FROM mig) x
+      JOIN _step_rank r USING (step)
+      ORDER BY x.instance, x.start_ts, r.rank
+    """).to_arrow_table()
+    con.unregister("_step_map")
+    con.unregister("_step_rank")
+    return steps

@@ -1,0 +1,69 @@
+"""Service task intervals (SPEC §4, service view): per worker, `X.start` opens and `X.end`
+(or `X.error`) closes an interval of task X, for one request and one VM/volume.
+
+Pairing is done in SQL: the k-th start and the k-th end/error of the same key (worker, task,
+request, object) in time order form one interval, so interleaved tasks of different requests
+on one worker pair correctly; a start without its end is an open interval (end null).
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from stacklens.models.app_ops import register_operations
+
+TASKS_SQL = r"""
+WITH marks AS (
+  SELECT *, regexp_extract(event_type, '^(.*)\.(start|end|error)$', 1) AS task,
+         regexp_extract(event_type, '^(.*)\.(start|end|error)$', 2) AS edge,
+         coalesce(instance, vmname, volume, '') AS object
+  FROM ops WHERE regexp_matches(event_type, '\.(start|end|error)$')
+), ranked AS (
+  SELECT *, row_number() OVER (PARTITION BY worker, task, coalesce(request_id, ''), object,
+                                            edge = 'start' ORDER BY ts) AS k
+  FROM marks
+)
+SELECT s.task, s.worker, s.service, s.host, s.source, s.request_id,
+       s.instance, coalesce(s.vmname, e.vmname) AS vmname, coalesce(s.volume, e.volume) AS volume,
+       coalesce(e.node, s.node) AS node, s.ts AS start_ts, e.ts AS end_ts, e.ts - s.ts AS duration_ns,
+       CASE WHEN e.edge IS NULL THEN 'open' WHEN e.edge = 'error' THEN 'error' ELSE 'ok' END AS outcome,
+       s.vm_state AS state_before, e.vm_state AS state_after, e.fault
+FROM ranked s LEFT JOIN ranked e
+  ON e.edge IN ('end', 'error') AND e.worker = s.worker AND e.task = s.task
+ AND coalesce(e.request_id, '') = coalesce(s.request_id, '') AND e.object = s.object AND e.k = s.k
+WHERE s.edge = 'start'
+ORDER BY s.ts
+"""
+
+STATS_SQL = """
+SELECT task, count(*) AS count, count(duration_ns) AS closed,
+       sum(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS errors,
+       min(duration_ns) AS min_ns, avg(duration_ns) AS mean_ns,
+       quantile_cont(duration_ns, 0.5) AS median_ns, max(duration_ns) AS max_ns,
+       sum(duration_ns) AS total_ns
+FROM tasks GROUP BY task ORDER BY total_ns DESC NULLS LAST, task
+"""
+
+
+def service_tasks(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Task intervals of every worker (also registered as `tasks` on `con`)."""
+    register_operations(con)
+    table = con.sql(TASKS_SQL).to_arrow_table()
+    con.register("tasks", table)
+    return table
+
+
+def task_statistics(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Duration statistics per task type."""
+    service_tasks(con)
+    return con.sql(STATS_SQL).to_arrow_table()
+
+
+def idle_workers(con: duckdb.DuckDBPyConnection, start_ns: int, end_ns: int) -> list[str]:
+    """Workers known to the store that ran no task overlapping [start_ns, end_ns)."""
+    service_tasks(con)
+    rows = con.execute(
+        "SELECT DISTINCT worker FROM tasks EXCEPT SELECT DISTINCT worker FROM tasks"
+        " WHERE start_ts < ? AND coalesce(end_ts, start_ts) >= ?", [end_ns, start_ns]).fetchall()
+    return sorted(r[0] for r in rows)
