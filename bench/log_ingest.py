@@ -52,6 +52,14 @@ def main() -> None:
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"bench/log_ingest: data missing: {DATA}")
+    # "per core": the whole run on one CPU, Arrow's thread pools at one thread
+    import os
+
+    import pyarrow as pa
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
     from stacklens.sources.base import ReadOptions
     from stacklens.sources.oslo_log import OsloLogReader
     from stacklens.store import Store

@@ -171,3 +171,30 @@ def test_sql_distinct_requests_per_logger(tmp_path):
                           capture_output=True, text=True, check=True)
     got = {r["logger"]: r["n"] for r in json.loads(proc.stdout)}
     assert got == {k: len(v) for k, v in expected.items()}
+
+
+def test_block_boundaries_do_not_change_records(tmp_path, monkeypatch):
+    """A file read in many small blocks gives the same records as one read: tracebacks that
+    straddle a block boundary stay with their record."""
+    pytest.importorskip("oslo_log", reason="oslo.log is a test dependency (./dev setup)")
+    from stacklens.sources import oslo_log
+    from stacklens.sources.base import ReadOptions
+    log = tmp_path / "nova-compute.log"
+    subprocess.run([sys.executable, str(HERE / "programs" / "oslo_log_writer.py"), str(log)],
+                   capture_output=True, check=True)
+    service = log.read_text()
+    text = loghub().read_text().replace("\r\n", "\n").rstrip("\n") + "\n"
+    with open(log, "a") as f:  # the real service log, then loghub, then the service log again
+        f.write(text)
+        f.write(service)
+
+    def read() -> list[dict]:
+        r = oslo_log.OsloLogReader(log, ReadOptions())
+        rows = [row for t in r.tables() for row in t.to_pylist()]
+        assert r.report.skipped == 0
+        return rows
+
+    whole = read()
+    monkeypatch.setattr(oslo_log, "CHUNK_BYTES", 700)
+    assert read() == whole
+    assert len(whole) == 2000 + 2 * 5

@@ -3,10 +3,11 @@
     2017-05-16 00:00:00.008 25746 INFO nova.osapi_compute.wsgi.server [req-… user project - - -] msg
     2024-01-02 10:00:00.123 811 DEBUG nova.compute.manager [None req-… admin admin] [instance: UUID] msg
 
-The whole file is parsed column-wise with RE2 (pyarrow.compute) rather than line by line in
-Python: one regex pass finds the headers, a second splits the context bracket. Lines without a
-header are continuation lines (tracebacks) and are folded into the record above them; lines
-that are neither are reported as bad and skipped. oslo.log also writes a traceback as one
+The file is read in blocks; a compiled scanner (oslo_scan.py) finds every header field's byte
+offsets in one pass and the columns, the `fields` JSON included, are built from those offsets
+(textscan.py) without a Python object per line. Lines without a header are continuation lines
+(tracebacks) and are folded into the record above them; lines that are neither are reported
+as bad and skipped. oslo.log also writes a traceback as one
 header per line with the exception prefix (no context bracket): those lines, sharing the
 timestamp, pid and logger of the record above, are folded as well.
 """
@@ -21,9 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stacklens.errors import SourceError
-from stacklens.sources.base import Reader, json_objects
-from stacklens.sources.timefmt import local_to_epoch_ns
+from stacklens.errors import SourceError, StacklensError
+from stacklens.sources.base import Reader
+from stacklens.sources.oslo_scan import (
+    _DAYS_IN_MONTH as DAYS_IN_MONTH, CTX, GREQ, INSTANCE, LEVEL, LEVEL_BYTES, LEVEL_LENS, LOGGER, MSG,
+    PREFIX, PROJECT, REQ, USER, same_record_as_previous, scan_headers)
+from stacklens.sources.textscan import find_byte, json_string_objects, line_bounds, string_column
+from stacklens.sources.timefmt import tz_offset_seconds
 
 LEVELS = "TRACE|DEBUG|INFO|AUDIT|WARNING|WARN|ERROR|CRITICAL|FATAL"
 
@@ -36,20 +41,18 @@ HEADER = (
 )
 _HEADER_PY = re.compile(HEADER.replace("(?P<", "(?P<"))
 
-DATE = r"^\d{4}-\d\d-\d\d$"
-TIME = r"^\d\d:\d\d:\d\d(?:[.,]\d{1,9})?$"
-LEVEL_SET = pa.array(LEVELS.split("|"))
-INSTANCE_PREFIX = re.compile(r"^\[instance: [0-9a-fA-F-]{36}\] ?")
-REQ_ID = r"^req-[0-9a-fA-F-]{36}$"
+INSTANCE_PREFIX_B = re.compile(rb"^\[instance: [0-9a-fA-F-]{36}\] ?")
 
 # What a continuation line of a Python traceback looks like.
-CONTINUATION = (
+CONTINUATION_PY = re.compile(
     r"^(?:\s|Traceback \(most recent call last\):|During handling of the above exception"
     r"|The above exception was the direct cause)"
 )
-EXCEPTION_LINE = r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure|Fault|Timeout|NotFound|[A-Z]\w*)(?::|$)"
+EXCEPTION_LINE_PY = re.compile(
+    r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure|Fault|Timeout|NotFound|[A-Z]\w*)(?::|$)")
 
-BATCH_LINES = 1_000_000
+CHUNK_BYTES = 32 << 20
+MAX_REPORTED = 10
 
 
 class OsloLogReader(Reader):
@@ -71,205 +74,181 @@ class OsloLogReader(Reader):
 
     def tables(self) -> Iterator[pa.Table]:
         try:
-            data = self.path.read_bytes()
+            f = open(self.path, "rb")
         except OSError as e:
             raise SourceError(self.path, f"cannot read: {e.strerror}") from None
-        text = data.decode("utf-8", "replace")
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        service = _service_from_filename(self.path.name)
-        # Batches are cut at record boundaries so that no traceback is split between batches.
-        start = 0
-        n = len(lines)
-        while start < n:
-            end = min(n, start + BATCH_LINES)
-            while end < n and not _HEADER_PY.match(lines[end]):
-                end += 1
-            chunk = pc.utf8_rtrim(pa.array(lines[start:end], type=pa.string()), "\r")
-            table = self._parse(chunk, first_line=start + 1, service=service)
-            if table is not None and table.num_rows:
-                self.report.rows += table.num_rows
-                yield table
-            self.options.progress(sum(len(s) + 1 for s in lines[start:end]))
-            start = end
+        with f:
+            carry = b""
+            first_line = 1
+            while True:
+                try:
+                    block = f.read(CHUNK_BYTES)
+                except OSError as e:
+                    raise SourceError(self.path, f"read error: {e.strerror}") from None
+                eof = len(block) < CHUNK_BYTES  # a short read of a regular file: its end
+                data = carry + block
+                if not data:
+                    break
+                buf = np.frombuffer(data, np.uint8)
+                starts, ends = line_bounds(buf)
+                n_lines = len(starts)
+                if not eof:
+                    complete = n_lines - (0 if data.endswith(b"\n") else 1)
+                    cut = _last_record_start(buf, starts[:complete], ends[:complete])
+                    cut = cut if cut > 0 else complete
+                    if cut == 0:
+                        carry = data
+                        continue
+                    end_byte = int(starts[cut]) if cut < n_lines else len(data)
+                    carry = data[end_byte:]
+                    part = data[:end_byte]
+                else:
+                    carry = b""
+                    part = data
+                table, used_lines = self._parse_block(part, first_line)
+                first_line += used_lines
+                self.options.progress(len(part))
+                if table is not None and table.num_rows:
+                    self.report.rows += table.num_rows
+                    yield table
+                if eof:
+                    break
 
-    def _parse(self, lines: pa.Array, first_line: int, service: str | None) -> pa.Table | None:
-        hdr = split_headers(lines, self.options.tz)
-        is_header = hdr["valid"]
+    def _parse_block(self, data: bytes, first_line: int) -> tuple[pa.Table | None, int]:
+        """Parse whole lines `data`; returns the table and the number of lines consumed."""
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:  # keep the text, mark what cannot be decoded
+            self.report.notes.append("invalid UTF-8 replaced") if not self.report.notes.count(
+                "invalid UTF-8 replaced") else None
+            data = data.decode("utf-8", "replace").encode("utf-8")
+        buf = np.frombuffer(data, np.uint8)
+        starts, ends = line_bounds(buf)
+        n = len(starts)
+        is_header, ts, pid, level, off = _scan(buf, starts, ends)
+
         # Lines without a header are few: classify only those (blank, continuation, bad).
-        blank = np.zeros(len(is_header), dtype=bool)
-        cont = np.zeros(len(is_header), dtype=bool)
-        exc = np.zeros(len(is_header), dtype=bool)
         other = np.flatnonzero(~is_header)
-        if len(other):
-            rest_lines = lines.take(pa.array(other))
-            blank[other] = pc.equal(pc.utf8_trim_whitespace(rest_lines), "").to_numpy(zero_copy_only=False)
-            cont[other] = pc.match_substring_regex(rest_lines, CONTINUATION).to_numpy(zero_copy_only=False)
-            exc[other] = pc.match_substring_regex(rest_lines, EXCEPTION_LINE).to_numpy(zero_copy_only=False)
+        blank = np.zeros(n, dtype=bool)
+        cont = np.zeros(n, dtype=bool)
+        exc = np.zeros(n, dtype=bool)
+        texts = {int(i): data[starts[i]:ends[i]].decode("utf-8") for i in other}
+        for i, t in texts.items():
+            blank[i] = not t.strip()
+            cont[i] = bool(CONTINUATION_PY.match(t))
+            exc[i] = bool(EXCEPTION_LINE_PY.match(t))
         # An exception line ("ValueError: …") continues a traceback only right after one.
         prev_cont = np.concatenate([[False], cont[:-1]])
         cont = ~is_header & ~blank & (cont | (exc & prev_cont))
         record_no = np.cumsum(is_header) - 1  # record each line belongs to (-1: before any)
         bad = ~is_header & ~blank & ~(cont & (record_no >= 0))
-        for i in np.flatnonzero(bad)[:10]:
+        bad_idx = np.flatnonzero(bad)
+        for i in bad_idx[:MAX_REPORTED]:
             self.report.skip(first_line + int(i))
-        extra_bad = int(bad.sum()) - min(10, int(bad.sum()))
-        if extra_bad:
-            self.report.skipped += extra_bad
-        if not is_header.any():
-            return None
-
-        keep_h = pa.array(is_header)
+        if len(bad_idx) > MAX_REPORTED:
+            self.report.skipped += len(bad_idx) - MAX_REPORTED
         idx = np.flatnonzero(is_header)
-        ts, pid, level, logger, rest, prefix = (
-            hdr[k].filter(keep_h) for k in ("ts", "pid", "level", "logger", "rest", "prefix"))
-        rest = pc.if_else(rest.is_valid(), rest, "")
+        if not len(idx):
+            return None, n
 
-        # oslo.log's exception prefix has no context bracket: such a header line with the same
-        # timestamp, pid and logger as the record above is one more line of that record.
-        ctx, message = split_context(rest)
-        no_ctx = ctx.is_null().to_numpy(zero_copy_only=False)
-        same = np.zeros(len(idx), dtype=bool)
-        if len(idx) > 1:
-            m = len(idx) - 1
-            same[1:] = (pc.equal(ts.slice(1), ts.slice(0, m)).to_numpy(zero_copy_only=False)
-                        & pc.equal(pid.slice(1), pid.slice(0, m)).to_numpy(zero_copy_only=False)
-                        & pc.equal(logger.slice(1), logger.slice(0, m)).to_numpy(zero_copy_only=False))
-        folded_header = same & no_ctx
-        keep = ~folded_header
-
-        # Extra lines per kept record, in file order: continuation lines and folded headers.
+        # oslo.log's exception prefix: header lines with the same timestamp, pid and logger as
+        # the record above and no context bracket are more lines of that record.
+        folded = same_record_as_previous(buf, idx, ts, pid, off)
+        keep = ~folded
         kept_no = np.cumsum(keep) - 1  # record number after folding, per header
-        merged: dict[int, list[tuple[int, str]]] = {}
-        for j in np.flatnonzero(folded_header):
-            text = message[int(j)].as_py()
-            # the record itself says which instance; its traceback lines repeat it
-            text = INSTANCE_PREFIX.sub("", text, count=1)
-            merged.setdefault(int(kept_no[j]), []).append((int(idx[j]), text))
+        rec = idx[keep]  # line index of each record's header
+
+        # Messages that gain lines are rebuilt in a side buffer appended to `buf`.
+        extra: dict[int, list[tuple[int, bytes]]] = {}
+        for j in np.flatnonzero(folded):
+            i = idx[j]
+            text = data[off[MSG, 0, i]:off[MSG, 1, i]]
+            extra.setdefault(int(kept_no[j]), []).append((int(i), INSTANCE_PREFIX_B.sub(b"", text, count=1)))
         cont_idx = np.flatnonzero(cont & (record_no >= 0))
-        if len(cont_idx):
-            owners = kept_no[record_no[cont_idx]]
-            texts = lines.take(pa.array(cont_idx)).to_pylist()
-            for o, at, text in zip(owners, cont_idx, texts):
-                merged.setdefault(int(o), []).append((int(at), text))
+        for i in cont_idx:
+            extra.setdefault(int(kept_no[record_no[i]]), []).append((int(i), data[starts[i]:ends[i]]))
+        msg_s = off[MSG, 0, rec].copy()
+        msg_e = off[MSG, 1, rec].copy()
+        side = bytearray()
+        base = len(buf)
+        for k, more in extra.items():
+            i = rec[k]
+            text = b"\n".join([data[off[MSG, 0, i]:off[MSG, 1, i]]] + [t for _, t in sorted(more)])
+            msg_s[k] = base + len(side)
+            side += text
+            msg_e[k] = base + len(side)
+        # constant strings (file name, service) go to the side buffer too
+        file_s = base + len(side)
+        side += self.path.name.encode()
+        file_e = base + len(side)
+        service = _service_from_filename(self.path.name)
+        svc_s = base + len(side)
+        side += (service or "").encode()
+        svc_e = base + len(side)
+        big = np.concatenate([buf, np.frombuffer(bytes(side), np.uint8)])
 
-        keep_arr = pa.array(keep)
-        ts, pid, level, logger, prefix, ctx, message = (
-            c.filter(keep_arr) for c in (ts, pid, level, logger, prefix, ctx, message))
-        if merged:
-            msgs = message.to_pylist()
-            for k, more in merged.items():
-                msgs[k] = "\n".join([msgs[k] or ""] + [t for _, t in sorted(more)])
-            message = pa.array(msgs, type=pa.string())
-
-        ids = context_ids(ctx)
-        instance = instance_of(message)
-        pos = pa.array(idx[keep] + first_line, type=pa.int64())
-        file = prefix if service is None else pc.if_else(prefix.is_valid(), prefix, self.path.name)
-        procname = prefix if service is None else pc.if_else(prefix.is_valid(), prefix, service)
-        procname = _nth(pc.split_pattern(procname, ".", max_splits=1), 0)
-
-        fields_table = pa.table({
-            "level": level, "logger": logger, "global_request_id": ids["global_request_id"],
-            "user": ids["user"], "project": ids["project"], "message": message, "file": file,
+        m = len(rec)
+        pre_s, pre_e = off[PREFIX, 0, rec], off[PREFIX, 1, rec]
+        has_pre = pre_s >= 0
+        file_slice = (np.where(has_pre, pre_s, file_s), np.where(has_pre, pre_e, file_e))
+        # the process name: the service in the prefix (up to its first dot) or the file name
+        dot = find_byte(big, pre_s, pre_e, 46)
+        if service is not None:
+            proc = (np.where(has_pre, pre_s, svc_s), np.where(has_pre, dot, svc_e))
+        else:
+            proc = (pre_s, np.where(has_pre, dot, -1))
+        sl = {k: (off[slot, 0, rec], off[slot, 1, rec]) for k, slot in
+              (("level", LEVEL), ("logger", LOGGER), ("global_request_id", GREQ), ("user", USER),
+               ("project", PROJECT), ("request_id", REQ), ("instance", INSTANCE))}
+        fields = json_string_objects(big, {
+            "level": sl["level"], "logger": sl["logger"], "global_request_id": sl["global_request_id"],
+            "user": sl["user"], "project": sl["project"], "message": (msg_s, msg_e), "file": file_slice,
         })
-        return pa.table({
-            "ts": ts,
-            "name": logger,
-            "pid": pc.cast(pid, pa.int64()),
-            "procname": procname,
-            "request_id": ids["request_id"],
-            "instance": instance,
-            "fields": json_objects(fields_table),
-            "pos": pos,
+        table = pa.table({
+            "ts": self._to_utc(ts[rec]),
+            "name": string_column(big, *sl["logger"]),
+            "pid": pa.array(pid[rec], pa.int64()),
+            "procname": string_column(big, *proc),
+            "request_id": string_column(big, *sl["request_id"]),
+            "instance": string_column(big, *sl["instance"]),
+            "fields": fields,
+            "pos": pa.array(rec + first_line, pa.int64()),
         })
+        assert table.num_rows == m
+        return table, n
+
+    def _to_utc(self, local_ns: np.ndarray) -> pa.Array:
+        offset = tz_offset_seconds(self.options.tz)
+        if offset is not None:
+            return pa.array(local_ns - offset * 1_000_000_000, pa.int64())
+        naive = pa.array(local_ns, pa.timestamp("ns"))
+        try:
+            aware = pc.assume_timezone(naive, timezone=self.options.tz, ambiguous="earliest",
+                                       nonexistent="earliest")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise StacklensError(f"unknown time zone {self.options.tz!r}: {e}") from None
+        return pc.cast(pc.cast(aware, pa.timestamp("ns")), pa.int64())
 
 
-def _nth(lists: pa.Array, i: int) -> pa.Array:
-    """Element `i` of each list (null where the list is shorter or null)."""
-    off = lists.offsets.to_numpy()
-    start = off[:-1] + i
-    ok = start < off[1:]
-    if lists.null_count:
-        ok &= lists.is_valid().to_numpy(zero_copy_only=False)
-    return lists.values.take(pa.array(np.where(ok, start, 0), mask=~ok))
+def _last_record_start(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> int:
+    """Index of the last line that opens a record (a header with a context bracket), found by
+    scanning windows from the end; -1 if none. Cutting a block there keeps every record
+    whole with its continuation lines."""
+    window = 256
+    hi = len(starts)
+    while hi > 0:
+        lo = max(0, hi - window)
+        valid, _, _, _, off = _scan(buf, starts[lo:hi], ends[lo:hi])
+        heads = np.flatnonzero(valid & (off[CTX, 0] >= 0))
+        if len(heads):
+            return lo + int(heads[-1])
+        hi = lo
+        window *= 4
+    return -1
 
 
-def split_headers(lines: pa.Array, tz: str) -> dict:
-    """Header fields of every line (null where a line has no valid header) and `valid`.
-
-    Splitting on spaces and checking each short token is several times faster than one
-    regex with captures over the whole (long) line."""
-    # A line starting with something else than a digit may carry a file-name prefix.
-    has_prefix = pc.fill_null(pc.invert(pc.utf8_is_digit(pc.utf8_slice_codeunits(lines, 0, 1))), False)
-    n_prefixed = pc.sum(has_prefix).as_py() or 0
-    if n_prefixed in (0, len(lines)):  # the usual case: all lines alike, no copy per line
-        shift = 1 if n_prefixed else 0
-        tok = pc.split_pattern(lines, " ", max_splits=5 + shift)
-        prefix = _nth(tok, 0) if shift else pa.nulls(len(lines), pa.string())
-        date, time_, pid, level, logger, rest = (_nth(tok, i + shift) for i in range(6))
-    else:
-        first = pc.split_pattern(lines, " ", max_splits=1)
-        prefix = pc.if_else(has_prefix, _nth(first, 0), pa.scalar(None, pa.string()))
-        body = pc.if_else(has_prefix, _nth(first, 1), lines)
-        tok = pc.split_pattern(body, " ", max_splits=5)
-        date, time_, pid, level, logger, rest = (_nth(tok, i) for i in range(6))
-    valid = pc.and_(pc.match_substring_regex(date, DATE), pc.match_substring_regex(time_, TIME))
-    valid = pc.and_(valid, pc.match_substring_regex(pid, r"^\d+$"))
-    valid = pc.and_(valid, pc.is_in(level, LEVEL_SET))
-    valid = pc.and_(valid, pc.greater(pc.utf8_length(logger), 0))
-    valid = pc.fill_null(valid, False)
-    ts = local_to_epoch_ns(pc.if_else(valid, date, "0000-00-00"), pc.if_else(valid, time_, "00:00:00"), tz)
-    # A header whose date or time does not exist (month 13, …) makes the line no header.
-    valid = pc.and_(valid, ts.is_valid())
-    return {"valid": valid.to_numpy(zero_copy_only=False), "ts": ts, "pid": pid, "level": level,
-            "logger": logger, "rest": rest, "prefix": prefix}
-
-
-def split_context(rest: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """`[ctx] message` → (ctx without brackets or null, message)."""
-    has_ctx = pc.and_(pc.starts_with(rest, "["), pc.invert(pc.starts_with(rest, "[instance: ")))
-    parts = pc.split_pattern(rest, "] ", max_splits=1)
-    head = _nth(parts, 0)
-    ctx = pc.utf8_rtrim(pc.utf8_slice_codeunits(head, 1), "]")
-    ctx = pc.if_else(has_ctx, ctx, pa.scalar(None, pa.string()))
-    msg = pc.fill_null(_nth(parts, 1), "")
-    no_ctx = pc.invert(has_ctx)
-    if pc.any(no_ctx).as_py():  # few rows (exception prefix lines): the whole rest is the message
-        msg = pc.replace_with_mask(msg, no_ctx, rest.filter(no_ctx))
-    return ctx, msg
-
-
-def context_ids(ctx: pa.Array) -> dict[str, pa.Array]:
-    """Request ids, user and project from the context bracket, in either oslo.log layout:
-    `req-G req-R user project …` (global id first), `None req-R …`, or `req-R user project …`."""
-    tok = pc.split_pattern(ctx, " ", max_splits=4)
-    t0, t1, t2, t3 = (_nth(tok, i) for i in range(4))
-    null = pa.scalar(None, pa.string())
-    r0 = pc.fill_null(pc.match_substring_regex(t0, REQ_ID), False)
-    r1 = pc.fill_null(pc.match_substring_regex(t1, REQ_ID), False)
-    placeholder0 = pc.fill_null(pc.is_in(t0, pa.array(["None", "-"])), False)
-    shifted = pc.or_(pc.and_(r0, r1), pc.and_(placeholder0, r1))  # ids start at t1
-    request_id = pc.if_else(shifted, t1, pc.if_else(r0, t0, null))
-    global_id = pc.if_else(pc.and_(r0, r1), t0, null)
-    user = pc.if_else(shifted, t2, pc.if_else(r0, t1, null))
-    project = pc.if_else(shifted, t3, pc.if_else(r0, t2, null))
-    return {"request_id": request_id, "global_request_id": global_id,
-            "user": _placeholder_null(user), "project": _placeholder_null(project)}
-
-
-def instance_of(message: pa.Array) -> pa.Array:
-    """The instance uuid of oslo.log's `[instance: UUID] ` message prefix."""
-    uuid = pc.utf8_slice_codeunits(message, 11, 47)
-    ok = pc.and_(pc.starts_with(message, "[instance: "),
-                 pc.match_substring_regex(uuid, r"^[0-9a-fA-F-]{36}$"))
-    return pc.if_else(pc.fill_null(ok, False), uuid, pa.scalar(None, pa.string()))
-
-
-def _placeholder_null(a: pa.Array) -> pa.Array:
-    """Null where `a` is empty or oslo.log's "-" placeholder."""
-    return pc.if_else(pc.fill_null(pc.is_in(a, pa.array(["", "-"])), False), pa.scalar(None, pa.string()), a)
+def _scan(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray):  # noqa: ANN202
+    return scan_headers(buf, starts, ends, LEVEL_BYTES, LEVEL_LENS, DAYS_IN_MONTH)
 
 
 def _service_from_filename(name: str) -> str | None:

@@ -1,0 +1,199 @@
+"""Compiled kernels for text sources: line bounds, string columns and JSON objects built from
+byte slices of the input buffer.
+
+A text reader finds, per line, the (start, end) byte offsets of each field in one compiled
+pass; these helpers then make Arrow string columns and the `fields` JSON column from those
+offsets without a Python object per line. A start of -1 means null.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+import pyarrow as pa
+
+
+@nb.njit(cache=True, nogil=True)
+def line_bounds(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive, without "\\n" or "\\r\\n") of every line of `buf`."""
+    n = len(buf)
+    count = 0
+    for i in range(n):
+        if buf[i] == 10:
+            count += 1
+    if n and buf[n - 1] != 10:
+        count += 1
+    starts = np.empty(count, np.int64)
+    ends = np.empty(count, np.int64)
+    k = 0
+    s = 0
+    for i in range(n):
+        if buf[i] == 10:
+            e = i
+            if e > s and buf[e - 1] == 13:
+                e -= 1
+            starts[k] = s
+            ends[k] = e
+            k += 1
+            s = i + 1
+    if s < n:
+        e = n
+        if buf[e - 1] == 13:
+            e -= 1
+        starts[k] = s
+        ends[k] = e
+    return starts, ends
+
+
+@nb.njit(cache=True, nogil=True)
+def find_byte(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, byte: int) -> np.ndarray:
+    """Per slice, the offset of the first `byte` in buf[start:end] (end if none; -1 if null)."""
+    out = np.empty(len(starts), np.int64)
+    for i in range(len(starts)):
+        s = starts[i]
+        if s < 0:
+            out[i] = -1
+            continue
+        e = ends[i]
+        j = s
+        while j < e and buf[j] != byte:
+            j += 1
+        out[i] = j
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _gather(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = len(starts)
+    offsets = np.empty(n + 1, np.int64)
+    offsets[0] = 0
+    total = 0
+    for i in range(n):
+        if starts[i] >= 0:
+            total += ends[i] - starts[i]
+        offsets[i + 1] = total
+    data = np.empty(total, np.uint8)
+    for i in range(n):
+        s = starts[i]
+        if s >= 0:
+            o = offsets[i]
+            for j in range(ends[i] - s):
+                data[o + j] = buf[s + j]
+    return offsets, data
+
+
+def string_column(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
+    """An Arrow string column of the slices buf[start:end] (null where start < 0)."""
+    offsets, data = _gather(buf, starts, ends)
+    valid = starts >= 0
+    n = len(starts)
+    bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    arr = pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                null_count=int(n - valid.sum()))
+    return arr.cast(pa.string())
+
+
+@nb.njit(cache=True, nogil=True)
+def _escaped_len(buf: np.ndarray, s: int, e: int) -> int:
+    n = 0
+    for j in range(s, e):
+        c = buf[j]
+        if c == 34 or c == 92:
+            n += 2
+        elif c < 32:
+            if c == 10 or c == 13 or c == 9:
+                n += 2
+            else:
+                n += 6
+        else:
+            n += 1
+    return n
+
+
+@nb.njit(cache=True, nogil=True)
+def _json_rows(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, keys: np.ndarray,
+               key_off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    nfields, n = starts.shape
+    offsets = np.empty(n + 1, np.int64)
+    offsets[0] = 0
+    total = 0
+    for i in range(n):
+        size = 2
+        members = 0
+        for k in range(nfields):
+            s = starts[k, i]
+            if s < 0:
+                continue
+            if members:
+                size += 1
+            members += 1
+            size += key_off[k + 1] - key_off[k] + 2 + _escaped_len(buf, s, ends[k, i])
+        total += size
+        offsets[i + 1] = total
+    out = np.empty(total, np.uint8)
+    hexd = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
+    for i in range(n):
+        o = offsets[i]
+        out[o] = 123  # {
+        o += 1
+        members = 0
+        for k in range(nfields):
+            s = starts[k, i]
+            if s < 0:
+                continue
+            if members:
+                out[o] = 44  # ,
+                o += 1
+            members += 1
+            for j in range(key_off[k], key_off[k + 1]):
+                out[o] = keys[j]
+                o += 1
+            out[o] = 34
+            o += 1
+            for j in range(s, ends[k, i]):
+                c = buf[j]
+                if c == 34 or c == 92:
+                    out[o] = 92
+                    out[o + 1] = c
+                    o += 2
+                elif c < 32:
+                    out[o] = 92
+                    if c == 10:
+                        out[o + 1] = 110
+                        o += 2
+                    elif c == 13:
+                        out[o + 1] = 114
+                        o += 2
+                    elif c == 9:
+                        out[o + 1] = 116
+                        o += 2
+                    else:
+                        out[o + 1] = 117  # \u00XX
+                        out[o + 2] = 48
+                        out[o + 3] = 48
+                        out[o + 4] = hexd[c >> 4]
+                        out[o + 5] = hexd[c & 15]
+                        o += 6
+                else:
+                    out[o] = c
+                    o += 1
+            out[o] = 34
+            o += 1
+        out[o] = 125  # }
+    return offsets, out
+
+
+def json_string_objects(buf: np.ndarray, fields: dict[str, tuple[np.ndarray, np.ndarray]]) -> pa.Array:
+    """One JSON object per row whose members are the string slices `fields[key] = (starts,
+    ends)` of `buf` (a member is left out where its start is < 0)."""
+    names = list(fields)
+    key_bytes = [f'"{k}":'.encode() for k in names]
+    keys = np.frombuffer(b"".join(key_bytes), np.uint8)
+    key_off = np.zeros(len(names) + 1, np.int64)
+    key_off[1:] = np.cumsum([len(k) for k in key_bytes])
+    starts = np.stack([np.asarray(fields[k][0], np.int64) for k in names])
+    ends = np.stack([np.asarray(fields[k][1], np.int64) for k in names])
+    offsets, data = _json_rows(buf, starts, ends, keys, key_off)
+    arr = pa.Array.from_buffers(pa.large_string(), starts.shape[1],
+                                [None, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=0)
+    return arr.cast(pa.string())
