@@ -121,6 +121,9 @@ def clock_ns(cycles: np.ndarray, clock: Clock | None) -> np.ndarray:
     return sec * 1_000_000_000 + (1e9 * rem / freq).astype(np.int64) + np.int64(base_ns)
 
 
+_COMPILED: dict[tuple[int, int], tuple[TraceMetadata, CompiledStream]] = {}
+
+
 def _is_data_file(p: Path) -> bool:
     return p.is_file() and p.name != "metadata" and not p.name.startswith(".")
 
@@ -164,7 +167,13 @@ class CtfTrace:
             if sc is None:
                 raise TraceError(self.path, f"packet of unknown stream class {sid}")
             try:
-                self.compiled[sid] = compile_stream(self.metadata, sc)
+                # compiled layouts are shared by traces with the same (memoised) metadata
+                key = (id(self.metadata), sid)
+                if key not in _COMPILED or _COMPILED[key][0] is not self.metadata:
+                    if len(_COMPILED) >= 64:
+                        _COMPILED.pop(next(iter(_COMPILED)))
+                    _COMPILED[key] = (self.metadata, compile_stream(self.metadata, sc))
+                self.compiled[sid] = _COMPILED[key][1]
             except MetadataError as e:
                 raise TraceError(self.path / 'metadata', f"{e}") from None
             except RecursionError:
@@ -352,9 +361,10 @@ class CtfTrace:
         classes read these instead of JSON."""
         for sf in self.streams:
             for ch in self.chunks(sf, max_events):
+                cpus = _packet_values(sf, "cpu")
                 for ci, rows in ch.groups():
                     names, arrays, _ = ch.columns(ci, rows)
-                    cpu = _packet_column(sf, ch.pkt[rows], "cpu")
+                    cpu = _take_packet_values(cpus, ch.pkt[rows])
                     batch = pa.RecordBatch.from_arrays(
                         [pa.array(ch.ts[rows]), cpu, *arrays],
                         names=["ts", "cpu", *_dedupe(names)])
@@ -374,13 +384,16 @@ def _dedupe(names: list[str]) -> list[str]:
     return out
 
 
-def _packet_column(sf: StreamFile, pkt: np.ndarray, attr: str) -> pa.Array:
-    vals = np.array([getattr(p, attr) if getattr(p, attr) is not None else -1 for p in sf.packets],
+def _packet_values(sf: StreamFile, attr: str) -> np.ndarray:
+    return np.array([getattr(p, attr) if getattr(p, attr) is not None else -1 for p in sf.packets],
                     dtype=np.int64)
+
+
+def _take_packet_values(vals: np.ndarray, pkt: np.ndarray) -> pa.Array:
     if len(vals) == 0 or (vals < 0).all():
         return pa.nulls(len(pkt), pa.int32())
     v = vals[pkt]
-    return pa.array(v.astype(np.int32), mask=v < 0)
+    return pa.array(v.astype(np.int32), mask=v < 0 if (v < 0).any() else None)
 
 
 def _header_only_ops(cs: CompiledStream) -> np.ndarray:
