@@ -1,0 +1,1 @@
+"""Figures and tables computed from the models (SPEC §2)."""

@@ -1,0 +1,251 @@
+"""`stacklens lab run`: a real live migration between two TCG QEMU processes on 127.0.0.1.
+
+The source runs the lab guest (a multiboot ELF built here) that dirties memory at a chosen
+rate; the destination waits with `-incoming tcp:127.0.0.1:PORT`. The lab drives both over
+QMP (bandwidth cap, downtime limit, migrate, query-migrate every SAMPLE_S, migrate_cancel
+at the timeout = rollback), records every QMP message, lets QEMU write its trace events
+(log backend, -msg timestamp=on), emits the Nova control-plane steps as versioned
+notifications through oslo.messaging, and writes it all as a trace bundle:
+
+    OUT/bundle.toml                    hosts of the parts
+    OUT/src/qemu-VM.trace.log          QEMU trace events of the source   (host lab-src)
+    OUT/src/qemu-VM.qmp.jsonl          QMP record of the source
+    OUT/dst/qemu-VM.trace.log, …       the same for the destination      (host lab-dst)
+    OUT/control/notifications.jsonl    Nova notifications                (host lab-controller)
+    OUT/lab.json                       scenario parameters and QEMU's final query-migrate
+
+Every process the lab starts is killed by its pid when the run ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid as uuidlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from stacklens.errors import StacklensError
+from stacklens.lab.guest import build_guest
+from stacklens.lab.qmp import QmpClient, QmpError
+
+SRC_HOST, DST_HOST, CONTROL_HOST = "lab-src", "lab-dst", "lab-controller"
+SAMPLE_S = 0.1
+TRACE_EVENTS = [
+    "migration_bitmap_sync_start", "migration_bitmap_sync_end", "savevm_state_complete_precopy",
+    "migrate_set_state", "vm_state_notify", "migration_throttle", "migrate_pending",
+    "migration_completion_vm_stop", "migration_thread_setup_complete",
+]
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    rate: int  # pages the guest dirties per second (0: as fast as it can)
+    wss: int  # pages in the guest's working set
+    bandwidth: int  # migration bandwidth cap, bytes/s
+    downtime_limit_ms: int
+    timeout_s: float  # cancel (rollback) after this long
+    busy_vms: int = 0  # co-located CPU-bound VMs sharing the migrating VM's CPU
+    memory_mb: int = 128
+
+
+SCENARIOS = {
+    "normal": Scenario("normal", "dirty rate well below the bandwidth cap: converges",
+                       rate=2500, wss=16384, bandwidth=32 << 20, downtime_limit_ms=20, timeout_s=40),
+    "stressed": Scenario("stressed", "guest dirties memory as fast as it can, above the cap: "
+                         "never converges, cancelled at the timeout (rollback)",
+                         rate=0, wss=16384, bandwidth=32 << 20, downtime_limit_ms=20, timeout_s=8),
+    "interference": Scenario("interference", "as normal, with two busy VMs on the migrating VM's CPU",
+                             rate=2500, wss=16384, bandwidth=32 << 20, downtime_limit_ms=20,
+                             timeout_s=60, busy_vms=2),
+}
+
+
+@dataclass
+class LabResult:
+    scenario: str
+    out: str
+    vm: str
+    instance: str
+    request_id: str
+    status: str  # QEMU's final migration status: completed / cancelled / failed
+    query_migrate: dict = field(default_factory=dict)  # QEMU's last full query-migrate
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QemuProcess:
+    """One QEMU started by the lab; `stop()` ends it (quit over QMP, then SIGKILL by pid)."""
+
+    def __init__(self, name: str, guest: Path, workdir: Path, trace_dir: Path | None, append: str,
+                 memory_mb: int, instance: str, incoming: str | None = None) -> None:
+        self.name = name
+        self.qmp_path = workdir / f"{name}.qmp.sock"
+        cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mb), "-nodefaults",
+               "-display", "none", "-serial", "none", "-name", f"guest={name},debug-threads=on",
+               "-uuid", instance, "-kernel", str(guest), "-append", append,
+               "-qmp", f"unix:{self.qmp_path},server=on,wait=off", "-msg", "timestamp=on"]
+        if trace_dir is not None:
+            events = workdir / "trace-events"
+            events.write_text("\n".join(TRACE_EVENTS) + "\n")
+            self.trace_log = trace_dir / f"qemu-{name}.trace.log"
+            cmd += ["-trace", f"events={events}", "-D", str(self.trace_log)]
+        if incoming:
+            cmd += ["-incoming", incoming]
+        self.stderr = open(workdir / f"{name}.stderr", "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def stop(self, qmp: QmpClient | None = None, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None and qmp is not None:
+            try:
+                qmp.command("quit")
+            except (QmpError, OSError):
+                pass
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            self.proc.wait(timeout=timeout)
+        self.stderr.close()
+
+
+def run_scenario(scenario: str | Scenario, out: Path, progress: Callable[[str], None] | None = None) -> LabResult:
+    """Run one migration experiment and write its bundle to `out` (replaced if it exists)."""
+    sc = SCENARIOS.get(scenario) if isinstance(scenario, str) else scenario
+    if sc is None:
+        raise StacklensError(f"lab: unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
+    if shutil.which("qemu-system-x86_64") is None:
+        raise StacklensError("lab: qemu-system-x86_64 is not installed (./dev setup installs qemu-system-x86)")
+    say = progress or (lambda _m: None)
+    if out.exists():
+        if not (out / "bundle.toml").exists() and any(out.iterdir()):
+            raise StacklensError(f"lab: {out} exists and is not a lab bundle; choose another --out")
+        shutil.rmtree(out)
+    for d in ("src", "dst", "control"):
+        (out / d).mkdir(parents=True)
+    (out / "bundle.toml").write_text(
+        f'# written by stacklens lab run --scenario {sc.name}\n'
+        f'[[parts]]\npath = "src"\nhost = "{SRC_HOST}"\n\n'
+        f'[[parts]]\npath = "dst"\nhost = "{DST_HOST}"\n\n'
+        f'[[parts]]\npath = "control"\nhost = "{CONTROL_HOST}"\n')
+
+    from stacklens.lab.control import ControlPlane  # oslo.messaging is imported only here
+    instance = str(uuidlib.uuid4())
+    vm = "instance-0000" + instance[:4]
+    request_id = "req-" + str(uuidlib.uuid4())
+    control = ControlPlane(out / "control" / "notifications.jsonl")
+    result = LabResult(sc.name, str(out), vm, instance, request_id, status="not started")
+    t_start = time.monotonic()
+    procs: list[list] = []  # [QemuProcess, QmpClient | None], registered as soon as started
+    with tempfile.TemporaryDirectory(prefix="stacklens-lab-") as tmp:
+        work = Path(tmp)
+        guest = build_guest(work)
+        try:
+            append = f"rate={sc.rate} wss={sc.wss}"
+            port = free_port()
+            (work / "s").mkdir()
+            src = QemuProcess(vm, guest, work / "s", out / "src", append, sc.memory_mb, instance)
+            procs.append([src, None])
+            src_qmp = procs[-1][1] = QmpClient(src.qmp_path, open(out / "src" / f"qemu-{vm}.qmp.jsonl", "w"))
+            for i in range(sc.busy_vms):
+                (work / f"b{i}").mkdir()
+                busy = QemuProcess(f"busy-{i}", guest, work / f"b{i}", None, "rate=0 wss=1024", 64,
+                                   str(uuidlib.uuid4()))
+                procs.append([busy, None])
+            if sc.busy_vms:
+                # Co-location: the migrating VM and the busy ones share CPU 0.
+                for p, _ in procs:
+                    _pin(p.pid, {0})
+                result.notes.append(f"{sc.busy_vms} busy VM(s) pinned with {vm} to CPU 0")
+            src_qmp.command("query-name")
+            src_qmp.command("query-uuid")
+            time.sleep(1.0)  # let the guest fill its working set and reach its dirty rate
+
+            control.emit("instance.live_migration_pre.start", instance, request_id, DST_HOST)
+            (work / "d").mkdir()
+            dst = QemuProcess(vm, guest, work / "d", out / "dst", append, sc.memory_mb, instance,
+                              incoming=f"tcp:127.0.0.1:{port}")
+            procs.append([dst, None])
+            dst_qmp = procs[-1][1] = QmpClient(dst.qmp_path, open(out / "dst" / f"qemu-{vm}.qmp.jsonl", "w"))
+            dst_qmp.command("query-name")
+            dst_qmp.command("query-uuid")
+            for q in (src_qmp, dst_qmp):
+                q.command("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+            control.emit("instance.live_migration_pre.end", instance, request_id, DST_HOST)
+
+            src_qmp.command("migrate-set-parameters", **{"max-bandwidth": sc.bandwidth,
+                                                        "downtime-limit": sc.downtime_limit_ms})
+            say(f"{sc.name}: migrating {vm} to tcp:127.0.0.1:{port} "
+                f"(rate {sc.rate or 'max'} pages/s, cap {sc.bandwidth >> 20} MiB/s, timeout {sc.timeout_s:.0f} s)")
+            src_qmp.command("migrate", uri=f"tcp:127.0.0.1:{port}")
+            deadline = time.monotonic() + sc.timeout_s
+            last: dict = {}
+            while True:
+                info = src_qmp.command("query-migrate")
+                if info.get("ram"):
+                    last = info
+                status = info.get("status")
+                if status in ("completed", "failed", "cancelled"):
+                    break
+                if time.monotonic() > deadline:
+                    say(f"{sc.name}: not converged after {sc.timeout_s:.0f} s: migrate_cancel (rollback)")
+                    control.emit("instance.live_migration_rollback.start", instance, request_id, SRC_HOST)
+                    src_qmp.command("migrate_cancel")
+                    while src_qmp.command("query-migrate").get("status") not in ("cancelled", "failed", "completed"):
+                        time.sleep(SAMPLE_S)
+                    # Nova resumes the source and cleans the destination up.
+                    status = src_qmp.command("query-migrate").get("status")
+                    src_qmp.command("query-status")
+                    control.emit("instance.live_migration_rollback.end", instance, request_id, SRC_HOST)
+                    control.emit("instance.live_migration_rollback_dest.start", instance, request_id, DST_HOST)
+                    control.emit("instance.live_migration_rollback_dest.end", instance, request_id, DST_HOST)
+                    break
+                time.sleep(SAMPLE_S)
+            result.status = status or "unknown"
+            result.query_migrate = last
+            if status == "completed":
+                final = src_qmp.command("query-migrate")
+                result.query_migrate = final if final.get("ram") else last
+                dst_qmp.command("query-status")
+                control.emit("instance.live_migration_post.start", instance, request_id, SRC_HOST)
+                control.emit("instance.live_migration_post.end", instance, request_id, SRC_HOST)
+                control.emit("instance.live_migration_post_dest.start", instance, request_id, DST_HOST)
+                control.emit("instance.live_migration_post_dest.end", instance, request_id, DST_HOST)
+        finally:
+            for p, q in reversed(procs):
+                p.stop(q)
+                if q is not None:
+                    if q.record is not None:
+                        q.record.close()
+                    q.close()
+            control.close()
+    result.wall_s = round(time.monotonic() - t_start, 3)
+    (out / "lab.json").write_text(json.dumps(asdict(result) | {"parameters": asdict(sc)}, indent=1))
+    say(f"{sc.name}: {result.status} in {result.wall_s:.1f} s; bundle in {out}")
+    return result
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of `pid` (vCPU threads included) to `cpus`."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
