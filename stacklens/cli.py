@@ -83,6 +83,7 @@ def demo(out: Path = typer.Option(Path("out/demo-store"), help="Store to (re)cre
 # Commands of the layers live next to their views; each module has `register(app)`.
 # Add a module here to add its commands (kept explicit: a broken module fails loudly).
 COMMAND_MODULES: list[str] = [
+    "stacklens.views.app",
     "stacklens.sources.ctf.dump",
 ]
 

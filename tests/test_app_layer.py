@@ -189,3 +189,64 @@ def test_notification_lines_bad_line_reported(tmp_path):
     assert rows[0] == (1704164645123456000, "instance.pause.start",
                        msg["payload"]["nova_object.data"]["request_id"], uuid)
     assert rows[1][2] == "req-x" and rows[1][3] == uuid
+
+
+def test_dump_request_rpc_hops(store):
+    """conductor → scheduler → compute hops of a boot request; oracle: the dump's own XML."""
+    from stacklens.models.request_flow import request_flow
+    req = "req-ba9ff601-04cc-4889-810f-812f73e1f7dc"
+    dump = need_data(*DUMP)
+    expected = set()
+    for f in dump.glob("*.xml"):
+        for ev in f.read_text().split("<event>")[1:]:
+            if req in ev and "<method>" in ev:
+                method = re.search(r"^<method>\s*(\S+)\s*</method>", ev, re.M).group(1)
+                if not method.startswith("object_"):
+                    kind = "call" if re.search(r"^<_msg_id>", ev, re.M) else "cast"
+                    expected.add((f.stem, method, kind))
+    flow = request_flow(store.connect(), req)
+    hops = [h for h in flow.hops if not h["method"].startswith("object_")]
+    assert {(h["topic"], h["method"], h["kind"]) for h in hops} == expected
+    order = [h["service"] for h in hops]
+    assert order.index("conductor") < order.index("scheduler") < order.index("compute")
+    # the scheduler's reply names the host whose compute topic received the build
+    sched = next(h for h in hops if h["method"] == "select_destinations")
+    reply_file = dump / (sched["reply_queue"] + ".xml")
+    chosen = re.search(r"<host>\s*(\S+)\s*</host>", reply_file.read_text()).group(1)
+    assert json.loads(sched["result"])["host"] == chosen
+    build = next(h for h in hops if h["method"] == "build_and_run_instance")
+    assert build["topic"] == f"compute.{chosen}" and build["caller"] == "scheduler"
+    assert sched["replies"] == reply_file.read_text().count("<event>")
+
+
+def test_samples_live_migration_timeline(store):
+    from stacklens.models.live_migration import live_migration_steps
+    files = sorted(need_data(*SAMPLES).glob("instance-live_migration_*-start.json"))
+    expected = {f.name[len("instance-live_migration_"):-len("-start.json")] for f in files}
+    uuid = json.loads(files[0].read_text())["payload"]  # $ref'd: the uuid is in the common payload
+    steps = live_migration_steps(store.connect()).to_pylist()
+    assert {s["step"] for s in steps} - {"migration", "select_destination"} == expected
+    assert len({s["instance"] for s in steps}) == 1
+    pre = next(s for s in steps if s["step"] == "pre")
+    assert pre["where"] == "destination" and pre["event_family"] == "versioned"
+    assert sum(1 for s in steps if s["step"] == "migration") == 1
+
+
+def test_cli_json(store):
+    from typer.testing import CliRunner
+    from stacklens.cli import _register_commands, app
+    if "request" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        _register_commands()
+    run = CliRunner()
+    r = run.invoke(app, ["tasks", "--store", str(store.root), "--json"])
+    assert r.exit_code == 0, r.output
+    names = {t["task"] for t in json.loads(r.output)["tasks"]}
+    assert {"compute.instance.create", "volume.create", "scheduler.select_destinations"} <= names
+    r = run.invoke(app, ["vm", "vm-18387", "--store", str(store.root), "--json"])
+    assert r.exit_code == 0, r.output
+    vm = json.loads(r.output)
+    assert [s["vm_state"] for s in vm["states"]] == ["active", "deleted"]
+    r = run.invoke(app, ["request", "req-ba9ff601-04cc-4889-810f-812f73e1f7dc", "--store", str(store.root), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["hops"]
+    r = run.invoke(app, ["report", "--store", str(store.root), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["layers"] == ["app"]

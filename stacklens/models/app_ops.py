@@ -33,7 +33,7 @@ _FLAVOR = f"({_D}->'$.flavor.\"nova_object.data\"')"
 NOTIFICATION_SQL = f"""
 SELECT ts, host, source,
        fields->>'$.publisher_id' AS worker,
-       split_part(fields->>'$.publisher_id', ':', 1) AS service,
+       split_part(split_part(fields->>'$.publisher_id', ':', 1), '.', 1) AS service,
        fields->>'$.event_type' AS event_type,
        coalesce(request_id, fields->>'$._context_request_id', {_D}->>'$.request_id') AS request_id,
        coalesce(instance, fields->>'$.payload.instance_id', {_D}->>'$.uuid') AS instance,

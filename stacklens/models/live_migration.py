@@ -69,6 +69,8 @@ def live_migration_steps(con: duckdb.DuckDBPyConnection) -> pa.Table:
                'ok' AS outcome, pre.request_id, pre.event_family
         FROM s pre JOIN s post ON post.instance = pre.instance AND pre.step = 'pre'
          AND post.step IN ('post', 'rollback') AND post.start_ts >= pre.end_ts
+        QUALIFY row_number() OVER (PARTITION BY pre.instance, pre.start_ts
+                                   ORDER BY post.start_ts, post.step) = 1
       )
       SELECT x.*, r.where_ AS "where" FROM (SELECT * FROM s UNION ALL SELECT * FROM sched
                                             UNION ALL SELECT * FROM mig) x

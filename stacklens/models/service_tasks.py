@@ -38,10 +38,10 @@ ORDER BY s.ts
 
 STATS_SQL = """
 SELECT task, count(*) AS count, count(duration_ns) AS closed,
-       sum(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS errors,
+       CAST(sum(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS BIGINT) AS errors,
        min(duration_ns) AS min_ns, avg(duration_ns) AS mean_ns,
        quantile_cont(duration_ns, 0.5) AS median_ns, max(duration_ns) AS max_ns,
-       sum(duration_ns) AS total_ns
+       CAST(sum(duration_ns) AS BIGINT) AS total_ns
 FROM tasks GROUP BY task ORDER BY total_ns DESC NULLS LAST, task
 """
 

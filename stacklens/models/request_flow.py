@@ -1,0 +1,113 @@
+"""Request flow (SPEC §4): for one request id (or global_request_id), every task span and log
+record on every service and host, the RPC hops seen on the bus, the waits between services,
+and the warnings and errors attached to the request.
+
+RPC hops come from RabbitMQ firehose dumps: each request message goes to a topic (the routing
+key: `conductor`, `scheduler`, `compute.HOST`); a call's reply is joined by `_msg_id`. The dump
+has no capture time (an RPC message carries only its request context's creation time, shared
+by every message of the request), so hops of one request are ordered by that time, then by
+Nova's pipeline (api → conductor → scheduler → compute → network), then by position; the
+caller of a hop is the target of the hop before it (DB-proxy `object_*` calls excepted, which
+go from a compute node to the conductor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from stacklens.models.service_tasks import service_tasks
+
+PIPELINE = ["api", "conductor", "scheduler", "compute", "network"]
+
+
+@dataclass
+class RequestFlow:
+    request_id: str
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    hops: list[dict[str, Any]] = field(default_factory=list)
+    waits: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def start_ts(self) -> int | None:
+        ts = [s["start_ts"] for s in self.spans] + [r["ts"] for r in self.records]
+        return min(ts) if ts else None
+
+    @property
+    def end_ts(self) -> int | None:
+        ts = [s["end_ts"] or s["start_ts"] for s in self.spans] + [r["ts"] for r in self.records]
+        return max(ts) if ts else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "start_ts": self.start_ts, "end_ts": self.end_ts,
+                "spans": self.spans, "hops": self.hops, "waits": self.waits,
+                "problems": self.problems, "records": self.records}
+
+
+def request_flow(con: duckdb.DuckDBPyConnection, request_id: str) -> RequestFlow:
+    flow = RequestFlow(request_id)
+    service_tasks(con)
+    flow.spans = _dicts(con.execute(
+        "SELECT task, worker, service, host, node, vmname, instance, volume, start_ts, end_ts,"
+        " duration_ns, outcome FROM tasks WHERE request_id = ? ORDER BY start_ts", [request_id]))
+    flow.records = _dicts(con.execute(
+        "SELECT ts, host, source, name, procname, pid, instance, fields->>'$.level' AS level,"
+        " coalesce(fields->>'$.message', fields->>'$.msg') AS message FROM events"
+        " WHERE (request_id = ? OR fields->>'$.global_request_id' = ?)"
+        "   AND source NOT IN ('rabbitmq.dump', 'oslo.notification') ORDER BY ts, pos",
+        [request_id, request_id]))
+    flow.hops = _hops(con, request_id)
+    flow.problems = [r for r in flow.records if (r.get("level") or "") in
+                     ("WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")]
+    flow.problems += [dict(s, level="ERROR", message=f"{s['task']} ended in error")
+                      for s in flow.spans if s["outcome"] == "error"]
+    # waits: between the end of one service's span and the start of the next service's span
+    closed = sorted((s for s in flow.spans if s["end_ts"] is not None), key=lambda s: s["start_ts"])
+    for a, b in zip(closed, closed[1:]):
+        if a["worker"] != b["worker"] and b["start_ts"] > a["end_ts"]:
+            flow.waits.append({"from": a["worker"], "to": b["worker"], "after": a["task"],
+                               "before": b["task"], "wait_ns": b["start_ts"] - a["end_ts"]})
+    return flow
+
+
+def _hops(con: duckdb.DuckDBPyConnection, request_id: str) -> list[dict[str, Any]]:
+    rows = _dicts(con.execute("""
+      SELECT q.ts, q.pos, q.fields->>'$.routing_key' AS topic, q.fields->>'$.method' AS method,
+             q.fields->>'$.kind' AS kind, q.fields->>'$._msg_id' AS msg_id,
+             q.fields->>'$._reply_q' AS reply_queue,
+             count(r.pos) AS replies,
+             max(CASE WHEN r.fields->>'$.failure' IS NOT NULL THEN r.fields->>'$.failure' END) AS failure,
+             max(CASE WHEN r.fields->>'$.ending' IS NULL THEN CAST(r.fields->'$.result' AS VARCHAR) END) AS result
+      FROM events q LEFT JOIN events r
+        ON r.source = 'rabbitmq.dump' AND r.fields->>'$.kind' = 'reply'
+       AND r.fields->>'$._msg_id' = q.fields->>'$._msg_id'
+      WHERE q.source = 'rabbitmq.dump' AND q.request_id = ? AND q.fields->>'$.kind' IN ('call', 'cast')
+      GROUP BY ALL
+    """, [request_id]))
+
+    def rank(h: dict) -> tuple:
+        svc = h["topic"].split(".", 1)[0]
+        r = PIPELINE.index(svc) if svc in PIPELINE else len(PIPELINE)
+        if (h["method"] or "").startswith("object_"):  # sent by compute once it has the request
+            r = PIPELINE.index("compute") + 0.5
+        return (h["ts"], r, h["pos"])
+
+    rows.sort(key=rank)
+    caller = "api"
+    for h in rows:
+        h["service"] = h["topic"].split(".", 1)[0]
+        h["host"] = h["topic"].split(".", 1)[1] if "." in h["topic"] else None
+        if (h["method"] or "").startswith("object_"):
+            h["caller"] = "compute"
+        else:
+            h["caller"], caller = caller, h["service"]
+    return rows
+
+
+def _dicts(result: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, row)) for row in result.fetchall()]

@@ -1,0 +1,164 @@
+"""Application-layer commands: `report`, `vm`, `request`, `tasks` (each with `--json`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from stacklens.errors import StacklensError
+from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, print_table
+
+
+def _store(path: str):
+    from stacklens.store import Store
+    return Store(path)
+
+
+def _rows(table) -> list[dict[str, Any]]:
+    return [{k: (float(v) if hasattr(v, "as_integer_ratio") and not isinstance(v, (int, float)) else v)
+             for k, v in r.items()} for r in table.to_pylist()]
+
+
+def show_tasks(store_path: str, json_out: bool, task: str | None = None) -> None:
+    from stacklens.models.service_tasks import task_statistics
+    con = _store(store_path).connect()
+    stats = _rows(task_statistics(con))
+    if task:
+        stats = [s for s in stats if task in s["task"]]
+    if json_out:
+        emit_json({"tasks": stats})
+        return
+    print_table(["task", "count", "errors", "open", "min", "median", "mean", "max", "total"],
+                [(s["task"], s["count"], s["errors"], s["count"] - s["closed"], fmt_duration(s["min_ns"]),
+                  fmt_duration(s["median_ns"]), fmt_duration(s["mean_ns"]), fmt_duration(s["max_ns"]),
+                  fmt_duration(s["total_ns"])) for s in stats],
+                title="Service tasks (X.start → X.end/.error) per type",
+                right=["count", "errors", "open", "min", "median", "mean", "max", "total"])
+
+
+def show_vm(store_path: str, vm: str, json_out: bool) -> None:
+    from stacklens.models.live_migration import live_migration_steps
+    from stacklens.models.service_tasks import service_tasks
+    from stacklens.models.vm_states import vm_state_timeline
+    con = _store(store_path).connect()
+    timeline = [r for r in vm_state_timeline(con).to_pylist()
+                if vm in (r["vm"], r["instance"], r["vmname"])]
+    if not timeline:
+        raise StacklensError(f"no VM named or with uuid {vm!r} in the store")
+    keys = {r["instance"] for r in timeline if r["instance"]} | {r["vmname"] for r in timeline if r["vmname"]}
+    tasks = [t for t in service_tasks(con).to_pylist() if t["instance"] in keys or t["vmname"] in keys]
+    requests = sorted({t["request_id"] for t in tasks if t["request_id"]} |
+                      {r["request_id"] for r in timeline if r["request_id"]})
+    migration = [m for m in live_migration_steps(con).to_pylist() if m["instance"] in keys]
+    if json_out:
+        emit_json({"vm": vm, "states": timeline, "tasks": tasks, "requests": requests,
+                   "live_migration": migration})
+        return
+    print_table(["time", "state", "task state", "host", "event", "source"],
+                [(fmt_ts(r["ts"]), r["vm_state"], r["task_state"], r["node"], r["event_type"], r["source"])
+                 for r in timeline], title=f"VM {vm}: state timeline")
+    print_table(["start", "task", "worker", "duration", "outcome", "request"],
+                [(fmt_ts(t["start_ts"]), t["task"], t["worker"], fmt_duration(t["duration_ns"]),
+                  t["outcome"], t["request_id"]) for t in tasks], title="Tasks", right=["duration"])
+    if migration:
+        print_table(["step", "where", "host", "start", "duration", "outcome"],
+                    [(m["step"], m["where"], m["host"], fmt_ts(m["start_ts"]), fmt_duration(m["duration_ns"]),
+                      m["outcome"]) for m in migration], title="Live migration (Nova steps)")
+    console.print(f"requests: {', '.join(requests) or '-'}")
+
+
+def show_request(store_path: str, request_id: str, json_out: bool) -> None:
+    from stacklens.models.request_flow import request_flow
+    flow = request_flow(_store(store_path).connect(), request_id)
+    if not (flow.spans or flow.records or flow.hops):
+        raise StacklensError(f"no event of request {request_id!r} in the store")
+    if json_out:
+        emit_json(flow.to_dict())
+        return
+    from rich.tree import Tree
+    t0 = flow.start_ts or 0
+    root = Tree(f"[bold]{request_id}[/] {fmt_ts(flow.start_ts)} → {fmt_ts(flow.end_ts)}"
+                f" ({fmt_duration((flow.end_ts or 0) - t0) if flow.start_ts else '-'})")
+    if flow.hops:
+        bus = root.add("RPC hops (bus)")
+        for h in flow.hops:
+            reply = f" → reply×{h['replies']}" if h["kind"] == "call" else ""
+            bus.add(f"{h['caller']} → {h['topic']}: {h['kind']} {h['method']}{reply}"
+                    + (f" [red]failure[/]" if h["failure"] else ""))
+    by_worker: dict[str, Any] = {}
+    for s in flow.spans:
+        node = by_worker.get(s["worker"]) or root.add(f"{s['worker']} @ {s['host']}")
+        by_worker[s["worker"]] = node
+        node.add(f"+{fmt_duration(s['start_ts'] - t0)} {s['task']} {fmt_duration(s['duration_ns'])} {s['outcome']}")
+    for w in flow.waits:
+        root.add(f"wait {w['from']} → {w['to']}: {fmt_duration(w['wait_ns'])}")
+    if flow.records:
+        logs = root.add(f"log records ({len(flow.records)})")
+        for r in flow.records[:200]:
+            logs.add(f"+{fmt_duration(r['ts'] - t0)} {r['procname'] or r['host']} {r['level'] or ''} "
+                     f"{r['name']}: {(r['message'] or '')[:160]}")
+    for p in flow.problems:
+        root.add(f"[red]{p.get('level')}[/] {p.get('message')}")
+    console.print(root)
+
+
+def show_report(store_path: str, json_out: bool) -> None:
+    from stacklens.models.live_migration import live_migration_steps
+    from stacklens.models.vm_states import resources_per_host, vm_state_timeline
+    store = _store(store_path)
+    con = store.connect()
+    layers = [r[0] for r in con.execute("SELECT DISTINCT layer FROM events ORDER BY 1").fetchall()]
+    out: dict[str, Any] = {"layers": layers}
+    if "app" in layers:
+        from stacklens.models.service_tasks import task_statistics
+        stats = _rows(task_statistics(con))
+        states = vm_state_timeline(con).to_pylist()
+        vms = sorted({r["vm"] for r in states})
+        last = {r["vm"]: r for r in states}
+        res = resources_per_host(con).to_pylist()
+        mig = live_migration_steps(con).to_pylist()
+        out["app"] = {"tasks": stats, "vms": [last[v] for v in vms], "resources": res,
+                      "live_migrations": sorted({m["instance"] for m in mig if m["instance"]})}
+    if json_out:
+        emit_json(out)
+        return
+    console.print(f"layers: {', '.join(layers) or 'none'}")
+    if "app" in out:
+        a = out["app"]
+        print_table(["task", "count", "errors", "median", "max"],
+                    [(s["task"], s["count"], s["errors"], fmt_duration(s["median_ns"]), fmt_duration(s["max_ns"]))
+                     for s in a["tasks"][:30]], title="Application layer: service tasks",
+                    right=["count", "errors", "median", "max"])
+        print_table(["vm", "name", "last state", "host", "at"],
+                    [(v["vm"], v["vmname"], v["vm_state"], v["node"], fmt_ts(v["ts"])) for v in a["vms"][:50]],
+                    title=f"VMs ({len(a['vms'])})")
+        if a["live_migrations"]:
+            console.print(f"live migrations (Nova steps) for {len(a['live_migrations'])} instance(s)")
+
+
+def register(app: typer.Typer) -> None:
+    from stacklens.cli import JsonOpt, StoreOpt
+
+    @app.command()
+    def report(store: str = StoreOpt, json_out: bool = JsonOpt) -> None:
+        """Summary per layer present in the store."""
+        show_report(store, json_out)
+
+    @app.command()
+    def vm(name: str = typer.Argument(..., help="VM name or instance uuid."),
+           store: str = StoreOpt, json_out: bool = JsonOpt) -> None:
+        """A VM's state timeline, tasks, requests and live-migration steps."""
+        show_vm(store, name, json_out)
+
+    @app.command()
+    def request(request_id: str = typer.Argument(..., help="Request id or global request id."),
+                store: str = StoreOpt, json_out: bool = JsonOpt) -> None:
+        """The flow of one request as a tree: RPC hops, spans per service, waits, log records."""
+        show_request(store, request_id, json_out)
+
+    @app.command()
+    def tasks(store: str = StoreOpt, task: str = typer.Option(None, help="Only task types containing this."),
+              json_out: bool = JsonOpt) -> None:
+        """Duration statistics per service task type."""
+        show_tasks(store, json_out, task)
