@@ -109,7 +109,15 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
             if bit + size > st[S_END]:
                 return E_TRUNC
             flags = ops[pc, 3]
-            u = _read_bits(data, P + (bit >> 3), bit & 7, size, flags & F_BE)
+            b0 = P + (bit >> 3)
+            if (bit & 7) == 0 and (flags & F_BE) == 0 and size == 32:
+                # fast paths for the common byte-aligned little-endian sizes
+                u = np.uint64(data[b0]) | (np.uint64(data[b0 + 1]) << np.uint64(8)) | \
+                    (np.uint64(data[b0 + 2]) << np.uint64(16)) | (np.uint64(data[b0 + 3]) << np.uint64(24))
+            elif (bit & 7) == 0 and size == 8:
+                u = np.uint64(data[b0])
+            else:
+                u = _read_bits(data, b0, bit & 7, size, flags & F_BE)
             v = np.int64(u)
             if flags & F_SIGNED and size < 64:
                 if (u >> np.uint64(size - 1)) & np.uint64(1):
