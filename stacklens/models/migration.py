@@ -46,7 +46,7 @@ class Round:
 
 @dataclass
 class NovaStep:
-    name: str  # e.g. live_migration_pre
+    name: str  # the step: pre, migration, post, post_dest, rollback, rollback_dest, …
     host: str | None
     start: int | None
     end: int | None
@@ -221,29 +221,21 @@ def _join_qmp(con: duckdb.DuckDBPyConnection, attempts: list[MigrationAttempt]) 
 
 
 def _join_nova(con: duckdb.DuckDBPyConnection, attempts: list[MigrationAttempt]) -> None:
-    """Nova's live-migration steps of the same instance (versioned notifications)."""
+    """Nova's live-migration steps of the same instance (the application layer's model),
+    joined on the instance uuid and a time window around the attempt."""
     if not any(a.instance for a in attempts):
         return
-    rows = con.execute(
-        "SELECT ts, name, instance, request_id, coalesce(fields->>'publisher_host', fields->>'host', host) "
-        "FROM events WHERE layer = 'app' AND instance IS NOT NULL AND name LIKE '%live_migration%' "
-        "ORDER BY ts").fetchall()
+    from stacklens.models.live_migration import live_migration_steps
+    steps = live_migration_steps(con).to_pylist()
     for a in attempts:
         if not a.instance:
             continue
-        steps: dict[tuple[str, str | None], NovaStep] = {}
         lo, hi = a.start - 600 * PERIOD_NS, (a.end or a.start) + 600 * PERIOD_NS
-        for ts, name, inst, req, host in rows:
-            if inst != a.instance or not lo <= ts <= hi:
-                continue
-            base, _, phase = name.removeprefix("compute.").removeprefix("instance.").rpartition(".")
-            step = steps.setdefault((base, host), NovaStep(base, host, None, None, req))
-            if phase == "start":
-                step.start = ts
-            elif phase == "end":
-                step.end = ts
-            a.request_id = a.request_id or req
-        a.nova_steps = sorted(steps.values(), key=lambda s: s.start or s.end or 0)
+        mine = [s for s in steps if s["instance"] == a.instance
+                and lo <= (s["start_ts"] or s["end_ts"] or 0) <= hi]
+        a.nova_steps = [NovaStep(s["step"], s["host"], s["start_ts"], s["end_ts"], s["request_id"])
+                        for s in sorted(mine, key=lambda s: s["start_ts"] or s["end_ts"] or 0)]
+        a.request_id = next((s.request_id for s in a.nova_steps if s.request_id), None)
 
 
 def _judge(a: MigrationAttempt) -> None:

@@ -8,7 +8,6 @@ from stacklens.sources.base import Reader
 from stacklens.sources.oslo_log import OsloLogReader
 from stacklens.sources.qemu_trace import QemuTraceReader
 from stacklens.sources.qmp import QmpReader
-from stacklens.sources.notification_lines import NotificationLinesReader
 
 HEAD_BYTES = 16384
 
@@ -21,7 +20,7 @@ def readers() -> list[type[Reader]]:
     except ImportError:  # the CTF package may be absent in a partial checkout
         pass
     found.append(OsloLogReader)
-    found += [QemuTraceReader, QmpReader, NotificationLinesReader]
+    found += [QemuTraceReader, QmpReader]
     found.extend(_app_readers())
     return found
 
