@@ -34,6 +34,9 @@ def ingest(paths: list[Path] = typer.Argument(..., help="Trace bundles, trace di
            json_out: bool = JsonOpt) -> None:
     """Read every recognised part under PATHS into the store (idempotent)."""
     from stacklens.views.ingest_report import run_ingest
+    for p in paths:
+        if not p.exists():
+            raise StacklensError(f"{p}: no such file or directory")
     code = run_ingest(_store(store, create=True), paths, host=host, tz=tz, json_out=json_out)
     raise typer.Exit(code)
 
@@ -85,6 +88,7 @@ def demo(out: Path = typer.Option(Path("out/demo-store"), help="Store to (re)cre
 COMMAND_MODULES: list[str] = [
     "stacklens.views.app",
     "stacklens.sources.ctf.dump",
+    "stacklens.views.migrations",
 ]
 
 

@@ -83,6 +83,7 @@ def test_missing_store_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such store" in r.stderr
     r = cli("ingest", str(tmp_path / "missing.log"), "--store", str(tmp_path / "s"), check=False)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()  # nothing created for a mistyped path
 
 
 def test_bundle_toml_names_hosts(tmp_path):
