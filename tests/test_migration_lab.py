@@ -134,3 +134,26 @@ def test_truncated_trace_and_qmp_keep_the_good_lines(lab, tmp_path):
     assert t.rows == t_cut.count(b"\n") and t.skipped == 1 and "cut short" in t.notes[0]
     assert q.rows == q_cut.count(b"\n") and q.skipped == 1 and "cut short" in q.notes[0]
     assert t.rows < n_trace and q.rows < n_qmp
+
+
+def test_normal_dirty_rate_matches_the_guest_setting(lab):
+    # the guest was told how many pages to dirty per second: an oracle outside QEMU and us
+    bundle, result, store, _ = lab["normal"]
+    rate = json.loads((bundle / "lab.json").read_text())["parameters"]["rate"]
+    [a] = _attempts(store)
+    assert abs(a.dirty_rate_pps - rate) <= 0.10 * rate, (a.dirty_rate_pps, rate)
+
+
+def test_migrations_cli_json_and_png(lab, tmp_path):
+    import subprocess
+    import sys
+    _, _, store, _ = lab["stressed"]
+    png = tmp_path / "dirty.png"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-m", "stacklens.cli", "migrations", "--store",
+                           str(store.root), "--json", "--png", str(png)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [m] = json.loads(done.stdout)["migrations"]
+    qmp = _qmp_final(lab["stressed"][0])
+    assert m["verdict"] == "not converging" and m["rolled_back"]
+    assert m["syncs"] == qmp["ram"]["dirty-sync-count"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

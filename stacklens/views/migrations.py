@@ -1,0 +1,96 @@
+"""Virtualization-layer commands: `migrations` (QEMU live-migration report) and `lab run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, print_table
+
+
+def show_migrations(store_path: str, json_out: bool, png: Path | None = None) -> int:
+    from stacklens.analyses.migration_report import attempt_summary, dirty_curve_png, dirty_curve_text
+    from stacklens.models.migration import migration_attempts
+    from stacklens.store import Store
+    attempts = migration_attempts(Store(store_path).connect())
+    if png is not None:
+        dirty_curve_png(attempts, png)
+    if json_out:
+        emit_json({"migrations": [attempt_summary(a) for a in attempts], "png": str(png) if png else None})
+        return 0
+    if not attempts:
+        console.print("no migration attempts in the store (QEMU trace events migration_bitmap_sync_* needed)")
+        return 0
+    for a in attempts:
+        s = attempt_summary(a)
+        colour = {"converged": "green", "not converging": "red"}.get(a.verdict, "yellow")
+        console.print(f"[bold]{a.vm}[/] ({a.instance or 'uuid unknown'}) {a.source_host} → {a.dest_host or '?'}"
+                      f"  {fmt_ts(a.start)}  [{colour}]{a.verdict}[/] — {a.reason}")
+        print_table(
+            ["figure", "stacklens (trace)", "QEMU (QMP)"],
+            [["total time", fmt_duration(a.total_ns), _ms(s["qmp_total_ms"])],
+             ["setup", fmt_duration(a.setup_ns), _ms(a.qmp.get("setup-time-ms"))],
+             ["precopy (first pass)", fmt_duration(a.precopy_ns), ""],
+             ["bitmap syncs", a.syncs, s["qmp_dirty_sync_count"]],
+             ["downtime", fmt_duration(a.downtime_ns) + " (guest-visible)" if a.downtime_ns is not None else "-",
+              _ms(s["qmp_downtime_ms"])],
+             ["dirty rate (pages/s)", s["dirty_rate_pages_s"], s["qmp_dirty_pages_rate"]],
+             ["transfer rate (pages/s)", "", s["transfer_rate_pages_s"]],
+             ["transferred", "", _bytes(s["transferred_bytes"])],
+             ["throttle events", a.throttle_events, ""]],
+            right=["stacklens (trace)", "QEMU (QMP)"])
+        if a.rounds:
+            print_table(["round", "start", "duration", "dirty pages"],
+                        [["precopy" if r.index == 0 else r.index, fmt_ts(r.start), fmt_duration(r.end - r.start),
+                          r.dirty_pages] for r in a.rounds], right=["duration", "dirty pages"])
+            console.print("dirty pages per round:")
+            for line in dirty_curve_text(a):
+                console.print(line, highlight=False)
+        if a.stop_copy_start is not None:
+            console.print(f"stop&copy: {fmt_ts(a.stop_copy_start)} → {fmt_ts(a.stop_copy_end)}")
+        if a.nova_steps:
+            print_table(["nova step", "host", "start", "duration"],
+                        [[st.name, st.host, fmt_ts(st.start),
+                          fmt_duration(st.end - st.start) if st.start is not None and st.end is not None else "-"]
+                         for st in a.nova_steps], right=["duration"])
+            console.print(f"request: {a.request_id}")
+        console.print()
+    if png is not None:
+        console.print(f"dirty-pages plot: {png}")
+    return 0
+
+
+def _ms(v: float | int | None) -> str:
+    return "" if v is None else f"{v} ms"
+
+
+def _bytes(v: int | None) -> str:
+    return "" if v is None else f"{v / 2**20:.1f} MiB"
+
+
+def register(app: typer.Typer) -> None:
+    from stacklens.cli import DEFAULT_STORE, JsonOpt
+
+    @app.command()
+    def migrations(store: str = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory."),
+                   png: Optional[Path] = typer.Option(None, help="Also save the dirty-pages plot as PNG."),
+                   json_out: bool = JsonOpt) -> None:
+        """QEMU live migrations: stages, rounds, downtime, verdict (thesis Algorithm 1)."""
+        raise typer.Exit(show_migrations(store, json_out, png))
+
+    lab = typer.Typer(no_args_is_help=True, help="The real local migration lab (two QEMU processes).")
+    app.add_typer(lab, name="lab")
+
+    @lab.command("run")
+    def lab_run(scenario: str = typer.Option("normal", help="normal | stressed | interference"),
+                out: Path = typer.Option(..., help="Bundle directory to write (replaced if it is a lab bundle)."),
+                json_out: bool = JsonOpt) -> None:
+        """Run a migration scenario for real and write a trace bundle (`stacklens ingest` reads it)."""
+        import dataclasses
+        from stacklens.lab.runner import run_scenario
+        result = run_scenario(scenario, out, progress=None if json_out else console.print)
+        if json_out:
+            emit_json(dataclasses.asdict(result))
+        raise typer.Exit(0)
