@@ -33,29 +33,45 @@ TS_FORMATS = ["%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f
               "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S.%f%z"]
 BATCH_LINES = 500_000
 
-# Column-wise extraction of a notification `m` (JSON). Versioned payloads nest their data in
-# "nova_object.data" (Nova) or "<service>_object.data" for other services using ovo.
-_DATA = "coalesce(m->'$.payload.\"nova_object.data\"', m->'$.payload.\"versioned_object.data\"')"
+# Column-wise extraction of a notification `m`. Every `->>` re-parses the JSON text, so all
+# paths are read in one json_extract_string call (one parse per row); versioned payloads nest
+# their data in "nova_object.data" (Nova) or "versioned_object.data".
+_D = '$.payload."nova_object.data"'
+_V = '$.payload."versioned_object.data"'
+PATHS = ["$.event_type", "$.timestamp", "$.publisher_id", "$._context_request_id",
+         "$.context.request_id", f"{_D}.request_id", "$.payload.request_id",
+         "$.payload.instance_id", "$.payload.instance_uuid", f"{_D}.uuid", f"{_D}.instance_uuid",
+         f"{_D}.updated_at", f"{_D}.created_at", f"{_V}.uuid", f"{_V}.request_id"]
+_P = {p: i + 1 for i, p in enumerate(PATHS)}
+
+
+def _v(path: str) -> str:
+    return f"v[{_P[path]}]"
+
+
 EXTRACT_SQL = f"""
 SELECT pos,
-       m->>'$.event_type' AS name,
-       coalesce(epoch_ns(try_strptime(m->>'$.timestamp', {TS_FORMATS!r})),
-                epoch_ns(try_strptime({_DATA}->>'$.updated_at', {TS_FORMATS!r})),
-                epoch_ns(try_strptime({_DATA}->>'$.created_at', {TS_FORMATS!r}))) AS ts,
-       split_part(m->>'$.publisher_id', ':', 1) AS procname,
-       coalesce(m->>'$._context_request_id', m->>'$.context.request_id',
-                {_DATA}->>'$.request_id', m->>'$.payload.request_id') AS request_id,
-       coalesce(m->>'$.payload.instance_id', m->>'$.payload.instance_uuid',
-                CASE WHEN m->>'$.event_type' LIKE 'instance.%' THEN {_DATA}->>'$.uuid' END,
-                {_DATA}->>'$.instance_uuid') AS instance,
-       CAST(m AS VARCHAR) AS fields
+       {_v("$.event_type")} AS name,
+       coalesce(epoch_ns(try_strptime({_v("$.timestamp")}, {TS_FORMATS!r})),
+                epoch_ns(try_strptime({_v(_D + ".updated_at")}, {TS_FORMATS!r})),
+                epoch_ns(try_strptime({_v(_D + ".created_at")}, {TS_FORMATS!r}))) AS ts,
+       split_part({_v("$.publisher_id")}, ':', 1) AS procname,
+       coalesce({_v("$._context_request_id")}, {_v("$.context.request_id")},
+                {_v(_D + ".request_id")}, {_v(_V + ".request_id")}, {_v("$.payload.request_id")}) AS request_id,
+       coalesce({_v("$.payload.instance_id")}, {_v("$.payload.instance_uuid")},
+                CASE WHEN {_v("$.event_type")} LIKE 'instance.%'
+                     THEN coalesce({_v(_D + ".uuid")}, {_v(_V + ".uuid")}) END,
+                {_v(_D + ".instance_uuid")}) AS instance,
+       m AS fields
 FROM (
-  SELECT pos, CASE WHEN json_valid(j->>'$."oslo.message"') THEN CAST(j->>'$."oslo.message"' AS JSON)
-                   ELSE j END AS m
-  FROM (SELECT pos, CAST(line AS JSON) AS j FROM lines WHERE json_valid(line)
-        AND json_type(CAST(line AS JSON)) = 'OBJECT')
+  SELECT pos, m, json_extract_string(m, {PATHS!r}) AS v
+  FROM (
+    SELECT pos, CASE WHEN contains(line, '"oslo.message"')
+                     THEN json_extract_string(line, '$."oslo.message"') ELSE line END AS m
+    FROM lines WHERE json_valid(line) AND starts_with(ltrim(line), '{{')
+  ) WHERE json_valid(m)
 )
-WHERE m->>'$.event_type' IS NOT NULL
+WHERE {_v("$.event_type")} IS NOT NULL
 ORDER BY pos
 """
 
