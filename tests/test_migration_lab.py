@@ -157,3 +157,28 @@ def test_migrations_cli_json_and_png(lab, tmp_path):
     assert m["verdict"] == "not converging" and m["rolled_back"]
     assert m["syncs"] == qmp["ram"]["dirty-sync-count"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interference_slows_the_migration(tmp_path):
+    """The same uncapped migration with and without busy VMs on its CPU, on this machine;
+    QEMU's own total-time is the measure."""
+    need_program("qemu-system-x86_64")
+    import dataclasses
+    from stacklens.lab.runner import SCENARIOS, run_scenario
+    from stacklens.store import Store
+    from stacklens.store.ingest import ingest
+    busy = SCENARIOS["interference"]
+    baseline = dataclasses.replace(busy, name="interference-baseline", busy_vms=0)
+    times = {}
+    for sc in (baseline, busy):
+        result = run_scenario(sc, tmp_path / sc.name)
+        assert result.status == "completed"
+        store = Store(tmp_path / f"{sc.name}-store", create=True)
+        ingest(store, [tmp_path / sc.name])
+        [a] = _attempts(store)
+        assert abs(a.total_ns / 1e6 - result.query_migrate["total-time"]) <= 0.05 * result.query_migrate["total-time"]
+        times[sc.name] = a.total_ns
+    ratio = times["interference"] / times["interference-baseline"]
+    print(f"interference: {times['interference'] / 1e6:.0f} ms vs {times['interference-baseline'] / 1e6:.0f} ms "
+          f"without busy VMs (x{ratio:.2f})")
+    assert ratio > 1.10, times
