@@ -27,6 +27,11 @@ def find_data(explicit: Path | None) -> Path | None:
 
 
 def run_demo(out: Path, data: Path | None) -> int:
+    # The self-contained lab demo when QEMU can run here; the shared-data demo otherwise
+    # (or when --data is given).
+    from stacklens.views.lab_demo import lab_available, run_lab_demo
+    if data is None and lab_available():
+        return run_lab_demo(out)
     root = find_data(data)
     if root is None:
         err_console.print("stacklens: error: the shared data set was not found (give --data DIR)")
