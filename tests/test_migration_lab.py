@@ -176,7 +176,9 @@ def test_interference_slows_the_migration(tmp_path):
         store = Store(tmp_path / f"{sc.name}-store", create=True)
         ingest(store, [tmp_path / sc.name])
         [a] = _attempts(store)
-        assert abs(a.total_ns / 1e6 - result.query_migrate["total-time"]) <= 0.05 * result.query_migrate["total-time"]
+        qmp_ms = result.query_migrate["total-time"]
+        # sub-second runs: QEMU's figure is whole ms and ends a little before the state event
+        assert abs(a.total_ns / 1e6 - qmp_ms) <= max(0.05 * qmp_ms, 10.0), (a.total_ns, qmp_ms)
         times[sc.name] = a.total_ns
     ratio = times["interference"] / times["interference-baseline"]
     print(f"interference: {times['interference'] / 1e6:.0f} ms vs {times['interference-baseline'] / 1e6:.0f} ms "
