@@ -89,6 +89,7 @@ COMMAND_MODULES: list[str] = [
     "stacklens.views.app",
     "stacklens.sources.ctf.dump",
     "stacklens.views.migrations",
+    "stacklens.views.kernel",
 ]
 
 

@@ -1,0 +1,364 @@
+"""Kernel-layer models built as array transforms over the store (SPEC §4 Kernel, §7).
+
+Everything here is DuckDB SQL over the `events` view of one host's kernel partition:
+  * running intervals: sched_switch sorted by (cpu, ts); consecutive switches on a CPU bound
+    the time `next_tid` ran there (the last one runs to the end of the trace);
+  * thread states: per tid, every switch-in starts `running`, every switch-out starts what
+    `prev_state` says the thread entered (runnable = preempted, blocked, io_wait = D state,
+    exited), the first wakeup after a blocking switch-out starts `runnable`; before the first
+    evidence a thread is `unknown`;
+  * the thread running on each CPU at any instant (ASOF join on the running intervals), which
+    gives LTTng events without a tid context their thread (syscalls, block requests);
+  * process names over time from fork / exec / statedump / sched_switch comms.
+
+Field names of both LTTng (prev_tid, next_tid, tid) and ftrace (prev_pid, next_pid, pid) are
+accepted, and prev_state as LTTng's number or ftrace's letters (R, R+, S, D, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from stacklens.errors import StacklensError
+
+STATES = ("running", "runnable", "blocked", "io_wait", "exited", "unknown")
+
+# prev_state → the state a thread entered when switched out. LTTng gives the kernel's task
+# state bits (0 = TASK_RUNNING; preemption may add a high "max" bit such as 2048 or 256, whose
+# low byte is 0), ftrace gives letters ("R", "R+", "S", "D", "X", "Z", "I", ...).
+_ENTERED_STATE = """
+CASE
+  WHEN prev_state IS NULL THEN 'unknown'
+  WHEN regexp_full_match(prev_state, '-?[0-9]+') THEN
+    CASE WHEN (CAST(prev_state AS BIGINT) & 255) = 0 THEN 'runnable'
+         WHEN (CAST(prev_state AS BIGINT) & (16 | 32 | 64)) <> 0 THEN 'exited'
+         WHEN (CAST(prev_state AS BIGINT) & 2) <> 0 THEN 'io_wait'
+         ELSE 'blocked' END
+  WHEN prev_state LIKE 'R%' THEN 'runnable'
+  WHEN prev_state LIKE '%D%' THEN 'io_wait'
+  WHEN prev_state LIKE 'X%' OR prev_state LIKE 'Z%' THEN 'exited'
+  ELSE 'blocked'
+END"""
+
+SYSCALL_ENTRY = ("name LIKE 'syscall\\_entry\\_%' ESCAPE '\\' OR name LIKE 'compat\\_syscall\\_entry\\_%' ESCAPE '\\'"
+                 " OR (name LIKE 'sys\\_%' ESCAPE '\\') OR name = 'sys_enter'")
+SYSCALL_EXIT = ("name LIKE 'syscall\\_exit\\_%' ESCAPE '\\' OR name LIKE 'compat\\_syscall\\_exit\\_%' ESCAPE '\\'"
+                " OR name IN ('exit_syscall', 'sys_exit')")
+
+
+@dataclass
+class TraceSpan:
+    start: int
+    end: int
+
+
+class KernelModel:
+    """The kernel models of one host. Tables are built lazily in a private DuckDB connection
+    (`self.con`) as TEMP tables: switches, running, transitions, states, threads."""
+
+    def __init__(self, store, host: str) -> None:
+        self.host = host
+        self.con: duckdb.DuckDBPyConnection = store.connect(host=host, layer="kernel")
+        span = self.con.execute("SELECT min(ts), max(ts), count(*) FROM events WHERE host = ?", [host]).fetchall()[0]
+        if not span[2]:
+            raise StacklensError(f"host {host!r}: no kernel events in the store")
+        self.span = TraceSpan(int(span[0]), int(span[1]))
+        self._built: set[str] = set()
+
+    # ---- building blocks -----------------------------------------------------------------
+    def _need(self, table: str) -> None:
+        if table in self._built:
+            return
+        getattr(self, f"_build_{table}")()
+        self._built.add(table)
+
+    def _build_switches(self) -> None:
+        self.con.execute(f"""
+            CREATE TEMP TABLE switches AS
+            SELECT ts, cpu, src, pos,
+                   CAST(coalesce(fields->>'prev_tid', fields->>'prev_pid') AS BIGINT) AS prev_tid,
+                   CAST(coalesce(fields->>'next_tid', fields->>'next_pid') AS BIGINT) AS next_tid,
+                   fields->>'prev_state' AS prev_state,
+                   fields->>'prev_comm' AS prev_comm, fields->>'next_comm' AS next_comm
+            FROM events WHERE host = ? AND name = 'sched_switch' AND cpu IS NOT NULL
+            ORDER BY cpu, ts, src, pos""", [self.host])
+        self.con.execute(f"ALTER TABLE switches ADD COLUMN entered VARCHAR")
+        self.con.execute(f"UPDATE switches SET entered = {_ENTERED_STATE}")
+
+    def _build_running(self) -> None:
+        """One row per (cpu, interval) with the tid that ran there (0 = idle)."""
+        self._need("switches")
+        self.con.execute("""
+            CREATE TEMP TABLE running AS
+            SELECT cpu, next_tid AS tid, next_comm AS comm, ts AS start,
+                   coalesce(lead(ts) OVER w, ?) AS "end"
+            FROM switches WINDOW w AS (PARTITION BY cpu ORDER BY ts, src, pos)
+            ORDER BY cpu, start""", [self.span.end])
+
+    def _build_transitions(self) -> None:
+        """Per-tid state changes: switch-in, switch-out, and the first wakeup after a block."""
+        self._need("switches")
+        self.con.execute("""
+            CREATE TEMP TABLE wakeups AS
+            SELECT ts, src, pos,
+                   CAST(coalesce(fields->>'tid', fields->>'pid') AS BIGINT) AS tid,
+                   CAST(coalesce(fields->>'target_cpu', CAST(cpu AS VARCHAR)) AS INTEGER) AS cpu
+            FROM events WHERE host = ? AND name IN ('sched_wakeup', 'sched_wakeup_new')""", [self.host])
+        self.con.execute("""
+            CREATE TEMP TABLE transitions AS
+            WITH raw AS (
+              SELECT next_tid AS tid, ts, src, pos, cpu, 'running' AS state, 1 AS kind FROM switches
+              UNION ALL
+              SELECT prev_tid, ts, src, pos, cpu, entered, 0 FROM switches
+              UNION ALL
+              SELECT tid, ts, src, pos, cpu, 'runnable', 2 FROM wakeups
+            ), ordered AS (
+              -- at equal (ts, pos) the switch-out comes before the switch-in of the same tid
+              SELECT *, last_value(CASE WHEN kind < 2 THEN state END IGNORE NULLS)
+                          OVER (PARTITION BY tid ORDER BY ts, src, pos, kind
+                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
+              FROM raw WHERE tid IS NOT NULL AND tid <> 0
+            )
+            SELECT tid, ts, src, pos, kind, cpu, state FROM ordered
+            -- a wakeup counts only when it ends a block; a later wakeup in the same block
+            -- changes nothing and merges below
+            WHERE kind < 2 OR before IN ('blocked', 'io_wait') OR before IS NULL""")
+
+    def _build_states(self) -> None:
+        """Thread state intervals: [start, end) per tid; consecutive equal states merged."""
+        self._need("transitions")
+        self.con.execute("""
+            CREATE TEMP TABLE states AS
+            WITH seq AS (
+              SELECT tid, ts, cpu, state,
+                     lag(state) OVER w AS prev_state,
+                     lead(ts) OVER w AS next_ts
+              FROM transitions WINDOW w AS (PARTITION BY tid ORDER BY ts, src, pos, kind)
+            ), starts AS (
+              SELECT *, sum(CASE WHEN prev_state IS DISTINCT FROM state THEN 1 ELSE 0 END)
+                          OVER (PARTITION BY tid ORDER BY ts ROWS UNBOUNDED PRECEDING) AS run_no
+              FROM seq
+            ), merged AS (
+              SELECT tid, run_no, any_value(state) AS state, min(ts) AS start,
+                     arg_max(coalesce(next_ts, ?), ts) AS "end", arg_min(cpu, ts) AS cpu
+              FROM starts GROUP BY tid, run_no
+            ), firsts AS (
+              SELECT tid, min(start) AS first FROM merged GROUP BY tid
+            )
+            SELECT tid, state, start, "end", cpu FROM merged
+            WHERE state <> 'exited' AND "end" > start
+            UNION ALL
+            SELECT tid, 'unknown', ?, first, NULL FROM firsts WHERE first > ?
+            ORDER BY tid, start""", [self.span.end, self.span.start, self.span.start])
+
+    def _build_threads(self) -> None:
+        """tid → pid and names over time: (tid, pid, name, since, how)."""
+        self._need("switches")
+        self.con.execute("""
+            CREATE TEMP TABLE names AS
+            SELECT * FROM (
+              SELECT CAST(coalesce(fields->>'child_tid', fields->>'child_pid') AS BIGINT) AS tid,
+                     CAST(fields->>'child_pid' AS BIGINT) AS pid,
+                     fields->>'child_comm' AS name, ts AS since, 'fork' AS how
+              FROM events WHERE host = ? AND name = 'sched_process_fork'
+              UNION ALL
+              SELECT CAST(coalesce(fields->>'tid', fields->>'pid') AS BIGINT),
+                     CAST(fields->>'pid' AS BIGINT), fields->>'name', ts, 'statedump'
+              FROM events WHERE host = ? AND name = 'lttng_statedump_process_state'
+              UNION ALL
+              SELECT coalesce(CAST(fields->>'tid' AS BIGINT), tid), pid,
+                     regexp_extract(fields->>'filename', '[^/]*$'), ts, 'exec'
+              FROM events WHERE host = ? AND name = 'sched_process_exec'
+              UNION ALL
+              SELECT next_tid, NULL, next_comm, ts, 'switch' FROM switches
+              UNION ALL
+              SELECT prev_tid, NULL, prev_comm, ts, 'switch' FROM switches
+            ) WHERE tid IS NOT NULL AND name IS NOT NULL""", [self.host] * 3)
+        # The name a thread had at each change (switch comms repeat: keep the changes only).
+        self.con.execute("""
+            CREATE TEMP TABLE name_changes AS
+            SELECT tid, name, since, how FROM (
+              SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY since) AS before FROM names)
+            WHERE before IS DISTINCT FROM name ORDER BY tid, since""")
+        self.con.execute("""
+            CREATE TEMP TABLE threads AS
+            WITH pids AS (SELECT tid, max(pid) AS pid FROM names WHERE pid IS NOT NULL GROUP BY tid),
+                 last_names AS (SELECT tid, arg_max(name, since) AS name FROM names GROUP BY tid),
+                 t AS (SELECT l.tid, coalesce(p.pid, l.tid) AS pid, l.name
+                       FROM last_names l LEFT JOIN pids p USING (tid))
+            SELECT t.tid, t.pid, t.name, coalesce(pn.name, t.name) AS process
+            FROM t LEFT JOIN last_names pn ON pn.tid = t.pid""")
+
+    # ---- public models -------------------------------------------------------------------
+    def running(self) -> pa.Table:
+        """cpu, tid, comm, start, end: who ran on each CPU (tid 0 = idle)."""
+        self._need("running")
+        return self.con.sql("SELECT * FROM running ORDER BY cpu, start").to_arrow_table()
+
+    def thread_states(self, tid: int | None = None) -> pa.Table:
+        """tid, state, start, end, cpu (cpu: where the state began)."""
+        self._need("states")
+        where = "" if tid is None else f"WHERE tid = {int(tid)}"
+        return self.con.sql(f"SELECT * FROM states {where} ORDER BY tid, start").to_arrow_table()
+
+    def threads(self) -> pa.Table:
+        """tid, pid, name (last seen), process (the name of its pid's thread)."""
+        self._need("threads")
+        return self.con.sql("SELECT * FROM threads ORDER BY pid, tid").to_arrow_table()
+
+    def name_changes(self) -> pa.Table:
+        """tid, name, since, how: the names each thread had over time."""
+        self._need("threads")
+        return self.con.sql("SELECT * FROM name_changes ORDER BY tid, since").to_arrow_table()
+
+    def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
+        return (self.span.start if start is None else int(start), self.span.end if end is None else int(end))
+
+    def cpu_by_thread(self, start: int | None = None, end: int | None = None) -> pa.Table:
+        """tid, name, pid, process, cpu_ns, wait_cpu_ns over [start, end) (idle excluded)."""
+        self._need("running")
+        self._need("states")
+        self._need("threads")
+        lo, hi = self._range(start, end)
+        return self.con.sql("""
+            WITH run AS (
+              SELECT tid, CAST(sum(least("end", $2) - greatest(start, $1)) AS BIGINT) AS cpu_ns
+              FROM running WHERE tid <> 0 AND "end" > $1 AND start < $2 GROUP BY tid
+            ), wait AS (
+              SELECT tid, CAST(sum(least("end", $2) - greatest(start, $1)) AS BIGINT) AS wait_cpu_ns
+              FROM states WHERE state = 'runnable' AND "end" > $1 AND start < $2 GROUP BY tid
+            )
+            SELECT tid, t.name, t.pid, t.process, coalesce(run.cpu_ns, 0) AS cpu_ns,
+                   coalesce(wait.wait_cpu_ns, 0) AS wait_cpu_ns
+            FROM run FULL JOIN wait USING (tid) LEFT JOIN threads t USING (tid)
+            ORDER BY cpu_ns DESC, tid""", params=[lo, hi]).to_arrow_table()
+
+    def cpu_by_process(self, start: int | None = None, end: int | None = None) -> pa.Table:
+        """pid, process, threads, cpu_ns, wait_cpu_ns over [start, end)."""
+        per_thread = self.cpu_by_thread(start, end)
+        return self.con.sql("""
+            SELECT coalesce(pid, tid) AS pid, any_value(process) AS process, count(*) AS threads,
+                   CAST(sum(cpu_ns) AS BIGINT) AS cpu_ns, CAST(sum(wait_cpu_ns) AS BIGINT) AS wait_cpu_ns
+            FROM per_thread GROUP BY ALL ORDER BY cpu_ns DESC, pid""").to_arrow_table()
+
+    def cpu_by_cpu(self, start: int | None = None, end: int | None = None) -> pa.Table:
+        """cpu, busy_ns, idle_ns, known_ns (time with a known thread), usage = busy/known."""
+        self._need("running")
+        lo, hi = self._range(start, end)
+        return self.con.sql("""
+            SELECT cpu,
+                   CAST(sum(CASE WHEN tid <> 0 THEN least("end", $2) - greatest(start, $1) ELSE 0 END) AS BIGINT) AS busy_ns,
+                   CAST(sum(CASE WHEN tid = 0 THEN least("end", $2) - greatest(start, $1) ELSE 0 END) AS BIGINT) AS idle_ns,
+                   CAST(sum(least("end", $2) - greatest(start, $1)) AS BIGINT) AS known_ns,
+                   round(busy_ns / nullif(known_ns, 0), 4) AS usage
+            FROM running WHERE "end" > $1 AND start < $2 GROUP BY cpu ORDER BY cpu""", params=[lo, hi]).to_arrow_table()
+
+    def thread_tids(self, proc: str) -> list[int]:
+        """Threads whose own name or process name matches `proc` (SQL LIKE, case-insensitive)."""
+        self._need("threads")
+        rows = self.con.execute(
+            "SELECT DISTINCT tid FROM threads WHERE name ILIKE $1 OR process ILIKE $1 "
+            "UNION SELECT DISTINCT tid FROM names WHERE name ILIKE $1", [proc]).fetchall()
+        return sorted(r[0] for r in rows if r[0] != 0)
+
+    def preemption(self, tids: list[int], start: int | None = None, end: int | None = None) -> pa.Table:
+        """For the runnable intervals of `tids`: the threads that ran on the CPU the waiting
+        thread was eventually switched in on, ranked by the time they ran meanwhile
+        (thesis fig. 4.24-4.25). Idle time on that CPU (wake-up latency) is not a preemptor."""
+        self._need("running")
+        self._need("states")
+        self._need("threads")
+        lo, hi = self._range(start, end)
+        self.con.register("_victims", pa.table({"tid": pa.array(tids, pa.int64())}))
+        return self.con.sql("""
+            WITH waits AS (
+              SELECT s.tid, greatest(s.start, $1) AS start, least(s."end", $2) AS "end",
+                     -- the CPU of the switch-in that ends the wait
+                     (SELECT r.cpu FROM running r WHERE r.tid = s.tid AND r.start = s."end" LIMIT 1) AS cpu
+              FROM states s JOIN _victims v USING (tid)
+              WHERE s.state = 'runnable' AND s."end" > $1 AND s.start < $2
+            ), overlapping AS (
+              SELECT w.tid AS victim_tid, r.tid AS preemptor_tid,
+                     least(r."end", w."end") - greatest(r.start, w.start) AS ns
+              FROM waits w JOIN running r
+                ON r.cpu = w.cpu AND r.start < w."end" AND r."end" > w.start AND r.tid <> w.tid AND r.tid <> 0
+            )
+            SELECT o.preemptor_tid, pt.name AS preemptor_name, pt.process AS preemptor_process,
+                   CAST(sum(o.ns) AS BIGINT) AS ns, count(DISTINCT o.victim_tid) AS victims,
+                   list(DISTINCT o.victim_tid ORDER BY o.victim_tid) AS victim_tids
+            FROM overlapping o LEFT JOIN threads pt ON pt.tid = o.preemptor_tid
+            GROUP BY ALL ORDER BY ns DESC, preemptor_tid""", params=[lo, hi]).to_arrow_table()
+
+    def _current_thread_of(self, view_sql: str, params: list) -> None:
+        """Materialise `_with_tid`: the rows of `view_sql` with `cur_tid`, the thread running on
+        their CPU at their timestamp (or their own tid column when the source has one)."""
+        self._need("running")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE _evts AS {view_sql}", params)
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _with_tid AS
+            SELECT e.*, coalesce(e.tid, r.tid) AS cur_tid
+            FROM _evts e ASOF LEFT JOIN running r ON e.cpu = r.cpu AND e.ts >= r.start""")
+
+    def syscalls(self) -> pa.Table:
+        """Syscall latency segments: tid, syscall, start, end, duration, ret. An entry pairs
+        with the next exit of the same thread (as Trace Compass does: an entry that is never
+        closed is replaced by the next entry; an exit without entry is dropped)."""
+        self._need("threads")
+        self._current_thread_of(
+            f"SELECT ts, cpu, tid, src, pos, name, fields FROM events WHERE host = ? "
+            f"AND (({SYSCALL_ENTRY}) OR ({SYSCALL_EXIT}))", [self.host])
+        return self.con.sql(f"""
+            WITH k AS (
+              SELECT *, CASE WHEN {SYSCALL_EXIT} THEN 'exit' ELSE 'entry' END AS kind
+              FROM _with_tid WHERE cur_tid IS NOT NULL
+            ), seq AS (
+              SELECT *, lag(kind) OVER w AS prev_kind, lag(ts) OVER w AS prev_ts,
+                        lag(name) OVER w AS prev_name
+              FROM k WINDOW w AS (PARTITION BY cur_tid ORDER BY ts, src, pos)
+            )
+            SELECT s.cur_tid AS tid, t.name AS thread, t.process, t.pid,
+                   regexp_replace(regexp_replace(s.prev_name, '^(compat_)?syscall_entry_', ''), '^sys_', '') AS syscall,
+                   s.prev_ts AS start, s.ts AS "end", s.ts - s.prev_ts AS duration,
+                   TRY_CAST(s.fields->>'ret' AS BIGINT) AS ret
+            FROM seq s LEFT JOIN threads t ON t.tid = s.cur_tid
+            WHERE s.kind = 'exit' AND s.prev_kind = 'entry'
+            ORDER BY start""").to_arrow_table()
+
+    def disk_requests(self) -> pa.Table:
+        """Block requests: dev, sector, nr_sector, rwbs, tid (who issued), insert, issue,
+        complete, queue_ns (insert → issue), service_ns (issue → complete). An issue pairs
+        with the next completion of the same (dev, sector); an insert with the next issue."""
+        self._need("threads")
+        self._current_thread_of(
+            "SELECT ts, cpu, tid, src, pos, name, fields FROM events WHERE host = ? "
+            "AND name IN ('block_rq_insert', 'block_rq_issue', 'block_rq_complete')", [self.host])
+        return self.con.sql("""
+            WITH b AS (
+              SELECT ts, src, pos, name,
+                     CAST(fields->>'dev' AS VARCHAR) AS dev, TRY_CAST(fields->>'sector' AS UBIGINT) AS sector,
+                     TRY_CAST(fields->>'nr_sector' AS BIGINT) AS nr_sector,
+                     CAST(fields->>'rwbs' AS VARCHAR) AS rwbs,
+                     coalesce(TRY_CAST(fields->>'tid' AS BIGINT), cur_tid) AS tid
+              FROM _with_tid
+            ), seq AS (
+              SELECT *, lead(name) OVER w AS next_name, lead(ts) OVER w AS next_ts,
+                        lag(name) OVER w AS prev_name, lag(ts) OVER w AS prev_ts, lag(tid) OVER w AS prev_tid
+              FROM b WINDOW w AS (PARTITION BY dev, sector ORDER BY ts, src, pos)
+            )
+            SELECT dev, sector, nr_sector, rwbs,
+                   CASE WHEN prev_name = 'block_rq_insert' THEN coalesce(prev_tid, tid) ELSE tid END AS tid,
+                   CASE WHEN prev_name = 'block_rq_insert' THEN prev_ts END AS insert,
+                   ts AS issue, next_ts AS complete,
+                   CASE WHEN prev_name = 'block_rq_insert' THEN ts - prev_ts END AS queue_ns,
+                   next_ts - ts AS service_ns
+            FROM seq WHERE name = 'block_rq_issue' AND next_name = 'block_rq_complete'
+            ORDER BY issue""").to_arrow_table()
+
+
+def kernel_hosts(store) -> list[str]:
+    """Hosts that have kernel events in the store."""
+    con = store.connect(layer="kernel")
+    return [r[0] for r in con.execute("SELECT DISTINCT host FROM events ORDER BY host").fetchall()]

@@ -1,0 +1,233 @@
+"""Kernel-layer commands: cpu, threads, preemption, syscalls, io (each with --json)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pyarrow as pa
+import typer
+
+from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, print_table
+
+
+def _models(store_path: str, host: str | None):
+    from stacklens.errors import StacklensError
+    from stacklens.models.kernel import KernelModel, kernel_hosts
+    from stacklens.store import Store
+    store = Store(store_path)
+    hosts = kernel_hosts(store)
+    if host is not None:
+        if host not in hosts:
+            raise StacklensError(f"host {host!r} has no kernel events (hosts with kernel events: {', '.join(hosts) or 'none'})")
+        hosts = [host]
+    if not hosts:
+        raise StacklensError(f"{store_path}: no kernel events in the store (ingest an LTTng kernel trace or ftrace text)")
+    return [KernelModel(store, h) for h in hosts]
+
+
+def _rows(table: pa.Table, limit: int) -> list[dict]:
+    rows = table.to_pylist()
+    return rows if limit <= 0 else rows[:limit]
+
+
+def show_cpu(store: str, host: str | None, start: int | None, end: int | None, by: str, limit: int,
+             json_out: bool) -> None:
+    out = []
+    for m in _models(store, host):
+        lo, hi = m._range(start, end)
+        per_cpu = m.cpu_by_cpu(lo, hi)
+        per = m.cpu_by_process(lo, hi) if by == "process" else m.cpu_by_thread(lo, hi)
+        out.append({"host": m.host, "start": lo, "end": hi, "cpus": per_cpu.to_pylist(),
+                    by + "es" if by == "process" else "threads": _rows(per, limit)})
+    if json_out:
+        emit_json({"hosts": out})
+        return
+    for h in out:
+        console.print(f"[bold]{h['host']}[/] {fmt_ts(h['start'])} → {fmt_ts(h['end'])} ({fmt_duration(h['end'] - h['start'])})")
+        print_table(["cpu", "busy", "idle", "usage"],
+                    [[c["cpu"], fmt_duration(c["busy_ns"]), fmt_duration(c["idle_ns"]),
+                      f"{100 * (c['usage'] or 0):.1f} %"] for c in h["cpus"]], right=["busy", "idle", "usage"])
+        if by == "process":
+            print_table(["pid", "process", "threads", "cpu time", "wait for cpu"],
+                        [[r["pid"], r["process"], r["threads"], fmt_duration(r["cpu_ns"]), fmt_duration(r["wait_cpu_ns"])]
+                         for r in h["processes"]], right=["threads", "cpu time", "wait for cpu"])
+        else:
+            print_table(["tid", "thread", "pid", "process", "cpu time", "wait for cpu"],
+                        [[r["tid"], r["name"], r["pid"], r["process"], fmt_duration(r["cpu_ns"]),
+                          fmt_duration(r["wait_cpu_ns"])] for r in h["threads"]], right=["cpu time", "wait for cpu"])
+
+
+def show_threads(store: str, host: str | None, tid: int | None, proc: str | None, limit: int, json_out: bool) -> None:
+    out = []
+    for m in _models(store, host):
+        tids = [tid] if tid is not None else (m.thread_tids(proc) if proc else None)
+        threads = m.threads()
+        states = m.thread_states()
+        if tids is not None:
+            keep = pa.array(tids, pa.int64())
+            import pyarrow.compute as pc
+            threads = threads.filter(pc.is_in(threads["tid"], keep))
+            states = states.filter(pc.is_in(states["tid"], keep))
+        summary = m.con.sql("""
+            SELECT tid, state, CAST(sum("end" - start) AS BIGINT) AS ns, count(*) AS intervals
+            FROM states GROUP BY ALL ORDER BY tid, state""").to_arrow_table()
+        by_tid: dict[int, dict] = {}
+        for r in summary.to_pylist():
+            by_tid.setdefault(r["tid"], {})[r["state"]] = r["ns"]
+        rows = [{**t, "time_in_state_ns": by_tid.get(t["tid"], {})} for t in threads.to_pylist()]
+        rows.sort(key=lambda t: (-(t["time_in_state_ns"].get("running") or 0), t["tid"]))
+        out.append({"host": m.host, "threads": _rows(pa.Table.from_pylist(rows), limit) if rows else [],
+                    "states": states.to_pylist() if tids is not None else None,
+                    "names": m.name_changes().to_pylist() if tids is not None else None})
+    if json_out:
+        emit_json({"hosts": out})
+        return
+    for h in out:
+        console.print(f"[bold]{h['host']}[/]: {len(h['threads'])} thread(s) shown")
+        cols = ["running", "runnable", "blocked", "io_wait"]
+        print_table(["tid", "pid", "thread", "process"] + cols,
+                    [[t["tid"], t["pid"], t["name"], t["process"]] +
+                     [fmt_duration(t["time_in_state_ns"].get(c)) for c in cols] for t in h["threads"]], right=cols)
+        if h["states"] is not None:
+            print_table(["tid", "state", "start", "duration", "cpu"],
+                        [[s["tid"], s["state"], fmt_ts(s["start"]), fmt_duration(s["end"] - s["start"]), s["cpu"]]
+                         for s in h["states"][: limit if limit > 0 else None]], right=["duration"])
+
+
+def show_preemption(store: str, host: str | None, proc: str, start: int | None, end: int | None, limit: int,
+                    json_out: bool) -> None:
+    out = []
+    for m in _models(store, host):
+        tids = m.thread_tids(proc)
+        if not tids:
+            out.append({"host": m.host, "threads": [], "waited_ns": 0, "preemptors": []})
+            continue
+        ranking = m.preemption(tids, start, end)
+        per_thread = m.cpu_by_thread(start, end).to_pylist()
+        mine = [t for t in per_thread if t["tid"] in set(tids)]
+        out.append({"host": m.host, "threads": mine, "waited_ns": sum(t["wait_cpu_ns"] for t in mine),
+                    "preemptors": _rows(ranking, limit)})
+    if json_out:
+        emit_json({"proc": proc, "hosts": out})
+        return
+    for h in out:
+        if not h["threads"]:
+            console.print(f"[bold]{h['host']}[/]: no thread or process named {proc!r}")
+            continue
+        console.print(f"[bold]{h['host']}[/]: {len(h['threads'])} thread(s) of {proc!r} waited "
+                      f"{fmt_duration(h['waited_ns'])} for a CPU; who ran meanwhile:")
+        print_table(["tid", "thread", "process", "ran while they waited", "threads delayed"],
+                    [[p["preemptor_tid"], p["preemptor_name"], p["preemptor_process"], fmt_duration(p["ns"]),
+                      p["victims"]] for p in h["preemptors"]], right=["ran while they waited", "threads delayed"])
+
+
+def show_syscalls(store: str, host: str | None, proc: str | None, limit: int, json_out: bool) -> None:
+    out = []
+    for m in _models(store, host):
+        segs = m.syscalls()
+        stats = m.con.sql("""
+            SELECT syscall, count(*) AS count, CAST(sum(duration) AS BIGINT) AS total_ns,
+                   CAST(min(duration) AS BIGINT) AS min_ns, CAST(avg(duration) AS BIGINT) AS mean_ns,
+                   CAST(quantile_disc(duration, 0.99) AS BIGINT) AS p99_ns, CAST(max(duration) AS BIGINT) AS max_ns
+            FROM segs WHERE $1 IS NULL OR process ILIKE $1 OR thread ILIKE $1
+            GROUP BY syscall ORDER BY total_ns DESC""", params=[proc]).to_arrow_table()
+        per_proc = m.con.sql("""
+            SELECT pid, any_value(process) AS process, count(*) AS count, CAST(sum(duration) AS BIGINT) AS total_ns,
+                   CAST(max(duration) AS BIGINT) AS max_ns
+            FROM segs WHERE $1 IS NULL OR process ILIKE $1 OR thread ILIKE $1
+            GROUP BY pid ORDER BY total_ns DESC""", params=[proc]).to_arrow_table()
+        out.append({"host": m.host, "segments": segs.num_rows, "by_syscall": _rows(stats, limit),
+                    "by_process": _rows(per_proc, limit)})
+    if json_out:
+        emit_json({"hosts": out})
+        return
+    for h in out:
+        console.print(f"[bold]{h['host']}[/]: {h['segments']} syscall latency segments")
+        print_table(["syscall", "count", "total", "min", "mean", "p99", "max"],
+                    [[r["syscall"], r["count"], fmt_duration(r["total_ns"]), fmt_duration(r["min_ns"]),
+                      fmt_duration(r["mean_ns"]), fmt_duration(r["p99_ns"]), fmt_duration(r["max_ns"])]
+                     for r in h["by_syscall"]], right=["count", "total", "min", "mean", "p99", "max"])
+        print_table(["pid", "process", "count", "total", "max"],
+                    [[r["pid"], r["process"], r["count"], fmt_duration(r["total_ns"]), fmt_duration(r["max_ns"])]
+                     for r in h["by_process"]], right=["count", "total", "max"])
+
+
+def show_io(store: str, host: str | None, limit: int, json_out: bool) -> None:
+    out = []
+    for m in _models(store, host):
+        reqs = m.disk_requests()
+        m.con.register("_reqs", reqs)
+        m._need("threads")
+        by_dev = m.con.sql("""
+            SELECT dev, count(*) AS requests, CAST(sum(nr_sector) AS BIGINT) AS sectors,
+                   CAST(avg(service_ns) AS BIGINT) AS mean_service_ns, CAST(max(service_ns) AS BIGINT) AS max_service_ns,
+                   CAST(avg(queue_ns) AS BIGINT) AS mean_queue_ns
+            FROM _reqs GROUP BY dev ORDER BY requests DESC""").to_arrow_table()
+        by_proc = m.con.sql("""
+            SELECT coalesce(t.pid, r.tid) AS pid, any_value(t.process) AS process, count(*) AS requests,
+                   CAST(avg(service_ns) AS BIGINT) AS mean_service_ns, CAST(max(service_ns) AS BIGINT) AS max_service_ns
+            FROM _reqs r LEFT JOIN threads t ON t.tid = r.tid GROUP BY ALL ORDER BY requests DESC""").to_arrow_table()
+        out.append({"host": m.host, "requests": reqs.num_rows, "by_device": by_dev.to_pylist(),
+                    "by_process": _rows(by_proc, limit)})
+    if json_out:
+        emit_json({"hosts": out})
+        return
+    for h in out:
+        console.print(f"[bold]{h['host']}[/]: {h['requests']} disk requests (block_rq_issue → block_rq_complete)")
+        if h["requests"]:
+            print_table(["device", "requests", "sectors", "mean queue", "mean service", "max service"],
+                        [[r["dev"], r["requests"], r["sectors"], fmt_duration(r["mean_queue_ns"]),
+                          fmt_duration(r["mean_service_ns"]), fmt_duration(r["max_service_ns"])] for r in h["by_device"]],
+                        right=["requests", "sectors", "mean queue", "mean service", "max service"])
+            print_table(["pid", "process", "requests", "mean service", "max service"],
+                        [[r["pid"], r["process"], r["requests"], fmt_duration(r["mean_service_ns"]),
+                          fmt_duration(r["max_service_ns"])] for r in h["by_process"]],
+                        right=["requests", "mean service", "max service"])
+
+
+def register(app: typer.Typer) -> None:
+    from stacklens.cli import DEFAULT_STORE, JsonOpt, parse_time
+
+    StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory.")
+    HostOpt = typer.Option(None, help="Only this host (default: every host with kernel events).")
+    FromOpt = typer.Option(None, "--from", help="Start: ISO time (UTC) or ns.")
+    ToOpt = typer.Option(None, "--to", help="End (exclusive): ISO time or ns.")
+
+    @app.command()
+    def cpu(store: str = StoreOpt, host: Optional[str] = HostOpt, from_: Optional[str] = FromOpt,
+            to: Optional[str] = ToOpt,
+            by: str = typer.Option("thread", help="thread or process."),
+            limit: int = typer.Option(30, help="Rows at most (0: all)."), json_out: bool = JsonOpt) -> None:
+        """CPU usage per CPU and per thread / process over a time range, with wait-for-CPU time."""
+        if by not in ("thread", "process"):
+            raise typer.BadParameter("--by is thread or process")
+        show_cpu(store, host, parse_time(from_), parse_time(to), by, limit, json_out)
+
+    @app.command()
+    def threads(store: str = StoreOpt, host: Optional[str] = HostOpt,
+                tid: Optional[int] = typer.Option(None, help="One thread: also list its state intervals."),
+                proc: Optional[str] = typer.Option(None, help="Threads of processes named like this (SQL LIKE)."),
+                limit: int = typer.Option(50, help="Rows at most (0: all)."), json_out: bool = JsonOpt) -> None:
+        """Threads with their process and time in each state (running, runnable, blocked, io_wait)."""
+        show_threads(store, host, tid, proc, limit, json_out)
+
+    @app.command()
+    def preemption(proc: str = typer.Option(..., "--proc", help="Process or thread name (SQL LIKE, e.g. qemu%)."),
+                   store: str = StoreOpt, host: Optional[str] = HostOpt, from_: Optional[str] = FromOpt,
+                   to: Optional[str] = ToOpt, limit: int = typer.Option(20, help="Rows at most (0: all)."),
+                   json_out: bool = JsonOpt) -> None:
+        """Who ran on the CPU while the threads of PROC waited for it, ranked by time."""
+        show_preemption(store, host, proc, parse_time(from_), parse_time(to), limit, json_out)
+
+    @app.command()
+    def syscalls(store: str = StoreOpt, host: Optional[str] = HostOpt,
+                 proc: Optional[str] = typer.Option(None, help="Only processes/threads named like this."),
+                 limit: int = typer.Option(30, help="Rows at most (0: all)."), json_out: bool = JsonOpt) -> None:
+        """Syscall latency per syscall and per process."""
+        show_syscalls(store, host, proc, limit, json_out)
+
+    @app.command()
+    def io(store: str = StoreOpt, host: Optional[str] = HostOpt,
+           limit: int = typer.Option(30, help="Rows at most (0: all)."), json_out: bool = JsonOpt) -> None:
+        """Disk request latency per device and per process (block_rq_insert/issue/complete)."""
+        show_io(store, host, limit, json_out)
