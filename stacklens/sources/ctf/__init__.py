@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader, ReadOptions, json_objects
 
+from . import rowjson
 from .jsonify import json_column
 from .streams import Chunk, CtfTrace, Part, TraceError, merge, merged_order
 
@@ -110,7 +111,7 @@ class CtfReader(Reader):
 
     def _with_rows(self, trace: CtfTrace, chunks: Iterator[Chunk], kernel: bool) -> Iterator[Chunk]:
         for ch in chunks:
-            ch.rows = chunk_rows(ch, kernel)  # type: ignore[attr-defined]
+            ch.rows = rowjson.chunk_rows(ch, kernel, chunk_rows)  # type: ignore[attr-defined]
             yield ch
 
     def lost(self) -> pa.Table | None:
@@ -136,11 +137,15 @@ def layer_of(names: pa.Array, kernel: bool) -> pa.Array:
 ROW_COLUMNS = ["ts", "name", "layer", "cpu", "pid", "tid", "procname", "fields"]
 
 
-def chunk_rows(ch: Chunk, kernel: bool) -> pa.Table:
-    """The event-table rows of a chunk (stream order): ts, name, layer, cpu, pid, tid,
-    procname, fields (JSON of contexts + payload)."""
+def chunk_rows(ch: Chunk, kernel: bool, subset: np.ndarray | None = None) -> pa.Table:
+    """The event-table rows of a chunk (stream order), built per event class with Arrow
+    kernels: ts, name, layer, cpu, pid, tid, procname, fields (JSON of contexts + payload).
+    `rowjson.chunk_rows` (compiled JSON) is the fast path; this one is its fallback, for all
+    rows or for the `subset` of rows (sorted positions) it leaves."""
     sf = ch.stream
     cs = sf.cs
+    if subset is not None:
+        ch = Chunk(sf, ch.ts[subset], ch.cls[subset], ch.pkt[subset], ch.base[subset], ch.buf)
     n = len(ch)
     cols: dict[str, list] = {k: [] for k in ("name", "pid", "tid", "procname", "fields")}
     order = []

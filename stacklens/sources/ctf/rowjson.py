@@ -1,0 +1,431 @@
+"""Event-table rows of a decoded chunk, with the `fields` JSON written by compiled code.
+
+Each event class of a compiled stream gets a small JSON program (`JsonPlan`): literal bytes
+(keys, braces, commas) and value instructions that read the decoder's slot buffer directly
+(integers, strings escaped as JSON, sequences/arrays, structures, variants, optionals). One
+numba call writes the JSON of every event of a chunk, whatever its class, so there is no
+per-class Python work on the hot path. The JSON shape is the one of the per-class Arrow path
+(`jsonify.json_column`): contexts then payload, a context also named in the payload keyed
+`context.<name>`, a variant an object with its selected option set and the others null, an
+absent top-level optional left out. Classes the kernel does not encode (floating point, BLOBs,
+empty structures, duplicate keys) and chunks with invalid UTF-8 strings go through that path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .decode import CompiledStream, Node, _strings
+from .tsdl import strip_underscore
+
+# JSON program instructions: rows of (op, a, b, c)
+J_END, J_LIT, J_KEY, J_INT, J_U64, J_STR, J_LIST, J_LIST_END, J_IFSEL, J_IFOPT, J_TOPOPT = range(11)
+
+
+class Unsupported(Exception):
+    """A class whose values the kernel does not encode (the Arrow path does)."""
+
+
+@dataclass
+class JsonPlan:
+    ops: np.ndarray  # (n, 4) int64
+    lits: np.ndarray  # uint8: literal bytes
+    entry: np.ndarray  # int64 per class: first op, -1 if the class is not supported
+    names: pa.Array  # string per class
+    virt: np.ndarray  # bool per class (layer virt)
+    pid_slot: np.ndarray  # int64 per class: slot in the event record, -1 if none
+    tid_slot: np.ndarray
+    proc_slot: np.ndarray  # string slot (start, length), -1 if none
+
+
+class _PlanBuilder:
+    def __init__(self) -> None:
+        self.ops: list[list[int]] = []
+        self.lits = bytearray()
+
+    def emit(self, op: int, a: int = 0, b: int = 0, c: int = 0) -> int:
+        self.ops.append([op, a, b, c])
+        return len(self.ops) - 1
+
+    def lit(self, text: str) -> None:
+        raw = text.encode()
+        if self.ops and self.ops[-1][0] == J_LIT and self.ops[-1][1] + self.ops[-1][2] == len(self.lits):
+            self.ops[-1][2] += len(raw)  # extend the previous literal
+        else:
+            self.emit(J_LIT, len(self.lits), len(raw))
+        self.lits += raw
+
+    def value(self, node: Node, off: int) -> None:
+        """Ops writing the JSON of `node`, its slots at base + off (off: 0 inside lists)."""
+        k = node.kind
+        if k in ("int", "enum"):
+            it = node.type.int_type if k == "enum" else node.type
+            self.emit(J_U64 if (it.size == 64 and not it.signed) else J_INT, node.slot + off)
+        elif k == "string":
+            self.emit(J_STR, node.slot + off)
+        elif k == "struct":
+            if not node.children:
+                raise Unsupported("empty structure")
+            self._object([(strip_underscore(n), c) for n, c in node.children], off)
+        elif k == "variant":
+            names = [strip_underscore(n) for n, _ in node.children]
+            if len(set(names)) != len(names):
+                raise Unsupported("duplicate option names")
+            for i, (name, child) in enumerate(zip(names, node.children)):
+                self.lit(("{" if i == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":")
+                at = self.emit(J_IFSEL, node.slot + off, i, 0)
+                self.value(child[1], off)
+                self.ops[at][3] = len(self.ops)
+            self.lit("}" if node.children else "{}")
+        elif k == "optional":
+            at = self.emit(J_IFOPT, node.slot + off, 0, 0)
+            self.value(node.children[0][1], off)
+            self.ops[at][3] = len(self.ops)
+        elif k == "list":
+            at = self.emit(J_LIST, node.slot + off, node.elem_k, 0)
+            self.value(node.children[0][1], 0)
+            self.emit(J_LIST_END, at)
+            self.ops[at][3] = len(self.ops)
+        else:
+            raise Unsupported(k)  # float, blob
+
+    def _object(self, members: list[tuple[str, Node]], off: int) -> None:
+        if len(set(n for n, _ in members)) != len(members):
+            raise Unsupported("duplicate member names")
+        for i, (name, child) in enumerate(members):
+            self.lit(("{" if i == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":")
+            self.value(child, off)
+        self.lit("}")
+
+    def top(self, members: list[tuple[str, Node, int]]) -> int:
+        """The program of one class: the top-level object (null members left out)."""
+        if len(set(n for n, _, _ in members)) != len(members):
+            raise Unsupported("duplicate keys")
+        entry = len(self.ops)
+        for name, node, off in members:
+            skip = self.emit(J_TOPOPT, node.slot + off, 0, 0) if node.kind == "optional" else -1
+            raw = json.dumps(name, ensure_ascii=False) + ":"
+            self.emit(J_KEY, len(self.lits), len(raw.encode()))
+            self.lits += raw.encode()
+            self.value(node.children[0][1] if skip >= 0 else node, off)
+            if skip >= 0:
+                self.ops[skip][3] = len(self.ops)
+        self.emit(J_END)
+        return entry
+
+
+_PLANS: dict[int, tuple[CompiledStream, JsonPlan]] = {}
+
+
+def plan_of(cs: CompiledStream) -> JsonPlan:
+    """The JSON plan of a compiled stream (memoised: compiled streams are shared)."""
+    hit = _PLANS.get(id(cs))
+    if hit is not None and hit[0] is cs:
+        return hit[1]
+    b = _PlanBuilder()
+    ncls = len(cs.classes)
+    entry = np.full(ncls, -1, np.int64)
+    pid = np.full(ncls, -1, np.int64)
+    tid = np.full(ncls, -1, np.int64)
+    proc = np.full(ncls, -1, np.int64)
+    stream_ctx = [(strip_underscore(n), c, 0) for n, c in (cs.stream_ctx.children if cs.stream_ctx else [])]
+    for ci, cc in enumerate(cs.classes):
+        ctx = stream_ctx + [(strip_underscore(n), c, cs.kh) for n, c in (cc.context.children if cc.context else [])]
+        payload = [(strip_underscore(n), c, cs.kh) for n, c in (cc.payload.children if cc.payload else [])]
+        # pid/tid/procname: the last context of that name (event context over stream context)
+        by_name = {n: (c, off) for n, c, off in ctx}
+        for slots, keys in ((pid, ("vpid", "pid")), (tid, ("vtid", "tid"))):
+            for key in keys:
+                hit_ = by_name.get(key)
+                if hit_ is not None and hit_[0].kind in ("int", "enum"):
+                    slots[ci] = hit_[0].slot + hit_[1]
+                    break
+        pn = by_name.get("procname")
+        if pn is not None and pn[0].kind == "string":
+            proc[ci] = pn[0].slot + pn[1]
+        payload_names = {n for n, _, _ in payload}
+        members = [(f"context.{n}" if n in payload_names else n, c, off) for n, c, off in ctx] + payload
+        mark = (len(b.ops), len(b.lits))
+        try:
+            entry[ci] = b.top(members)
+        except Unsupported:
+            del b.ops[mark[0]:]
+            del b.lits[mark[1]:]
+    b.emit(J_END)
+    names = pa.array([cc.cls.name for cc in cs.classes], pa.string())
+    plan = JsonPlan(np.array(b.ops, np.int64).reshape(-1, 4), np.frombuffer(bytes(b.lits) or b"\0", np.uint8),
+                    entry, names, np.zeros(ncls, bool), pid, tid, proc)
+    if len(_PLANS) >= 64:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[id(cs)] = (cs, plan)
+    return plan
+
+
+# --- the kernel ------------------------------------------------------------------------
+@numba.njit(cache=True, inline="always")
+def _grow(out, o, need):
+    if o + need <= out.shape[0]:
+        return out
+    bigger = np.empty(max(out.shape[0] * 2, o + need + 1024), np.uint8)
+    bigger[:o] = out[:o]
+    return bigger
+
+
+@numba.njit(cache=True, inline="always")
+def _put_u64(out, o, u):
+    tmp = np.empty(20, np.uint8)
+    n = 0
+    if u == 0:
+        out[o] = 48
+        return o + 1
+    while u > 0:
+        tmp[n] = 48 + np.uint8(u % np.uint64(10))
+        u = u // np.uint64(10)
+        n += 1
+    for j in range(n):
+        out[o + j] = tmp[n - 1 - j]
+    return o + n
+
+
+@numba.njit(cache=True)
+def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
+    """JSON object bytes of each event (classes with entry < 0 get an empty string).
+    Returns (offsets, bytes)."""
+    n = ev_class.shape[0]
+    offsets = np.empty(n + 1, np.int64)
+    offsets[0] = 0
+    out = np.empty(max(1024, n * 96), np.uint8)
+    o = 0
+    stack = np.empty(3 * 64, np.int64)
+    hexd = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
+    for e in range(n):
+        pc = entry[ev_class[e]]
+        if pc < 0:
+            offsets[e + 1] = o
+            continue
+        base = ev_base[e]
+        out = _grow(out, o, 1)
+        out[o] = 123  # {
+        o += 1
+        members = 0
+        sp = 0
+        while True:
+            op = ops[pc, 0]
+            if op == J_END:
+                break
+            elif op == J_LIT:
+                m = ops[pc, 2]
+                out = _grow(out, o, m)
+                s = ops[pc, 1]
+                for j in range(m):
+                    out[o + j] = lits[s + j]
+                o += m
+                pc += 1
+            elif op == J_KEY:
+                m = ops[pc, 2]
+                out = _grow(out, o, m + 1)
+                if members:
+                    out[o] = 44  # ,
+                    o += 1
+                members += 1
+                s = ops[pc, 1]
+                for j in range(m):
+                    out[o + j] = lits[s + j]
+                o += m
+                pc += 1
+            elif op == J_INT:
+                out = _grow(out, o, 21)
+                v = buf[base + ops[pc, 1]]
+                if v < 0:
+                    out[o] = 45  # -
+                    o += 1
+                    o = _put_u64(out, o, np.uint64(0) - np.uint64(v))
+                else:
+                    o = _put_u64(out, o, np.uint64(v))
+                pc += 1
+            elif op == J_U64:
+                out = _grow(out, o, 21)
+                o = _put_u64(out, o, np.uint64(buf[base + ops[pc, 1]]))
+                pc += 1
+            elif op == J_STR:
+                s = buf[base + ops[pc, 1]]
+                m = buf[base + ops[pc, 1] + 1]
+                out = _grow(out, o, 6 * m + 2)
+                out[o] = 34
+                o += 1
+                for j in range(s, s + m):
+                    c = data[j]
+                    if c == 34 or c == 92:
+                        out[o] = 92
+                        out[o + 1] = c
+                        o += 2
+                    elif c < 32:
+                        out[o] = 92
+                        if c == 10:
+                            out[o + 1] = 110
+                            o += 2
+                        elif c == 13:
+                            out[o + 1] = 114
+                            o += 2
+                        elif c == 9:
+                            out[o + 1] = 116
+                            o += 2
+                        elif c == 8:
+                            out[o + 1] = 98
+                            o += 2
+                        elif c == 12:
+                            out[o + 1] = 102
+                            o += 2
+                        else:
+                            out[o + 1] = 117  # \u00XX
+                            out[o + 2] = 48
+                            out[o + 3] = 48
+                            out[o + 4] = hexd[c >> 4]
+                            out[o + 5] = hexd[c & 15]
+                            o += 6
+                    else:
+                        out[o] = c
+                        o += 1
+                out[o] = 34
+                o += 1
+                pc += 1
+            elif op == J_LIST:
+                start = buf[base + ops[pc, 1]]
+                count = buf[base + ops[pc, 1] + 1]
+                out = _grow(out, o, 2)
+                out[o] = 91  # [
+                o += 1
+                if count <= 0:
+                    out[o] = 93  # ]
+                    o += 1
+                    pc = ops[pc, 3]
+                else:
+                    stack[sp] = pc
+                    stack[sp + 1] = count
+                    stack[sp + 2] = base
+                    sp += 3
+                    base = start
+                    pc += 1
+            elif op == J_LIST_END:
+                begin = stack[sp - 3]
+                stack[sp - 2] -= 1
+                out = _grow(out, o, 1)
+                if stack[sp - 2] > 0:
+                    out[o] = 44
+                    o += 1
+                    base += ops[begin, 2]
+                    pc = begin + 1
+                else:
+                    out[o] = 93
+                    o += 1
+                    base = stack[sp - 1]
+                    sp -= 3
+                    pc += 1
+            elif op == J_IFSEL:
+                if buf[base + ops[pc, 1]] != ops[pc, 2]:
+                    out = _grow(out, o, 4)
+                    out[o] = 110  # null
+                    out[o + 1] = 117
+                    out[o + 2] = 108
+                    out[o + 3] = 108
+                    o += 4
+                    pc = ops[pc, 3]
+                else:
+                    pc += 1
+            elif op == J_IFOPT:
+                if buf[base + ops[pc, 1]] == 0:
+                    out = _grow(out, o, 4)
+                    out[o] = 110
+                    out[o + 1] = 117
+                    out[o + 2] = 108
+                    out[o + 3] = 108
+                    o += 4
+                    pc = ops[pc, 3]
+                else:
+                    pc += 1
+            elif op == J_TOPOPT:
+                if buf[base + ops[pc, 1]] == 0:
+                    pc = ops[pc, 3]
+                else:
+                    pc += 1
+            else:
+                break
+        out = _grow(out, o, 1)
+        out[o] = 125  # }
+        o += 1
+        offsets[e + 1] = o
+    return offsets, out[:o]
+
+
+# --- rows ---------------------------------------------------------------------------------
+ROW_COLUMNS = ["ts", "name", "layer", "cpu", "pid", "tid", "procname", "fields"]
+
+
+def fields_json(plan: JsonPlan, ch) -> tuple[pa.Array, np.ndarray]:
+    """The `fields` JSON of a chunk's events (stream order), and a mask of the events whose
+    class the kernel left to the Arrow path (their JSON is empty here)."""
+    offsets, raw = json_events(plan.ops, plan.lits, plan.entry, ch.cls, ch.base, ch.buf, ch.stream.data)
+    arr = pa.Array.from_buffers(pa.large_string(), len(ch), [None, pa.py_buffer(offsets), pa.py_buffer(raw)],
+                                null_count=0)
+    todo = plan.entry[ch.cls] < 0
+    return arr, todo
+
+
+def _slot_ints(buf: np.ndarray, base: np.ndarray, slot: np.ndarray) -> pa.Array:
+    has = slot >= 0
+    if not has.any():
+        return pa.nulls(len(base), pa.int64())
+    v = buf[base + np.where(has, slot, 0)]
+    return pa.array(v, mask=~has if not has.all() else None)
+
+
+def chunk_rows(ch, kernel: bool, fallback) -> pa.Table:
+    """Event-table rows of a chunk (stream order): ts, name, layer, cpu, pid, tid, procname,
+    fields. `fallback(ch, kernel)` is the Arrow path, used for what the kernel leaves."""
+    cs = ch.stream.cs
+    plan = plan_of(cs)
+    n = len(ch)
+    fields, todo = fields_json(plan, ch)
+    try:
+        fields.validate(full=True)  # strings are raw trace bytes: UTF-8 is not guaranteed
+    except pa.ArrowInvalid:
+        return fallback(ch, kernel)
+    if todo.any():
+        rows = np.flatnonzero(todo)
+        sub = fallback(ch, kernel, rows).column("fields").combine_chunks().cast(pa.large_string())
+        fields = pc.replace_with_mask(fields, pa.array(todo), sub)
+    cls = ch.cls
+    name = plan.names.take(pa.array(cls))
+    from . import layer_of  # noqa: PLC0415 (package init defines it)
+    out = {"ts": pa.array(ch.ts), "name": name, "layer": layer_of(name, kernel), "cpu": _cpu(ch)}
+    out["pid"] = _slot_ints(ch.buf, ch.base, plan.pid_slot[cls])
+    out["tid"] = _slot_ints(ch.buf, ch.base, plan.tid_slot[cls])
+    ps = plan.proc_slot[cls]
+    has = ps >= 0
+    if has.any():
+        idx = ch.base + np.where(has, ps, 0)
+        starts = ch.buf[idx]
+        lens = np.where(has, ch.buf[idx + 1], 0)
+        out["procname"] = _strings(ch.stream.data, starts, lens, ~has if not has.all() else None).cast(pa.string())
+    else:
+        out["procname"] = pa.nulls(n, pa.string())
+    out["fields"] = fields.cast(pa.string())
+    return pa.table(out)
+
+
+def _cpu(ch) -> pa.Array:
+    sf = ch.stream
+    vals = getattr(sf, "_cpu_cache", None)
+    if vals is None or len(vals) != len(sf.packets):
+        vals = np.array([p.cpu if p.cpu is not None else -1 for p in sf.packets], dtype=np.int64)
+        sf._cpu_cache = vals
+    if len(vals) == 0 or (vals < 0).all():
+        return pa.nulls(len(ch.pkt), pa.int32())
+    v = vals[ch.pkt]
+    return pa.array(v.astype(np.int32), mask=v < 0 if (v < 0).any() else None)
