@@ -41,26 +41,41 @@ def show_vm(store_path: str, vm: str, json_out: bool) -> None:
     from stacklens.models.live_migration import live_migration_steps
     from stacklens.models.service_tasks import service_tasks
     from stacklens.models.vm_states import vm_state_timeline
+    from stacklens.models.nova_logs import instance_lifecycle, instance_timings
     con = _store(store_path).connect()
     timeline = [r for r in vm_state_timeline(con).to_pylist()
                 if vm in (r["vm"], r["instance"], r["vmname"])]
-    if not timeline:
+    # Nova's compute log knows instances by uuid only
+    lifecycle = [r for r in instance_lifecycle(con).to_pylist() if r["instance"] == vm]
+    timings = [r for r in instance_timings(con).to_pylist() if r["instance"] == vm]
+    if not (timeline or lifecycle or timings):
         raise StacklensError(f"no VM named or with uuid {vm!r} in the store")
-    keys = {r["instance"] for r in timeline if r["instance"]} | {r["vmname"] for r in timeline if r["vmname"]}
+    keys = ({r["instance"] for r in timeline if r["instance"]} | {r["vmname"] for r in timeline if r["vmname"]}
+            | {vm})
     tasks = [t for t in service_tasks(con).to_pylist() if t["instance"] in keys or t["vmname"] in keys]
     requests = sorted({t["request_id"] for t in tasks if t["request_id"]} |
-                      {r["request_id"] for r in timeline if r["request_id"]})
+                      {r["request_id"] for r in timeline + lifecycle + timings if r["request_id"]})
     migration = [m for m in live_migration_steps(con).to_pylist() if m["instance"] in keys]
     if json_out:
         emit_json({"vm": vm, "states": timeline, "tasks": tasks, "requests": requests,
-                   "live_migration": migration})
+                   "live_migration": migration, "lifecycle": lifecycle, "timings": timings})
         return
-    print_table(["time", "state", "task state", "host", "event", "source"],
-                [(fmt_ts(r["ts"]), r["vm_state"], r["task_state"], r["node"], r["event_type"], r["source"])
-                 for r in timeline], title=f"VM {vm}: state timeline")
-    print_table(["start", "task", "worker", "duration", "outcome", "request"],
-                [(fmt_ts(t["start_ts"]), t["task"], t["worker"], fmt_duration(t["duration_ns"]),
-                  t["outcome"], t["request_id"]) for t in tasks], title="Tasks", right=["duration"])
+    if lifecycle:
+        print_table(["time", "lifecycle event", "process", "request"],
+                    [(fmt_ts(r["ts"]), r["event"], r["procname"], r["request_id"]) for r in lifecycle],
+                    title=f"VM {vm}: hypervisor lifecycle events (nova-compute log)")
+    if timings:
+        print_table(["time", "step", "seconds", "request"],
+                    [(fmt_ts(r["ts"]), r["phrase"], f"{r['seconds']:.2f}", r["request_id"]) for r in timings],
+                    title="Nova's own step timings (\"Took N seconds to …\")", right=["seconds"])
+    if timeline:
+        print_table(["time", "state", "task state", "host", "event", "source"],
+                    [(fmt_ts(r["ts"]), r["vm_state"], r["task_state"], r["node"], r["event_type"], r["source"])
+                     for r in timeline], title=f"VM {vm}: state timeline")
+    if tasks:
+        print_table(["start", "task", "worker", "duration", "outcome", "request"],
+                    [(fmt_ts(t["start_ts"]), t["task"], t["worker"], fmt_duration(t["duration_ns"]),
+                      t["outcome"], t["request_id"]) for t in tasks], title="Tasks", right=["duration"])
     if migration:
         print_table(["step", "where", "host", "start", "duration", "outcome"],
                     [(m["step"], m["where"], m["host"], fmt_ts(m["start_ts"]), fmt_duration(m["duration_ns"]),
@@ -120,21 +135,65 @@ def show_report(store_path: str, json_out: bool) -> None:
         mig = live_migration_steps(con).to_pylist()
         out["app"] = {"tasks": stats, "vms": [last[v] for v in vms], "resources": res,
                       "live_migrations": sorted({m["instance"] for m in mig if m["instance"]})}
+        from stacklens.models.nova_logs import api_statistics, instance_lifecycle, instance_timings
+        out["app"]["api"] = _rows(api_statistics(con))
+        out["app"]["instances"] = _instance_summary(instance_lifecycle(con).to_pylist(),
+                                                    instance_timings(con).to_pylist())
     if json_out:
         emit_json(out)
         return
     console.print(f"layers: {', '.join(layers) or 'none'}")
     if "app" in out:
         a = out["app"]
-        print_table(["task", "count", "errors", "median", "max"],
-                    [(s["task"], s["count"], s["errors"], fmt_duration(s["median_ns"]), fmt_duration(s["max_ns"]))
-                     for s in a["tasks"][:30]], title="Application layer: service tasks",
-                    right=["count", "errors", "median", "max"])
-        print_table(["vm", "name", "last state", "host", "at"],
-                    [(v["vm"], v["vmname"], v["vm_state"], v["node"], fmt_ts(v["ts"])) for v in a["vms"][:50]],
-                    title=f"VMs ({len(a['vms'])})")
+        if a["tasks"]:
+            print_table(["task", "count", "errors", "median", "max"],
+                        [(s["task"], s["count"], s["errors"], fmt_duration(s["median_ns"]), fmt_duration(s["max_ns"]))
+                         for s in a["tasks"][:30]], title="Application layer: service tasks",
+                        right=["count", "errors", "median", "max"])
+        if a["vms"]:
+            print_table(["vm", "name", "last state", "host", "at"],
+                        [(v["vm"], v["vmname"], v["vm_state"], v["node"], fmt_ts(v["ts"])) for v in a["vms"][:50]],
+                        title=f"VMs ({len(a['vms'])})")
         if a["live_migrations"]:
             console.print(f"live migrations (Nova steps) for {len(a['live_migrations'])} instance(s)")
+        if a["api"]:
+            print_table(["method", "resource", "count", "errors", "median", "p95", "max"],
+                        [(r["method"], r["resource"][:60], r["count"], r["errors"], _secs(r["median_s"]),
+                          _secs(r["p95_s"]), _secs(r["max_s"])) for r in a["api"][:30]],
+                        title="API requests (WSGI access log: time:)",
+                        right=["count", "errors", "median", "p95", "max"])
+        if a["instances"]:
+            print_table(["instance", "lifecycle events", "spawn s", "build s", "last event"],
+                        [(i["instance"], " ".join(i["lifecycle"]), _secs(i["spawn_s"], raw=True),
+                          _secs(i["build_s"], raw=True), fmt_ts(i["last_ts"])) for i in a["instances"][:50]],
+                        title=f"Instances in Nova's compute log ({len(a['instances'])})",
+                        right=["spawn s", "build s"])
+
+
+def _secs(v: float | None, raw: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if raw else fmt_duration(int(v * 1e9))
+
+
+def _instance_summary(lifecycle: list[dict], timings: list[dict]) -> list[dict[str, Any]]:
+    """Per instance: its lifecycle events in order and Nova's spawn/build figures."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(uuid: str) -> dict[str, Any]:
+        return out.setdefault(uuid, {"instance": uuid, "lifecycle": [], "spawn_s": None, "build_s": None,
+                                     "timings": [], "last_ts": None})
+    for r in lifecycle:
+        e = entry(r["instance"])
+        e["lifecycle"].append(r["event"])
+        e["last_ts"] = max(e["last_ts"] or r["ts"], r["ts"])
+    for r in timings:
+        e = entry(r["instance"])
+        e["timings"].append({"step": r["step"], "seconds": r["seconds"], "ts": r["ts"]})
+        if r["step"] in ("spawn", "build"):
+            e[f"{r['step']}_s"] = r["seconds"]
+        e["last_ts"] = max(e["last_ts"] or r["ts"], r["ts"])
+    return sorted(out.values(), key=lambda e: e["last_ts"] or 0)
 
 
 def register(app: typer.Typer) -> None:
