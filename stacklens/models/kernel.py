@@ -46,7 +46,7 @@ END"""
 SYSCALL_ENTRY = ("name LIKE 'syscall\\_entry\\_%' ESCAPE '\\' OR name LIKE 'compat\\_syscall\\_entry\\_%' ESCAPE '\\'"
                  " OR (name LIKE 'sys\\_%' ESCAPE '\\') OR name = 'sys_enter'")
 SYSCALL_EXIT = ("name LIKE 'syscall\\_exit\\_%' ESCAPE '\\' OR name LIKE 'compat\\_syscall\\_exit\\_%' ESCAPE '\\'"
-                " OR name IN ('exit_syscall', 'sys_exit')")
+                " OR name LIKE 'sys\\_exit\\_%' ESCAPE '\\' OR name IN ('exit_syscall', 'sys_exit')")
 
 
 @dataclass
@@ -161,7 +161,8 @@ class KernelModel:
             CREATE TEMP TABLE names AS
             SELECT * FROM (
               SELECT CAST(coalesce(fields->>'child_tid', fields->>'child_pid') AS BIGINT) AS tid,
-                     CAST(fields->>'child_pid' AS BIGINT) AS pid,
+                     -- ftrace's child_pid is the child's tid; LTTng's is its process id
+                     CASE WHEN source = 'ftrace' THEN NULL ELSE CAST(fields->>'child_pid' AS BIGINT) END AS pid,
                      fields->>'child_comm' AS name, ts AS since, 'fork' AS how
               FROM events WHERE host = ? AND name = 'sched_process_fork'
               UNION ALL
@@ -173,10 +174,14 @@ class KernelModel:
                      regexp_extract(fields->>'filename', '[^/]*$'), ts, 'exec'
               FROM events WHERE host = ? AND name = 'sched_process_exec'
               UNION ALL
+              -- sources with a task context per event (ftrace: comm-tid and the tgid column)
+              SELECT tid, pid, procname, min(ts), 'event' FROM events
+              WHERE host = ? AND tid IS NOT NULL AND procname IS NOT NULL GROUP BY tid, pid, procname
+              UNION ALL
               SELECT next_tid, NULL, next_comm, ts, 'switch' FROM switches
               UNION ALL
               SELECT prev_tid, NULL, prev_comm, ts, 'switch' FROM switches
-            ) WHERE tid IS NOT NULL AND name IS NOT NULL""", [self.host] * 3)
+            ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>')""", [self.host] * 4)
         # The name a thread had at each change (switch comms repeat: keep the changes only).
         self.con.execute("""
             CREATE TEMP TABLE name_changes AS
@@ -320,7 +325,7 @@ class KernelModel:
               FROM k WINDOW w AS (PARTITION BY cur_tid ORDER BY ts, src, pos)
             )
             SELECT s.cur_tid AS tid, t.name AS thread, t.process, t.pid,
-                   regexp_replace(regexp_replace(s.prev_name, '^(compat_)?syscall_entry_', ''), '^sys_', '') AS syscall,
+                   regexp_replace(s.prev_name, '^((compat_)?syscall_entry_|sys_enter_|sys_)', '') AS syscall,
                    s.prev_ts AS start, s.ts AS "end", s.ts - s.prev_ts AS duration,
                    TRY_CAST(s.fields->>'ret' AS BIGINT) AS ret
             FROM seq s LEFT JOIN threads t ON t.tid = s.cur_tid

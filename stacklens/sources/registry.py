@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stacklens.sources.base import Reader
+from stacklens.sources.ftrace import FtraceReader
 from stacklens.sources.oslo_log import OsloLogReader
 from stacklens.sources.qemu_trace import QemuTraceReader
 from stacklens.sources.qmp import QmpReader
@@ -21,6 +22,7 @@ def readers() -> list[type[Reader]]:
         pass
     found.append(OsloLogReader)
     found += [QemuTraceReader, QmpReader]
+    found.append(FtraceReader)
     found.extend(_app_readers())
     return found
 

@@ -1,0 +1,1 @@
+"""Collection plane: recorders that produce trace bundle parts (SPEC §6)."""
