@@ -265,3 +265,40 @@ def test_cli_dump(tmp_path: Path) -> None:
     assert res.exit_code == 0
     assert res.stdout.splitlines() == ['string: { str = "This is a test trace" }',
                                        'string: { str = "with only two small events." }']
+
+
+# --- the fail corpus through `stacklens ingest` --------------------------------------------
+# Per the traces' own READMEs: valid-events-then-invalid-events holds two valid events before
+# an invalid one (kept, the rest reported); every other trace is broken as a whole (rejected).
+PARTLY_GOOD = {"valid-events-then-invalid-events": 2}
+
+
+def _stacklens(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    import os
+    import sys
+    env = dict(os.environ, COLUMNS="1000", NO_COLOR="1")
+    return subprocess.run([sys.executable, "-c", "from stacklens.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp)
+
+
+@pytest.mark.parametrize("name", _fail_traces())
+def test_fail_traces_through_ingest(name: str, tmp_path: Path) -> None:
+    import json
+    root = need_data("ctf-conformance", "traces", "fail", name)
+    store = str(tmp_path / "store")
+    if name in PARTLY_GOOD:
+        res = _stacklens("ingest", "--json", "--store", store, str(root), tmp=tmp_path)
+        assert res.returncode == 0 and "Traceback" not in res.stderr
+        ctf = [p for p in json.loads(res.stdout)["parts"] if p["format"] == "ctf"]
+        assert len(ctf) == 1 and ctf[0]["status"] == "ingested"
+        assert ctf[0]["rows"] == PARTLY_GOOD[name] and ctf[0]["skipped"] >= 1
+        assert any("unknown event class id" in n for n in ctf[0]["notes"])
+        return
+    res = _stacklens("ingest", "--store", store, str(root), tmp=tmp_path)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    rejected = [ln for ln in res.stderr.splitlines() if "rejected" in ln]
+    assert len(rejected) == 1, res.stderr
+    line = rejected[0]
+    assert line.startswith(f"stacklens: rejected {root}") and len(line.split(": ", 2)) == 3, line
+    assert "1 rejected" in res.stdout + res.stderr and "0 part(s) ingested" in res.stdout + res.stderr

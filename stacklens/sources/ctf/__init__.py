@@ -101,7 +101,14 @@ class CtfReader(Reader):
             self.report.rows += n
             for off in range(0, n, MAX_ROWS):
                 yield t.slice(off, MAX_ROWS)
-        for sf in trace.streams:
+        broken = [sf for sf in trace.streams if sf.error]
+        if pos == 0 and broken:
+            # nothing good to keep: the trace is rejected as a whole, on one line
+            first = broken[0]
+            problem = first.error.removeprefix(f"{first.path}: ")  # type: ignore[union-attr]
+            more = f" (and {len(broken) - 1} other stream files)" if len(broken) > 1 else ""
+            raise SourceError(first.path, f"no event could be read: {problem}{more}")
+        for sf in broken:
             if sf.error:
                 self.report.skip(pos, 1)
                 self.report.notes.append(f"{sf.error}; rest of the packet skipped"
