@@ -139,6 +139,8 @@ def show_report(store_path: str, json_out: bool) -> None:
         out["app"]["api"] = _rows(api_statistics(con))
         out["app"]["instances"] = _instance_summary(instance_lifecycle(con).to_pylist(),
                                                     instance_timings(con).to_pylist())
+        from stacklens.models.scheduling import scheduling_decisions
+        out["app"]["scheduling"] = [d.to_dict() for d in scheduling_decisions(con)]
     if json_out:
         emit_json(out)
         return
@@ -162,6 +164,10 @@ def show_report(store_path: str, json_out: bool) -> None:
                           _secs(r["p95_s"]), _secs(r["max_s"])) for r in a["api"][:30]],
                         title="API requests (WSGI access log: time:)",
                         right=["count", "errors", "median", "p95", "max"])
+        if a["scheduling"]:
+            print_table(["request", "outcome", "host", "why"],
+                        [(d["request_id"], d["outcome"], d["selected"] or "-", d["explanation"])
+                         for d in a["scheduling"][:30]], title="Scheduling decisions")
         if a["instances"]:
             print_table(["instance", "lifecycle events", "spawn s", "build s", "last event"],
                         [(i["instance"], " ".join(i["lifecycle"]), _secs(i["spawn_s"], raw=True),
@@ -196,6 +202,23 @@ def _instance_summary(lifecycle: list[dict], timings: list[dict]) -> list[dict[s
     return sorted(out.values(), key=lambda e: e["last_ts"] or 0)
 
 
+def show_scheduling(store_path: str, json_out: bool, request_id: str | None = None) -> None:
+    from stacklens.models.scheduling import scheduling_decisions
+    decisions = scheduling_decisions(_store(store_path).connect())
+    if request_id:
+        decisions = [d for d in decisions if d.request_id == request_id]
+    if json_out:
+        emit_json({"decisions": [d.to_dict() for d in decisions]})
+        return
+    if not decisions:
+        console.print("no nova-scheduler filter/weigher records in the store (they are logged at debug level)")
+        return
+    print_table(["time", "request", "outcome", "host", "select_destinations", "why"],
+                [(fmt_ts(d.ts), d.request_id, d.outcome, d.selected or "-",
+                  fmt_duration(d.select_destinations_ns), d.explanation()) for d in decisions],
+                title="Scheduling decisions (nova-scheduler debug log)")
+
+
 def register(app: typer.Typer) -> None:
     from stacklens.cli import JsonOpt, StoreOpt
 
@@ -221,3 +244,9 @@ def register(app: typer.Typer) -> None:
               json_out: bool = JsonOpt) -> None:
         """Duration statistics per service task type."""
         show_tasks(store, json_out, task)
+
+    @app.command()
+    def scheduling(store: str = StoreOpt, request: str = typer.Option(None, help="Only this request id."),
+                   json_out: bool = JsonOpt) -> None:
+        """Why nova-scheduler chose a host (filters, weights) or found none (NoValidHost)."""
+        show_scheduling(store, json_out, request)
