@@ -1,0 +1,47 @@
+"""Packets seen leaving one host and arriving at another (SPEC §4 Multi-host synchronization).
+
+TCP: `inet_sock_local_out` on the sender ↔ `inet_sock_local_in` on the receiver, keyed by
+(seq, ack_seq, flags) — the key Trace Compass uses; the same key on both sides of one hop is
+one packet. A key seen more than once on a side (retransmissions) is matched first to first.
+Device level: `net_dev_queue` ↔ `netif_receive_skb` keyed the same way when the events carry
+the TCP header fields (LTTng's network_header); events without them are not matched.
+
+Timestamps are the raw host clocks (`ts_raw`): sync computes the transforms applied later.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PAIRS = [("inet_sock_local_out", "inet_sock_local_in"), ("net_dev_queue", "netif_receive_skb")]
+
+
+def _key(prefix: str = "") -> str:
+    # LTTng 2.x inet_sock_* carry seq/ack_seq/flags at the top level; newer net events nest
+    # the TCP header under network_header.transport_header.
+    def f(name: str) -> str:
+        return (f"coalesce(TRY_CAST(fields->>'{name}' AS UBIGINT), "
+                f"TRY_CAST(fields->'network_header'->'transport_header'->>'{name}' AS UBIGINT))")
+    return f"{f('seq')} AS seq, {f('ack_seq')} AS ack_seq, {f('flags')} AS flags"
+
+
+def matched_packets(store) -> pa.Table:
+    """send_host, recv_host, send_ts, recv_ts (raw clocks), seq, ack_seq, flags, kind."""
+    con = store.connect()
+    names = [n for pair in PAIRS for n in pair]
+    con.execute(f"""
+        CREATE TEMP TABLE net AS
+        SELECT host, ts_raw AS ts, name, {_key()}
+        FROM events WHERE name IN ({', '.join("'" + n + "'" for n in names)})""")
+    parts = []
+    for send_name, recv_name in PAIRS:
+        parts.append(f"""
+          SELECT s.host AS send_host, r.host AS recv_host, s.ts AS send_ts, r.ts AS recv_ts,
+                 s.seq, s.ack_seq, s.flags, '{send_name}' AS kind
+          FROM (SELECT *, row_number() OVER (PARTITION BY host, seq, ack_seq, flags ORDER BY ts) AS k
+                FROM net WHERE name = '{send_name}' AND seq IS NOT NULL) s
+          JOIN (SELECT *, row_number() OVER (PARTITION BY host, seq, ack_seq, flags ORDER BY ts) AS k
+                FROM net WHERE name = '{recv_name}' AND seq IS NOT NULL) r
+            ON s.seq = r.seq AND s.ack_seq = r.ack_seq AND s.flags = r.flags AND s.k = r.k
+           AND s.host <> r.host""")
+    return con.sql(" UNION ALL ".join(parts) + " ORDER BY send_host, recv_host, send_ts").to_arrow_table()
