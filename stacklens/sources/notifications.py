@@ -108,15 +108,10 @@ class NotificationReader(Reader):
         self.options.progress(len(data))
 
     def _lines(self, data: bytes) -> Iterator[pa.Table]:
-        lines = data.decode("utf-8", "replace").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
+        from stacklens.sources.oslo_json import line_batches
         con = duckdb.connect()
         con.execute("SET threads TO 1")
-        for start in range(0, len(lines), BATCH_LINES):
-            chunk = lines[start:start + BATCH_LINES]
-            table = pa.table({"pos": pa.array(range(start + 1, start + 1 + len(chunk)), pa.int64()),
-                              "line": pa.array(chunk, pa.string())})
+        for table in line_batches(data, BATCH_LINES):
             con.register("lines", table)
             out = con.sql(EXTRACT_SQL).to_arrow_table()
             con.unregister("lines")
