@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +20,7 @@ from stacklens.sources.base import Reader, ReadOptions, json_objects
 
 from . import rowjson
 from .jsonify import json_column
-from .streams import Chunk, CtfTrace, Part, TraceError, merge, merged_order
+from .streams import Chunk, CtfTrace, Part, TraceError, merge, merged_order, prefetched
 
 __all__ = ["CtfReader", "CtfTrace", "open_trace", "find_traces", "is_ctf_metadata"]
 
@@ -88,8 +90,17 @@ class CtfReader(Reader):
         kernel = str(trace.env.get("domain", "")) == "kernel" or \
             str(trace.env.get("tracer_name", "")) == "lttng-modules"
         per_stream = max(8192, min(1 << 17, MAX_ROWS // max(1, len(trace.streams))))
-        iters = [self._with_rows(trace, trace.chunks(sf, per_stream, self.options.progress), kernel)
+        # each stream's next chunk is decoded and turned into rows by a worker thread (the
+        # compiled kernels release the GIL) while the merge consumes the current ones
+        pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ctf")
+        iters = [prefetched(pool, self._with_rows(trace, trace.chunks(sf, per_stream, self.options.progress), kernel))
                  for sf in trace.streams]
+        try:
+            yield from self._merged(trace, iters)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _merged(self, trace: CtfTrace, iters: list[Iterator[Chunk]]) -> Iterator[pa.Table]:
         pos = 0
         for parts in merge(iters):
             t = pa.concat_tables([p.chunk.rows.slice(p.first, p.end - p.first) for p in parts])  # type: ignore[attr-defined]
@@ -119,6 +130,7 @@ class CtfReader(Reader):
     def _with_rows(self, trace: CtfTrace, chunks: Iterator[Chunk], kernel: bool) -> Iterator[Chunk]:
         for ch in chunks:
             ch.rows = rowjson.chunk_rows(ch, kernel, chunk_rows)  # type: ignore[attr-defined]
+            ch.buf = _EMPTY  # the slot buffer is no longer needed: free it before the merge
             yield ch
 
     def lost(self) -> pa.Table | None:
@@ -131,6 +143,10 @@ class CtfReader(Reader):
             "ts_end": pa.array([r[3] for r in rows], pa.int64()),
             "count": pa.array([r[4] for r in rows], pa.int64()),
         })
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def layer_of(names: pa.Array, kernel: bool) -> pa.Array:

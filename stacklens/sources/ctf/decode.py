@@ -290,7 +290,7 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
             return E_DEPTH
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, stack,
                   ev_class, ev_ts, ev_base, ev_pkt, pkt_base, pkt_off, pkt_size, pkt_csize):
     """Decode events of one stream file from the state in `st` until it ends or a buffer is

@@ -193,7 +193,7 @@ def _put_u64(out, o, u):
     return o + n
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
     """JSON object bytes of each event (classes with entry < 0 get an empty string).
     Returns (offsets, bytes)."""

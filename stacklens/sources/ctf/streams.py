@@ -9,6 +9,7 @@ slot buffer), from which typed Arrow columns are gathered per event class.
 from __future__ import annotations
 
 import mmap
+from concurrent.futures import ThreadPoolExecutor
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,16 +360,39 @@ class CtfTrace:
         """(event class name, batch) with `ts` and the typed fields (contexts + payload) of
         that class, stream by stream, in each stream's order. Analyses that need only some
         classes read these instead of JSON."""
-        for sf in self.streams:
-            for ch in self.chunks(sf, max_events):
-                cpus = _packet_values(sf, "cpu")
-                for ci, rows in ch.groups():
-                    names, arrays, _ = ch.columns(ci, rows)
-                    cpu = _take_packet_values(cpus, ch.pkt[rows])
-                    batch = pa.RecordBatch.from_arrays(
-                        [pa.array(ch.ts[rows]), cpu, *arrays],
-                        names=["ts", "cpu", *_dedupe(names)])
-                    yield sf.cs.classes[ci].cls.name, batch
+        # the next chunk is decoded by a worker thread (the decoder releases the GIL) while
+        # the columns of the current one are gathered
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctf") as pool:
+            yield from self._batches(prefetched(pool, (ch for sf in self.streams
+                                                       for ch in self.chunks(sf, max_events))))
+
+    def _batches(self, chunks: Iterator[Chunk]) -> Iterator[tuple[str, pa.RecordBatch]]:
+        for ch in chunks:
+            sf = ch.stream
+            cpus = _packet_values(sf, "cpu")
+            for ci, rows in ch.groups():
+                names, arrays, _ = ch.columns(ci, rows)
+                cpu = _take_packet_values(cpus, ch.pkt[rows])
+                batch = pa.RecordBatch.from_arrays(
+                    [pa.array(ch.ts[rows]), cpu, *arrays],
+                    names=["ts", "cpu", *_dedupe(names)])
+                yield sf.cs.classes[ci].cls.name, batch
+
+
+def prefetched(pool: ThreadPoolExecutor, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """`chunks`, the next one computed by `pool` while the caller uses the current one (the
+    first one is started now, not at the first next())."""
+    first = pool.submit(next, chunks, None)
+
+    def gen() -> Iterator[Chunk]:
+        nxt = first
+        while True:
+            ch = nxt.result()
+            if ch is None:
+                return
+            nxt = pool.submit(next, chunks, None)
+            yield ch
+    return gen()
 
 
 def _dedupe(names: list[str]) -> list[str]:
