@@ -9,7 +9,7 @@ Sources read from the store (never from the files again):
 Columns: ts, host, source, worker (the logger and thread of a thesis record, the
 publisher_id of a notification: what executes the task), service, event_type, request_id,
 instance (uuid), vmname, vm_state, task_state, node (host of the VM), project_id, volume,
-vcpus, memory_mb, fault.
+resource (Neutron network/subnet/port/router), vcpus, memory_mb, fault.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ OPS_SCHEMA = pa.schema([
     ("service", pa.string()), ("event_type", pa.string()), ("request_id", pa.string()),
     ("instance", pa.string()), ("vmname", pa.string()), ("vm_state", pa.string()),
     ("task_state", pa.string()), ("node", pa.string()), ("project_id", pa.string()),
-    ("volume", pa.string()), ("vcpus", pa.int64()), ("memory_mb", pa.int64()), ("fault", pa.string()),
+    ("volume", pa.string()), ("resource", pa.string()), ("vcpus", pa.int64()), ("memory_mb", pa.int64()), ("fault", pa.string()),
 ])
 
 _D = "(fields->'$.payload.\"nova_object.data\"')"
@@ -43,6 +43,11 @@ SELECT ts, host, source,
        coalesce(fields->>'$.payload.host', {_D}->>'$.host') AS node,
        coalesce(fields->>'$.payload.tenant_id', {_D}->>'$.tenant_id', fields->>'$._context_project_id') AS project_id,
        coalesce(fields->>'$.payload.volume_id', {_D}->>'$.volume_id') AS volume,
+       -- Neutron: the network/subnet/port/router/floating IP a notification is about
+       coalesce(fields->>'$.payload.network.id', fields->>'$.payload.subnet.id', fields->>'$.payload.port.id',
+                fields->>'$.payload.router.id', fields->>'$.payload.floatingip.id',
+                fields->>'$.payload.network_id', fields->>'$.payload.subnet_id', fields->>'$.payload.port_id',
+                fields->>'$.payload.router_id', fields->>'$.payload.floatingip_id') AS resource,
        TRY_CAST(coalesce(fields->>'$.payload.vcpus', {_FLAVOR}->>'$.vcpus') AS BIGINT) AS vcpus,
        TRY_CAST(coalesce(fields->>'$.payload.memory_mb', {_FLAVOR}->>'$.memory_mb') AS BIGINT) AS memory_mb,
        coalesce(CAST(fields->'$.payload.fault' AS VARCHAR), CAST({_D}->'$.fault' AS VARCHAR),
@@ -82,7 +87,11 @@ def _thesis_table(rows: list[tuple]) -> pa.Table:
             "instance": rec.get("instance_id") or rec.get("instance"), "vmname": rec.get("vmname"),
             "vm_state": rec.get("vm_state"), "task_state": rec.get("vm_task"),
             "node": rec.get("host") or rec.get("hostname"), "project_id": rec.get("project_id"),
-            "volume": rec.get("volume"), "vcpus": None, "memory_mb": None, "fault": None,
+            "volume": rec.get("volume"),
+            # Neutron records name their network/router (thesis table 4.4)
+            "resource": (rec.get("network") or rec.get("router") or rec.get("subnet")
+                         or rec.get("port")),
+            "vcpus": None, "memory_mb": None, "fault": None,
         }
         for k in cols:
             cols[k].append(vals[k])

@@ -17,7 +17,7 @@ TASKS_SQL = r"""
 WITH marks AS (
   SELECT *, regexp_extract(event_type, '^(.*)\.(start|end|error)$', 1) AS task,
          regexp_extract(event_type, '^(.*)\.(start|end|error)$', 2) AS edge,
-         coalesce(instance, vmname, volume, '') AS object
+         coalesce(instance, vmname, volume, resource, '') AS object
   FROM ops WHERE regexp_matches(event_type, '\.(start|end|error)$')
 ), ranked AS (
   SELECT *, row_number() OVER (PARTITION BY worker, task, coalesce(request_id, ''), object,
@@ -25,7 +25,7 @@ WITH marks AS (
   FROM marks
 )
 SELECT s.task, s.worker, s.service, s.host, s.source, s.request_id,
-       s.instance, coalesce(s.vmname, e.vmname) AS vmname, coalesce(s.volume, e.volume) AS volume,
+       s.instance, coalesce(s.vmname, e.vmname) AS vmname, coalesce(s.volume, e.volume) AS volume, s.resource,
        coalesce(e.node, s.node) AS node, s.ts AS start_ts, e.ts AS end_ts, e.ts - s.ts AS duration_ns,
        CASE WHEN e.edge IS NULL THEN 'open' WHEN e.edge = 'error' THEN 'error' ELSE 'ok' END AS outcome,
        s.vm_state AS state_before, e.vm_state AS state_after, e.fault

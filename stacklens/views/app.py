@@ -139,6 +139,8 @@ def show_report(store_path: str, json_out: bool) -> None:
         out["app"]["api"] = _rows(api_statistics(con))
         out["app"]["instances"] = _instance_summary(instance_lifecycle(con).to_pylist(),
                                                     instance_timings(con).to_pylist())
+        from stacklens.models.neutron import neutron_tasks
+        out["app"]["neutron"] = _rows(neutron_tasks(con))
         from stacklens.models.scheduling import scheduling_decisions
         out["app"]["scheduling"] = [d.to_dict() for d in scheduling_decisions(con)]
     if json_out:
@@ -164,6 +166,11 @@ def show_report(store_path: str, json_out: bool) -> None:
                           _secs(r["p95_s"]), _secs(r["max_s"])) for r in a["api"][:30]],
                         title="API requests (WSGI access log: time:)",
                         right=["count", "errors", "median", "p95", "max"])
+        if a["neutron"]:
+            print_table(["agent", "operation", "object", "start", "duration", "outcome", "request"],
+                        [(t["agent"], t["operation"], t["resource"], fmt_ts(t["start_ts"]),
+                          fmt_duration(t["duration_ns"]), t["outcome"], t["request_id"]) for t in a["neutron"][:50]],
+                        title="Neutron agent tasks", right=["duration"])
         if a["scheduling"]:
             print_table(["request", "outcome", "host", "why"],
                         [(d["request_id"], d["outcome"], d["selected"] or "-", d["explanation"])
