@@ -135,3 +135,74 @@ def upcall_times(con: duckdb.DuckDBPyConnection, host: str | None = None) -> pa.
     """Every upcall_start (tagged or not): host, ts, tag, proto — the upcall frequency's input."""
     return con.sql(f"SELECT host, ts, tag, {_PROTO_CASE} AS proto FROM ({_EVENTS_SQL})"
                    f" WHERE stage = 'upcall_start' ORDER BY host, ts", params=_host_params(host)).to_arrow_table()
+
+
+# ---- userspace (netdev) datapath: sampled ovs-appctl statistics and miss upcalls ----------
+
+def datapath_series(con: duckdb.DuckDBPyConnection, host: str | None = None) -> pa.Table:
+    """Per `dpctl/show` sample: the counters and their increase since the previous sample.
+
+    Columns: host, datapath, ts, hit, missed, lost, flows, d_hit, d_missed, d_lost, interval_ns,
+    slow_share (d_missed / (d_hit + d_missed): the share of packets that took the slow path
+    in the interval ending at ts). The first sample of a series has no increase (NULL)."""
+    return con.sql("""
+WITH s AS (
+  SELECT host, fields->>'datapath' AS datapath, ts,
+         CAST(fields->>'hit' AS BIGINT) AS hit, CAST(fields->>'missed' AS BIGINT) AS missed,
+         CAST(fields->>'lost' AS BIGINT) AS lost, CAST(fields->>'flows' AS BIGINT) AS flows
+  FROM events WHERE name = 'ovs_datapath' AND ($host IS NULL OR host = $host)
+), d AS (
+  SELECT *, hit - lag(hit) OVER w AS d_hit, missed - lag(missed) OVER w AS d_missed,
+         lost - lag(lost) OVER w AS d_lost, ts - lag(ts) OVER w AS interval_ns
+  FROM s WINDOW w AS (PARTITION BY host, datapath ORDER BY ts)
+)
+SELECT *, CASE WHEN d_hit + d_missed > 0 THEN d_missed / (d_hit + d_missed) END AS slow_share
+FROM d ORDER BY host, datapath, ts""", params=_host_params(host)).to_arrow_table()
+
+
+def reconfigurations(con: duckdb.DuckDBPyConnection, host: str | None = None) -> pa.Table:
+    """Commands that disturb the datapath flows, as recorded by the sampler (host, ts, command)."""
+    return con.sql("SELECT host, ts, fields->>'command' AS command FROM events WHERE name = 'ovs_command'"
+                   " AND ($host IS NULL OR host = $host) ORDER BY ts", params=_host_params(host)).to_arrow_table()
+
+
+def port_vms(con: duckdb.DuckDBPyConnection, host: str | None = None) -> pa.Table:
+    """Datapath port → interface → VM, from OvS's own tables: dpctl/show port numbers and the
+    Interface rows' external_ids (vm-id, or Nova's vm-uuid; attached-mac gives the VM's MAC).
+
+    Columns: host, dp_port, interface, vm, mac."""
+    return con.sql("""
+WITH ports AS (
+  SELECT DISTINCT host, CAST(p.key AS VARCHAR) AS dp_port, p.value AS interface
+  FROM (SELECT host, unnest(map_entries(CAST(fields->'ports' AS MAP(VARCHAR, VARCHAR)))) AS p
+        FROM events WHERE name = 'ovs_datapath' AND ($host IS NULL OR host = $host))
+), ifaces AS (
+  SELECT host, fields->>'name' AS interface,
+         coalesce(fields->'external_ids'->>'vm-id', fields->'external_ids'->>'vm-uuid') AS vm,
+         coalesce(fields->'external_ids'->>'attached-mac', fields->>'mac_in_use') AS mac
+  FROM events WHERE name = 'ovs_interface' AND ($host IS NULL OR host = $host)
+  QUALIFY row_number() OVER (PARTITION BY host, fields->>'name' ORDER BY ts DESC) = 1
+)
+SELECT p.host, p.dp_port, p.interface, i.vm, i.mac FROM ports p LEFT JOIN ifaces i USING (host, interface)
+ORDER BY p.host, CAST(p.dp_port AS INTEGER)""", params=_host_params(host)).to_arrow_table()
+
+
+def miss_upcalls(con: duckdb.DuckDBPyConnection, host: str | None = None) -> pa.Table:
+    """Every miss upcall ovs-vswitchd logged (slow-path packets), with the VMs it concerns.
+
+    Columns: host, ts, in_port, interface, src_vm (VM behind the input port), dst_vm (VM whose
+    MAC is the destination; NULL for broadcast/multicast), eth_type, ip_src, ip_dst, ip_proto."""
+    ports = port_vms(con, host)
+    con.register("_ovs_port_vms", ports)
+    try:
+        return con.sql("""
+SELECT u.host, u.ts, u.fields->>'in_port' AS in_port, p.interface, p.vm AS src_vm, d.vm AS dst_vm,
+       CAST(u.fields->>'eth_type' AS INTEGER) AS eth_type, u.fields->>'ip_src' AS ip_src,
+       u.fields->>'ip_dst' AS ip_dst, CAST(u.fields->>'ip_proto' AS INTEGER) AS ip_proto
+FROM events u
+LEFT JOIN _ovs_port_vms p ON p.host = u.host AND p.dp_port = u.fields->>'in_port'
+LEFT JOIN _ovs_port_vms d ON d.host = u.host AND d.mac = u.fields->>'eth_dst'
+WHERE u.name = 'ovs_miss_upcall' AND ($host IS NULL OR u.host = $host)
+ORDER BY u.ts""", params=_host_params(host)).to_arrow_table()
+    finally:
+        con.unregister("_ovs_port_vms")

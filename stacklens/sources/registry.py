@@ -22,6 +22,8 @@ def readers() -> list[type[Reader]]:
         pass
     found.append(OsloLogReader)
     found += [QemuTraceReader, QmpReader]
+    from stacklens.sources.ovs_stats import OvsLogReader, OvsStatsReader  # issue 6 (OvS)
+    found += [OvsStatsReader, OvsLogReader]
     found.append(FtraceReader)
     found.extend(_app_readers())
     return found

@@ -84,13 +84,18 @@ def register(app: typer.Typer) -> None:
     app.add_typer(lab, name="lab")
 
     @lab.command("run")
-    def lab_run(scenario: str = typer.Option("normal", help="normal | stressed | interference"),
+    def lab_run(scenario: str = typer.Option("normal", help="normal | stressed | interference | network"),
                 out: Path = typer.Option(..., help="Bundle directory to write (replaced if it is a lab bundle)."),
                 json_out: bool = JsonOpt) -> None:
         """Run a migration scenario for real and write a trace bundle (`stacklens ingest` reads it)."""
         import dataclasses
         from stacklens.lab.runner import run_scenario
-        result = run_scenario(scenario, out, progress=None if json_out else console.print)
+        say = None if json_out else console.print
+        if scenario == "network":  # the Open vSwitch lab (issue 6), not a migration
+            from stacklens.lab.network import run_network
+            result = run_network(out, progress=say)
+        else:
+            result = run_scenario(scenario, out, progress=say)
         if json_out:
             emit_json(dataclasses.asdict(result))
         raise typer.Exit(0)

@@ -1,0 +1,191 @@
+"""Open vSwitch figures from the OvS models: path shares, stage latency histograms (terminal
+bars and PNG through the NumPy + zlib writer of migration_report), upcall rate and bursts,
+slow-path share before/after a reconfiguration, slow packets named by their VMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from stacklens.analyses.migration_report import _png
+from stacklens.models import ovs
+
+STAGE_COLUMNS = {"latency_ns": "receive → first send", "to_upcall_ns": "receive → upcall_start",
+                 "upcall_ns": "upcall (start → end)", "reinject_ns": "upcall_end → send"}
+
+
+def find_bursts(ts: np.ndarray, counts: np.ndarray, factor: float = 4.0, min_count: int = 5) -> list[dict]:
+    """Runs of consecutive intervals whose count is at least max(min_count, factor × median).
+
+    `ts[i]` is the end of interval i and `counts[i]` what happened in it (upcalls, misses).
+    A burst reports its first and last interval end, the total and the peak."""
+    counts = np.asarray(counts, dtype=np.float64)
+    ts = np.asarray(ts, dtype=np.int64)
+    if counts.size == 0:
+        return []
+    threshold = max(float(min_count), factor * float(np.median(counts)))
+    hot = counts >= threshold
+    bursts: list[dict] = []
+    i = 0
+    while i < hot.size:
+        if hot[i]:
+            j = i
+            while j + 1 < hot.size and hot[j + 1]:
+                j += 1
+            bursts.append({"start": int(ts[i]), "end": int(ts[j]), "total": int(counts[i:j + 1].sum()),
+                           "peak": int(counts[i:j + 1].max()), "threshold": threshold})
+            i = j + 1
+        else:
+            i += 1
+    return bursts
+
+
+def rate_bins(ts: np.ndarray, bin_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of `ts` per bin of `bin_ns`; returns (bin ends, counts)."""
+    if len(ts) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    ts = np.asarray(ts, dtype=np.int64)
+    start = int(ts.min()) // bin_ns * bin_ns
+    idx = (ts - start) // bin_ns
+    counts = np.bincount(idx)
+    return start + (np.arange(counts.size, dtype=np.int64) + 1) * bin_ns, counts
+
+
+def log_histogram(values_ns: np.ndarray, bins_per_decade: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of `values_ns` in log-spaced bins; returns (edges in ns, counts)."""
+    v = np.asarray([x for x in values_ns if x is not None and x > 0], dtype=np.float64)
+    if v.size == 0:
+        return np.empty(0), np.empty(0, np.int64)
+    lo = np.floor(np.log10(v.min()) * bins_per_decade) / bins_per_decade
+    hi = np.ceil(np.log10(v.max()) * bins_per_decade + 1e-9) / bins_per_decade
+    edges = 10 ** np.arange(lo, hi + 1e-9 + 1 / bins_per_decade, 1 / bins_per_decade)
+    counts, _ = np.histogram(v, bins=edges)
+    return edges, counts
+
+
+def histogram_lines(edges: np.ndarray, counts: np.ndarray, width: int = 40) -> list[str]:
+    from stacklens.views.terminal import fmt_duration
+    top = int(counts.max()) if counts.size else 0
+    return [f"{fmt_duration(edges[i]):>10} – {fmt_duration(edges[i + 1]):<10} {int(c):>5} │"
+            + "█" * (round(width * c / top) if top else 0) for i, c in enumerate(counts)]
+
+
+def histograms_png(hists: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
+                   width: int = 640, panel_h: int = 120) -> Path:
+    """One bar panel per stage histogram (log-spaced bins, left to right), stacked vertically."""
+    panels = [(k, e, c) for k, (e, c) in hists.items() if c.size]
+    height = max(1, len(panels)) * panel_h
+    img = np.full((height, width, 3), 255, dtype=np.uint8)
+    colours = [(33, 102, 172), (214, 96, 77), (77, 146, 33), (118, 42, 131)]
+    margin = 12
+    for n, (_, edges, counts) in enumerate(panels):
+        y0, y1 = n * panel_h + margin, (n + 1) * panel_h - margin
+        img[y1, margin:width - margin] = 0
+        img[y0:y1, margin] = 0
+        top = counts.max() or 1
+        slot = (width - 3 * margin) / counts.size
+        for i, c in enumerate(counts):
+            h = int((y1 - y0) * c / top)
+            x0 = int(2 * margin + i * slot)
+            img[y1 - h:y1, x0:x0 + max(1, int(slot) - 2)] = colours[n % len(colours)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_png(img))
+    return path
+
+
+def thesis_report(con: duckdb.DuckDBPyConnection, host: str | None = None, bin_ns: int = 1_000_000_000) -> dict:
+    """Per-packet analysis of the datapath kprobe events (empty dict when there are none)."""
+    counts = ovs.stage_counts(con, host)
+    if not any(counts.values()):
+        return {}
+    packets = ovs.packet_paths(con, host)
+    d = duckdb.connect()
+    d.register("p", packets)
+    by_path = dict(d.sql("SELECT path, count(*) FROM p GROUP BY 1").fetchall())
+    tagged = packets.num_rows
+    slow = sum(by_path.get(k, 0) for k in ovs.SLOW_PATHS)
+    per_proto = [dict(zip(("proto", "packets", "slow", "flood", "median_latency_ns", "median_upcall_ns"), r))
+                 for r in d.sql("SELECT proto, count(*), count(*) FILTER (WHERE slow), count(*) FILTER (WHERE flood),"
+                                " median(latency_ns), median(upcall_ns) FROM p GROUP BY 1 ORDER BY 2 DESC").fetchall()]
+    latency = {}
+    for col, label in STAGE_COLUMNS.items():
+        v = [x for x in packets.column(col).to_pylist() if x is not None]
+        latency[col] = {"label": label, "n": len(v), **_quantiles(v)}
+    fast_lat = [r["latency_ns"] for r in packets.to_pylist() if r["path"] in ("fast", "fast_flood") and r["latency_ns"] is not None]
+    slow_lat = [r["latency_ns"] for r in packets.to_pylist() if r["path"] in ("slow", "slow_flood") and r["latency_ns"] is not None]
+    up = ovs.upcall_times(con, host)
+    ends, per_bin = rate_bins(up.column("ts").to_numpy(), bin_ns)
+    return {
+        "events": counts, "tagged_packets": tagged, "paths": {k: by_path.get(k, 0) for k in ovs.PATHS},
+        "slow_path_share": slow / tagged if tagged else None,
+        "untagged": ovs.untagged_share(con, host), "per_protocol": per_proto, "latency": latency,
+        "fast_latency": _quantiles(fast_lat), "slow_latency": _quantiles(slow_lat),
+        "upcall_rate": {"bin_ns": bin_ns, "bins": [{"end": int(e), "upcalls": int(c)} for e, c in zip(ends, per_bin)]},
+        "upcall_bursts": find_bursts(ends, per_bin, min_count=3),
+        "_packets": packets,
+    }
+
+
+def live_report(con: duckdb.DuckDBPyConnection, host: str | None = None, window_ns: int = 1_000_000_000) -> dict:
+    """Sampled datapath statistics: miss series, bursts, slow-path share around reconfigurations,
+    miss upcalls named by their VMs (empty dict when there are no samples)."""
+    series = ovs.datapath_series(con, host)
+    if series.num_rows == 0:
+        return {}
+    rows = series.to_pylist()
+    out: dict = {"datapaths": []}
+    commands = ovs.reconfigurations(con, host).to_pylist()
+    for dp in sorted({r["datapath"] for r in rows}):
+        s = [r for r in rows if r["datapath"] == dp]
+        inc = [r for r in s if r["d_missed"] is not None]
+        ts = np.array([r["ts"] for r in inc], dtype=np.int64)
+        missed = np.array([r["d_missed"] for r in inc], dtype=np.int64)
+        intervals = [r["interval_ns"] for r in inc]
+        entry = {
+            "datapath": dp, "host": s[0]["host"], "samples": len(s),
+            "sample_interval_ns": int(np.median(intervals)) if intervals else None,
+            "first": {k: s[0][k] for k in ("ts", "hit", "missed", "lost", "flows")},
+            "last": {k: s[-1][k] for k in ("ts", "hit", "missed", "lost", "flows")},
+            "series": [{k: r[k] for k in ("ts", "d_hit", "d_missed", "d_lost", "flows", "slow_share")} for r in inc],
+            "miss_bursts": find_bursts(ts, missed),
+            "reconfigurations": [],
+        }
+        for c in commands:
+            # Equal windows either side, so a start-up burst long before does not blur "before".
+            before = [r for r in inc if c["ts"] - window_ns < r["ts"] <= c["ts"]]
+            after = [r for r in inc if c["ts"] < r["ts"] <= c["ts"] + window_ns]
+            entry["reconfigurations"].append({
+                "ts": c["ts"], "command": c["command"], "window_ns": window_ns,
+                "slow_share_before": _share(before), "slow_share_after": _share(after),
+                "first_interval_after": _share(after[:1]),
+                "burst": next((b for b in entry["miss_bursts"] if b["end"] >= c["ts"]), None)})
+        out["datapaths"].append(entry)
+    upcalls = ovs.miss_upcalls(con, host)
+    out["miss_upcalls"] = upcalls.num_rows
+    d = duckdb.connect()
+    d.register("u", upcalls)
+    out["upcalls_by_vm"] = [dict(zip(("src_vm", "dst_vm", "interface", "upcalls"), r)) for r in d.sql(
+        "SELECT src_vm, dst_vm, interface, count(*) FROM u GROUP BY ALL ORDER BY 4 DESC").fetchall()]
+    out["ports"] = ovs.port_vms(con, host).to_pylist()
+    return out
+
+
+def _share(rows: list[dict]) -> dict:
+    hit = sum(r["d_hit"] or 0 for r in rows)
+    missed = sum(r["d_missed"] or 0 for r in rows)
+    return {"hit": hit, "missed": missed, "share": missed / (hit + missed) if hit + missed else None}
+
+
+def _quantiles(v: list) -> dict:
+    if not v:
+        return {"n": 0}
+    a = np.asarray(v, dtype=np.float64)
+    return {"n": int(a.size), "min": float(a.min()), "p50": float(np.median(a)), "p90": float(np.quantile(a, 0.9)),
+            "max": float(a.max()), "mean": float(a.mean())}
+
+
+def stage_histograms(packets: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {col: log_histogram(packets.column(col).to_pylist()) for col in STAGE_COLUMNS}
