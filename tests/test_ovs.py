@@ -216,3 +216,17 @@ def test_ovs_cli_json_and_png(ovs_store, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = CliRunner().invoke(app, ["ovs", "--store", str(ovs_store.root)])
     assert res.exit_code == 0 and "upcall" in res.output
+
+
+def test_bad_sample_lines_are_skipped_and_reported(network_lab, tmp_path):
+    from stacklens.sources.base import ReadOptions
+    from stacklens.sources.ovs_stats import OvsStatsReader
+    *_, out = network_lab
+    good = (out / "ovs" / "ovs-stats.jsonl").read_text().splitlines()
+    bad = tmp_path / "ovs-stats.jsonl"
+    bad.write_text("\n".join(good[:3] + ['{"ovs_sample_ns": 17, "appctl": {"dpctl/sh'] + good[3:]) + "\n")
+    reader = OvsStatsReader(bad, ReadOptions())
+    rows = sum(t.num_rows for t in reader.tables())
+    clean = OvsStatsReader(out / "ovs" / "ovs-stats.jsonl", ReadOptions())
+    assert rows == sum(t.num_rows for t in clean.tables()) > 0
+    assert reader.report.skipped == 1 and reader.report.bad_positions == [4]
