@@ -139,6 +139,9 @@ def show_report(store_path: str, json_out: bool) -> None:
         out["app"]["api"] = _rows(api_statistics(con))
         out["app"]["instances"] = _instance_summary(instance_lifecycle(con).to_pylist(),
                                                     instance_timings(con).to_pylist())
+        from stacklens.models.cinder import multi_attached_volumes, volume_attachments
+        out["app"]["volume_attachments"] = volume_attachments(con).to_pylist()
+        out["app"]["multi_attached_volumes"] = multi_attached_volumes(con).to_pylist()
         from stacklens.models.neutron import neutron_tasks
         out["app"]["neutron"] = _rows(neutron_tasks(con))
         from stacklens.models.scheduling import scheduling_decisions
@@ -166,6 +169,9 @@ def show_report(store_path: str, json_out: bool) -> None:
                           _secs(r["p95_s"]), _secs(r["max_s"])) for r in a["api"][:30]],
                         title="API requests (WSGI access log: time:)",
                         right=["count", "errors", "median", "p95", "max"])
+        for f in a["multi_attached_volumes"]:
+            console.print(f"[red]finding[/]: volume {f['volume']} attached to {f['instance']} ({f['host']}) and "
+                          f"{f['other_instance']} ({f['other_host']}) at once since {fmt_ts(f['since_ts'])}")
         if a["neutron"]:
             print_table(["agent", "operation", "object", "start", "duration", "outcome", "request"],
                         [(t["agent"], t["operation"], t["resource"], fmt_ts(t["start_ts"]),
