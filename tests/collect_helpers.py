@@ -1,0 +1,51 @@
+"""Helpers for the collection-plane tests: a private RabbitMQ and bounded child processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = ROOT / "tests" / "programs"
+
+
+def need_rabbitmq() -> None:
+    from stacklens.collect.broker import rabbitmq_server
+    if rabbitmq_server() is None or shutil.which("epmd") is None:
+        msg = "rabbitmq-server is not installed (./dev setup installs it)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    """SIGTERM the process we started, SIGKILL it if it does not go."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def python(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, **kw)
