@@ -37,7 +37,7 @@ CASE
          WHEN (CAST(prev_state AS BIGINT) & (16 | 32 | 64)) <> 0 THEN 'exited'
          WHEN (CAST(prev_state AS BIGINT) & 2) <> 0 THEN 'io_wait'
          ELSE 'blocked' END
-  WHEN prev_state LIKE 'R%' THEN 'runnable'
+  WHEN prev_state LIKE 'R%' OR prev_state = 'W' THEN 'runnable'  -- W: waking
   WHEN prev_state LIKE '%D%' THEN 'io_wait'
   WHEN prev_state LIKE 'X%' OR prev_state LIKE 'Z%' THEN 'exited'
   ELSE 'blocked'

@@ -6,7 +6,7 @@
         bash-7863  (   7863) [000] .....  1612.189869: sched_process_fork: comm=bash pid=7863 child_comm=bash child_pid=7891
     CPU 0/KVM-1234   [001]  5678.123456: sched_switch:  CPU 0/KVM:1234 [120] R ==> swapper/1:0 [120]     (trace-cmd report)
 
-Line = task comm (may hold spaces), `-tid`, optional `(tgid)`, `[cpu]`, optional flags,
+Line = (trace-cmd: `instance: ` when recorded in a tracefs instance) task comm (may hold spaces), `-tid`, optional `(tgid)`, `[cpu]`, optional flags,
 timestamp in seconds, event name, then the event's text. `key=value` fields are kept in
 `fields` (value up to the next ` key=`), numbers as integers; trace-cmd's compact
 sched_switch / sched_wakeup forms are turned into the same keys as the tracefs form.
@@ -29,7 +29,7 @@ from stacklens.errors import SourceError
 from stacklens.sources.base import Reader, json_objects
 
 LINE = re.compile(
-    r"^\s*(?P<comm>.*?)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"^\s*(?:(?P<buffer>[\w.-]+):\s+)?(?P<comm>.*?)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
     r"(?:(?P<flags>[^\s\d]\S*)\s+)?(?P<sec>\d+)\.(?P<frac>\d{1,9}):\s+(?P<event>[\w:.-]+):\s?(?P<text>.*)$")
 FIELD = re.compile(r"(\w+)=(.*?)(?=\s+\w+=|$)")
 # trace-cmd report's sched plugin forms.
@@ -109,6 +109,8 @@ class FtraceReader(Reader):
             pid.append(int(tg) if tg and tg.isdigit() else None)
             comm.append(m.group("comm").strip() or None)
             ev = m.group("event")
+            if ev == "print" and "tracing_mark_write:" in m.group("text"):
+                ev = "tracing_mark_write"  # trace-cmd's name for a marker; tracefs says tracing_mark_write
             name.append(ev)
             pos.append(p)
             parsed.append(_fields(ev, m.group("text")))
@@ -139,15 +141,17 @@ class FtraceReader(Reader):
 
 
 def _fields(event: str, text: str) -> dict[str, int | str]:
-    if event == "sched_switch" and "=" not in text:
+    if event == "sched_switch" and "prev_comm=" not in text:
         m = TC_SWITCH.match(text)
         if m:
             return {k: int(v) if INT.match(v) else v for k, v in m.groupdict().items()}
-    if event.startswith("sched_wakeup") and "=" not in text:
+    if event.startswith("sched_wakeup") and "comm=" not in text:
         m = TC_WAKEUP.match(text)
         if m:
             return {k: int(v) if INT.match(v) else v for k, v in m.groupdict().items()}
     if event in ("tracing_mark_write", "print"):
+        # trace-cmd shows markers as `print: tracing_mark_write: TEXT` (or with the ip first)
+        text = re.sub(r"^\s*(?:\w+:\s+)?tracing_mark_write:\s*", "", text)
         return {"text": text.strip()}
     out: dict[str, int | str] = {}
     for k, v in FIELD.findall(text.replace(" ==> ", " ")):
