@@ -93,11 +93,15 @@ class CtfReader(Reader):
         # each stream's next chunk is decoded and turned into rows by a worker thread (the
         # compiled kernels release the GIL) while the merge consumes the current ones
         pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ctf")
+        # and the merge (concatenation, reordering) of the next rows runs in its own thread
+        # while the caller writes the current table
+        merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctf-merge")
         iters = [prefetched(pool, self._with_rows(trace, trace.chunks(sf, per_stream, self.options.progress), kernel))
                  for sf in trace.streams]
         try:
-            yield from self._merged(trace, iters)
+            yield from prefetched(merger, self._merged(trace, iters))
         finally:
+            merger.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _merged(self, trace: CtfTrace, iters: list[Iterator[Chunk]]) -> Iterator[pa.Table]:
