@@ -90,6 +90,7 @@ COMMAND_MODULES: list[str] = [
     "stacklens.sources.ctf.dump",
     "stacklens.views.migrations",
     "stacklens.views.kernel",
+    "stacklens.views.collect",
     "stacklens.views.ovs",
     "stacklens.views.sync_report",
 ]

@@ -11,6 +11,9 @@ from typing import Any, Callable
 
 TRACERS: dict[str, str] = {
     "notifications": "stacklens.collect.notification_listener:main",
+    "proc": "stacklens.collect.proc_sampler:main",
+    "packages": "stacklens.collect.packages:main",
+    "oslo_log": "stacklens.collect.oslo_log_tailer:main",
 }
 
 

@@ -34,7 +34,8 @@ def _app_readers() -> list[type[Reader]]:
     from stacklens.sources.notifications import NotificationReader
     from stacklens.sources.oslo_json import OsloJsonLogReader
     from stacklens.sources.rabbitmq_dump import RabbitDumpReader
-    return [NotificationReader, OsloJsonLogReader, RabbitDumpReader]
+    from stacklens.sources.collect_samples import CollectSampleReader  # issue 9: our tracers
+    return [NotificationReader, OsloJsonLogReader, RabbitDumpReader, CollectSampleReader]
 
 
 def recognise(path: Path) -> type[Reader] | None:

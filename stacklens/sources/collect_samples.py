@@ -1,0 +1,64 @@
+"""Samples written by stacklens' own tracers (/proc sampler, package inventory): JSON lines.
+
+Each line is `{"stacklens": KIND, "ts": ns, ...}`; KIND becomes the event name
+(`proc.sample`, `package.installed`, `package.conflict`), pid/procname/instance become
+columns, and the whole record is `fields`. Decoded column-wise by DuckDB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stacklens.errors import SourceError
+from stacklens.sources.base import Reader
+
+MAGIC = b'{"stacklens": "'
+
+SQL = """
+SELECT pos, CAST(v[1] AS BIGINT) AS ts, v[2] AS name,
+       CASE WHEN starts_with(v[2], 'proc.') THEN 'kernel' ELSE 'app' END AS layer,
+       TRY_CAST(v[3] AS BIGINT) AS pid, TRY_CAST(v[3] AS BIGINT) AS tid,
+       v[4] AS procname, v[5] AS instance, line AS fields
+FROM (SELECT pos, line, json_extract_string(line, ['$.ts', '$.stacklens', '$.pid', '$.procname', '$.instance']) AS v
+      FROM lines WHERE json_valid(line))
+WHERE TRY_CAST(v[1] AS BIGINT) IS NOT NULL AND v[2] IS NOT NULL
+ORDER BY pos
+"""
+
+
+class CollectSampleReader(Reader):
+    format = "stacklens.sample"
+    layer = "app"
+    unit = "line"
+
+    @classmethod
+    def sniff(cls, path: Path, head: bytes) -> bool:
+        return head.startswith(MAGIC)
+
+    def tables(self) -> Iterator[pa.Table]:
+        try:
+            data = self.path.read_bytes()
+        except OSError as e:
+            raise SourceError(self.path, f"cannot read: {e.strerror}") from None
+        lines = data.decode("utf-8", "replace").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        table = pa.table({"pos": pa.array(range(1, len(lines) + 1), pa.int64()),
+                          "line": pa.array(lines, pa.string())})
+        con = duckdb.connect()
+        con.execute("SET threads TO 1")
+        con.register("lines", table)
+        out = con.sql(SQL).to_arrow_table()
+        bad = pc.invert(pc.is_in(table.column("pos"), out.column("pos")))
+        for p in table.column("pos").filter(bad).to_pylist():
+            self.report.skip(p)
+        out = out.set_column(out.schema.get_field_index("pid"), "pid", out.column("pid"))
+        self.report.rows += out.num_rows
+        self.options.progress(len(data))
+        if out.num_rows:
+            yield out
