@@ -45,6 +45,11 @@ from stacklens.errors import StacklensError
 
 # Tracers that do one job and exit 0 (an inventory) rather than run until stopped.
 ONE_SHOT = {"packages"}
+# What the instrumentation in the services ships (stacklens.collect.instrument): kind →
+# (segment directory, segment name, extension). Listed and fetched like tracer segments.
+SHIPPED = {"notifications": ("notify_driver", "notifications", "jsonl"),
+           "logs": ("log_handler", "oslo-log", "log")}
+MAX_SHIP_BYTES = 64 << 20
 
 
 @dataclass
@@ -106,6 +111,24 @@ class Agent:
         self.workers: dict[str, Worker] = {n: Worker(n) for n in TRACERS}
         self.lock = threading.Lock()
         self._closing = threading.Event()
+        self._ship_writers: dict[str, Any] = {}
+        self._ship_lock = threading.Lock()
+
+    def ship(self, kind: str, data: bytes) -> int:
+        """Durable append of whole lines shipped by the instrumentation; returns lines."""
+        from stacklens.collect.segments import SegmentWriter
+        directory, name, ext = SHIPPED[kind]
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        with self._ship_lock:
+            w = self._ship_writers.get(kind)
+            if w is None:
+                w = self._ship_writers[kind] = SegmentWriter(self.tracer_dir(directory), name, ext=ext,
+                                                             max_age_s=2.0)
+            w.write_batch(data)
+            for other in self._ship_writers.values():
+                other.maybe_seal()
+        return data.count(b"\n")
 
     def tracer_dir(self, name: str) -> Path:
         return self.data / "segments" / name
@@ -190,7 +213,10 @@ class Agent:
 
     def segments(self) -> list[dict[str, Any]]:
         out = []
-        for name in TRACERS:
+        with self._ship_lock:
+            for w in self._ship_writers.values():
+                w.maybe_seal()
+        for name in [*TRACERS, *(d for d, _, _ in SHIPPED.values())]:
             for p in sealed_segments(self.tracer_dir(name)):
                 out.append({"tracer": name, "name": p.name, "size": p.stat().st_size})
         return out
@@ -199,6 +225,9 @@ class Agent:
         self._closing.set()
         for name in TRACERS:
             self.stop(name)
+        with self._ship_lock:
+            for w in self._ship_writers.values():
+                w.close()
 
 
 def make_handler(agent: Agent):
@@ -238,7 +267,8 @@ def make_handler(agent: Agent):
                 return self._send(200, agent.status())
             if parts == ["v1", "segments"]:
                 return self._send(200, agent.segments())
-            if len(parts) == 4 and parts[:2] == ["v1", "segments"] and parts[2] in TRACERS:
+            listed = {*TRACERS, *(d for d, _, _ in SHIPPED.values())}
+            if len(parts) == 4 and parts[:2] == ["v1", "segments"] and parts[2] in listed:
                 name = parts[3]
                 seg = agent.tracer_dir(parts[2]) / name
                 # only a sealed segment of that tracer, by its plain name (no path tricks)
@@ -250,9 +280,14 @@ def make_handler(agent: Agent):
             if not self._authorised():
                 return
             length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)  # nothing is taken from the body
             parts = self._parts()
+            if len(parts) == 3 and parts[:2] == ["v1", "ship"] and parts[2] in SHIPPED:
+                if length > MAX_SHIP_BYTES:
+                    return self._send(413, {"error": f"at most {MAX_SHIP_BYTES} bytes per request"})
+                n = agent.ship(parts[2], self.rfile.read(length))
+                return self._send(200, {"lines": n})
+            if length:
+                self.rfile.read(length)  # nothing else is taken from a body
             if len(parts) == 4 and parts[:2] == ["v1", "tracers"] and parts[3] in ("start", "stop"):
                 name = parts[2]
                 if name not in TRACERS:

@@ -85,6 +85,10 @@ def status(agents: list[AgentRef]) -> list[dict[str, Any]]:
     return [dict(agent=a.name, **a.json("GET", "/v1/status")) for a in agents]
 
 
+def agents_segments(agent: AgentRef) -> list[dict[str, Any]]:
+    return agent.json("GET", "/v1/segments")
+
+
 def pull(agents: list[AgentRef], store_root: str, spool: Path | None = None) -> dict[str, Any]:
     from stacklens.store import Store
     from stacklens.store.ingest import ingest
