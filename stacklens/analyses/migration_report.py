@@ -25,6 +25,8 @@ def attempt_summary(a: MigrationAttempt) -> dict:
         "rounds": [{"round": r.index, "start_ns": r.start, "ms": _ms(r.end - r.start), "dirty_pages": r.dirty_pages}
                    for r in a.rounds],
         "stop_copy_start_ns": a.stop_copy_start, "downtime_visible_ms": _ms(a.downtime_ns),
+        "downtime_source_ms": _ms(a.source_downtime_ns), "vcpu_pause_ms": _ms(a.vcpu_pause_ns),
+        "handover_ms": _ms(a.handover_ns),
         "qmp_downtime_ms": a.qmp.get("downtime-ms"), "dirty_rate_pages_s": _round(a.dirty_rate_pps),
         "qmp_dirty_pages_rate": a.qmp.get("dirty-pages-rate"), "transfer_rate_pages_s": _round(a.transfer_rate_pps),
         "transferred_bytes": a.qmp.get("transferred"), "throttle_events": a.throttle_events,

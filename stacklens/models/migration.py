@@ -11,6 +11,17 @@ Thesis Algorithm 1 (SPEC §4), per VM and per migration attempt on the source ho
   (`vm_state_notify running 1` of the same VM on another host) = guest-visible downtime;
 * the end: `migrate_set_state completed / failed / cancelled`.
 
+Downtime, three ways (QEMU 7.2 migration.c):
+* QEMU's own figure (query-migrate `downtime`) is the source's: its clock starts just before
+  the source stops the VM (`runstate_set … finish-migrate`, then the vCPUs pause) and stops
+  when the source has sent the last byte (`runstate_set … postmigrate`, right after). The same
+  interval from the trace is `source_downtime_ns`.
+* guest-visible (`downtime_ns`): the vCPUs stopped on the source (`vm_state_notify running
+  0`, after they paused) → the VM running on the destination (`vm_state_notify running 1`).
+* they differ by the vCPU pause (`vcpu_pause_ns`, in QEMU's figure only) and by the
+  destination's hand-over (`handover_ns`: source done → destination running, in the
+  guest-visible one only: draining the stream in flight, loading the devices, starting).
+
 QEMU prints at each sync the dirty pages counted since it last computed its rates
 (`num_dirty_pages_period`), and resets that count when a sync ends more than 1 s after the
 previous reset (ram.c, migration_bitmap_sync). The pages found at one sync are therefore the
@@ -32,7 +43,7 @@ import duckdb
 
 PERIOD_NS = 1_000_000_000  # QEMU recomputes its rates (and resets its counter) every > 1 s
 QEMU_EVENTS = ("migration_bitmap_sync_start", "migration_bitmap_sync_end", "savevm_state_complete_precopy",
-               "migrate_set_state", "vm_state_notify", "migration_throttle", "migrate_pending")
+               "migrate_set_state", "vm_state_notify", "migration_throttle", "migrate_pending", "runstate_set")
 END_STATES = ("completed", "failed", "cancelled")
 
 
@@ -69,6 +80,9 @@ class MigrationAttempt:
     stop_copy_start: int | None = None
     stop_copy_end: int | None = None
     downtime_ns: int | None = None  # guest-visible: stopped on source → running on destination
+    source_downtime_ns: int | None = None  # QEMU's definition, from the trace (see module doc)
+    vcpu_pause_ns: int | None = None  # source: downtime clock started → vCPUs stopped
+    handover_ns: int | None = None  # source done → VM running on the destination
     total_ns: int | None = None
     throttle_events: int = 0
     dirty_rate_pps: float | None = None  # pages/s dirtied, from the syncs
@@ -168,6 +182,17 @@ def _attempt(host: str, vm: str, events: list[tuple[int, str, dict]],
                 a.dest_host, a.stop_copy_end = h, run
                 a.downtime_ns = run - a.stop_copy_start
                 break
+    # QEMU's own downtime interval: the source's run states around its clock reads.
+    stopping = next((ts for ts, n, f in events if n == "runstate_set" and f.get("new_state") == "finish-migrate"), None)
+    # (`postmigrate` comes just after `completed`, which closed this attempt's events)
+    done = next((ts for ts, n, f in by_vm[(host, vm)] if n == "runstate_set"
+                 and f.get("new_state") == "postmigrate" and stopping is not None and ts >= stopping), None)
+    if stopping is not None and done is not None:
+        a.source_downtime_ns = done - stopping
+        if stopped is not None and stopped >= stopping:
+            a.vcpu_pause_ns = stopped - stopping
+        if a.stop_copy_end is not None:
+            a.handover_ns = a.stop_copy_end - done
     if a.end is not None:
         a.total_ns = a.end - start
     return a

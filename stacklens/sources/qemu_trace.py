@@ -2,6 +2,7 @@
 
     28402@1795273803.910825:vm_state_notify running 0 reason 7 (finish-migrate)
     28402@1795273803.828462:migration_bitmap_sync_end dirty_pages 920
+    10011@1795275099.360564:runstate_set current_run_state 9 (running) new_state 7 (finish-migrate)
     2026-11-21T15:10:26.121107Z qemu-system-x86_64: load of migration failed: Invalid argument
 
 `<tid>@<epoch s>.<µs>:<event> <args>`; QEMU's own messages (timestamped by -msg) go to the
@@ -41,6 +42,7 @@ ARG_FIELDS = [
     ("running", "vm_state_notify", r"^running (?P<v>\d+)", pa.int64()),
     ("reason", "vm_state_notify", r"reason \d+ \((?P<v>[\w-]+)\)", pa.string()),
     ("state", "migrate_set_state", r"^new state (?P<v>[\w-]+)", pa.string()),
+    ("new_state", "runstate_set", r"new_state \d+ \((?P<v>[\w-]+)\)", pa.string()),
 ]
 
 BATCH_LINES = 500_000

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from stacklens.sources.base import Reader
 from stacklens.sources.ftrace import FtraceReader
+from stacklens.sources.lab_config import LabConfigReader
 from stacklens.sources.oslo_log import OsloLogReader
 from stacklens.sources.qemu_trace import QemuTraceReader
 from stacklens.sources.qmp import QmpReader
@@ -21,7 +22,7 @@ def readers() -> list[type[Reader]]:
     except ImportError:  # the CTF package may be absent in a partial checkout
         pass
     found.append(OsloLogReader)
-    found += [QemuTraceReader, QmpReader]
+    found += [QemuTraceReader, QmpReader, LabConfigReader]
     from stacklens.sources.ovs_stats import OvsLogReader, OvsStatsReader  # issue 6 (OvS)
     found += [OvsStatsReader, OvsLogReader]
     found.append(FtraceReader)
