@@ -9,6 +9,7 @@ Figures, each measured in a fresh child process (so each peak RSS is its own):
     procname and the `fields` JSON, streams merged by time);
   - ours, full ingest: `stacklens.store.ingest` into a fresh store per copy (Parquet on disk;
     one store per copy because ingest skips content it already holds).
+Each figure is the best of CTF_BENCH_ROUNDS (default 3) alternating rounds.
 usage: python bench/ctf_decode.py [COPIES]
 """
 
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("STACKLENS_DATA", ROOT.parent / "shared" / "data"))
 TRACE = DATA / "tracecompass" / "many-threads"
 TIMEOUT = 1800
+ROUNDS = int(os.environ.get("CTF_BENCH_ROUNDS", "3"))
 
 
 def ours_typed(paths: list[Path]) -> int:
@@ -88,16 +90,19 @@ def run_child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def babeltrace2(bt: str, tmp: Path) -> dict:
-    """babeltrace2 in a fresh Python child: RUSAGE_CHILDREN there is babeltrace2's alone."""
+def babeltrace2(bt: str, paths: list[Path]) -> dict:
+    """babeltrace2 in a fresh Python child: RUSAGE_CHILDREN there is babeltrace2's alone.
+    One run per copy: given the copies together (one directory or several paths) babeltrace2
+    merges traces with the same UUID and decodes the events once (240,644 lines, not N times)."""
     code = ("import json, resource, subprocess, sys, time\n"
             "t0 = time.perf_counter()\n"
-            "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, "
+            "for p in sys.argv[2:]:\n"
+            "    subprocess.run([sys.argv[1], p, '-o', 'dummy'], check=True, stdout=subprocess.DEVNULL, "
             "stderr=subprocess.DEVNULL, timeout=%d)\n"
             "dt = time.perf_counter() - t0\n"
             "print(json.dumps({'seconds': dt, 'rss_mb': "
             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n" % TIMEOUT)
-    out = subprocess.run([sys.executable, "-c", code, bt, str(tmp), "-o", "dummy"],
+    out = subprocess.run([sys.executable, "-c", code, bt, *map(str, paths)],
                          capture_output=True, text=True, timeout=TIMEOUT + 60, check=True)
     return json.loads(out.stdout)
 
@@ -119,9 +124,17 @@ def main() -> int:
             p = tmp / f"t{i:02d}"
             p.symlink_to(TRACE)
             paths.append(p)
-        bt_res = babeltrace2(bt, tmp) if bt else None
-        for which in FIGURES:
-            results[which] = run_child(["--child", which, *map(str, paths)])
+        # rounds alternate the readers; the best round of each counts (the machine is shared:
+        # a single sequential measurement mostly shows the neighbours' load)
+        bt_res = None
+        for _ in range(ROUNDS):
+            if bt:
+                r = babeltrace2(bt, paths)
+                bt_res = r if bt_res is None or r["seconds"] < bt_res["seconds"] else bt_res
+            for which in FIGURES:
+                r = run_child(["--child", which, *map(str, paths)])
+                if which not in results or r["seconds"] < results[which]["seconds"]:
+                    results[which] = r
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
