@@ -83,6 +83,14 @@ def test_normal_converges_and_matches_qmp(lab):
     bundle, result, store, parts = lab["normal"]
     assert result.status == "completed"
     assert all(p.status == "ingested" for p in parts if p.format), [p.to_dict() for p in parts]
+    assert all(p.format for p in parts), [p.to_dict() for p in parts if not p.format]  # none unrecognised
+    # lab.json is a part: one lab.thread row per thread the lab read from /proc
+    lab_json = json.loads((bundle / "lab.json").read_text())
+    threads = {(p["vm"], p["role"], t["tid"], t["comm"]) for p in lab_json["processes"] for t in p["threads"]}
+    rows = store.connect().execute(
+        "SELECT procname, fields->>'role', tid, fields->>'comm' FROM events WHERE name = 'lab.thread'").fetchall()
+    assert set(rows) == threads and len(rows) == len(threads)
+    assert any(comm == "live_migration" for _, role, _, comm in threads if role == "source")
     qmp = _qmp_final(bundle)
     [a] = _attempts(store)
     assert a.verdict == "converged"
@@ -190,6 +198,31 @@ def _taskset_cpus(pid: int) -> dict[int, str]:
 INTERFERENCE_PAIRS = 3
 
 
+def _check_busy_vms_preempt(store, attempt, result, seen: dict[str, dict[int, str]]) -> None:
+    """The bundle's scheduling trace shows the busy VMs taking the CPU from the migrating VM's
+    threads; their tids come from taskset (not from the trace or our thread records)."""
+    from stacklens.models.migration import migration_preemptors
+    if os.geteuid() != 0:
+        pytest.skip("ftrace needs root")
+    assert result.kernel_trace is not None, result.notes
+    preemptors = migration_preemptors(store, attempt, top=50)
+    busy_tids = {tid for role, threads in seen.items() if role.startswith("busy") for tid in threads}
+    ranked = [p.tid for p in preemptors]
+    busy_vcpus = {t["tid"]: t["comm"] for p in result.processes if p["role"].startswith("busy")
+                  for t in p["threads"] if t["comm"].startswith("CPU ")}
+    assert len(busy_vcpus) == 2, busy_vcpus
+    for tid, comm in busy_vcpus.items():
+        assert tid in busy_tids
+        # every busy vCPU is among the top preemptors, named as the kernel and /proc name it
+        assert tid in ranked[:4], [(p.tid, p.name, p.vm, p.ns) for p in preemptors[:6]]
+        [p] = [p for p in preemptors if p.tid == tid]
+        assert p.name == comm and p.vm and p.vm.startswith("busy-")
+    busy_ns = sum(p.ns for p in preemptors if p.tid in busy_tids)
+    share = busy_ns / sum(p.ns for p in preemptors)
+    print(f"busy VMs ran {busy_ns / 1e9:.2f} s while the migrating VM's threads waited ({share:.0%} of it)")
+    assert share >= 0.30, [(p.tid, p.name, p.vm, p.ns) for p in preemptors[:6]]
+
+
 def test_interference_slows_the_migration(tmp_path):
     """The same uncapped migration with and without two busy VMs on its CPU, on this machine:
     every QEMU of both runs pinned to one CPU (checked with taskset while migrating, the
@@ -228,6 +261,8 @@ def test_interference_slows_the_migration(tmp_path):
             qmp_ms = result.query_migrate["total-time"]
             assert abs(a.total_ns / 1e6 - qmp_ms) <= max(0.05 * qmp_ms, 10.0), (a.total_ns, qmp_ms)
             times[sc.name].append(qmp_ms)
+            if sc.busy_vms and i == INTERFERENCE_PAIRS - 1:
+                _check_busy_vms_preempt(store, a, result, seen)
             shutil.rmtree(out)
             shutil.rmtree(store.root)
     with_busy, without = statistics.median(times[busy.name]), statistics.median(times[baseline.name])

@@ -285,3 +285,42 @@ def _judge(a: MigrationAttempt) -> None:
         a.verdict, a.reason = "failed", f"no stop&copy (QEMU state {a.final_state or 'unknown'})"
     if a.rolled_back:
         a.reason += "; rolled back"
+
+
+@dataclass
+class Preemptor:
+    tid: int
+    name: str | None  # the thread's name in the kernel trace
+    vm: str | None  # the VM the thread belongs to (lab.thread records), if any
+    role: str | None  # source / destination / busy-N (the lab's), if known
+    ns: int  # time it ran on the CPU while a thread of the migrating VM waited for it
+
+
+def vm_threads(con: duckdb.DuckDBPyConnection) -> dict[int, tuple[str, str, str]]:
+    """tid → (vm, host, role) from the lab's thread records (`lab.thread`, lab.json)."""
+    rows = con.execute(
+        "SELECT tid, procname, fields->>'host', fields->>'role' FROM events "
+        "WHERE source = 'lab.config' AND name = 'lab.thread' AND tid IS NOT NULL").fetchall()
+    return {int(tid): (vm, host, role) for tid, vm, host, role in rows}
+
+
+def migration_preemptors(store, a: MigrationAttempt, top: int = 10) -> list[Preemptor]:
+    """Who took the CPU from the migrating VM's threads on its source host during the attempt
+    (the kernel layer's preemption ranking over the host's scheduling trace), each named by
+    its VM when the lab recorded it. Empty without a kernel trace or thread records."""
+    from stacklens.errors import StacklensError
+    from stacklens.models.kernel import KernelModel
+    threads = vm_threads(store.connect())
+    victims = [tid for tid, (vm, host, _) in threads.items() if vm == a.vm and host == a.source_host]
+    if not victims:
+        return []
+    try:
+        kernel = KernelModel(store, a.source_host)
+    except StacklensError:
+        return []  # no kernel events for that host
+    ranking = kernel.preemption(victims, a.start, a.end or kernel.span.end).to_pylist()
+    out = []
+    for row in ranking[:top]:
+        vm, _, role = threads.get(row["preemptor_tid"], (None, None, None))
+        out.append(Preemptor(row["preemptor_tid"], row["preemptor_name"], vm, role, int(row["ns"])))
+    return out

@@ -14,11 +14,16 @@ def show_migrations(store_path: str, json_out: bool, png: Path | None = None) ->
     from stacklens.analyses.migration_report import attempt_summary, dirty_curve_png, dirty_curve_text
     from stacklens.models.migration import migration_attempts
     from stacklens.store import Store
-    attempts = migration_attempts(Store(store_path).connect())
+    from stacklens.models.migration import migration_preemptors
+    store = Store(store_path)
+    attempts = migration_attempts(store.connect())
+    preemptors = {id(a): migration_preemptors(store, a) for a in attempts}
     if png is not None:
         dirty_curve_png(attempts, png)
     if json_out:
-        emit_json({"migrations": [attempt_summary(a) for a in attempts], "png": str(png) if png else None})
+        emit_json({"migrations": [attempt_summary(a) | {"preemptors": [
+            {"tid": p.tid, "name": p.name, "vm": p.vm, "role": p.role, "ms": round(p.ns / 1e6, 3)}
+            for p in preemptors[id(a)]]} for a in attempts], "png": str(png) if png else None})
         return 0
     if not attempts:
         console.print("no migration attempts in the store (QEMU trace events migration_bitmap_sync_* needed)")
@@ -52,6 +57,11 @@ def show_migrations(store_path: str, json_out: bool, png: Path | None = None) ->
                 console.print(line, highlight=False)
         if a.stop_copy_start is not None:
             console.print(f"stop&copy: {fmt_ts(a.stop_copy_start)} → {fmt_ts(a.stop_copy_end)}")
+        if preemptors[id(a)]:
+            console.print(f"who took the CPU from {a.vm}'s threads on {a.source_host} during the migration:")
+            print_table(["thread", "tid", "VM", "role", "ran while they waited"],
+                        [[p.name, p.tid, p.vm or "-", p.role or "-", fmt_duration(p.ns)] for p in preemptors[id(a)]],
+                        right=["ran while they waited"])
         if a.nova_steps:
             print_table(["nova step", "host", "start", "duration"],
                         [[st.name, st.host, fmt_ts(st.start),
