@@ -162,6 +162,49 @@ def test_truncated_trace_and_qmp_keep_the_good_lines(lab, tmp_path):
     assert t.rows < n_trace and q.rows < n_qmp
 
 
+def test_bad_lines_in_the_middle_are_skipped_with_their_positions(lab, tmp_path):
+    """Bad lines inside a real trace log and QMP record: every good line kept (the same events
+    as the untouched file gives), each bad one reported by its line number."""
+    from stacklens.store import Store
+    from stacklens.store.ingest import ingest
+    bundle, *_ = lab["normal"]
+    trace = next((bundle / "src").glob("*.trace.log")).read_bytes().split(b"\n")[:-1]
+    qmp = next((bundle / "src").glob("*.qmp.jsonl")).read_bytes().split(b"\n")[:-1]
+    bad_trace = [b"not a trace line at all", b"12345@1795273803.91", b"\xff\xfe\x00garbage",
+                 trace[len(trace) // 2][:15] + trace[len(trace) // 2 + 1]]  # two writers' lines spliced
+    bad_qmp = [b'{"timestamp": {"seconds": 17952', b"[1, 2, 3]", b'{"event": "STOP"}',  # no timestamp
+               b'{"timestamp": {"seconds": 1, "microseconds": 2}, "neither": "event nor reply"}', b"\xff"]
+
+    def with_bad(lines: list[bytes], bad: list[bytes]) -> tuple[bytes, list[int]]:
+        out, positions, step = list(lines), [], len(lines) // (len(bad) + 1)
+        for k, b in enumerate(bad):  # spread through the middle, never first or last
+            at = (k + 1) * step + k
+            out.insert(at, b)
+            positions.append(at + 1)
+        return b"\n".join(out) + b"\n", positions
+
+    d = tmp_path / "bad"
+    d.mkdir()
+    t_data, t_bad = with_bad(trace, bad_trace)
+    q_data, q_bad = with_bad(qmp, bad_qmp)
+    (d / "qemu-vm.trace.log").write_bytes(t_data)
+    (d / "qemu-vm.qmp.jsonl").write_bytes(q_data)
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "qemu-vm.trace.log").write_bytes(b"\n".join(trace) + b"\n")
+    (good / "qemu-vm.qmp.jsonl").write_bytes(b"\n".join(qmp) + b"\n")
+    bad_store, good_store = Store(tmp_path / "s1", create=True), Store(tmp_path / "s2", create=True)
+    parts = {Path(p.path).name: p for p in ingest(bad_store, [d])}
+    ingest(good_store, [good])
+    for name, lines, positions in (("qemu-vm.trace.log", trace, t_bad), ("qemu-vm.qmp.jsonl", qmp, q_bad)):
+        r = parts[name]
+        assert r.status == "ingested", r.to_dict()
+        assert r.rows == len(lines) and r.skipped == len(positions), r.to_dict()
+        assert r.message.endswith(f"(line {', '.join(map(str, positions))})"), r.message
+    query = "SELECT source, name, ts, tid, fields FROM events ORDER BY source, ts, name, fields"
+    assert (bad_store.connect().execute(query).fetchall() == good_store.connect().execute(query).fetchall())
+
+
 def test_normal_dirty_rate_matches_the_guest_setting(lab):
     # the guest was told how many pages to dirty per second: an oracle outside QEMU and us
     bundle, result, store, _ = lab["normal"]
