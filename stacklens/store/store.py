@@ -35,6 +35,8 @@ STORE_MARK = "stacklens-store.json"
 STORE_VERSION = 1
 ROWS_PER_FILE = 1_000_000
 ROW_GROUP = 131_072
+DICTIONARY_COLUMNS = ["host", "layer", "source", "name", "cpu", "pid", "tid", "procname",
+                      "request_id", "instance", "src"]
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,10 @@ class SourceWriter:
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"{self.src}-{self._file_no:05d}.parquet"
         self._file_no += 1
-        pq.write_table(pa.concat_tables(tables), path, compression="zstd", row_group_size=ROW_GROUP)
+        # Dictionary encoding only where values repeat: on near-unique columns (ts, pos,
+        # fields) it costs time and makes files larger.
+        pq.write_table(pa.concat_tables(tables), path, compression="zstd", row_group_size=ROW_GROUP,
+                       use_dictionary=DICTIONARY_COLUMNS)
 
     def commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
         for key in list(self._buffers):

@@ -569,12 +569,70 @@ def read_metadata_file(path: Path) -> TraceMetadata:
     key = hashlib.sha1(raw).digest()
     if key in _CACHE:
         return _CACHE[key]
-    if raw[:1] == b"\x1e":
-        from .ctf2 import parse_ctf2
-        meta = parse_ctf2(raw)
-    else:
-        meta = parse_tsdl(metadata_text(raw))
+    meta = _disk_cache_load(key)
+    if meta is None:
+        if raw[:1] == b"\x1e":
+            from .ctf2 import parse_ctf2
+            meta = parse_ctf2(raw)
+        else:
+            meta = parse_tsdl(metadata_text(raw))
+        _disk_cache_store(key, meta)
     if len(_CACHE) >= 64:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = meta
     return meta
+
+
+# Parsed metadata is also kept on disk: a kernel trace's TSDL is ~300 KB and takes about a
+# second to parse, while the same kernel writes the same metadata in every session. The key
+# covers the metadata bytes and the source of the model code, so a code change invalidates it.
+def _cache_dir() -> Path | None:
+    import os
+    base = os.environ.get("STACKLENS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stacklens")
+    if base in ("", "off", "none"):
+        return None
+    return Path(base) / "ctf-metadata"
+
+
+def _code_version() -> str:
+    import hashlib
+    h = hashlib.sha1()
+    here = Path(__file__).parent
+    for name in ("tsdl.py", "ctf2.py", "types.py"):
+        try:
+            h.update((here / name).read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()[:12]
+
+
+_CODE_VERSION = _code_version()
+
+
+def _disk_cache_load(key: bytes) -> "TraceMetadata | None":
+    import pickle
+    d = _cache_dir()
+    if d is None:
+        return None
+    try:
+        with open(d / f"{_CODE_VERSION}-{key.hex()}.pickle", "rb") as f:
+            return pickle.load(f)
+    except Exception:  # absent, stale or unreadable: parse again
+        return None
+
+
+def _disk_cache_store(key: bytes, meta: "TraceMetadata") -> None:
+    import os
+    import pickle
+    d = _cache_dir()
+    if d is None:
+        return
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{os.getpid()}-{key.hex()}.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(meta, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(d / f"{_CODE_VERSION}-{key.hex()}.pickle")
+    except Exception:  # a cache that cannot be written is only slower
+        pass
