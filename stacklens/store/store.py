@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -184,6 +185,10 @@ class SourceWriter:
         self._buffered: dict[tuple[str, str], int] = {}
         self._file_no = 0
         self._lost: list[pa.Table] = []
+        # Parquet encoding runs in one background thread (Arrow releases the GIL), overlapping
+        # with the reader decoding the next batch.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stacklens-parquet")
+        self._pending: list[Future] = []
         store._drop_partial(src)
 
     def write(self, table: pa.Table, **constants: object) -> None:
@@ -229,12 +234,23 @@ class SourceWriter:
         self._file_no += 1
         # Dictionary encoding only where values repeat: on near-unique columns (ts, pos,
         # fields) it costs time and makes files larger.
-        pq.write_table(pa.concat_tables(tables), path, compression="zstd", row_group_size=ROW_GROUP,
-                       use_dictionary=DICTIONARY_COLUMNS)
+        self._pending.append(self._pool.submit(
+            pq.write_table, pa.concat_tables(tables), path, compression="zstd",
+            row_group_size=ROW_GROUP, use_dictionary=DICTIONARY_COLUMNS))
+        while len(self._pending) > 1:  # at most two files in flight: memory stays bounded
+            self._pending.pop(0).result()
+
+    def _wait(self) -> None:
+        """Wait for every file being written; a failed write raises here."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
 
     def commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
         for key in list(self._buffers):
             self._flush(key)
+        self._wait()
+        self._pool.shutdown()
         lost_count = 0
         if self._lost:
             lost = pa.concat_tables(self._lost)
@@ -251,6 +267,10 @@ class SourceWriter:
 
     def abort(self) -> None:
         self._buffers.clear()
+        for f in self._pending:
+            f.cancel()
+        self._pool.shutdown(wait=True)
+        self._pending = []
         self.store._drop_partial(self.src)
 
 
