@@ -49,6 +49,17 @@ def test_synctraces_matches_and_causality(synctraces):
     assert sum(p["matches"] for p in report["packets"]) == 46
     hosts = {h["host"]: h for h in report["hosts"]}
     assert set(hosts) == {"VM1", "VM3"}
+    # the reference is the host whose trace clock uuid sorts first, read here from the
+    # metadata text itself
+    import re
+    base = need_data("tracecompass", "synctraces")
+    clock_uuid = {}
+    for d, h in (("scp_src", "VM1"), ("scp_dest", "VM3")):
+        text = (base / d / "metadata").read_bytes().decode("latin-1")
+        clock = text[text.index("clock {"):]
+        clock_uuid[h] = re.search(r'uuid = "([0-9a-f-]+)"', clock).group(1)
+    reference = min(clock_uuid, key=clock_uuid.get)
+    assert hosts[reference]["quality"] == "reference"
     other = next(h for h in hosts.values() if h["quality"] != "reference")
     assert other["quality"] == "accurate" and other["accuracy_ns"] > 0
     after = synctraces.connect().execute(PACKET_DELAYS).fetchall()

@@ -45,6 +45,7 @@ class SourceReport:
     bad_positions: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     host_hint: str | None = None  # a host name found in the data itself (e.g. CTF env)
+    meta: dict = field(default_factory=dict)  # facts for the source's manifest (clock uuid, …)
 
     def skip(self, position: int, count: int = 1) -> None:
         self.skipped += count

@@ -128,6 +128,7 @@ def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,
         return PartResult(path, "rejected", fmt, message=f"internal error: {type(e).__name__}: {e}")
     rep = reader.report
     record = writer.commit({
+        **rep.meta,
         "path": path, "format": fmt, "host": resolved_host,
         "layer": part.layer or reader.layer, "bytes": part_size(part.path),
         "skipped": rep.skipped, "bad_positions": rep.bad_positions, "notes": rep.notes,

@@ -82,6 +82,13 @@ class CtfReader(Reader):
             host = self._trace.env.get("hostname")
             if isinstance(host, str) and host:
                 self.report.host_hint = host
+            # Sync picks as reference the host whose trace clock uuid sorts first.
+            meta = self._trace.metadata
+            clock_uuids = sorted(c.uuid for c in meta.clocks.values() if c.uuid)
+            if clock_uuids:
+                self.report.meta["clock_uuid"] = clock_uuids[0]
+            if meta.uuid:
+                self.report.meta["trace_uuid"] = meta.uuid
             self.report.notes.extend(self._trace.notes)
         return self._trace
 
