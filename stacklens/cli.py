@@ -87,7 +87,7 @@ def demo(out: Path = typer.Option(Path("out/demo-store"), help="Store to (re)cre
 # Add a module here to add its commands (kept explicit: a broken module fails loudly).
 COMMAND_MODULES: list[str] = [
     "stacklens.views.app",
-    "stacklens.sources.ctf.dump",
+    "stacklens.views.dump_cli",
     "stacklens.views.migrations",
     "stacklens.views.kernel",
     "stacklens.views.collect",

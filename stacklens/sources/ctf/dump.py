@@ -207,17 +207,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def register(app) -> None:  # noqa: ANN001 - typer.Typer, imported lazily by the CLI
-    """Add `stacklens dump TRACE` to the CLI (listed in cli.COMMAND_MODULES)."""
-    import typer
-
-    @app.command("dump")
-    def dump_command(trace: Path = typer.Argument(..., help="CTF trace directory (or a tree of them).")) -> None:
-        """Print CTF events in babeltrace2's text style (UTC times), to diff with babeltrace2."""
-        try:
-            status = dump(trace)
-        except BrokenPipeError:
-            status = 0
-        raise typer.Exit(status)
