@@ -105,6 +105,8 @@ class LabResult:
     started_ns: int = 0  # UTC, when the run started
     processes_ns: int = 0  # UTC, when `processes` was read from /proc
     kernel_trace: str | None = None  # the ftrace part, relative to the bundle
+    control_plane: str = ""  # how the Nova notifications went (log driver / RabbitMQ)
+    control_queue: str | None = None  # the capture queue on the broker (deleted after the run)
     # every QEMU of the run while migrating: vm, host, role, pid, threads (tid, comm, CPUs allowed)
     processes: list[dict] = field(default_factory=list)
 
@@ -169,9 +171,12 @@ class QemuProcess:
 
 
 def run_scenario(scenario: str | Scenario, out: Path, progress: Callable[[str], None] | None = None,
-                 on_migrating: Callable[[dict[str, int]], None] | None = None) -> LabResult:
+                 on_migrating: Callable[[dict[str, int]], None] | None = None,
+                 broker: str | None = "auto") -> LabResult:
     """Run one migration experiment and write its bundle to `out` (replaced if it exists).
-    `on_migrating` is called with {role: pid} of every QEMU once the migration runs."""
+    `on_migrating` is called with {role: pid} of every QEMU once the migration runs.
+    `broker`: the AMQP URL of a RabbitMQ on loopback for the control plane, "auto" (one on
+    127.0.0.1:5672 if it answers, see control.broker_url) or None (oslo.messaging's log driver)."""
     sc = SCENARIOS.get(scenario) if isinstance(scenario, str) else scenario
     if sc is None:
         raise StacklensError(f"lab: unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
@@ -186,11 +191,10 @@ def run_scenario(scenario: str | Scenario, out: Path, progress: Callable[[str], 
         (out / d).mkdir(parents=True)
     _write_bundle_toml(out, sc.name, kernel=False)
 
-    from stacklens.lab.control import ControlPlane  # oslo.messaging is imported only here
+    from stacklens.lab.control import ControlPlane, broker_url  # oslo.messaging is imported only here
     instance = str(uuidlib.uuid4())
     vm = "instance-0000" + instance[:4]
     request_id = "req-" + str(uuidlib.uuid4())
-    control = ControlPlane(out / "control" / "notifications.jsonl")
     result = LabResult(sc.name, str(out), vm, instance, request_id, status="not started",
                        started_ns=time.time_ns())
     t_start = time.monotonic()
@@ -198,6 +202,9 @@ def run_scenario(scenario: str | Scenario, out: Path, progress: Callable[[str], 
     with tempfile.TemporaryDirectory(prefix="stacklens-lab-") as tmp:
         work = Path(tmp)
         guest = build_guest(work)
+        control = ControlPlane(out / "control" / "notifications.jsonl",
+                               broker=broker_url() if broker == "auto" else broker)
+        result.control_plane, result.control_queue = control.driver, control.queue
         kernel = _start_kernel_trace(result)  # before the QEMUs: their forks and names too
         try:
             append = f"rate={sc.rate} wss={sc.wss}"
