@@ -98,6 +98,8 @@ def register(app: typer.Typer) -> None:
     @lab.command("run")
     def lab_run(scenario: str = typer.Option("normal", help="normal | stressed | interference | network"),
                 out: Path = typer.Option(..., help="Bundle directory to write (replaced if it is a lab bundle)."),
+                broker: str = typer.Option("auto", help="Control plane: an amqp:// URL of a RabbitMQ on "
+                                           "loopback, 'auto' (127.0.0.1:5672 if it answers) or 'none' (log driver)."),
                 json_out: bool = JsonOpt) -> None:
         """Run a migration scenario for real and write a trace bundle (`stacklens ingest` reads it)."""
         import dataclasses
@@ -107,7 +109,11 @@ def register(app: typer.Typer) -> None:
             from stacklens.lab.network import run_network
             result = run_network(out, progress=say)
         else:
-            result = run_scenario(scenario, out, progress=say)
+            result = run_scenario(scenario, out, progress=say, broker=None if broker == "none" else broker)
         if json_out:
             emit_json(dataclasses.asdict(result))
+        elif hasattr(result, "control_plane"):
+            console.print(f"control plane: {result.control_plane}; kernel trace: {result.kernel_trace or 'none'}")
+            for note in result.notes:
+                console.print(f"note: {note}")
         raise typer.Exit(0)
