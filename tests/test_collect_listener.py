@@ -130,7 +130,8 @@ def test_queue_is_bounded_and_leaves_ceilometer_queue_alone(rabbit, tmp_path):
     finally:
         stop(listener)
     # Ceilometer's queue, bound like oslo binds it; then 80 messages while the listener is down
-    with kombu.Connection(rabbit.url) as conn:
+    # publisher confirms: every message is routed before the queue lengths are read
+    with kombu.Connection(rabbit.url, transport_options={"confirm_publish": True}) as conn:
         ch = conn.channel()
         ex = kombu.Exchange("nova", type="topic", durable=True)
         ceilometer = kombu.Queue("notifications.info", exchange=ex, routing_key="notifications.info",
