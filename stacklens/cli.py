@@ -93,6 +93,8 @@ COMMAND_MODULES: list[str] = [
     "stacklens.views.collect",
     "stacklens.views.ovs",
     "stacklens.views.sync_report",
+    "stacklens.views.explain",
+    "stacklens.views.diagnose",
 ]
 
 

@@ -1,0 +1,254 @@
+"""One nested timeline for a request or a VM, from the API call down to kernel threads
+(thesis fig. 3.4): request → its spans per service and host → the VM operations it drove →
+QEMU migration stages and rounds → the VM's QEMU threads on the source host (running,
+waiting for a CPU) → who ran while they waited.
+
+Every node carries its layer, host, [start, end) and a few attributes; the web UI, the
+exports and the terminal view all draw the same tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from stacklens.errors import StacklensError
+
+
+@dataclass
+class Node:
+    label: str
+    layer: str  # app / virt / kernel / net / storage
+    kind: str  # request, span, record, vm, state, migration, stage, round, thread, preemptor, …
+    host: str | None = None
+    start: int | None = None
+    end: int | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    children: list["Node"] = field(default_factory=list)
+
+    def add(self, child: "Node") -> "Node":
+        self.children.append(child)
+        return child
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "layer": self.layer, "kind": self.kind, "host": self.host,
+                "start": self.start, "end": self.end, "attrs": self.attrs,
+                "children": [c.to_dict() for c in self.children]}
+
+    def walk(self, depth: int = 0):
+        yield depth, self
+        for c in self.children:
+            yield from c.walk(depth + 1)
+
+    def fit(self) -> None:
+        """Widen each node's span to cover its children (bottom-up)."""
+        for c in self.children:
+            c.fit()
+        spans = [(c.start, c.end if c.end is not None else c.start) for c in self.children if c.start is not None]
+        if spans:
+            lo, hi = min(s for s, _ in spans), max(e for _, e in spans)
+            self.start = lo if self.start is None else min(self.start, lo)
+            self.end = hi if self.end is None else max(self.end, hi)
+
+
+def explain_vm(store, key: str, window: tuple[int, int] | None = None) -> Node:
+    """The tree of one VM (name or uuid); `window` restricts it to [start, end)."""
+    from stacklens.models.correlation import instance_volumes, resolve_vm, vm_port_packets
+    con = store.connect()
+    name, uuid = resolve_vm(con, key)
+    if name is None and uuid is None:
+        raise StacklensError(f"no VM named {key!r} in the store (give its QEMU/Nova name or its uuid)")
+    root = Node(f"VM {name or uuid}", "app", "vm", attrs={"vm": name, "instance": uuid})
+    lo, hi = window or (None, None)
+
+    def inside(s: int | None, e: int | None) -> bool:
+        if lo is None or s is None:
+            return True
+        return s < hi and (e if e is not None else s) >= lo
+
+    # application layer: VM states and the tasks of services on it
+    if uuid or name:
+        from stacklens.models.vm_states import vm_state_timeline
+        states = [r for r in vm_state_timeline(con).to_pylist() if r["instance"] == uuid or r["vmname"] == name
+                  or r["vm"] in (uuid, name)]
+        if states:
+            st = root.add(Node("VM states", "app", "group"))
+            for r, nxt in zip(states, states[1:] + [None]):
+                end = nxt["ts"] if nxt else None
+                if inside(r["ts"], end):
+                    st.add(Node(f"{r['vm_state']}" + (f" ({r['task_state']})" if r["task_state"] else ""), "app",
+                                "state", r["node"], r["ts"], end, {"event_type": r["event_type"],
+                                                                   "request_id": r["request_id"]}))
+        from stacklens.models.service_tasks import service_tasks
+        tasks = [t for t in service_tasks(con).to_pylist()
+                 if (uuid and t["instance"] == uuid) or (name and t["vmname"] == name)]
+        if tasks:
+            g = root.add(Node("service tasks", "app", "group"))
+            for t in tasks:
+                if inside(t["start_ts"], t["end_ts"]):
+                    g.add(Node(t["task"], "app", "span", t["host"], t["start_ts"], t["end_ts"],
+                               {"worker": t["worker"], "service": t["service"], "outcome": t["outcome"],
+                                "request_id": t["request_id"]}))
+    # virtualization layer: migrations, then the kernel under them
+    from stacklens.models.migration import migration_attempts
+    for a in migration_attempts(con):
+        if (name and a.vm == name) or (uuid and a.instance == uuid):
+            if inside(a.start, a.end):
+                root.add(migration_node(store, a))
+    if name:
+        from stacklens.models.correlation import vm_threads
+        threads = [r for r in vm_threads(con).to_pylist() if r["vm"] == name]
+        if threads:
+            procs = root.add(Node("QEMU processes", "virt", "group"))
+            seen: dict[tuple, Node] = {}
+            for r in threads:
+                key_ = (r["host"], r["pid"])
+                if key_ not in seen:
+                    seen[key_] = procs.add(Node(f"QEMU pid {r['pid']} on {r['host']}", "virt", "process", r["host"],
+                                                attrs={"pid": r["pid"], "role": r["role"], "via": []}))
+                p = seen[key_]
+                if r["via"] not in p.attrs["via"]:
+                    p.attrs["via"].append(r["via"])
+                if r["role"]:
+                    p.attrs["role"] = r["role"]
+                if not any(c.attrs.get("tid") == r["tid"] for c in p.children):
+                    p.add(Node(f"{r['thread'] or 'thread'} ({r['tid']})", "kernel", "thread", r["kernel_host"] or r["host"],
+                               attrs={"tid": r["tid"]}))
+    # network and storage
+    for key_ in filter(None, (uuid, name)):
+        pk = vm_port_packets(con, key_).to_pylist()
+        if pk:
+            g = root.add(Node("OvS ports", "net", "group"))
+            for r in pk:
+                g.add(Node(f"port {r['dp_port']} ({r['interface']}): {r['packets']} {r['path']} packets", "net",
+                           "packets", r["host"], attrs=r))
+            break
+    if uuid:
+        vols = instance_volumes(con, uuid).to_pylist()
+        if vols:
+            g = root.add(Node("volumes", "storage", "group"))
+            for v in vols:
+                g.add(Node(f"volume {v['volume']}", "storage", "attachment", v["host"], v["attached_ts"],
+                           v["detached_ts"], {"request_id": v["request_id"]}))
+    root.fit()
+    return root
+
+
+def migration_node(store, a) -> Node:
+    """A migration attempt: Nova's steps, QEMU's stages and rounds, and on its source host the
+    VM's threads with their running / waiting time and who preempted them."""
+    m = Node(f"live migration {a.source_host} → {a.dest_host or '?'}: {a.verdict}", "virt", "migration",
+             a.source_host, a.start, a.end or (a.rounds[-1].end if a.rounds else a.start),
+             {"vm": a.vm, "instance": a.instance, "verdict": a.verdict, "reason": a.reason,
+              "request_id": a.request_id, "dirty_rate_pages_s": a.dirty_rate_pps,
+              "transfer_rate_pages_s": a.transfer_rate_pps, "downtime_ns": a.downtime_ns})
+    for s in a.nova_steps:
+        m.add(Node(f"nova: {s.name}", "app", "span", s.host, s.start, s.end, {"request_id": s.request_id}))
+    if a.setup_ns is not None:
+        m.add(Node("setup", "virt", "stage", a.source_host, a.start, a.start + a.setup_ns))
+    for r in a.rounds:
+        m.add(Node("precopy (first pass)" if r.index == 0 else f"round {r.index}", "virt", "round",
+                   a.source_host, r.start, r.end, {"dirty_pages": r.dirty_pages}))
+    if a.stop_copy_start is not None:
+        m.add(Node("stop&copy (downtime)", "virt", "stage", a.source_host, a.stop_copy_start,
+                   a.stop_copy_end or a.end, {"dest": a.dest_host}))
+    for t in migration_thread_times(store, a):
+        th = m.add(Node(f"{t['name']} ({t['tid']})", "kernel", "thread", a.source_host, a.start, a.end,
+                        {"tid": t["tid"], "running_ns": t["running_ns"], "runnable_ns": t["runnable_ns"],
+                         "blocked_ns": t["blocked_ns"]}))
+        for p in t["preemptors"]:
+            who = ", ".join(x for x in (p["vm"], p["role"] if p["role"] != p["vm"] else None) if x)
+            th.add(Node(f"preempted by {p['name']} ({p['tid']}{', ' + who if who else ''}) for {p['ns'] / 1e6:.1f} ms",
+                        "kernel",
+                        "preemptor", a.source_host, attrs=p))
+    return m
+
+
+def migration_thread_times(store, a, top: int = 5) -> list[dict[str, Any]]:
+    """Per thread of the migrating VM's source QEMU: running / runnable / blocked ns over the
+    attempt and the threads that ran on its CPU while it waited. Empty without a kernel trace."""
+    from stacklens.models.correlation import vm_threads
+    from stacklens.models.kernel import KernelModel
+    threads = [r for r in vm_threads(store.connect()).to_pylist()
+               if r["vm"] == a.vm and r["host"] == a.source_host]
+    if not threads:
+        return []
+    kernel_host = next((r["kernel_host"] for r in threads if r["kernel_host"]), a.source_host)
+    try:
+        k = KernelModel(store, kernel_host)
+    except StacklensError:
+        return []
+    tids = sorted({r["tid"] for r in threads})
+    names = {r["tid"]: r["thread"] for r in threads if r["thread"]}
+    end = a.end or k.span.end
+    k._need("states")
+    import pyarrow as pa
+    k.con.register("_mine", pa.table({"tid": pa.array(tids, pa.int64())}))
+    rows = k.con.execute("""
+        SELECT tid, state, CAST(sum(least("end", $2) - greatest(start, $1)) AS BIGINT)
+        FROM states JOIN _mine USING (tid) WHERE "end" > $1 AND start < $2 GROUP BY ALL""",
+                         [a.start, end]).fetchall()
+    per: dict[int, dict[str, int]] = {}
+    for tid, state, ns in rows:
+        per.setdefault(tid, {})[state] = int(ns)
+    others: dict[int, dict] = {}
+    for r in vm_threads(store.connect()).to_pylist():  # one row per way found: keep the one with a role
+        if r["tid"] not in others or (r["role"] and not others[r["tid"]]["role"]):
+            others[r["tid"]] = r
+    out = []
+    for tid in tids:
+        st = per.get(tid, {})
+        if not st:
+            continue
+        pre = k.preemption([tid], a.start, end).to_pylist()[:top]
+        out.append({"tid": tid, "name": names.get(tid) or str(tid), "running_ns": st.get("running", 0),
+                    "runnable_ns": st.get("runnable", 0), "blocked_ns": st.get("blocked", 0) + st.get("io_wait", 0),
+                    "preemptors": [{"tid": p["preemptor_tid"], "name": p["preemptor_name"], "ns": int(p["ns"]),
+                                    "vm": (others.get(p["preemptor_tid"]) or {}).get("vm"),
+                                    "role": (others.get(p["preemptor_tid"]) or {}).get("role")} for p in pre]})
+    out.sort(key=lambda t: -(t["running_ns"] + t["runnable_ns"]))
+    return out
+
+
+def explain_request(store, request_id: str) -> Node:
+    """The tree of one request: its spans per host and service, RPC hops, problems, and for
+    each VM it touched the VM's operations within the request's time span."""
+    from stacklens.models.request_flow import request_flow
+    con = store.connect()
+    flow = request_flow(con, request_id)
+    if not flow.spans and not flow.records and not flow.hops:
+        # requests that reached the store only through notifications (no task pairs, no logs)
+        hit = con.execute("SELECT count(*) FROM events WHERE request_id = ?", [request_id]).fetchall()[0][0]
+        if not hit:
+            raise StacklensError(f"no request {request_id!r} in the store")
+    root = Node(f"request {request_id}", "app", "request", attrs={"request_id": request_id})
+    by_host: dict[tuple, Node] = {}
+    for s in flow.spans:
+        k = (s["host"], s["service"] or s["worker"])
+        if k not in by_host:
+            by_host[k] = root.add(Node(f"{k[1]} on {k[0]}", "app", "service", k[0]))
+        by_host[k].add(Node(s["task"], "app", "span", s["host"], s["start_ts"], s["end_ts"],
+                            {"worker": s["worker"], "outcome": s["outcome"], "instance": s["instance"],
+                             "duration_ns": s["duration_ns"]}))
+    for h in flow.hops:
+        root.add(Node(f"RPC {h['kind']} {h['method']} → {h['topic']}", "app", "hop", h.get("host"), h["ts"], None,
+                      {k: h.get(k) for k in ("caller", "service", "replies", "failure")}))
+    for p in flow.problems:
+        root.add(Node(f"{p.get('level')}: {(p.get('message') or '')[:200]}", "app", "problem", p.get("host"),
+                      p.get("ts") or p.get("start_ts"), None, {"source": p.get("source")}))
+    from stacklens.models.correlation import request_instances
+    instances = sorted({s["instance"] for s in flow.spans if s["instance"]} | set(request_instances(con, request_id)))
+    lo, hi = flow.start_ts, flow.end_ts
+    from stacklens.models.migration import migration_attempts
+    attempts = [a for a in migration_attempts(con) if a.request_id == request_id]
+    for inst in instances:
+        try:
+            sub = explain_vm(store, inst, (lo, hi + 1) if lo is not None and hi is not None else None)
+        except StacklensError:
+            continue
+        sub.children = [c for c in sub.children if c.kind != "migration"]
+        root.add(sub)
+    for a in attempts:
+        root.add(migration_node(store, a))
+    root.fit()
+    return root

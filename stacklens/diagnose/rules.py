@@ -1,0 +1,404 @@
+"""Diagnosis rules: each a function of the store's models returning findings.
+
+Rules never re-parse files: they read the models (migration, kernel, scheduling, service
+tasks, request flow, VM states, Cinder, OvS, sync). A rule whose layer is absent from the
+store returns nothing. Thresholds are named constants next to the rule that uses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
+
+from stacklens.diagnose.findings import Evidence, Finding
+from stacklens.errors import StacklensError
+
+
+@dataclass
+class Context:
+    """Models shared by the rules, built once per diagnosis."""
+    store: Any
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def con(self):
+        return self.store.connect()
+
+    @cached_property
+    def migrations(self):
+        from stacklens.models.migration import migration_attempts
+        return migration_attempts(self.con)
+
+    @cached_property
+    def tasks(self) -> list[dict]:
+        from stacklens.models.service_tasks import service_tasks
+        return service_tasks(self.con).to_pylist()
+
+    @cached_property
+    def app_span(self) -> tuple[int, int] | None:
+        r = self.con.execute("SELECT min(ts), max(ts) FROM events WHERE layer = 'app'").fetchall()[0]
+        return None if r[0] is None else (int(r[0]), int(r[1]))
+
+
+RULES: list[Callable[[Context], list[Finding]]] = []
+
+
+def rule(fn: Callable[[Context], list[Finding]]) -> Callable[[Context], list[Finding]]:
+    RULES.append(fn)
+    return fn
+
+
+def _ms(ns: int | float | None) -> str:
+    return "?" if ns is None else f"{ns / 1e6:.0f} ms" if ns < 10e9 else f"{ns / 1e9:.1f} s"
+
+
+# ---- QEMU live migration ----------------------------------------------------------------------
+@rule
+def migration_not_converging(ctx: Context) -> list[Finding]:
+    out = []
+    for a in ctx.migrations:
+        if a.verdict != "not converging":
+            continue
+        ev = [Evidence("interval", "migration attempt", None, None, a.source_host, "virt", a.start, a.end,
+                       {"vm": a.vm, "instance": a.instance, "request_id": a.request_id})]
+        rates = ""
+        if a.dirty_rate_pps is not None:
+            ev.append(Evidence("number", "guest dirty rate (from the bitmap syncs)", round(a.dirty_rate_pps),
+                               "pages/s", a.source_host, "virt", ref={"vm": a.vm}))
+        if a.transfer_rate_pps is not None:
+            ev.append(Evidence("number", "transfer rate (QEMU's mbps)", round(a.transfer_rate_pps), "pages/s",
+                               a.source_host, "virt", ref={"vm": a.vm}))
+        if a.dirty_rate_pps and a.transfer_rate_pps:
+            rates = (f": the guest dirtied {a.dirty_rate_pps:,.0f} pages/s while {a.transfer_rate_pps:,.0f} pages/s"
+                     f" were sent ({a.dirty_rate_pps / a.transfer_rate_pps:.1f}x)")
+        for r in a.rounds[-3:]:
+            ev.append(Evidence("interval", f"round {r.index}: {r.dirty_pages} dirty pages", r.dirty_pages, "pages",
+                               a.source_host, "virt", r.start, r.end, {"vm": a.vm}))
+        ev.append(Evidence("number", "throttle events", a.throttle_events, None, a.source_host, "virt",
+                           ref={"vm": a.vm}))
+        if a.throttle_events:
+            throttle = f"auto-converge throttled the guest {a.throttle_events} times, not enough"
+            action = ("raise the migration bandwidth (live_migration_bandwidth) or the downtime limit, or use "
+                      "post-copy (live_migration_permit_post_copy): throttling did not bring the dirty rate down")
+        else:
+            throttle = "no throttling happened"
+            action = ("enable auto-converge (live_migration_permit_auto_converge) or post-copy, or raise the "
+                      "bandwidth above the guest's dirty rate; migrate when the guest writes less")
+        out.append(Finding(
+            "migration_not_converging", "critical",
+            f"Live migration of {a.vm} from {a.source_host} did not converge{rates}; {throttle}"
+            + ("; it was rolled back." if a.rolled_back else "."),
+            action, ev, {"vm": a.vm, "instance": a.instance, "request_id": a.request_id},
+            score=(a.dirty_rate_pps or 0) / (a.transfer_rate_pps or 1)))
+    return out
+
+
+INTERFERENCE_MIN_SHARE = 0.20  # of the attempt's duration lost to other processes' CPU time
+INTERFERENCE_NAME_SHARE = 0.05  # a preemptor is named when it took at least this share of the wait
+
+
+@rule
+def migration_interference(ctx: Context) -> list[Finding]:
+    """The migrating VM's source threads waited for a CPU while other processes ran on it."""
+    from stacklens.analyses.explain import migration_thread_times
+    out = []
+    for a in ctx.migrations:
+        if a.end is None or a.end <= a.start:
+            continue
+        threads = migration_thread_times(ctx.store, a, top=20)
+        if not threads:
+            continue
+        own = {t["tid"] for t in threads}
+        runnable = sum(t["runnable_ns"] for t in threads)
+        lost: dict[tuple, dict] = {}
+        for t in threads:
+            for p in t["preemptors"]:
+                if p["tid"] in own:
+                    continue
+                # the same VM's other QEMU (the destination on a one-machine lab) is still another process
+                who = (p["vm"], p["role"]) if p["vm"] else (p["name"], None)
+                e = lost.setdefault(who, {"ns": 0, "tids": set(), "names": set(), "vm": p["vm"], "role": p["role"]})
+                e["ns"] += p["ns"]
+                e["tids"].add(p["tid"])
+                e["names"].add(p["name"])
+        total_lost = sum(e["ns"] for e in lost.values())
+        duration = a.end - a.start
+        if not runnable or total_lost < INTERFERENCE_MIN_SHARE * duration:
+            continue
+        named = sorted(((k, e) for k, e in lost.items() if e["ns"] >= INTERFERENCE_NAME_SHARE * runnable),
+                       key=lambda kv: -kv[1]["ns"])
+        if not named:
+            continue
+
+        def label(k: tuple, e: dict) -> str:
+            if e["vm"]:
+                role = f" ({e['role']})" if e["role"] and e["role"] != e["vm"] else ""
+                return f"VM {e['vm']}{role}"
+            return f"{k[0]}"
+
+        parts = [f"{label(k, e)} {e['ns'] / runnable:.0%}" for k, e in named]
+        ev = [Evidence("interval", "migration attempt", None, None, a.source_host, "virt", a.start, a.end,
+                       {"vm": a.vm, "instance": a.instance, "request_id": a.request_id}),
+              Evidence("number", f"{a.vm}'s threads runnable (waiting for a CPU)", round(runnable / 1e6, 1), "ms",
+                       a.source_host, "kernel", a.start, a.end, {"vm": a.vm, "tids": sorted(own)})]
+        for k, e in named:
+            ev.append(Evidence("number", f"CPU time of {label(k, e)} ({', '.join(sorted(e['names']))}) while "
+                               f"{a.vm} waited", round(e["ns"] / 1e6, 1), "ms", a.source_host, "kernel", a.start, a.end,
+                               {"vm": e["vm"], "tids": sorted(e["tids"]), "share": round(e["ns"] / runnable, 3)}))
+        out.append(Finding(
+            "migration_interference", "warning",
+            f"Live migration of {a.vm} was slowed by co-located processes: its threads on {a.source_host} waited "
+            f"{_ms(runnable)} in total for a CPU during a {_ms(duration)} migration, taken by {', '.join(parts)}.",
+            "pin the migrating VM's vCPUs and the migration thread away from these processes (or move them), "
+            "or migrate when the host is less loaded",
+            ev, {"vm": a.vm, "instance": a.instance, "request_id": a.request_id,
+                 "preemptors": [label(k, e) for k, e in named]},
+            score=total_lost / duration))
+    return out
+
+
+# ---- scheduling -------------------------------------------------------------------------------
+SLOW_SCHEDULING_NS = 2_000_000_000
+
+
+@rule
+def scheduling(ctx: Context) -> list[Finding]:
+    from stacklens.models.scheduling import scheduling_decisions
+    out = []
+    for d in scheduling_decisions(ctx.con):
+        ref = {"request_id": d.request_id, "instance": d.instance}
+        if d.outcome == "no_valid_host":
+            ev = [Evidence("event", "scheduling round", None, None, d.host, "app", d.ts, None, ref)]
+            for f in d.filters:
+                ev.append(Evidence("number", f"{f.filter}: {f.hosts_before}→{f.hosts_after} hosts"
+                                   + (f" (removed {', '.join(f.removed_hosts)})" if f.removed_hosts else ""),
+                                   f.hosts_after, "hosts", d.host, "app", ref=ref))
+            last = d.eliminated_by or "a filter"
+            out.append(Finding(
+                "scheduling_no_valid_host", "critical",
+                f"Scheduling of request {d.request_id} failed with NoValidHost: {last} removed the last host(s).",
+                f"check why {last} rejects the hosts (capacity, aggregates, flavor extra specs) or add capacity",
+                ev, ref, score=1.0))
+        elif d.select_destinations_ns and d.select_destinations_ns >= SLOW_SCHEDULING_NS:
+            out.append(Finding(
+                "scheduling_slow", "warning",
+                f"Scheduling of request {d.request_id} took {_ms(d.select_destinations_ns)} (select_destinations).",
+                "look at the scheduler's load and the placement/DB queries of this request",
+                [Evidence("interval", "select_destinations", d.select_destinations_ns / 1e6, "ms", d.host, "app",
+                          d.ts, d.ts + d.select_destinations_ns, ref)], ref,
+                score=d.select_destinations_ns / 1e9))
+    return out
+
+
+# ---- errors with their request flow -----------------------------------------------------------
+MAX_ERROR_REQUESTS = 20
+
+
+@rule
+def request_errors(ctx: Context) -> list[Finding]:
+    from stacklens.models.request_flow import request_flow
+    rows = ctx.con.execute("""
+        SELECT request_id, min(ts), count(*) FROM events
+        WHERE layer = 'app' AND request_id IS NOT NULL
+          AND (fields->>'$.level' IN ('ERROR', 'CRITICAL', 'FATAL') OR name LIKE '%.error'
+               OR fields->>'$.event_type' LIKE '%.error' OR fields->>'$.priority' = 'ERROR')
+        GROUP BY 1 ORDER BY 2 LIMIT ?""", [MAX_ERROR_REQUESTS]).fetchall()
+    out = []
+    for rid, first, n in rows:
+        flow = request_flow(ctx.con, rid)
+        errors = [p for p in flow.problems if (p.get("level") or "") in ("ERROR", "CRITICAL", "FATAL")] or flow.problems
+        first_error = errors[0] if errors else {"message": f"{n} error event(s)", "host": None, "ts": first}
+        services = sorted({f"{s['service'] or s['worker']}@{s['host']}" for s in flow.spans})
+        ev = [Evidence("event", (first_error.get("message") or first_error.get("task") or "error")[:300], None, None,
+                       first_error.get("host"), "app", first_error.get("ts") or first_error.get("start_ts"), None,
+                       {"request_id": rid})]
+        for s in flow.spans:
+            ev.append(Evidence("interval", f"{s['task']} ({s['outcome']})", s["duration_ns"], "ns", s["host"], "app",
+                               s["start_ts"], s["end_ts"], {"request_id": rid, "instance": s["instance"]}))
+        out.append(Finding(
+            "request_error", "critical" if any((p.get("level") or "") in ("CRITICAL", "FATAL") for p in errors)
+            or any(s["outcome"] == "error" for s in flow.spans) else "warning",
+            f"Request {rid} failed: {(first_error.get('message') or 'error')[:160]}"
+            + (f" (through {', '.join(services)})" if services else "") + ".",
+            f"follow the request flow (stacklens explain --request {rid}) to the first error and its service's log",
+            ev[:12], {"request_id": rid}, score=float(n)))
+    return out
+
+
+# ---- VM stuck in a state ----------------------------------------------------------------------
+STUCK_NS = 300_000_000_000  # 5 min in a transitional task state with nothing after it
+TRANSITIONAL = ("building", "migrating", "resizing", "rebuilding")
+
+
+@rule
+def vm_stuck(ctx: Context) -> list[Finding]:
+    from stacklens.models.vm_states import vm_state_timeline
+    if ctx.app_span is None:
+        return []
+    end = ctx.app_span[1]
+    last: dict[str, dict] = {}
+    for r in vm_state_timeline(ctx.con, collapse=False).to_pylist():
+        last[r["vm"]] = r
+    out = []
+    for vm, r in last.items():
+        task = r["task_state"] if r["task_state"] not in (None, "None", "") else None
+        ref = {"vm": r["vmname"], "instance": r["instance"], "request_id": r["request_id"]}
+        if r["vm_state"] == "error":
+            out.append(Finding("vm_error_state", "critical",
+                               f"VM {r['vmname'] or vm} is in state error since {r['event_type']}.",
+                               "look at the fault of the operation that put it there (explain --vm) and reset or rebuild it",
+                               [Evidence("event", r["event_type"], "error", None, r["node"], "app", r["ts"], None, ref)],
+                               ref, score=(end - r["ts"]) / 1e9))
+        elif (task or r["vm_state"] in TRANSITIONAL) and end - r["ts"] >= STUCK_NS:
+            out.append(Finding("vm_stuck", "warning",
+                               f"VM {r['vmname'] or vm} has been in {r['vm_state']}"
+                               + (f"/{task}" if task else "") + f" for {_ms(end - r['ts'])} with no further record.",
+                               "check the service that owns the task (its worker may be hung) and the request's flow",
+                               [Evidence("interval", f"{r['vm_state']}/{task}", None, None, r["node"], "app", r["ts"], end, ref)],
+                               ref, score=(end - r["ts"]) / 1e9))
+    return out
+
+
+# ---- volume attached twice --------------------------------------------------------------------
+@rule
+def volume_multi_attach(ctx: Context) -> list[Finding]:
+    from stacklens.models.cinder import multi_attached_volumes
+    out = []
+    for r in multi_attached_volumes(ctx.con).to_pylist():
+        until = None if r["until_ts"] == 9223372036854775807 else r["until_ts"]
+        out.append(Finding(
+            "volume_multi_attach", "critical",
+            f"Volume {r['volume']} was attached to two instances at once ({r['instance']} on {r['host']} and "
+            f"{r['other_instance']} on {r['other_host']}).",
+            "detach it from one of them; unless the volume type is multiattach with a cluster file system, "
+            "data corruption is likely",
+            [Evidence("interval", "both attached", None, None, r["host"], "app", r["since_ts"], until,
+                      {"volume": r["volume"], "instance": r["instance"]}),
+             Evidence("interval", "both attached", None, None, r["other_host"], "app", r["since_ts"], until,
+                      {"volume": r["volume"], "instance": r["other_instance"]})],
+            {"volume": r["volume"]}, score=1.0))
+    return out
+
+
+# ---- OvS upcall storm after a reconfiguration -------------------------------------------------
+STORM_MIN_SHARE = 0.2  # slow-path share in the first interval after the command
+
+
+@rule
+def ovs_upcall_storm(ctx: Context) -> list[Finding]:
+    from stacklens.analyses.ovs_report import live_report
+    try:
+        rep = live_report(ctx.con)
+    except Exception as e:  # noqa: BLE001 - a store without OvS tables has no such events
+        if "does not exist" in str(e) or "not found" in str(e).lower():
+            return []
+        raise
+    out = []
+    for dp in rep.get("datapaths", []):
+        for c in dp["reconfigurations"]:
+            after = c["first_interval_after"]["share"]
+            before = c["slow_share_before"]["share"] or 0.0
+            burst = c["burst"]
+            if burst is None or after is None or after < STORM_MIN_SHARE or after <= 2 * before:
+                continue
+            ev = [Evidence("event", f"command: {c['command']}", None, None, dp["host"], "net", c["ts"], None,
+                           {"datapath": dp["datapath"]}),
+                  Evidence("interval", "miss burst", burst["total"], "upcalls", dp["host"], "net", burst["start"],
+                           burst["end"], {"datapath": dp["datapath"]}),
+                  Evidence("number", "slow-path share before", round(before, 3), None, dp["host"], "net"),
+                  Evidence("number", "slow-path share after", round(after, 3), None, dp["host"], "net")]
+            vms = [u for u in rep.get("upcalls_by_vm", []) if u["src_vm"]][:3]
+            for u in vms:
+                ev.append(Evidence("number", f"upcalls from {u['src_vm']} ({u['interface']})", u["upcalls"],
+                                   "upcalls", dp["host"], "net", ref={"vm": u["src_vm"]}))
+            out.append(Finding(
+                "ovs_upcall_storm", "warning",
+                f"An upcall storm followed `{c['command']}` on {dp['host']} ({dp['datapath']}): {burst['total']} misses, "
+                f"slow-path share {before:.0%} → {after:.0%}.",
+                "avoid flushing/revalidating datapath flows under load (ovs-appctl dpctl/del-flows, flow-table "
+                "changes); raise the flow limit or the revalidator timing if flows are evicted",
+                ev, {"host": dp["host"], "datapath": dp["datapath"]}, score=float(burst["total"])))
+    return out
+
+
+# ---- idle workers -----------------------------------------------------------------------------
+IDLE_BUSY_SHARE = 0.01
+PEER_BUSY_SHARE = 0.2
+
+
+@rule
+def idle_workers(ctx: Context) -> list[Finding]:
+    """Workers of a service that ran (almost) nothing while a peer of the same service was busy."""
+    if ctx.app_span is None:
+        return []
+    lo, hi = ctx.app_span
+    span = max(hi - lo, 1)
+    busy: dict[tuple[str, str], dict[str, int]] = {}
+    for t in ctx.tasks:
+        w = busy.setdefault((t["service"] or "?", t["host"] or "?"), {})
+        w[t["worker"]] = w.get(t["worker"], 0) + (t["duration_ns"] or 0)
+    out = []
+    for (service, host), workers in busy.items():
+        if len(workers) < 2:
+            continue
+        peak = max(workers.values())
+        if peak < PEER_BUSY_SHARE * span:
+            continue
+        idle = sorted(w for w, ns in workers.items() if ns < IDLE_BUSY_SHARE * span)
+        if not idle:
+            continue
+        out.append(Finding(
+            "idle_workers", "info",
+            f"{len(idle)} of {len(workers)} {service} workers on {host} were idle while another was busy "
+            f"{peak / span:.0%} of the time.",
+            "check the worker pool size and how requests are spread (RPC consumers, eventlet/greenthreads)",
+            [Evidence("number", f"busy time of {w}", round(workers[w] / 1e6, 1), "ms", host, "app", lo, hi,
+                      {"worker": w}) for w in sorted(workers, key=lambda w: -workers[w])[:10]],
+            {"service": service, "host": host, "idle": idle}, score=len(idle)))
+    return out
+
+
+# ---- clock synchronization --------------------------------------------------------------------
+POOR_ACCURACY_NS = 1_000_000
+
+
+@rule
+def clock_sync(ctx: Context) -> list[Finding]:
+    from stacklens.sync import synchronize
+    clocks = ctx.store.clocks()
+    if not clocks:
+        return []
+    out = []
+    bad = {h: c for h, c in clocks.items() if c.quality in ("failed", "approximate")}
+    try:
+        details = {r.host: r for r in synchronize(ctx.store)[0]}
+    except (StacklensError, ValueError):
+        details = {}
+    for h, c in sorted(clocks.items()):
+        d = details.get(h)
+        acc = d.accuracy_ns if d else None
+        if h not in bad and (acc is None or acc < POOR_ACCURACY_NS):
+            continue
+        what = {"failed": "could not be synchronized", "approximate": "is only approximately synchronized"}.get(
+            c.quality, f"is synchronized to ±{_ms(acc)}")
+        out.append(Finding(
+            "clock_sync", "warning" if c.quality == "failed" else "info",
+            f"Host {h}'s clock {what} with {c.reference}"
+            + (f" ({d.matches} matched packets; {d.reason})" if d and d.reason else
+               f" ({d.matches} matched packets)" if d else "") + "; cross-host orderings may be wrong.",
+            "trace the TCP traffic between the hosts (inet_sock_local_in/out) over a longer period, or fix NTP/PTP",
+            [Evidence("number", "matched packets", d.matches if d else None, None, h, "kernel"),
+             Evidence("number", "accuracy bound", acc, "ns", h, "kernel")],
+            {"host": h}, score=float(acc or 0)))
+    return out
+
+
+def diagnose_store(store) -> list[Finding]:
+    """Every rule over one store, ranked."""
+    from stacklens.diagnose.findings import rank
+    ctx = Context(store)
+    findings: list[Finding] = []
+    for r in RULES:
+        findings.extend(r(ctx))
+    return rank(findings)

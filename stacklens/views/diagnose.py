@@ -1,0 +1,101 @@
+"""`stacklens diagnose PATH|--store DIR`: ranked findings (terminal, --json, --html report)."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from stacklens.errors import StacklensError
+from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts
+
+SEVERITY_COLOUR = {"critical": "red", "warning": "yellow", "info": "cyan"}
+
+
+def diagnose_path(path: Path | None, store_dir: str | None):
+    """Findings of a store, or of a bundle ingested first into a temporary store."""
+    from stacklens.diagnose.rules import diagnose_store
+    from stacklens.store import Store
+    if path is None:
+        return diagnose_store(Store(store_dir))
+    if not path.exists():
+        raise StacklensError(f"{path}: no such file or directory")
+    if (path / "stacklens-store.json").exists():
+        return diagnose_store(Store(path))
+    from stacklens.store.ingest import ingest
+    tmp = Path(tempfile.mkdtemp(prefix="stacklens-diagnose-"))
+    try:
+        store = Store(tmp / "store", create=True)
+        ingest(store, [path])
+        return diagnose_store(store)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _evidence_text(e) -> str:
+    v = "" if e.value is None else f" = {e.value}{' ' + e.unit if e.unit else ''}"
+    when = f" [{fmt_ts(e.start)}" + (f" +{fmt_duration(e.end - e.start)}" if e.end is not None and e.start is not None else "") + "]" \
+        if e.start is not None else ""
+    where = f" @{e.host}" if e.host else ""
+    return f"{e.label}{v}{where}{when}"
+
+
+def print_findings(findings) -> None:
+    if not findings:
+        console.print("[green]no findings[/]: nothing in the store matched a diagnosis rule")
+        return
+    for i, f in enumerate(findings, 1):
+        c = SEVERITY_COLOUR[f.severity]
+        console.print(f"[bold]{i}.[/] [{c}]{f.severity.upper()}[/] [dim]{f.rule}[/] {escape(f.statement)}")
+        for e in f.evidence:
+            console.print(f"     · {escape(_evidence_text(e))}", highlight=False)
+        console.print(f"     [bold]what to do:[/] {escape(f.action)}")
+        console.print()
+
+
+def html_report(findings, title: str = "stacklens diagnosis") -> str:
+    """A self-contained HTML page; every value from the traces is escaped."""
+    e = html.escape
+    rows = []
+    for i, f in enumerate(findings, 1):
+        ev = "".join(f"<li>{e(_evidence_text(x))}</li>" for x in f.evidence)
+        rows.append(f'<section class="finding {e(f.severity)}" id="finding-{i}"><h2>{i}. '
+                    f'<span class="sev">{e(f.severity)}</span> {e(f.statement)}</h2>'
+                    f'<p class="rule">{e(f.rule)} · subject {e(json.dumps(f.subject, default=str))}</p>'
+                    f'<ul class="evidence">{ev}</ul><p class="action"><b>What to do:</b> {e(f.action)}</p></section>')
+    body = "".join(rows) or '<p class="none">No findings: nothing in the store matched a diagnosis rule.</p>'
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+            "body{font:14px system-ui,sans-serif;margin:2em;max-width:70em}"
+            ".finding{border-left:6px solid #999;padding:.3em 1em;margin:1em 0;background:#fafafa}"
+            ".critical{border-color:#c62828}.warning{border-color:#ef8f00}.info{border-color:#1565c0}"
+            ".sev{text-transform:uppercase;font-size:.8em}.rule{color:#666}h2{font-size:1.05em}"
+            f"</style></head><body><h1>{e(title)}</h1>{body}</body></html>")
+
+
+def register(app: typer.Typer) -> None:
+    from stacklens.cli import JsonOpt
+
+    @app.command()
+    def diagnose(path: Optional[Path] = typer.Argument(None, help="A trace bundle (ingested into a temporary store) or a store."),
+                 store: Optional[str] = typer.Option(None, "--store", "-s", help="Store directory."),
+                 html_out: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML report here."),
+                 json_out: bool = JsonOpt) -> None:
+        """Ranked findings: what went wrong, the evidence, what to do."""
+        if (path is None) == (store is None):
+            raise StacklensError("diagnose: give a bundle PATH or --store DIR (one of them)")
+        findings = diagnose_path(path, store)
+        if html_out is not None:
+            html_out.parent.mkdir(parents=True, exist_ok=True)
+            html_out.write_text(html_report(findings, f"stacklens diagnosis of {path or store}"))
+        if json_out:
+            emit_json({"findings": [f.to_dict() for f in findings], "html": str(html_out) if html_out else None})
+        else:
+            print_findings(findings)
+            if html_out is not None:
+                console.print(f"HTML report: {html_out}")
