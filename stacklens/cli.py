@@ -95,6 +95,7 @@ COMMAND_MODULES: list[str] = [
     "stacklens.views.sync_report",
     "stacklens.views.explain",
     "stacklens.views.diagnose",
+    "stacklens.views.export",
 ]
 
 
