@@ -148,9 +148,13 @@ def test_all_nova_samples_parse(store):
     assert rows[0] == (140, len(expected_types))
 
 
-def test_oslo_json_log_real_formatter(tmp_path):
-    """Records written by oslo.log's own JSONFormatter, read back; oracle: `created`."""
+@pytest.mark.parametrize("chunk", [64, 32 << 20])
+def test_oslo_json_log_real_formatter(tmp_path, monkeypatch, chunk):
+    """Records written by oslo.log's own JSONFormatter, read back (in blocks smaller than a
+    line too); oracle: `created`."""
     pytest.importorskip("oslo_log")
+    from stacklens.sources import oslo_json
+    monkeypatch.setattr(oslo_json, "CHUNK_BYTES", chunk)
     log = tmp_path / "nova-compute.json.log"
     prog = ROOT / "tests" / "programs" / "oslo_json_writer.py"
     subprocess.run([sys.executable, str(prog), str(log)], check=True, timeout=60)
@@ -250,3 +254,51 @@ def test_cli_json(store):
     assert r.exit_code == 0 and json.loads(r.output)["hops"]
     r = run.invoke(app, ["report", "--store", str(store.root), "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["layers"] == ["app"]
+
+
+@pytest.mark.parametrize("chunk", [4096, 32 << 20])
+def test_notification_lines_every_sample_streamed(tmp_path, monkeypatch, chunk):
+    """Every Nova sample as one line (bare, or in the oslo.message envelope; escapes, non-ASCII
+    text), read in small blocks too; oracle: json.loads of each line and datetime's parse."""
+    from datetime import datetime, timezone
+    from stacklens.sources import notifications
+    from stacklens.sources.notifications import NotificationReader, resolve_refs
+    monkeypatch.setattr(notifications, "CHUNK_BYTES", chunk)
+    samples = need_data(*SAMPLES)
+    stamps = ["2024-01-02 03:04:05.123456", "2024-01-02T03:04:05Z", "2024-01-02 03:04:05",
+              "2024-02-29T23:59:59.5+02:00"]
+    lines, expected, bad = [], [], []
+    for i, f in enumerate(sorted(samples.glob("*.json"))):
+        msg = resolve_refs(json.loads(f.read_text()), samples)
+        msg["timestamp"] = stamps[i % len(stamps)]
+        msg["_context_request_id"] = f"req-{i}" if i % 3 == 0 else None
+        msg["payload"]["note"] = 'quote " backslash \\ newline \n tab \t snowman \u2603 \U0001F600'
+        text = json.dumps(msg, ensure_ascii=i % 2 == 0)
+        if i % 2:
+            text = json.dumps({"oslo.version": "2.0", "oslo.message": text})
+        lines.append(text)
+        expected.append((len(lines), msg))
+        if i % 17 == 0:
+            lines.append(text[: len(text) // 2])  # cut
+            bad.append(len(lines))
+        if i % 23 == 0:
+            lines.append("")
+    path = tmp_path / "notifications.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    reader = NotificationReader(path, ReadOptions())
+    rows = [r for t in reader.tables() for r in t.to_pylist()]
+    assert [r["pos"] for r in rows] == [p for p, _ in expected]
+    assert reader.report.skipped == len(bad) and reader.report.bad_positions == bad[:10]
+    for row, (_, msg) in zip(rows, expected):
+        data = msg["payload"].get("nova_object.data") or {}
+        t = datetime.fromisoformat(msg["timestamp"].replace("Z", "+00:00"))
+        t = t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+        assert row["ts"] == int(t.timestamp()) * 10**9 + t.microsecond * 1000
+        assert json.loads(row["fields"]) == msg
+        assert row["name"] == msg["event_type"]
+        assert row["procname"] == msg["publisher_id"].split(":")[0]
+        assert row["request_id"] == (msg["_context_request_id"] or data.get("request_id")
+                                     or msg["payload"].get("request_id"))
+        uuid = data.get("uuid") if msg["event_type"].startswith("instance.") else None
+        assert row["instance"] == (msg["payload"].get("instance_id") or msg["payload"].get("instance_uuid")
+                                   or uuid or data.get("instance_uuid"))

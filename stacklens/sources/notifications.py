@@ -2,8 +2,10 @@
 envelope `{"oslo.version": "2.0", "oslo.message": "<json string>"}`.
 
 Two layouts are read:
-- one notification per line (what a listener or a notification driver writes), decoded
-  column-wise by DuckDB's JSON functions: no Python object per notification;
+- one notification per line (what a listener or a notification driver writes), read in
+  blocks and decoded by a compiled scanner (jsonscan.py) that validates each line and finds
+  the byte spans of the keys needed here: no Python object per notification; `fields` is a
+  copy of the line (or of the envelope's decoded inner document);
 - one JSON document per file (Nova's notification samples), where payload pieces can be pulled
   in with `"$ref": "common_payloads/X.json#"` and overridden by the keys next to the `$ref`.
 
@@ -20,60 +22,39 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-import duckdb
+import numpy as np
 import pyarrow as pa
 
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
+from stacklens.sources.jsonscan import (
+    ABSENT, NULL, STR, STR_ESC, PathTrie, coalesce, has_prefix, line_blocks, parse_timestamps, text_column,
+    trim_spans, unescape_spans)
+from stacklens.sources.textscan import find_byte, line_bounds, string_column
 
 # What a notification line looks like in its first bytes (bare or wrapped).
 _LINE_HINT = re.compile(rb'^\s*\{.*"(?:event_type|oslo\.message)"\s*:', re.S)
-TS_FORMATS = ["%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
-              "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ",
-              "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S.%f%z"]
-BATCH_LINES = 500_000
 
-# Column-wise extraction of a notification `m`. Every `->>` re-parses the JSON text, so all
-# paths are read in one json_extract_string call (one parse per row); versioned payloads nest
-# their data in "nova_object.data" (Nova) or "versioned_object.data".
-_D = '$.payload."nova_object.data"'
-_V = '$.payload."versioned_object.data"'
-PATHS = ["$.event_type", "$.timestamp", "$.publisher_id", "$._context_request_id",
-         "$.context.request_id", f"{_D}.request_id", "$.payload.request_id",
-         "$.payload.instance_id", "$.payload.instance_uuid", f"{_D}.uuid", f"{_D}.instance_uuid",
-         f"{_D}.updated_at", f"{_D}.created_at", f"{_V}.uuid", f"{_V}.request_id"]
-_P = {p: i + 1 for i, p in enumerate(PATHS)}
-
-
-def _v(path: str) -> str:
-    return f"v[{_P[path]}]"
-
-
-EXTRACT_SQL = f"""
-SELECT pos,
-       {_v("$.event_type")} AS name,
-       coalesce(epoch_ns(try_strptime({_v("$.timestamp")}, {TS_FORMATS!r})),
-                epoch_ns(try_strptime({_v(_D + ".updated_at")}, {TS_FORMATS!r})),
-                epoch_ns(try_strptime({_v(_D + ".created_at")}, {TS_FORMATS!r}))) AS ts,
-       split_part({_v("$.publisher_id")}, ':', 1) AS procname,
-       coalesce({_v("$._context_request_id")}, {_v("$.context.request_id")},
-                {_v(_D + ".request_id")}, {_v(_V + ".request_id")}, {_v("$.payload.request_id")}) AS request_id,
-       coalesce({_v("$.payload.instance_id")}, {_v("$.payload.instance_uuid")},
-                CASE WHEN {_v("$.event_type")} LIKE 'instance.%'
-                     THEN coalesce({_v(_D + ".uuid")}, {_v(_V + ".uuid")}) END,
-                {_v(_D + ".instance_uuid")}) AS instance,
-       m AS fields
-FROM (
-  SELECT pos, m, json_extract_string(m, {PATHS!r}) AS v
-  FROM (
-    SELECT pos, CASE WHEN contains(line, '"oslo.message"')
-                     THEN json_extract_string(line, '$."oslo.message"') ELSE line END AS m
-    FROM lines WHERE json_valid(line) AND starts_with(ltrim(line), '{{')
-  ) WHERE json_valid(m)
-)
-WHERE {_v("$.event_type")} IS NOT NULL
-ORDER BY pos
-"""
+# Paths read from a notification (one validating compiled pass per line, jsonscan.py).
+# Versioned payloads nest their data in "nova_object.data" (Nova) or "versioned_object.data";
+# "oslo.message" is the AMQP v2 envelope, whose inner document is a JSON string.
+_D = ("payload", "nova_object.data")
+_V = ("payload", "versioned_object.data")
+PATHS = [("event_type",), ("timestamp",), ("publisher_id",), ("_context_request_id",),
+         ("context", "request_id"), _D + ("request_id",), ("payload", "request_id"),
+         ("payload", "instance_id"), ("payload", "instance_uuid"), _D + ("uuid",), _D + ("instance_uuid",),
+         _D + ("updated_at",), _D + ("created_at",), _V + ("uuid",), _V + ("request_id",),
+         ("oslo.message",)]
+TRIE = PathTrie(PATHS)
+_S = TRIE.slot
+EVENT_TYPE, TIMESTAMP, PUBLISHER, ENVELOPE = (_S[("event_type",)], _S[("timestamp",)],
+                                              _S[("publisher_id",)], _S[("oslo.message",)])
+REQUEST_SLOTS = [_S[("_context_request_id",)], _S[("context", "request_id")], _S[_D + ("request_id",)],
+                 _S[_V + ("request_id",)], _S[("payload", "request_id")]]
+TS_SLOTS = [TIMESTAMP, _S[_D + ("updated_at",)], _S[_D + ("created_at",)]]
+_INSTANCE_PREFIX = np.frombuffer(b"instance.", np.uint8)
+CHUNK_BYTES = 32 << 20
+MAX_REPORTED = 10
 
 
 class NotificationReader(Reader):
@@ -97,40 +78,108 @@ class NotificationReader(Reader):
 
     def tables(self) -> Iterator[pa.Table]:
         try:
-            data = self.path.read_bytes()
+            f = open(self.path, "rb")
         except OSError as e:
             raise SourceError(self.path, f"cannot read: {e.strerror}") from None
-        first = data.lstrip().split(b"\n", 1)[0].strip()
-        if _is_json_object(first):
-            yield from self._lines(data)
-        else:
-            yield from self._document(data)
-        self.options.progress(len(data))
+        with f:
+            try:
+                head = f.read(1 << 16)
+                f.seek(0)
+                first = head.lstrip().split(b"\n", 1)[0].strip()
+                if b"\n" in head.lstrip() or len(head) < (1 << 16):
+                    one_per_line = _is_json_object(first)
+                else:  # a first line longer than the head: read it whole to decide
+                    one_per_line = _is_json_object(f.readline().strip())
+                    f.seek(0)
+                if one_per_line:
+                    for part, first_line in line_blocks(f, CHUNK_BYTES):
+                        table = self._block(part, first_line)
+                        self.options.progress(len(part))
+                        if table is not None:
+                            yield table
+                else:
+                    data = f.read()
+                    yield from self._document(data)
+                    self.options.progress(len(data))
+            except OSError as e:
+                raise SourceError(self.path, f"read error: {e.strerror}") from None
 
-    def _lines(self, data: bytes) -> Iterator[pa.Table]:
-        from stacklens.sources.oslo_json import line_batches
-        con = duckdb.connect()
-        con.execute("SET threads TO 1")
-        for table in line_batches(data, BATCH_LINES):
-            con.register("lines", table)
-            out = con.sql(EXTRACT_SQL).to_arrow_table()
-            con.unregister("lines")
-            self._count_bad(table, out)
-            out = _drop_without_ts(out, self.report)
-            self.report.rows += out.num_rows
-            if out.num_rows:
-                yield out
+    def _block(self, data: bytes, first_line: int, fallback_ts: int | None = None) -> pa.Table | None:
+        """The notifications of whole lines `data` (line numbers from `first_line`)."""
+        data = _valid_utf8(data, self.report)
+        buf = np.frombuffer(data, np.uint8)
+        starts, ends = line_bounds(buf)
+        starts, ends = trim_spans(buf, starts, ends)
+        valid, vs, ve, kind = TRIE.scan(buf, starts, ends)
+        valid &= has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
+        doc_s, doc_e = starts.copy(), ends.copy()
+        big = buf
+        env = np.flatnonzero(valid & ((kind[ENVELOPE] == STR) | (kind[ENVELOPE] == STR_ESC)))
+        if len(env):
+            # The envelope's inner document, decoded into a side buffer, is scanned in turn.
+            inner, in_s, in_e = unescape_spans(buf, vs[ENVELOPE, env], ve[ENVELOPE, env], kind[ENVELOPE, env])
+            big = np.concatenate([buf, inner])
+            in_s += len(buf)
+            in_e += len(buf)
+            v2, vs2, ve2, k2 = TRIE.scan(big, in_s, in_e)
+            valid[env] = v2
+            vs[:, env], ve[:, env], kind[:, env] = vs2, ve2, k2
+            doc_s[env], doc_e[env] = in_s, in_e
+        has_type = (kind[EVENT_TYPE] != ABSENT) & (kind[EVENT_TYPE] != NULL)
+        keep = valid & has_type
+        blank = starts == ends
+        self._report_bad(np.flatnonzero(~keep & ~blank) + first_line)
+        rows = np.flatnonzero(keep)
+        if not len(rows):
+            return None
+        vs, ve, kind = vs[:, rows], ve[:, rows], kind[:, rows]
+        ts = np.zeros(len(rows), np.int64)
+        has_ts = np.zeros(len(rows), bool)
+        for slot in TS_SLOTS:
+            t, ok = parse_timestamps(big, vs[slot], ve[slot], kind[slot])
+            ts = np.where(has_ts, ts, t)
+            has_ts |= ok
+        pos = rows + first_line
+        if not has_ts.all():
+            missing = int((~has_ts).sum())
+            if fallback_ts is not None:
+                # Nova's samples carry no timestamp at all: keep them at the epoch, say so.
+                self.report.notes.append(f"{missing} notification(s) without a timestamp placed at the epoch")
+                ts[~has_ts] = fallback_ts
+            else:
+                self._report_bad(pos[~has_ts])
+                self.report.notes.append(f"{missing} notification(s) with an unreadable timestamp skipped")
+                sel = np.flatnonzero(has_ts)
+                rows, ts, pos = rows[sel], ts[sel], pos[sel]
+                vs, ve, kind = vs[:, sel], ve[:, sel], kind[:, sel]
+                if not len(rows):
+                    return None
+        # procname: the publisher up to its first ':' ("nova-compute:host2" → "nova-compute")
+        pub_e = np.where(kind[PUBLISHER] != ABSENT, find_byte(big, vs[PUBLISHER], ve[PUBLISHER], 58), -1)
+        is_instance_event = has_prefix(big, vs[EVENT_TYPE], ve[EVENT_TYPE], _INSTANCE_PREFIX)
+        inst_kind = kind.copy()
+        for path in (_D + ("uuid",), _V + ("uuid",)):  # the object itself is an instance
+            inst_kind[_S[path]] = np.where(is_instance_event, kind[_S[path]], ABSENT)
+        instance = coalesce(vs, ve, inst_kind, [
+            _S[("payload", "instance_id")], _S[("payload", "instance_uuid")], _S[_D + ("uuid",)],
+            _S[_V + ("uuid",)], _S[_D + ("instance_uuid",)]])
+        table = pa.table({
+            "pos": pa.array(pos, pa.int64()),
+            "name": text_column(big, vs[EVENT_TYPE], ve[EVENT_TYPE], kind[EVENT_TYPE]),
+            "ts": pa.array(ts, pa.int64()),
+            "procname": text_column(big, vs[PUBLISHER], pub_e, kind[PUBLISHER]),
+            "request_id": text_column(big, *coalesce(vs, ve, kind, REQUEST_SLOTS)),
+            "instance": text_column(big, *instance),
+            "fields": string_column(big, doc_s[rows], doc_e[rows]),
+        })
+        self.report.rows += table.num_rows
+        return table
 
-    def _count_bad(self, lines: pa.Table, kept: pa.Table) -> None:
-        import pyarrow.compute as pc
-        nonblank = pc.invert(pc.equal(pc.utf8_trim_whitespace(lines.column("line")), ""))
-        candidates = lines.column("pos").filter(nonblank)
-        bad = pc.invert(pc.is_in(candidates, kept.column("pos")))
-        bad_pos = candidates.filter(bad)
-        for p in bad_pos.slice(0, 10).to_pylist():
-            self.report.skip(p)
-        if len(bad_pos) > 10:
-            self.report.skipped += len(bad_pos) - 10
+    def _report_bad(self, positions: np.ndarray) -> None:
+        for p in positions[:MAX_REPORTED]:
+            self.report.skip(int(p))
+        if len(positions) > MAX_REPORTED:
+            self.report.skipped += len(positions) - MAX_REPORTED
 
     def _document(self, data: bytes) -> Iterator[pa.Table]:
         try:
@@ -152,35 +201,20 @@ class NotificationReader(Reader):
             lines.append(json.dumps(d))
         if not lines:
             return
-        con = duckdb.connect()
-        table = pa.table({"pos": pa.array(range(1, len(lines) + 1), pa.int64()),
-                          "line": pa.array(lines, pa.string())})
-        con.register("lines", table)
-        out = con.sql(EXTRACT_SQL).to_arrow_table()
-        self._count_bad(table, out)
-        out = _drop_without_ts(out, self.report, fallback_ts=0)
-        self.report.rows += out.num_rows
-        if out.num_rows:
-            yield out
+        table = self._block("\n".join(lines).encode(), 1, fallback_ts=0)
+        if table is not None:
+            yield table
 
 
-def _drop_without_ts(out: pa.Table, report, fallback_ts: int | None = None) -> pa.Table:
-    import pyarrow.compute as pc
-    ts = out.column("ts")
-    missing = ts.null_count
-    if not missing:
-        return out
-    if fallback_ts is not None:
-        # Nova's samples carry no timestamp at all: keep them at the epoch, say so.
-        report.notes.append(f"{missing} notification(s) without a timestamp placed at the epoch")
-        return out.set_column(out.schema.get_field_index("ts"), "ts", pc.fill_null(ts, fallback_ts))
-    valid = ts.is_valid()
-    for p in out.column("pos").filter(pc.invert(valid)).slice(0, 10).to_pylist():
-        report.skip(p)
-    if missing > 10:
-        report.skipped += missing - 10
-    report.notes.append(f"{missing} notification(s) with an unreadable timestamp skipped")
-    return out.filter(valid)
+def _valid_utf8(data: bytes, report) -> bytes:
+    """`data`, with invalid UTF-8 replaced (and noted) as bytes.decode("replace") would."""
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError:
+        if "invalid UTF-8 replaced" not in report.notes:
+            report.notes.append("invalid UTF-8 replaced")
+        return data.decode("utf-8", "replace").encode("utf-8")
 
 
 def _is_json_object(line: bytes) -> bool:

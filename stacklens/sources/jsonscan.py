@@ -1,0 +1,878 @@
+"""Compiled scanning of JSON documents (one per line) for the paths a reader needs.
+
+One validating pass per document (RFC 8259 grammar: strings, escapes, numbers, literals,
+nesting; UTF-8 is checked per block by the caller) records, for each wanted path, the byte
+span of its value in the input buffer and what kind of value it is. No Python object is
+made per document: string columns and the `fields` JSON are then built from the spans
+(string values are usually copied as they are written: their escaped text is already valid
+JSON string content). A document that is not valid JSON is marked bad, as json.loads would
+reject it.
+
+Paths form a trie (`PathTrie`): each node is an object level, each entry a key that has a
+slot (record the value), a child node (descend into the value if it is an object), or both.
+A slot holds the first occurrence of its key.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+import pyarrow as pa
+
+# Value kinds recorded per slot.
+ABSENT, STR, STR_ESC, SCALAR, CONTAINER, NULL = 0, 1, 2, 3, 4, 5
+MAX_DEPTH = 256
+
+
+class PathTrie:
+    """Wanted paths ("a.b.c", keys with dots quoted as in "payload.'nova_object.data'.uuid"
+    are spelled as tuples) → slot numbers, compiled to flat arrays for the scanner."""
+
+    def __init__(self, paths: list[tuple[str, ...]]):
+        self.paths = [tuple(p) for p in paths]
+        self.slot = {p: i for i, p in enumerate(self.paths)}
+        nodes: list[dict[str, list]] = [{}]  # node → key → [slot, child]
+        for i, path in enumerate(self.paths):
+            node = 0
+            for depth, key in enumerate(path):
+                entry = nodes[node].setdefault(key, [-1, -1])
+                if depth == len(path) - 1:
+                    entry[0] = i
+                else:
+                    if entry[1] < 0:
+                        entry[1] = len(nodes)
+                        nodes.append({})
+                    node = entry[1]
+        keys = bytearray()
+        key_s, key_e, ent_slot, ent_child = [], [], [], []
+        node_first, node_count = [], []
+        for node in nodes:
+            node_first.append(len(key_s))
+            node_count.append(len(node))
+            for key, (slot, child) in node.items():
+                b = key.encode()
+                key_s.append(len(keys))
+                keys += b
+                key_e.append(len(keys))
+                ent_slot.append(slot)
+                ent_child.append(child)
+        self.keys = np.frombuffer(bytes(keys) or b"\0", np.uint8).copy()
+        self.key_s = np.array(key_s, np.int64)
+        self.key_e = np.array(key_e, np.int64)
+        self.ent_slot = np.array(ent_slot, np.int64)
+        self.ent_child = np.array(ent_child, np.int64)
+        self.node_first = np.array(node_first, np.int64)
+        self.node_count = np.array(node_count, np.int64)
+
+    def scan(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray):  # noqa: ANN201
+        """(valid[n], vs[slots, n], ve[slots, n], kind[slots, n]) for documents buf[s:e]."""
+        return scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
+                              self.ent_child, self.node_first, self.node_count, len(self.paths))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _ws(buf, p, e):
+    while p < e:
+        c = buf[p]
+        if c == 32 or c == 10 or c == 13 or c == 9:
+            p += 1
+        else:
+            break
+    return p
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _is_hex(c):
+    return (48 <= c <= 57) or (97 <= c <= 102) or (65 <= c <= 70)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _string_end(buf, p, e):
+    """Index of the closing quote of the string whose content starts at p (-1 if invalid),
+    and whether it has escapes."""
+    esc = False
+    while p < e:
+        # the common case first: plain bytes
+        while p < e:
+            c = buf[p]
+            if c == 34 or c == 92 or c < 32:
+                break
+            p += 1
+        if p >= e:
+            break
+        if c == 34:
+            return p, esc
+        if c == 92:
+            esc = True
+            if p + 1 >= e:
+                return -1, esc
+            d = buf[p + 1]
+            if d == 117:  # \uXXXX
+                if p + 6 > e or not (_is_hex(buf[p + 2]) and _is_hex(buf[p + 3])
+                                     and _is_hex(buf[p + 4]) and _is_hex(buf[p + 5])):
+                    return -1, esc
+                p += 6
+                continue
+            if not (d == 34 or d == 92 or d == 47 or d == 98 or d == 102 or d == 110
+                    or d == 114 or d == 116):
+                return -1, esc
+            p += 2
+            continue
+        if c < 32:
+            return -1, esc
+        p += 1
+    return -1, esc
+
+
+@nb.njit(cache=True, nogil=True)
+def _number_end(buf, p, e):
+    """End of the JSON number starting at p, or -1."""
+    if p < e and buf[p] == 45:
+        p += 1
+    if p >= e:
+        return -1
+    c = buf[p]
+    if c == 48:
+        p += 1
+    elif 49 <= c <= 57:
+        while p < e and 48 <= buf[p] <= 57:
+            p += 1
+    else:
+        return -1
+    if p < e and buf[p] == 46:
+        p += 1
+        q = p
+        while p < e and 48 <= buf[p] <= 57:
+            p += 1
+        if p == q:
+            return -1
+    if p < e and (buf[p] == 101 or buf[p] == 69):
+        p += 1
+        if p < e and (buf[p] == 43 or buf[p] == 45):
+            p += 1
+        q = p
+        while p < e and 48 <= buf[p] <= 57:
+            p += 1
+        if p == q:
+            return -1
+    return p
+
+
+@nb.njit(cache=True, nogil=True)
+def _literal_end(buf, p, e):
+    """End of true/false/null at p and whether it is null, or (-1, False)."""
+    c = buf[p]
+    if c == 116 and p + 4 <= e and buf[p + 1] == 114 and buf[p + 2] == 117 and buf[p + 3] == 101:
+        return p + 4, False
+    if c == 102 and p + 5 <= e and buf[p + 1] == 97 and buf[p + 2] == 108 and buf[p + 3] == 115 \
+            and buf[p + 4] == 101:
+        return p + 5, False
+    if c == 110 and p + 4 <= e and buf[p + 1] == 117 and buf[p + 2] == 108 and buf[p + 3] == 108:
+        return p + 4, True
+    return -1, False
+
+
+@nb.njit(cache=True, nogil=True)
+def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count,
+              vs, ve, kind, i, st_obj, st_node, st_slot, st_start):
+    """Validate buf[s:e] as one JSON value, recording wanted slots; True if valid."""
+    p = _ws(buf, s, e)
+    cur_slot = -1
+    cur_node = 0
+    depth = 0
+    mode = 0  # 0: a value at p; 1: after a value; 2: a key at p
+    while True:
+        if mode == 0:
+            if p >= e:
+                return False
+            c = buf[p]
+            if c == 123 or c == 91:  # { [
+                if depth >= MAX_DEPTH:
+                    return False
+                st_obj[depth] = c == 123
+                st_node[depth] = cur_node if c == 123 else -1
+                st_slot[depth] = cur_slot
+                st_start[depth] = p
+                depth += 1
+                p = _ws(buf, p + 1, e)
+                if p >= e:
+                    return False
+                if (c == 123 and buf[p] == 125) or (c == 91 and buf[p] == 93):
+                    p += 1
+                    depth -= 1
+                    sl = st_slot[depth]
+                    if sl >= 0 and kind[sl, i] == ABSENT:
+                        vs[sl, i] = st_start[depth]
+                        ve[sl, i] = p
+                        kind[sl, i] = CONTAINER
+                    mode = 1
+                elif c == 123:
+                    mode = 2
+                else:
+                    cur_slot = -1
+                    cur_node = -1
+                continue
+            if c == 34:
+                q, esc = _string_end(buf, p + 1, e)
+                if q < 0:
+                    return False
+                if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
+                    vs[cur_slot, i] = p + 1
+                    ve[cur_slot, i] = q
+                    kind[cur_slot, i] = STR_ESC if esc else STR
+                p = q + 1
+                mode = 1
+                continue
+            if c == 45 or 48 <= c <= 57:
+                q = _number_end(buf, p, e)
+                is_null = False
+            else:
+                q, is_null = _literal_end(buf, p, e)
+            if q < 0:
+                return False
+            if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
+                vs[cur_slot, i] = p
+                ve[cur_slot, i] = q
+                kind[cur_slot, i] = NULL if is_null else SCALAR
+            p = q
+            mode = 1
+            continue
+        if mode == 1:
+            p = _ws(buf, p, e)
+            if depth == 0:
+                return p == e
+            if p >= e:
+                return False
+            c = buf[p]
+            top = depth - 1
+            if c == 44:  # ,
+                p = _ws(buf, p + 1, e)
+                if st_obj[top]:
+                    mode = 2
+                else:
+                    cur_slot = -1
+                    cur_node = -1
+                    mode = 0
+                continue
+            if (st_obj[top] and c == 125) or (not st_obj[top] and c == 93):
+                p += 1
+                depth -= 1
+                sl = st_slot[depth]
+                if sl >= 0 and kind[sl, i] == ABSENT:
+                    vs[sl, i] = st_start[depth]
+                    ve[sl, i] = p
+                    kind[sl, i] = CONTAINER
+                continue
+            return False
+        # mode 2: a key
+        if p >= e or buf[p] != 34:
+            return False
+        q, esc = _string_end(buf, p + 1, e)
+        if q < 0:
+            return False
+        cur_slot = -1
+        cur_node = -1
+        node = st_node[depth - 1]
+        if node >= 0 and not esc:
+            klen = q - p - 1
+            f = node_first[node]
+            for k in range(f, f + node_count[node]):
+                if key_e[k] - key_s[k] != klen:
+                    continue
+                same = True
+                a = key_s[k]
+                for j in range(klen):
+                    if buf[p + 1 + j] != keys[a + j]:
+                        same = False
+                        break
+                if same:
+                    cur_slot = ent_slot[k]
+                    cur_node = ent_child[k]
+                    break
+        p = _ws(buf, q + 1, e)
+        if p >= e or buf[p] != 58:
+            return False
+        p = _ws(buf, p + 1, e)
+        mode = 0
+
+
+@nb.njit(cache=True, nogil=True)
+def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, node_first,
+                   node_count, nslots):
+    n = len(starts)
+    valid = np.zeros(n, np.bool_)
+    vs = np.full((nslots, n), -1, np.int64)
+    ve = np.full((nslots, n), -1, np.int64)
+    kind = np.zeros((nslots, n), np.int8)
+    st_obj = np.zeros(MAX_DEPTH, np.bool_)
+    st_node = np.zeros(MAX_DEPTH, np.int64)
+    st_slot = np.zeros(MAX_DEPTH, np.int64)
+    st_start = np.zeros(MAX_DEPTH, np.int64)
+    for i in range(n):
+        s = starts[i]
+        if s < 0:
+            continue
+        ok = _scan_one(buf, s, ends[i], keys, key_s, key_e, ent_slot, ent_child, node_first,
+                       node_count, vs, ve, kind, i, st_obj, st_node, st_slot, st_start)
+        valid[i] = ok
+        if not ok:
+            for k in range(nslots):
+                kind[k, i] = ABSENT
+                vs[k, i] = -1
+                ve[k, i] = -1
+    return valid, vs, ve, kind
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _hex(c):
+    if c <= 57:
+        return c - 48
+    if c <= 70:
+        return c - 55
+    return c - 87
+
+
+@nb.njit(cache=True, nogil=True)
+def _unescape_into(buf, s, e, out, o):
+    """Decode the JSON string content buf[s:e] (already validated) into out[o:]; returns the
+    new end. A lone surrogate becomes U+FFFD."""
+    p = s
+    while p < e:
+        c = buf[p]
+        if c != 92:
+            out[o] = c
+            o += 1
+            p += 1
+            continue
+        d = buf[p + 1]
+        if d != 117:
+            if d == 110:
+                out[o] = 10
+            elif d == 116:
+                out[o] = 9
+            elif d == 114:
+                out[o] = 13
+            elif d == 98:
+                out[o] = 8
+            elif d == 102:
+                out[o] = 12
+            else:
+                out[o] = d  # \" \\ \/
+            o += 1
+            p += 2
+            continue
+        cp = (_hex(buf[p + 2]) << 12) | (_hex(buf[p + 3]) << 8) | (_hex(buf[p + 4]) << 4) | _hex(buf[p + 5])
+        p += 6
+        if 0xD800 <= cp <= 0xDBFF:
+            if p + 6 <= e and buf[p] == 92 and buf[p + 1] == 117:
+                lo = (_hex(buf[p + 2]) << 12) | (_hex(buf[p + 3]) << 8) | (_hex(buf[p + 4]) << 4) \
+                    | _hex(buf[p + 5])
+                if 0xDC00 <= lo <= 0xDFFF:
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                    p += 6
+                else:
+                    cp = 0xFFFD
+            else:
+                cp = 0xFFFD
+        elif 0xDC00 <= cp <= 0xDFFF:
+            cp = 0xFFFD
+        if cp < 0x80:
+            out[o] = cp
+            o += 1
+        elif cp < 0x800:
+            out[o] = 0xC0 | (cp >> 6)
+            out[o + 1] = 0x80 | (cp & 0x3F)
+            o += 2
+        elif cp < 0x10000:
+            out[o] = 0xE0 | (cp >> 12)
+            out[o + 1] = 0x80 | ((cp >> 6) & 0x3F)
+            out[o + 2] = 0x80 | (cp & 0x3F)
+            o += 3
+        else:
+            out[o] = 0xF0 | (cp >> 18)
+            out[o + 1] = 0x80 | ((cp >> 12) & 0x3F)
+            out[o + 2] = 0x80 | ((cp >> 6) & 0x3F)
+            out[o + 3] = 0x80 | (cp & 0x3F)
+            o += 4
+    return o
+
+
+@nb.njit(cache=True, nogil=True)
+def unescape_spans(buf, starts, ends, kinds):
+    """Decoded text of string spans (kind STR/STR_ESC) packed into one buffer; the new
+    (start, end) per span (-1 where the kind is not a string)."""
+    n = len(starts)
+    total = 0
+    for i in range(n):
+        if kinds[i] == STR or kinds[i] == STR_ESC:
+            total += ends[i] - starts[i]  # decoding never makes text longer
+    out = np.empty(total, np.uint8)
+    ns = np.full(n, -1, np.int64)
+    ne = np.full(n, -1, np.int64)
+    o = 0
+    for i in range(n):
+        k = kinds[i]
+        if k == STR:
+            ns[i] = o
+            for j in range(starts[i], ends[i]):
+                out[o] = buf[j]
+                o += 1
+            ne[i] = o
+        elif k == STR_ESC:
+            ns[i] = o
+            o = _unescape_into(buf, starts[i], ends[i], out, o)
+            ne[i] = o
+    return out[:o], ns, ne
+
+
+@nb.njit(cache=True, nogil=True)
+def _text_rows(buf, starts, ends, kinds):
+    """Offsets and bytes of the text of each span as json_extract_string gives it: strings
+    decoded, other non-null values as written, null/absent → null."""
+    n = len(starts)
+    offsets = np.empty(n + 1, np.int64)
+    offsets[0] = 0
+    total = 0
+    for i in range(n):
+        k = kinds[i]
+        if k != ABSENT and k != NULL:
+            total += ends[i] - starts[i]
+        offsets[i + 1] = total
+    out = np.empty(total, np.uint8)
+    valid = np.zeros(n, np.bool_)
+    o = 0
+    for i in range(n):
+        k = kinds[i]
+        offsets[i] = o
+        if k == ABSENT or k == NULL:
+            continue
+        valid[i] = True
+        if k == STR_ESC:
+            o = _unescape_into(buf, starts[i], ends[i], out, o)
+        else:
+            for j in range(starts[i], ends[i]):
+                out[o] = buf[j]
+                o += 1
+    offsets[n] = o
+    return offsets, out[:o], valid
+
+
+def text_column(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, kinds: np.ndarray) -> pa.Array:
+    """An Arrow string column of the values' text (see _text_rows)."""
+    offsets, data, valid = _text_rows(buf, np.ascontiguousarray(starts), np.ascontiguousarray(ends),
+                                      np.ascontiguousarray(kinds))
+    n = len(starts)
+    nulls = int(n - valid.sum())
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    arr = pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                null_count=nulls)
+    return arr.cast(pa.string())
+
+
+def coalesce(vs: np.ndarray, ve: np.ndarray, kind: np.ndarray, slots: list[int]):  # noqa: ANN201
+    """(start, end, kind) of the first slot with a non-null value, per document."""
+    s = np.full(vs.shape[1], -1, np.int64)
+    e = np.full(vs.shape[1], -1, np.int64)
+    k = np.zeros(vs.shape[1], np.int8)
+    for slot in reversed(slots):
+        has = (kind[slot] != ABSENT) & (kind[slot] != NULL)
+        s = np.where(has, vs[slot], s)
+        e = np.where(has, ve[slot], e)
+        k = np.where(has, kind[slot], k)
+    return s, e, k
+
+
+# Member modes of json_members.
+AS_STRING, AS_RAW, AS_INT = 0, 1, 2
+
+
+@nb.njit(cache=True, nogil=True)
+def _int_text(buf, s, e):
+    """Bounds of an optionally signed run of digits (the whole span), else (-1, -1)."""
+    p = s
+    if p < e and buf[p] == 45:
+        p += 1
+    if p >= e:
+        return -1, -1
+    for j in range(p, e):
+        if buf[j] < 48 or buf[j] > 57:
+            return -1, -1
+    return s, e
+
+
+@nb.njit(cache=True, nogil=True)
+def _member_len(buf, s, e, k, mode):
+    """Bytes the member value takes in the output (-1: left out)."""
+    if k == ABSENT:
+        return -1
+    if mode == 2:  # AS_INT: strings or numbers made of digits
+        if k == NULL or k == CONTAINER:
+            return -1
+        a, b = _int_text(buf, s, e)
+        return -1 if a < 0 else b - a
+    if mode == 1:  # AS_RAW
+        if k == NULL:
+            return 4
+        if k == STR or k == STR_ESC:
+            return e - s + 2
+        return e - s
+    if k == NULL:
+        return -1
+    if k == STR or k == STR_ESC or k == SCALAR:
+        return e - s + 2
+    n = 2  # a container's text as a string: escape its quotes and backslashes
+    for j in range(s, e):
+        c = buf[j]
+        if c == 34 or c == 92:
+            n += 2
+        elif c < 32:
+            n += 6
+        else:
+            n += 1
+    return n
+
+
+@nb.njit(cache=True, nogil=True)
+def _json_members(buf, vs, ve, kind, modes, keys, key_off):
+    nm, n = vs.shape
+    offsets = np.empty(n + 1, np.int64)
+    offsets[0] = 0
+    total = 0
+    for i in range(n):
+        size = 2
+        members = 0
+        for m in range(nm):
+            ln = _member_len(buf, vs[m, i], ve[m, i], kind[m, i], modes[m])
+            if ln < 0:
+                continue
+            size += (1 if members else 0) + key_off[m + 1] - key_off[m] + ln
+            members += 1
+        total += size
+        offsets[i + 1] = total
+    out = np.empty(total, np.uint8)
+    hexd = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
+    for i in range(n):
+        o = offsets[i]
+        out[o] = 123
+        o += 1
+        members = 0
+        for m in range(nm):
+            s = vs[m, i]
+            e = ve[m, i]
+            k = kind[m, i]
+            mode = modes[m]
+            if _member_len(buf, s, e, k, mode) < 0:
+                continue
+            if members:
+                out[o] = 44
+                o += 1
+            members += 1
+            for j in range(key_off[m], key_off[m + 1]):
+                out[o] = keys[j]
+                o += 1
+            if mode == 1 and k == NULL:
+                out[o] = 110
+                out[o + 1] = 117
+                out[o + 2] = 108
+                out[o + 3] = 108
+                o += 4
+                continue
+            quoted = (k == STR or k == STR_ESC) or (mode == 0 and k == SCALAR)
+            if mode == 0 and k == CONTAINER:
+                out[o] = 34
+                o += 1
+                for j in range(s, e):
+                    c = buf[j]
+                    if c == 34 or c == 92:
+                        out[o] = 92
+                        out[o + 1] = c
+                        o += 2
+                    elif c < 32:
+                        out[o] = 92
+                        out[o + 1] = 117
+                        out[o + 2] = 48
+                        out[o + 3] = 48
+                        out[o + 4] = hexd[c >> 4]
+                        out[o + 5] = hexd[c & 15]
+                        o += 6
+                    else:
+                        out[o] = c
+                        o += 1
+                out[o] = 34
+                o += 1
+                continue
+            if mode == 2:
+                quoted = False
+            if quoted:
+                out[o] = 34
+                o += 1
+            for j in range(s, e):
+                out[o] = buf[j]
+                o += 1
+            if quoted:
+                out[o] = 34
+                o += 1
+        out[o] = 125
+    return offsets, out
+
+
+def json_members(buf: np.ndarray, members: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]) -> pa.Array:
+    """One JSON object per document with the members `key → (starts, ends, kinds, mode)`:
+    AS_STRING gives the value as a JSON string (what json_extract_string then a JSON string
+    encoder would give: strings copied as written, numbers/booleans quoted), AS_RAW gives the
+    JSON value as written (null included), AS_INT an integer (left out unless digits).
+    Absent values (and nulls, but for AS_RAW) are left out."""
+    names = list(members)
+    key_bytes = [f'"{k}":'.encode() for k in names]
+    keys = np.frombuffer(b"".join(key_bytes), np.uint8)
+    key_off = np.zeros(len(names) + 1, np.int64)
+    key_off[1:] = np.cumsum([len(k) for k in key_bytes])
+    vs = np.stack([np.asarray(members[k][0], np.int64) for k in names])
+    ve = np.stack([np.asarray(members[k][1], np.int64) for k in names])
+    kind = np.stack([np.asarray(members[k][2], np.int8) for k in names])
+    modes = np.array([members[k][3] for k in names], np.int64)
+    offsets, data = _json_members(buf, vs, ve, kind, modes, keys, key_off)
+    arr = pa.Array.from_buffers(pa.large_string(), vs.shape[1],
+                                [None, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=0)
+    return arr.cast(pa.string())
+
+
+@nb.njit(cache=True, nogil=True)
+def parse_timestamps(buf, starts, ends, kinds):
+    """ns since the epoch of "YYYY-MM-DD[ T]HH:MM:SS[.f{1,9}][Z|±HH[:]MM]" string values;
+    valid flag per value. Dates are checked (month lengths, leap years)."""
+    n = len(starts)
+    out = np.zeros(n, np.int64)
+    ok = np.zeros(n, np.bool_)
+    dim = np.array([31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
+    for i in range(n):
+        if kinds[i] != STR:
+            continue
+        p = starts[i]
+        e = ends[i]
+        if e - p < 19 or buf[p + 4] != 45 or buf[p + 7] != 45 or not (buf[p + 10] == 32 or buf[p + 10] == 84) \
+                or buf[p + 13] != 58 or buf[p + 16] != 58:
+            continue
+        y = _digits(buf, p, 4)
+        mo = _digits(buf, p + 5, 2)
+        d = _digits(buf, p + 8, 2)
+        hh = _digits(buf, p + 11, 2)
+        mi = _digits(buf, p + 14, 2)
+        ss = _digits(buf, p + 17, 2)
+        if y < 0 or mo < 1 or mo > 12 or d < 1 or d > dim[mo - 1] or hh < 0 or hh > 23 or mi < 0 \
+                or mi > 59 or ss < 0 or ss > 59:
+            continue
+        if mo == 2 and d == 29 and not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)):
+            continue
+        q = p + 19
+        frac = 0
+        if q < e and buf[q] == 46:
+            q += 1
+            nd = 0
+            while q < e and 48 <= buf[q] <= 57:
+                if nd < 9:
+                    frac = frac * 10 + (buf[q] - 48)
+                nd += 1
+                q += 1
+            if nd == 0 or nd > 9:
+                continue
+            while nd < 9:
+                frac *= 10
+                nd += 1
+        off = 0
+        if q < e:
+            c = buf[q]
+            if c == 90 and q + 1 == e:
+                q += 1
+            elif (c == 43 or c == 45) and (e - q == 6 or e - q == 5):
+                oh = _digits(buf, q + 1, 2)
+                om = _digits(buf, e - 2, 2)
+                if oh < 0 or om < 0 or (e - q == 6 and buf[q + 3] != 58) or oh > 23 or om > 59:
+                    continue
+                off = (oh * 60 + om) * 60
+                if c == 45:
+                    off = -off
+                q = e
+            else:
+                continue
+        days = _days_from_civil(y, mo, d)
+        out[i] = (((days * 24 + hh) * 60 + mi) * 60 + ss - off) * 1_000_000_000 + frac
+        ok[i] = True
+    return out, ok
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _digits(buf, s, n):
+    v = 0
+    for j in range(s, s + n):
+        c = buf[j]
+        if c < 48 or c > 57:
+            return -1
+        v = v * 10 + (c - 48)
+    return v
+
+
+@nb.njit(cache=True, nogil=True)
+def _days_from_civil(y, m, d):
+    y -= 1 if m <= 2 else 0
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+@nb.njit(cache=True, nogil=True)
+def parse_epoch_seconds(buf, starts, ends, kinds):
+    """ns of "D+[.D+]" values (epoch seconds as text: no precision lost through a double);
+    valid flag per value."""
+    n = len(starts)
+    out = np.zeros(n, np.int64)
+    ok = np.zeros(n, np.bool_)
+    for i in range(n):
+        k = kinds[i]
+        if k != SCALAR and k != STR:
+            continue
+        p = starts[i]
+        e = ends[i]
+        whole = 0
+        q = p
+        while q < e and 48 <= buf[q] <= 57 and q - p < 12:
+            whole = whole * 10 + (buf[q] - 48)
+            q += 1
+        if q == p:
+            continue
+        frac = 0
+        if q < e and buf[q] == 46:
+            q += 1
+            nd = 0
+            while q < e and 48 <= buf[q] <= 57:
+                if nd < 9:
+                    frac = frac * 10 + (buf[q] - 48)
+                nd += 1
+                q += 1
+            if nd == 0:
+                continue
+            if nd < 9:
+                for _ in range(9 - nd):
+                    frac *= 10
+        if q != e:
+            continue
+        out[i] = whole * 1_000_000_000 + frac
+        ok[i] = True
+    return out, ok
+
+
+@nb.njit(cache=True, nogil=True)
+def parse_ints(buf, starts, ends, kinds):
+    """Integer values (numbers or strings of digits, optionally signed); valid flag."""
+    n = len(starts)
+    out = np.zeros(n, np.int64)
+    ok = np.zeros(n, np.bool_)
+    for i in range(n):
+        k = kinds[i]
+        if k != SCALAR and k != STR:
+            continue
+        a, b = _int_text(buf, starts[i], ends[i])
+        if a < 0 or b - a > 18:
+            continue
+        neg = buf[a] == 45
+        v = 0
+        for j in range(a + 1 if neg else a, b):
+            v = v * 10 + (buf[j] - 48)
+        out[i] = -v if neg else v
+        ok[i] = True
+    return out, ok
+
+
+@nb.njit(cache=True, nogil=True)
+def has_prefix(buf, starts, ends, prefix):
+    """Per span: does buf[start:end] start with `prefix`?"""
+    n = len(starts)
+    out = np.zeros(n, np.bool_)
+    m = len(prefix)
+    for i in range(n):
+        s = starts[i]
+        if s < 0 or ends[i] - s < m:
+            continue
+        same = True
+        for j in range(m):
+            if buf[s + j] != prefix[j]:
+                same = False
+                break
+        out[i] = same
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def trim_spans(buf, starts, ends):
+    """The spans without leading/trailing JSON whitespace (start -1 stays -1)."""
+    n = len(starts)
+    s2 = starts.copy()
+    e2 = ends.copy()
+    for i in range(n):
+        s = starts[i]
+        if s < 0:
+            continue
+        e = ends[i]
+        while s < e and (buf[s] == 32 or buf[s] == 9 or buf[s] == 13 or buf[s] == 10):
+            s += 1
+        while e > s and (buf[e - 1] == 32 or buf[e - 1] == 9 or buf[e - 1] == 13 or buf[e - 1] == 10):
+            e -= 1
+        s2[i] = s
+        e2[i] = e
+    return s2, e2
+
+
+@nb.njit(cache=True, nogil=True)
+def instance_prefix(buf, starts, ends, kinds):
+    """Span of the uuid in a message starting with oslo's "[instance: <36 hex/dash>]"."""
+    n = len(starts)
+    os_ = np.full(n, -1, np.int64)
+    oe = np.full(n, -1, np.int64)
+    k = np.zeros(n, np.int8)
+    pre = np.array([91, 105, 110, 115, 116, 97, 110, 99, 101, 58, 32], np.uint8)  # "[instance: "
+    for i in range(n):
+        if kinds[i] != STR and kinds[i] != STR_ESC:
+            continue
+        s = starts[i]
+        if ends[i] - s < 48 or buf[s + 47] != 93:
+            continue
+        ok = True
+        for j in range(11):
+            if buf[s + j] != pre[j]:
+                ok = False
+                break
+        if not ok:
+            continue
+        for j in range(s + 11, s + 47):
+            c = buf[j]
+            if not (48 <= c <= 57 or 97 <= c <= 102 or 65 <= c <= 70 or c == 45):
+                ok = False
+                break
+        if ok:
+            os_[i] = s + 11
+            oe[i] = s + 47
+            k[i] = STR
+    return os_, oe, k
+
+
+def line_blocks(f, chunk_bytes: int):  # noqa: ANN201
+    """(bytes of whole lines, number of its first line) read from binary file `f` in blocks
+    of about `chunk_bytes`: bounded memory whatever the file size."""
+    carry = b""
+    first_line = 1
+    while True:
+        block = f.read(chunk_bytes)
+        if not block:
+            if carry:
+                yield carry, first_line
+            return
+        data = carry + block
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            carry = data
+            continue
+        part, carry = data[:cut], data[cut:]
+        yield part, first_line
+        first_line += part.count(b"\n")
