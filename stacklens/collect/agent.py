@@ -179,7 +179,10 @@ class Agent:
                     if w.proc is None or w.state != "running" or w.proc.poll() is None:
                         continue
                     w.exit_code = w.proc.returncode
-                    if w.exit_code == 0 and (w.name in ONE_SHOT or not w.wanted):
+                    if not w.wanted:  # stopped on request: whoever sees the exit first says so
+                        w.state = "stopped"
+                        continue
+                    if w.exit_code == 0 and w.name in ONE_SHOT:
                         w.state = "finished"
                         continue
                     w.crashes += 1
