@@ -93,21 +93,54 @@ def string_column(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.A
     return arr.cast(pa.string())
 
 
+_HEX = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
+# JSON's two-character escapes, indexed by the byte: 0 where the byte needs \u00XX
+_SHORT = np.zeros(128, np.uint8)
+for _c, _e in ((8, 98), (9, 116), (10, 110), (12, 102), (13, 114), (34, 34), (92, 92)):
+    _SHORT[_c] = _e
+
+
 @nb.njit(cache=True, nogil=True)
-def _escaped_len(buf: np.ndarray, s: int, e: int) -> int:
+def json_string_len(src: np.ndarray, s: int, e: int) -> int:
+    """Length of src[s:e] once escaped as JSON string content (without the quotes)."""
     n = 0
     for j in range(s, e):
-        c = buf[j]
+        c = src[j]
         if c == 34 or c == 92:
             n += 2
         elif c < 32:
-            if c == 10 or c == 13 or c == 9:
-                n += 2
-            else:
-                n += 6
+            n += 2 if _SHORT[c] else 6
         else:
             n += 1
     return n
+
+
+@nb.njit(cache=True, nogil=True)
+def put_json_string(src: np.ndarray, s: int, e: int, out: np.ndarray, o: int) -> int:
+    """Write src[s:e] escaped as JSON string content at out[o:]; returns the new offset.
+    UTF-8 bytes are copied as they are (the input is valid UTF-8)."""
+    for j in range(s, e):
+        c = src[j]
+        if c == 34 or c == 92:
+            out[o] = 92
+            out[o + 1] = c
+            o += 2
+        elif c < 32:
+            out[o] = 92
+            if _SHORT[c]:
+                out[o + 1] = _SHORT[c]
+                o += 2
+            else:
+                out[o + 1] = 117  # \u00XX
+                out[o + 2] = 48
+                out[o + 3] = 48
+                out[o + 4] = _HEX[c >> 4]
+                out[o + 5] = _HEX[c & 15]
+                o += 6
+        else:
+            out[o] = c
+            o += 1
+    return o
 
 
 @nb.njit(cache=True, nogil=True)
@@ -127,11 +160,10 @@ def _json_rows(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, keys: np.n
             if members:
                 size += 1
             members += 1
-            size += key_off[k + 1] - key_off[k] + 2 + _escaped_len(buf, s, ends[k, i])
+            size += key_off[k + 1] - key_off[k] + 2 + json_string_len(buf, s, ends[k, i])
         total += size
         offsets[i + 1] = total
     out = np.empty(total, np.uint8)
-    hexd = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
     for i in range(n):
         o = offsets[i]
         out[o] = 123  # {
@@ -150,33 +182,7 @@ def _json_rows(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, keys: np.n
                 o += 1
             out[o] = 34
             o += 1
-            for j in range(s, ends[k, i]):
-                c = buf[j]
-                if c == 34 or c == 92:
-                    out[o] = 92
-                    out[o + 1] = c
-                    o += 2
-                elif c < 32:
-                    out[o] = 92
-                    if c == 10:
-                        out[o + 1] = 110
-                        o += 2
-                    elif c == 13:
-                        out[o + 1] = 114
-                        o += 2
-                    elif c == 9:
-                        out[o + 1] = 116
-                        o += 2
-                    else:
-                        out[o + 1] = 117  # \u00XX
-                        out[o + 2] = 48
-                        out[o + 3] = 48
-                        out[o + 4] = hexd[c >> 4]
-                        out[o + 5] = hexd[c & 15]
-                        o += 6
-                else:
-                    out[o] = c
-                    o += 1
+            o = put_json_string(buf, s, ends[k, i], out, o)
             out[o] = 34
             o += 1
         out[o] = 125  # }

@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stacklens.sources.textscan import put_json_string
+
 from .decode import CompiledStream, Node, _strings
 from .tsdl import strip_underscore
 
@@ -203,7 +205,6 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
     out = np.empty(max(1024, n * 96), np.uint8)
     o = 0
     stack = np.empty(3 * 64, np.int64)
-    hexd = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
     for e in range(n):
         pc = entry[ev_class[e]]
         if pc < 0:
@@ -259,39 +260,7 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
                 out = _grow(out, o, 6 * m + 2)
                 out[o] = 34
                 o += 1
-                for j in range(s, s + m):
-                    c = data[j]
-                    if c == 34 or c == 92:
-                        out[o] = 92
-                        out[o + 1] = c
-                        o += 2
-                    elif c < 32:
-                        out[o] = 92
-                        if c == 10:
-                            out[o + 1] = 110
-                            o += 2
-                        elif c == 13:
-                            out[o + 1] = 114
-                            o += 2
-                        elif c == 9:
-                            out[o + 1] = 116
-                            o += 2
-                        elif c == 8:
-                            out[o + 1] = 98
-                            o += 2
-                        elif c == 12:
-                            out[o + 1] = 102
-                            o += 2
-                        else:
-                            out[o + 1] = 117  # \u00XX
-                            out[o + 2] = 48
-                            out[o + 3] = 48
-                            out[o + 4] = hexd[c >> 4]
-                            out[o + 5] = hexd[c & 15]
-                            o += 6
-                    else:
-                        out[o] = c
-                        o += 1
+                o = put_json_string(data, s, s + m, out, o)
                 out[o] = 34
                 o += 1
                 pc += 1
