@@ -78,7 +78,7 @@ def sql(query: str = typer.Argument(..., help="DuckDB SQL; tables: events, lost,
 @app.command()
 def demo(out: Path = typer.Option(Path("out/demo-store"), help="Store to (re)create."),
          data: Optional[Path] = typer.Option(None, help="The shared data directory.")) -> None:
-    """Ingest the real traces and logs of the shared data set, then show `info`."""
+    """Run the migration lab (normal + stressed), ingest it and report; --data DIR: ingest the shared data set instead."""
     from stacklens.views.demo import run_demo
     raise typer.Exit(run_demo(out, data))
 
@@ -96,6 +96,7 @@ COMMAND_MODULES: list[str] = [
     "stacklens.views.explain",
     "stacklens.views.diagnose",
     "stacklens.views.export",
+    "stacklens.views.web.cli",
 ]
 
 
