@@ -876,3 +876,48 @@ def line_blocks(f, chunk_bytes: int):  # noqa: ANN201
         part, carry = data[:cut], data[cut:]
         yield part, first_line
         first_line += part.count(b"\n")
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_documents(buf, starts, ends, valid, env_s, env_e, env_kind):
+    """The documents of valid lines packed end to end: a line's own text, or for an envelope
+    (env_kind a string) its decoded inner document. Returns (data, offsets[n + 1]); an invalid
+    line is empty."""
+    n = len(starts)
+    total = 0
+    for i in range(n):
+        if not valid[i]:
+            continue
+        if env_kind[i] == STR or env_kind[i] == STR_ESC:
+            total += env_e[i] - env_s[i]
+        else:
+            total += ends[i] - starts[i]
+    out = np.empty(total, np.uint8)
+    offsets = np.empty(n + 1, np.int64)
+    o = 0
+    for i in range(n):
+        offsets[i] = o
+        if not valid[i]:
+            continue
+        k = env_kind[i]
+        if k == STR_ESC:
+            o = _unescape_into(buf, env_s[i], env_e[i], out, o)
+        else:
+            s, e = (env_s[i], env_e[i]) if k == STR else (starts[i], ends[i])
+            out[o:o + e - s] = buf[s:e]
+            o += e - s
+    offsets[n] = o
+    return out[:o], offsets
+
+
+def utf8_or_replaced(data: bytes) -> tuple[bytes, bool]:
+    """`data` and True if it is valid UTF-8 (checked by Arrow's vectorised validator, no
+    Python string made), else the text with invalid bytes replaced as
+    bytes.decode("utf-8", "replace") does, and False."""
+    off = np.array([0, len(data)], np.int64)
+    whole = pa.Array.from_buffers(pa.large_string(), 1, [None, pa.py_buffer(off), pa.py_buffer(data)])
+    try:
+        whole.validate(full=True)
+        return data, True
+    except pa.ArrowInvalid:
+        return data.decode("utf-8", "replace").encode("utf-8"), False

@@ -29,8 +29,8 @@ from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
     ABSENT, NULL, STR, STR_ESC, PathTrie, coalesce, has_prefix, line_blocks, parse_timestamps, text_column,
-    trim_spans, unescape_spans)
-from stacklens.sources.textscan import find_byte, line_bounds, string_column
+    trim_spans, gather_documents, utf8_or_replaced)
+from stacklens.sources.textscan import find_byte, line_bounds
 
 # What a notification line looks like in its first bytes (bare or wrapped).
 _LINE_HINT = re.compile(rb'^\s*\{.*"(?:event_type|oslo\.message)"\s*:', re.S)
@@ -112,19 +112,21 @@ class NotificationReader(Reader):
         starts, ends = trim_spans(buf, starts, ends)
         valid, vs, ve, kind = TRIE.scan(buf, starts, ends)
         valid &= has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
-        doc_s, doc_e = starts.copy(), ends.copy()
-        big = buf
-        env = np.flatnonzero(valid & ((kind[ENVELOPE] == STR) | (kind[ENVELOPE] == STR_ESC)))
+        # Every document packed end to end (`fields` is this buffer as it stands): a bare line
+        # as written, an envelope's inner document decoded, then scanned in turn.
+        env_kind = np.where(valid, kind[ENVELOPE], ABSENT).astype(np.int8)
+        docs, doc_off = gather_documents(buf, starts, ends, valid, vs[ENVELOPE], ve[ENVELOPE], env_kind)
+        is_env = (env_kind == STR) | (env_kind == STR_ESC)
+        shift = doc_off[:-1] - starts  # bare lines' spans move by their document's offset
+        moved = (vs >= 0) & ~is_env
+        vs = np.where(moved, vs + shift, vs)
+        ve = np.where(moved, ve + shift, ve)
+        env = np.flatnonzero(is_env)
         if len(env):
-            # The envelope's inner document, decoded into a side buffer, is scanned in turn.
-            inner, in_s, in_e = unescape_spans(buf, vs[ENVELOPE, env], ve[ENVELOPE, env], kind[ENVELOPE, env])
-            big = np.concatenate([buf, inner])
-            in_s += len(buf)
-            in_e += len(buf)
-            v2, vs2, ve2, k2 = TRIE.scan(big, in_s, in_e)
+            v2, vs2, ve2, k2 = TRIE.scan(docs, doc_off[env], doc_off[env + 1])
             valid[env] = v2
             vs[:, env], ve[:, env], kind[:, env] = vs2, ve2, k2
-            doc_s[env], doc_e[env] = in_s, in_e
+        big = docs
         has_type = (kind[EVENT_TYPE] != ABSENT) & (kind[EVENT_TYPE] != NULL)
         keep = valid & has_type
         blank = starts == ends
@@ -170,7 +172,7 @@ class NotificationReader(Reader):
             "procname": text_column(big, vs[PUBLISHER], pub_e, kind[PUBLISHER]),
             "request_id": text_column(big, *coalesce(vs, ve, kind, REQUEST_SLOTS)),
             "instance": text_column(big, *instance),
-            "fields": string_column(big, doc_s[rows], doc_e[rows]),
+            "fields": _documents_column(docs, doc_off, rows),
         })
         self.report.rows += table.num_rows
         return table
@@ -206,15 +208,21 @@ class NotificationReader(Reader):
             yield table
 
 
+def _documents_column(docs: np.ndarray, doc_off: np.ndarray, rows: np.ndarray) -> pa.Array:
+    n = len(doc_off) - 1
+    whole = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(doc_off), pa.py_buffer(docs)],
+                                  null_count=0)
+    if len(rows) < n:
+        whole = whole.take(pa.array(rows))
+    return whole.cast(pa.string())
+
+
 def _valid_utf8(data: bytes, report) -> bytes:
     """`data`, with invalid UTF-8 replaced (and noted) as bytes.decode("replace") would."""
-    try:
-        data.decode("utf-8")
-        return data
-    except UnicodeDecodeError:
-        if "invalid UTF-8 replaced" not in report.notes:
-            report.notes.append("invalid UTF-8 replaced")
-        return data.decode("utf-8", "replace").encode("utf-8")
+    data, ok = utf8_or_replaced(data)
+    if not ok and "invalid UTF-8 replaced" not in report.notes:
+        report.notes.append("invalid UTF-8 replaced")
+    return data
 
 
 def _is_json_object(line: bytes) -> bool:

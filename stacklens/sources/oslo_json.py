@@ -21,7 +21,7 @@ from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
     ABSENT, AS_INT, AS_RAW, AS_STRING, NULL, PathTrie, coalesce, has_prefix, instance_prefix, json_members,
-    line_blocks, parse_epoch_seconds, parse_ints, text_column, trim_spans)
+    line_blocks, parse_epoch_seconds, parse_ints, text_column, trim_spans, utf8_or_replaced)
 from stacklens.sources.textscan import line_bounds
 
 _HINT = re.compile(rb'^\s*\{.*"(?:levelname|funcname)"\s*:.*"created"\s*:', re.S)
@@ -79,12 +79,9 @@ class OsloJsonLogReader(Reader):
 
     def _block(self, data: bytes, first_line: int) -> pa.Table | None:
         """The records of whole lines `data` (line numbers from `first_line`)."""
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            if "invalid UTF-8 replaced" not in self.report.notes:
-                self.report.notes.append("invalid UTF-8 replaced")
-            data = data.decode("utf-8", "replace").encode("utf-8")
+        data, utf8 = utf8_or_replaced(data)
+        if not utf8 and "invalid UTF-8 replaced" not in self.report.notes:
+            self.report.notes.append("invalid UTF-8 replaced")
         buf = np.frombuffer(data, np.uint8)
         starts, ends = trim_spans(buf, *line_bounds(buf))
         valid, vs, ve, kind = TRIE.scan(buf, starts, ends)
