@@ -63,11 +63,20 @@ class PathTrie:
         self.ent_child = np.array(ent_child, np.int64)
         self.node_first = np.array(node_first, np.int64)
         self.node_count = np.array(node_count, np.int64)
+        # per node, bit L set if a key of L bytes (L < 64) exists: most keys are ruled out by length
+        self.node_lens = np.zeros(len(nodes), np.uint64)
+        for n, node in enumerate(nodes):
+            for key in node:
+                L = len(key.encode())
+                self.node_lens[n] |= np.uint64(1 << L) if L < 64 else np.uint64(0)
+        if any(len(k.encode()) >= 64 for node in nodes for k in node):
+            raise ValueError("keys of 64 bytes or more are not supported")
 
     def scan(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray):  # noqa: ANN201
         """(valid[n], vs[slots, n], ve[slots, n], kind[slots, n]) for documents buf[s:e]."""
         return scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
-                              self.ent_child, self.node_first, self.node_count, len(self.paths))
+                              self.ent_child, self.node_first, self.node_count, self.node_lens,
+                              len(self.paths))
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -173,7 +182,7 @@ def _literal_end(buf, p, e):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count,
+def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count, node_lens,
               vs, ve, kind, i, st_obj, st_node, st_slot, st_start):
     """Validate buf[s:e] as one JSON value, recording wanted slots; True if valid."""
     p = _ws(buf, s, e)
@@ -273,8 +282,8 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
         cur_slot = -1
         cur_node = -1
         node = st_node[depth - 1]
-        if node >= 0 and not esc:
-            klen = q - p - 1
+        klen = q - p - 1
+        if node >= 0 and not esc and klen < 64 and (node_lens[node] >> np.uint64(klen)) & np.uint64(1):
             f = node_first[node]
             for k in range(f, f + node_count[node]):
                 if key_e[k] - key_s[k] != klen:
@@ -298,7 +307,7 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
 
 @nb.njit(cache=True, nogil=True)
 def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, node_first,
-                   node_count, nslots):
+                   node_count, node_lens, nslots):
     n = len(starts)
     valid = np.zeros(n, np.bool_)
     vs = np.full((nslots, n), -1, np.int64)
@@ -313,7 +322,7 @@ def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, n
         if s < 0:
             continue
         ok = _scan_one(buf, s, ends[i], keys, key_s, key_e, ent_slot, ent_child, node_first,
-                       node_count, vs, ve, kind, i, st_obj, st_node, st_slot, st_start)
+                       node_count, node_lens, vs, ve, kind, i, st_obj, st_node, st_slot, st_start)
         valid[i] = ok
         if not ok:
             for k in range(nslots):
@@ -469,16 +478,18 @@ def text_column(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, kinds: np
     return arr.cast(pa.string())
 
 
-def coalesce(vs: np.ndarray, ve: np.ndarray, kind: np.ndarray, slots: list[int]):  # noqa: ANN201
-    """(start, end, kind) of the first slot with a non-null value, per document."""
+def coalesce(vs: np.ndarray, ve: np.ndarray, kind: np.ndarray, slots: list):  # noqa: ANN201
+    """(start, end, kind) of the first slot with a non-null value, per document; a slot is
+    a row number of vs/ve/kind or a (starts, ends, kinds) triple of its own."""
     s = np.full(vs.shape[1], -1, np.int64)
     e = np.full(vs.shape[1], -1, np.int64)
     k = np.zeros(vs.shape[1], np.int8)
     for slot in reversed(slots):
-        has = (kind[slot] != ABSENT) & (kind[slot] != NULL)
-        s = np.where(has, vs[slot], s)
-        e = np.where(has, ve[slot], e)
-        k = np.where(has, kind[slot], k)
+        ss, se, sk = slot if isinstance(slot, tuple) else (vs[slot], ve[slot], kind[slot])
+        has = (sk != ABSENT) & (sk != NULL)
+        s = np.where(has, ss, s)
+        e = np.where(has, se, e)
+        k = np.where(has, sk, k)
     return s, e, k
 
 
@@ -858,24 +869,26 @@ def instance_prefix(buf, starts, ends, kinds):
 
 
 def line_blocks(f, chunk_bytes: int):  # noqa: ANN201
-    """(bytes of whole lines, number of its first line) read from binary file `f` in blocks
-    of about `chunk_bytes`: bounded memory whatever the file size."""
-    carry = b""
-    first_line = 1
+    """Blocks of whole lines (memoryviews, not copies) read from binary file `f` in reads of
+    about `chunk_bytes`: bounded memory whatever the file size. The cut line's bytes are read
+    again with the next block (seek back) rather than carried and concatenated."""
     while True:
         block = f.read(chunk_bytes)
         if not block:
-            if carry:
-                yield carry, first_line
             return
-        data = carry + block
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            carry = data
-            continue
-        part, carry = data[:cut], data[cut:]
-        yield part, first_line
-        first_line += part.count(b"\n")
+        if len(block) < chunk_bytes:  # a short read of a regular file: its end
+            yield memoryview(block)
+            return
+        cut = block.rfind(b"\n") + 1
+        while cut == 0:  # a line longer than the block: read on until it ends
+            more = f.read(chunk_bytes)
+            if not more:
+                yield memoryview(block)
+                return
+            block += more
+            cut = block.rfind(b"\n") + 1
+        f.seek(cut - len(block), 1)
+        yield memoryview(block)[:cut]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -920,4 +933,4 @@ def utf8_or_replaced(data: bytes) -> tuple[bytes, bool]:
         whole.validate(full=True)
         return data, True
     except pa.ArrowInvalid:
-        return data.decode("utf-8", "replace").encode("utf-8"), False
+        return bytes(data).decode("utf-8", "replace").encode("utf-8"), False

@@ -92,8 +92,10 @@ class NotificationReader(Reader):
                     one_per_line = _is_json_object(f.readline().strip())
                     f.seek(0)
                 if one_per_line:
-                    for part, first_line in line_blocks(f, CHUNK_BYTES):
-                        table = self._block(part, first_line)
+                    first_line = 1
+                    for part in line_blocks(f, CHUNK_BYTES):
+                        table, n_lines = self._block(part, first_line)
+                        first_line += n_lines
                         self.options.progress(len(part))
                         if table is not None:
                             yield table
@@ -104,8 +106,9 @@ class NotificationReader(Reader):
             except OSError as e:
                 raise SourceError(self.path, f"read error: {e.strerror}") from None
 
-    def _block(self, data: bytes, first_line: int, fallback_ts: int | None = None) -> pa.Table | None:
-        """The notifications of whole lines `data` (line numbers from `first_line`)."""
+    def _block(self, data: bytes, first_line: int, fallback_ts: int | None = None) -> tuple[pa.Table | None, int]:
+        """The notifications of whole lines `data` (line numbers from `first_line`), and the
+        number of lines."""
         data = _valid_utf8(data, self.report)
         buf = np.frombuffer(data, np.uint8)
         starts, ends = line_bounds(buf)
@@ -133,7 +136,7 @@ class NotificationReader(Reader):
         self._report_bad(np.flatnonzero(~keep & ~blank) + first_line)
         rows = np.flatnonzero(keep)
         if not len(rows):
-            return None
+            return None, len(starts)
         vs, ve, kind = vs[:, rows], ve[:, rows], kind[:, rows]
         ts = np.zeros(len(rows), np.int64)
         has_ts = np.zeros(len(rows), bool)
@@ -155,7 +158,7 @@ class NotificationReader(Reader):
                 rows, ts, pos = rows[sel], ts[sel], pos[sel]
                 vs, ve, kind = vs[:, sel], ve[:, sel], kind[:, sel]
                 if not len(rows):
-                    return None
+                    return None, len(starts)
         # procname: the publisher up to its first ':' ("nova-compute:host2" → "nova-compute")
         pub_e = np.where(kind[PUBLISHER] != ABSENT, find_byte(big, vs[PUBLISHER], ve[PUBLISHER], 58), -1)
         is_instance_event = has_prefix(big, vs[EVENT_TYPE], ve[EVENT_TYPE], _INSTANCE_PREFIX)
@@ -175,7 +178,7 @@ class NotificationReader(Reader):
             "fields": _documents_column(docs, doc_off, rows),
         })
         self.report.rows += table.num_rows
-        return table
+        return table, len(starts)
 
     def _report_bad(self, positions: np.ndarray) -> None:
         for p in positions[:MAX_REPORTED]:
@@ -203,7 +206,7 @@ class NotificationReader(Reader):
             lines.append(json.dumps(d))
         if not lines:
             return
-        table = self._block("\n".join(lines).encode(), 1, fallback_ts=0)
+        table, _ = self._block("\n".join(lines).encode(), 1, fallback_ts=0)
         if table is not None:
             yield table
 

@@ -68,8 +68,10 @@ class OsloJsonLogReader(Reader):
             raise SourceError(self.path, f"cannot read: {e.strerror}") from None
         with f:
             try:
-                for part, first_line in line_blocks(f, CHUNK_BYTES):
-                    table = self._block(part, first_line)
+                first_line = 1
+                for part in line_blocks(f, CHUNK_BYTES):
+                    table, n_lines = self._block(part, first_line)
+                    first_line += n_lines
                     self.options.progress(len(part))
                     if table is not None:
                         self.report.rows += table.num_rows
@@ -77,8 +79,9 @@ class OsloJsonLogReader(Reader):
             except OSError as e:
                 raise SourceError(self.path, f"read error: {e.strerror}") from None
 
-    def _block(self, data: bytes, first_line: int) -> pa.Table | None:
-        """The records of whole lines `data` (line numbers from `first_line`)."""
+    def _block(self, data: bytes, first_line: int) -> tuple[pa.Table | None, int]:
+        """The records of whole lines `data` (line numbers from `first_line`), and the
+        number of lines."""
         data, utf8 = utf8_or_replaced(data)
         if not utf8 and "invalid UTF-8 replaced" not in self.report.notes:
             self.report.notes.append("invalid UTF-8 replaced")
@@ -96,13 +99,11 @@ class OsloJsonLogReader(Reader):
             self.report.skipped += len(bad) - MAX_REPORTED
         rows = np.flatnonzero(keep)
         if not len(rows):
-            return None
-        vs, ve, kind = vs[:, rows], ve[:, rows], kind[:, rows]
+            return None, len(starts)
+        if len(rows) < len(starts):
+            vs, ve, kind, created = vs[:, rows], ve[:, rows], kind[:, rows], created[rows]
         msg = _S["message"]
-        in_msg = instance_prefix(buf, vs[msg], ve[msg], kind[msg])  # "[instance: UUID] …"
-        vs, ve, kind = np.vstack([vs, in_msg[0][None]]), np.vstack([ve, in_msg[1][None]]), \
-            np.vstack([kind, in_msg[2][None]])
-        msg_instance = len(PATHS)
+        msg_instance = instance_prefix(buf, vs[msg], ve[msg], kind[msg])  # "[instance: UUID] …"
         pid, has_pid = parse_ints(buf, vs[_S["process"]], ve[_S["process"]], kind[_S["process"]])
         members = {}
         for key, slots, mode in FIELD_MEMBERS:
@@ -113,7 +114,7 @@ class OsloJsonLogReader(Reader):
                 members[key] = (*coalesce(vs, ve, kind, [_S[x] for x in slots]), mode)
         return pa.table({
             "pos": pa.array(rows + first_line, pa.int64()),
-            "ts": pa.array(created[rows], pa.int64()),
+            "ts": pa.array(created, pa.int64()),
             "name": text_column(buf, vs[name], ve[name], kind[name]),
             "pid": pa.array(pid, pa.int64(), mask=~has_pid),
             "request_id": text_column(buf, *coalesce(vs, ve, kind, [_S["context.request_id"],
@@ -121,4 +122,4 @@ class OsloJsonLogReader(Reader):
             "instance": text_column(buf, *coalesce(vs, ve, kind, [
                 _S["extra.instance_uuid"], _S["extra.instance.uuid"], msg_instance, _S["context.resource_uuid"]])),
             "fields": json_members(buf, members),
-        })
+        }), len(starts)
