@@ -118,7 +118,6 @@ def _queue_declared(broker: LocalRabbit) -> bool:
 def test_queue_is_bounded_and_leaves_ceilometer_queue_alone(rabbit, tmp_path):
     """The listener's queue has x-max-length; it never consumes from notifications.info."""
     import amqp
-    import kombu
     out = tmp_path / "segments"
     config = tmp_path / "listener.json"
     config.write_text(json.dumps({"url": rabbit.url, "out": str(out), "exchanges": ["nova"],
@@ -126,36 +125,48 @@ def test_queue_is_bounded_and_leaves_ceilometer_queue_alone(rabbit, tmp_path):
     listener = python("-m", "stacklens.collect.worker", "notifications", str(config),
                       stderr=open(tmp_path / "listener.err", "ab"))
     try:
-        wait_for(lambda: _queue_declared(rabbit), 30, "the listener's queue")
+        # its status file is written from the consuming loop, after the queue and all its
+        # bindings are declared (a queue alone, not yet bound, would route nothing)
+        wait_for(lambda: (out / ".status.json").exists(), 60, "the listener consuming")
     finally:
         stop(listener)
-    # Ceilometer's queue, bound like oslo binds it; then 80 messages while the listener is down
-    # publisher confirms: every message is routed before the queue lengths are read
-    with kombu.Connection(rabbit.url, transport_options={"confirm_publish": True}) as conn:
+    assert listener.returncode == 0
+    # Ceilometer's queue, bound like oslo binds it; then 80 messages while the listener is down.
+    # Publisher confirms: the broker confirms a message once every queue it routes to has it
+    # (and applied x-max-length), so the lengths read after the last confirm are final.
+    conn = amqp.Connection(f"127.0.0.1:{rabbit.port}", userid="guest", password="guest")
+    conn.connect()
+    try:
         ch = conn.channel()
-        ex = kombu.Exchange("nova", type="topic", durable=True)
-        ceilometer = kombu.Queue("notifications.info", exchange=ex, routing_key="notifications.info",
-                                 durable=True, channel=ch)
-        ceilometer.declare()
-        producer = kombu.Producer(ch, exchange=ex)
+        ch.exchange_declare("nova", "topic", durable=True, auto_delete=False)
+        ch.queue_declare("notifications.info", durable=True, auto_delete=False)
+        ch.queue_bind("notifications.info", exchange="nova", routing_key="notifications.info")
         for i in range(80):
-            producer.publish({"message_id": f"m{i}", "event_type": "x.y", "payload": {},
-                              "timestamp": "2024-01-01 00:00:00.000000", "publisher_id": "nova-api:h",
-                              "priority": "INFO"}, routing_key="notifications.info")
-        c = conn.connection
-        _, ours, _ = c.channel().queue_declare("stacklens.notifications", passive=True)
-        _, theirs, _ = c.channel().queue_declare("notifications.info", passive=True)
+            body = json.dumps({"message_id": f"m{i}", "event_type": "x.y", "payload": {},
+                               "timestamp": "2024-01-01 00:00:00.000000",
+                               "publisher_id": "nova-api:h", "priority": "INFO"})
+            # waits for the broker's basic.ack of this message (raises on a nack)
+            ch.basic_publish_confirm(amqp.Message(body, delivery_mode=2), exchange="nova",
+                                     routing_key="notifications.info", confirm_timeout=30)
+        _, ours, _ = ch.queue_declare("stacklens.notifications", passive=True)
+        _, theirs, _ = ch.queue_declare("notifications.info", passive=True)
+    finally:
+        conn.close()
     assert ours == 50       # bounded: the oldest dropped
     assert theirs == 80     # Ceilometer keeps every message
     # the listener drains its own queue (the newest 50) and leaves Ceilometer's untouched
     listener = python("-m", "stacklens.collect.worker", "notifications", str(config),
                       stderr=open(tmp_path / "listener.err", "ab"))
     try:
-        wait_for(lambda: _open_lines(out) >= 50, 30, "50 written")
+        wait_for(lambda: _open_lines(out) >= 50, 60, "50 written")
     finally:
         stop(listener)
     seqs = sorted(int(json.loads(l)["message_id"][1:]) for l in _segment_lines(out))
     assert seqs == list(range(30, 80))
-    with kombu.Connection(rabbit.url) as conn:
-        _, theirs, _ = conn.connection.channel().queue_declare("notifications.info", passive=True)
+    conn = amqp.Connection(f"127.0.0.1:{rabbit.port}", userid="guest", password="guest")
+    conn.connect()
+    try:
+        _, theirs, _ = conn.channel().queue_declare("notifications.info", passive=True)
+    finally:
+        conn.close()
     assert theirs == 80
