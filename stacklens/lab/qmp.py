@@ -60,11 +60,23 @@ class QmpClient:
     _pending: str | None = None
 
     def command(self, name: str, **arguments: Any) -> Any:
+        return self._request(name, arguments, None)
+
+    def command_with_fd(self, name: str, fd: int, **arguments: Any) -> Any:
+        """A command that takes a file descriptor (getfd, add-fd): the fd rides along with the
+        request as SCM_RIGHTS ancillary data."""
+        return self._request(name, arguments, fd)
+
+    def _request(self, name: str, arguments: dict[str, Any], fd: int | None) -> Any:
         req: dict[str, Any] = {"execute": name}
         if arguments:
             req["arguments"] = arguments
         self._pending = name
-        self.file.write(json.dumps(req).encode() + b"\n")
+        payload = json.dumps(req).encode() + b"\n"
+        if fd is None:
+            self.file.write(payload)
+        else:
+            socket.send_fds(self.sock, [payload], [fd])
         try:
             while True:
                 msg = self._read()

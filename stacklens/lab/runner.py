@@ -1,7 +1,8 @@
 """`stacklens lab run`: a real live migration between two TCG QEMU processes on 127.0.0.1.
 
 The source runs the lab guest (a multiboot ELF built here) that dirties memory at a chosen
-rate; the destination waits with `-incoming tcp:127.0.0.1:PORT`. The lab drives both over
+rate; the destination waits on a TCP connection on 127.0.0.1 (bounded buffers, handed to
+both QEMUs as file descriptors: see MIGRATION_SOCKET_BUFFER). The lab drives both over
 QMP (bandwidth cap, downtime limit, migrate, query-migrate every SAMPLE_S, migrate_cancel
 at the timeout = rollback), records every QMP message, lets QEMU write its trace events
 (log backend, -msg timestamp=on), emits the Nova control-plane steps as versioned
@@ -111,10 +112,28 @@ class LabResult:
     processes: list[dict] = field(default_factory=list)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Socket buffers of the migration connection. Left to autotuning, loopback TCP buffers grow
+# to megabytes: the source then finishes (and QEMU stops its downtime clock) while the
+# destination still has up to a rate-limit burst (max-bandwidth / 10) to drain, 0.2-5.5 ms
+# of guest-visible downtime QEMU's figure does not see (measured at load 4-7). Bounded
+# buffers keep the source at most this far ahead of what the destination has read.
+MIGRATION_SOCKET_BUFFER = 128 << 10
+
+
+def migration_channel(buffer: int = MIGRATION_SOCKET_BUFFER) -> tuple[socket.socket, socket.socket]:
+    """A TCP connection on 127.0.0.1 with bounded buffers: (source end, destination end).
+    QEMU gets the ends as file descriptors (`-incoming fd:N`, QMP getfd + `migrate fd:NAME`)."""
+    with socket.socket() as listener:
+        # set before listen/connect: the window scale is chosen at the handshake
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        out = socket.socket()
+        out.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+        out.connect(listener.getsockname())
+        incoming, _ = listener.accept()
+    incoming.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+    return out, incoming
 
 
 class QemuProcess:
@@ -122,7 +141,7 @@ class QemuProcess:
 
     def __init__(self, name: str, guest: Path, workdir: Path, trace_dir: Path | None, append: str,
                  memory_mb: int, instance: str, incoming: str | None = None,
-                 cpus: set[int] | None = None, nice: int = 0) -> None:
+                 cpus: set[int] | None = None, nice: int = 0, pass_fds: tuple[int, ...] = ()) -> None:
         self.name = name
         self.qmp_path = workdir / f"{name}.qmp.sock"
         cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mb), "-nodefaults",
@@ -143,7 +162,7 @@ class QemuProcess:
         if cpus:
             cmd = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *cmd]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr, start_new_session=True)
+                                     stderr=self.stderr, start_new_session=True, pass_fds=pass_fds)
         self.pid = self.proc.pid  # taskset and nice exec: the same pid becomes QEMU
         if nice and (Path("/proc") / str(self.pid) / "autogroup").exists():
             # With autogroups the scheduler shares a CPU between sessions first: the
@@ -206,9 +225,12 @@ def run_scenario(scenario: str | Scenario, out: Path, progress: Callable[[str], 
                                broker=broker_url() if broker == "auto" else broker)
         result.control_plane, result.control_queue = control.driver, control.queue
         kernel = _start_kernel_trace(result)  # before the QEMUs: their forks and names too
+        channels: list[socket.socket] = []
         try:
             append = f"rate={sc.rate} wss={sc.wss}"
-            port = free_port()
+            mig_out, mig_in = migration_channel()
+            channels += [mig_out, mig_in]
+            port = mig_in.getsockname()[1]
             src_cpus = dst_cpus = None
             if sc.pinned:
                 src_cpu, dst_cpu = host_cpus()
@@ -236,8 +258,10 @@ def run_scenario(scenario: str | Scenario, out: Path, progress: Callable[[str], 
             control.emit("instance.live_migration_pre.start", instance, request_id, DST_HOST)
             (work / "d").mkdir()
             dst = QemuProcess(vm, guest, work / "d", out / "dst", append, sc.memory_mb, instance,
-                              incoming=f"tcp:127.0.0.1:{port}", cpus=dst_cpus, nice=sc.nice)
+                              incoming=f"fd:{mig_in.fileno()}", cpus=dst_cpus, nice=sc.nice,
+                              pass_fds=(mig_in.fileno(),))
             procs.append([dst, None])
+            mig_in.close()  # the destination has its copy
             roles["destination"] = (dst, DST_HOST)
             dst_qmp = procs[-1][1] = QmpClient(dst.qmp_path, open(out / "dst" / f"qemu-{vm}.qmp.jsonl", "w"))
             dst_qmp.command("query-name")
@@ -250,7 +274,9 @@ def run_scenario(scenario: str | Scenario, out: Path, progress: Callable[[str], 
                                                         "downtime-limit": sc.downtime_limit_ms})
             say(f"{sc.name}: migrating {vm} to tcp:127.0.0.1:{port} "
                 f"(rate {sc.rate or 'max'} pages/s, cap {sc.bandwidth >> 20} MiB/s, timeout {sc.timeout_s:.0f} s)")
-            src_qmp.command("migrate", uri=f"tcp:127.0.0.1:{port}")
+            src_qmp.command_with_fd("getfd", mig_out.fileno(), fdname="migration")
+            mig_out.close()  # the source has its copy
+            src_qmp.command("migrate", uri="fd:migration")
             deadline = time.monotonic() + sc.timeout_s
             last: dict = {}
             while True:
@@ -293,6 +319,8 @@ def run_scenario(scenario: str | Scenario, out: Path, progress: Callable[[str], 
                 control.emit("instance.live_migration_post_dest.start", instance, request_id, DST_HOST)
                 control.emit("instance.live_migration_post_dest.end", instance, request_id, DST_HOST)
         finally:
+            for channel in channels:
+                channel.close()
             for p, q in reversed(procs):
                 p.stop(q)
                 if q is not None:
