@@ -81,6 +81,11 @@ class SegmentWriter:
         self._opened_at = time.monotonic()
         self._size = 0
 
+    @property
+    def is_open(self) -> bool:
+        """True while a segment is open (the next batch goes on in it)."""
+        return self._file is not None
+
     def write_batch(self, data: bytes) -> None:
         """Append whole lines (`data` ends with a newline) and make them durable."""
         if not data:

@@ -14,6 +14,7 @@ TRACERS: dict[str, str] = {
     "proc": "stacklens.collect.proc_sampler:main",
     "packages": "stacklens.collect.packages:main",
     "oslo_log": "stacklens.collect.oslo_log_tailer:main",
+    "qmp": "stacklens.collect.qmp_poller:main",
 }
 
 

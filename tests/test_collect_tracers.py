@@ -1,0 +1,127 @@
+"""The remaining tracers of the fixed registry, each against the real program.
+
+QMP poller: two real QEMUs migrate; the test drives the migration over its own monitor and
+takes QEMU's final query-migrate as the oracle for what the poller recorded on its monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+
+from stacklens.collect.segments import sealed_segments
+from stacklens.store import Store
+from stacklens.store.ingest import ingest
+from tests.collect_helpers import python, stop, wait_for
+from tests.conftest import need_program
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _qemu(workdir: Path, name: str, guest: Path, instance: str, sockets: list[Path],
+          incoming_fd: int | None = None) -> subprocess.Popen:
+    """A lab-guest QEMU with one QMP monitor per socket (the test's and the tracer's)."""
+    cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", "128", "-nodefaults", "-display", "none",
+           "-serial", "none", "-name", f"guest={name}", "-uuid", instance, "-kernel", str(guest),
+           "-append", "rate=2500 wss=4096"]
+    for s in sockets:
+        cmd += ["-qmp", f"unix:{s},server=on,wait=off"]
+    if incoming_fd is not None:
+        cmd += ["-incoming", f"fd:{incoming_fd}"]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(workdir / f"{name}-{len(sockets)}.stderr", "wb"),
+                            pass_fds=() if incoming_fd is None else (incoming_fd,))
+
+
+def _kill(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()  # by the pid we started
+        proc.wait(10)
+
+
+def test_qmp_poller_records_a_running_migration(tmp_path):
+    need_program("qemu-system-x86_64")
+    need_program("gcc")
+    from stacklens.lab.guest import build_guest
+    from stacklens.lab.qmp import QmpClient
+    from stacklens.lab.runner import migration_channel
+
+    guest = build_guest(tmp_path / "guest")
+    vm, instance = "instance-qmp-poller", str(uuidlib.uuid4())
+    src_drive, src_tracer, dst_drive = (tmp_path / "src-drive.sock", tmp_path / "src-tracer.sock",
+                                        tmp_path / "dst-drive.sock")
+    mig_out, mig_in = migration_channel()
+    src = dst = tracer = None
+    clients: list[QmpClient] = []
+    out = tmp_path / "segments"
+    try:
+        src = _qemu(tmp_path, vm, guest, instance, [src_drive, src_tracer])
+        config = tmp_path / "qmp.json"
+        config.write_text(json.dumps({"out": str(out), "vms": {vm: str(src_tracer)},
+                                      "interval_s": 0.2, "seal_after_s": 1.0}))
+        tracer = python("-m", "stacklens.collect.worker", "qmp", str(config),
+                        stderr=open(tmp_path / "tracer.err", "ab"))
+        status_file = out / ".status.json"
+        wait_for(lambda: status_file.exists() and json.loads(status_file.read_text())[vm]["polls"] >= 3,
+                 60, "the poller polling the idle VM")
+        dst = _qemu(tmp_path, vm, guest, instance, [dst_drive], incoming_fd=mig_in.fileno())
+        mig_in.close()
+        s = QmpClient(src_drive)
+        clients.append(s)
+        clients.append(QmpClient(dst_drive))
+        # 16 MiB/s: a few seconds of migration, many 0.2 s polls
+        s.command("migrate-set-parameters", **{"max-bandwidth": 16 << 20, "downtime-limit": 100})
+        s.command_with_fd("getfd", mig_out.fileno(), fdname="migration")
+        mig_out.close()
+        t_migrate = time.time_ns()
+        s.command("migrate", uri="fd:migration")
+        final = wait_for(lambda: _ended(s.command("query-migrate")), 90, "the migration to end",
+                         interval=0.2)
+        t_end = time.time_ns()
+        time.sleep(0.6)  # a few more polls after the end: none of them recorded
+        polls = json.loads(status_file.read_text())[vm]["polls"]
+    finally:
+        stop(tracer)
+        for c in clients:
+            c.close()
+        _kill(src)
+        _kill(dst)
+        mig_out.close()
+        mig_in.close()
+    assert tracer.returncode == 0, (tmp_path / "tracer.err").read_text()[-2000:]
+    assert final["status"] == "completed", final
+    assert not list(out.glob("*.open"))
+
+    store = Store(tmp_path / "store", create=True)
+    results = ingest(store, sealed_segments(out), host="node1")
+    assert {r.format for r in results} == {"qmp"}, [r.to_dict() for r in results]
+    assert sum(r.skipped for r in results) == 0
+    rows = store.connect().execute(
+        "SELECT ts, name, procname, instance, fields FROM events WHERE name = 'query-migrate' "
+        "ORDER BY ts").fetchall()
+    assert rows and {r[2] for r in rows} == {vm} and {r[3] for r in rows} == {instance}
+    replies = [json.loads(r[4]) for r in rows]
+    statuses = [m.get("status") for m in replies]
+    # only the migration: in progress samples, then the one completed reply (no idle polls)
+    assert statuses[-1] == "completed" and statuses.count("completed") == 1
+    assert set(statuses[:-1]) <= {"setup", "active", "device"}, statuses
+    assert statuses.count("active") >= 3, statuses
+    assert len(rows) < polls
+    assert all(t_migrate <= r[0] <= t_end + 1_000_000_000 for r in rows)
+    # QEMU's own final figures, read by the test on its monitor, are what the poller recorded
+    last = replies[-1]
+    for key in ("total-time", "downtime", "setup-time"):
+        assert last[key] == final[key], key
+    for key in ("transferred", "total", "duplicate", "normal", "dirty-sync-count"):
+        assert last["ram"][key] == final["ram"][key], key
+    moved = [m["ram"]["transferred"] for m in replies if m.get("status") == "active"]
+    assert moved == sorted(moved) and moved[-1] <= final["ram"]["transferred"]
+
+
+def _ended(info: dict) -> dict | None:
+    return info if info.get("status") in ("completed", "failed", "cancelled") else None
