@@ -186,7 +186,8 @@ def _attempt(host: str, vm: str, events: list[tuple[int, str, dict]],
                 a.downtime_ns = run - a.stop_copy_start
                 break
     # QEMU's own downtime interval: the source's run states around its clock reads.
-    stopping = next((ts for ts, n, f in events if n == "runstate_set" and f.get("new_state") == "finish-migrate"), None)
+    stopping = next((ts for ts, n, f in events
+                     if n == "runstate_set" and f.get("new_state") == "finish-migrate"), None)
     # (`postmigrate` comes just after `completed`, which closed this attempt's events)
     done = next((ts for ts, n, f in by_vm[(host, vm)] if n == "runstate_set"
                  and f.get("new_state") == "postmigrate" and stopping is not None and ts >= stopping), None)
