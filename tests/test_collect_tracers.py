@@ -125,3 +125,77 @@ def test_qmp_poller_records_a_running_migration(tmp_path):
 
 def _ended(info: dict) -> dict | None:
     return info if info.get("status") in ("completed", "failed", "cancelled") else None
+
+
+CHILD = """
+import sys, time
+for _ in range(40):
+    time.sleep(0.005)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_ftrace_tracer_records_a_process_switches(tmp_path):
+    """Oracle: the kernel's own count of the child's voluntary context switches
+    (/proc/PID/status, read while the child is blocked) = its sched_switch events that leave
+    it sleeping (prev_state not R), up to the moment of the read."""
+    import os
+    from stacklens.collect.ftrace import TRACEFS
+    if os.geteuid() != 0 or not TRACEFS.is_dir():
+        pytest.skip("needs root and tracefs")
+    out = tmp_path / "segments"
+    config = tmp_path / "ftrace.json"
+    config.write_text(json.dumps({"out": str(out), "interval_s": 0.2, "seal_after_s": 0.5,
+                                  "events": ["sched/sched_switch"], "instance": f"stacklens-test-{os.getpid()}"}))
+    tracer = python("-m", "stacklens.collect.worker", "ftrace", str(config), stderr=open(tmp_path / "tracer.err", "ab"))
+    child = None
+    try:
+        wait_for(lambda: (out / ".status.json").exists(), 60, "the ftrace tracer recording")
+        assert (TRACEFS / "instances" / f"stacklens-test-{os.getpid()}").is_dir()
+        t0 = time.time_ns()
+        child = subprocess.Popen([python_exe(), "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert child.stdout.readline() == b"ready\n"
+        # blocked on stdin: its last switch has happened, and it is counted
+        wait_for(lambda: _proc_state(child.pid) == "S", 10, "the child asleep on stdin")
+        voluntary = _proc_field(child.pid, "voluntary_ctxt_switches")
+        t_read = time.time_ns()
+        time.sleep(1.0)  # a few drain rounds and a seal
+    finally:
+        if child is not None:
+            child.kill()
+            child.wait(10)
+        stop(tracer)
+    assert tracer.returncode == 0, (tmp_path / "tracer.err").read_text()[-2000:]
+    assert not (TRACEFS / "instances" / f"stacklens-test-{os.getpid()}").exists()  # removed
+    segs = sealed_segments(out)
+    assert len(segs) >= 2 and not list(out.glob("*.open"))
+    store = Store(tmp_path / "store", create=True)
+    results = ingest(store, segs, host="node1")
+    assert {r.format for r in results} == {"ftrace"}, [r.to_dict() for r in results]
+    con = store.connect()
+    (sleeps,) = con.execute(
+        "SELECT count(*) FROM events WHERE name = 'sched_switch' "
+        "AND CAST(json_extract(fields, '$.prev_pid') AS BIGINT) = ? "
+        "AND json_extract_string(fields, '$.prev_state') NOT LIKE 'R%' AND ts <= ?",
+        [child.pid, t_read]).fetchall()[0]
+    assert voluntary >= 40 and sleeps == voluntary
+    # UTC timestamps (the segments' clock comments applied), within the recording
+    (t_min, t_max) = con.execute("SELECT min(ts), max(ts) FROM events").fetchall()[0]
+    assert t0 - 5_000_000_000 < t_min and t_max < time.time_ns()
+
+
+def python_exe() -> str:
+    import sys
+    return sys.executable
+
+
+def _proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _proc_field(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)

@@ -74,6 +74,10 @@ class FtraceRecorder:
         real = time.clock_gettime_ns(time.CLOCK_REALTIME)
         self.mark(f"stacklens_clock offset_ns={real - mono}")
 
+    def pause(self) -> None:
+        """Stop recording; the buffer keeps what it has (for a last read)."""
+        self._write("tracing_on", "0")
+
     def stop(self, out: Path) -> Path:
         """Stop recording and save the text of the buffer to `out`."""
         self._write("tracing_on", "0")

@@ -15,6 +15,7 @@ TRACERS: dict[str, str] = {
     "packages": "stacklens.collect.packages:main",
     "oslo_log": "stacklens.collect.oslo_log_tailer:main",
     "qmp": "stacklens.collect.qmp_poller:main",
+    "ftrace": "stacklens.collect.ftrace_tracer:main",
 }
 
 
