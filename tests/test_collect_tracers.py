@@ -199,3 +199,59 @@ def _proc_field(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)
+
+
+def test_ovs_sampler_follows_a_port_added_mid_run(tmp_path):
+    """A real ovs-vswitchd (the lab's private daemons); a port added while sampling. Oracles:
+    the test's own `ovs-appctl dpctl/show` (ports by number) and the time of the add."""
+    import os
+    import re
+    import uuid
+    for prog in ("ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovs-appctl"):
+        need_program(prog)
+    if os.geteuid() != 0:
+        pytest.skip("ovs-vswitchd's netdev ports need root")
+    from stacklens.lab.network import OvsDaemons
+    tag = uuid.uuid4().hex[:6]
+    bridge, late = f"slt{tag}", f"slt{tag}x"
+    rundir = tmp_path / "ovs"
+    rundir.mkdir()
+    out = tmp_path / "segments"
+    daemons = tracer = None
+    try:
+        daemons = OvsDaemons(rundir, rundir / "ovs-vswitchd.log")
+        daemons.vsctl("add-br", bridge, "--", "set", "Bridge", bridge, "datapath_type=netdev")
+        config = tmp_path / "ovs.json"
+        config.write_text(json.dumps({"out": str(out), "unixctl": str(daemons.ctl), "db": f"unix:{daemons.db_sock}",
+                                      "interval_s": 0.25, "interfaces_every_s": 0.5, "seal_after_s": 1.0}))
+        tracer = python("-m", "stacklens.collect.worker", "ovs", str(config), stderr=open(tmp_path / "tracer.err", "ab"))
+        status = out / ".status.json"
+        wait_for(lambda: status.exists() and json.loads(status.read_text())["samples"] >= 3, 60, "3 samples")
+        t_add = time.time_ns()
+        daemons.vsctl("add-port", bridge, late, "--", "set", "Interface", late, "type=internal",
+                      "external_ids:vm-id=vm-late")
+        wait_for(lambda: late in daemons.appctl("dpctl/show"), 30, "the port in the datapath")
+        n = json.loads(status.read_text())["samples"]
+        wait_for(lambda: json.loads(status.read_text())["samples"] >= n + 3, 30, "3 more samples")
+        stop(tracer)
+        truth = {int(num): name for num, name in re.findall(r"^\s+port (\d+): (\S+)", daemons.appctl("dpctl/show"), re.M)}
+    finally:
+        stop(tracer)
+        if daemons is not None:
+            daemons.stop()
+    assert tracer.returncode == 0, (tmp_path / "tracer.err").read_text()[-2000:]
+    assert json.loads(status.read_text())["failures"] == 0
+    assert late in truth.values() and bridge in truth.values()
+    store = Store(tmp_path / "store", create=True)
+    results = ingest(store, sealed_segments(out), host="node1")
+    assert {r.format for r in results} == {"ovs-appctl"}, [r.to_dict() for r in results]
+    con = store.connect()
+    rows = con.execute("SELECT ts, fields FROM events WHERE name = 'ovs_datapath' ORDER BY ts").fetchall()
+    ports = [(ts, {int(k): v for k, v in json.loads(f)["ports"].items()}) for ts, f in rows]
+    assert ports[-1][1] == truth
+    with_late = [ts for ts, p in ports if late in p.values()]
+    assert with_late and min(with_late) > t_add
+    assert any(ts < t_add for ts, p in ports if late not in p.values())
+    iface = con.execute("SELECT ts, fields FROM events WHERE name = 'ovs_interface'").fetchall()
+    late_rows = [(ts, json.loads(f)) for ts, f in iface if json.loads(f).get("name") == late]
+    assert late_rows and all(ts > t_add and f["external_ids"]["vm-id"] == "vm-late" for ts, f in late_rows)

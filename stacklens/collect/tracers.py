@@ -16,6 +16,7 @@ TRACERS: dict[str, str] = {
     "oslo_log": "stacklens.collect.oslo_log_tailer:main",
     "qmp": "stacklens.collect.qmp_poller:main",
     "ftrace": "stacklens.collect.ftrace_tracer:main",
+    "ovs": "stacklens.collect.ovs_sampler:main",
 }
 
 
