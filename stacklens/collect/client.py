@@ -8,7 +8,8 @@ Agents file (TOML):
 
 `pull` fetches each agent's sealed segments not fetched before into
 `<spool>/<name>/<tracer>/`, then ingests them with host = name (ingest is idempotent by
-content, so pulling twice adds nothing).
+content, so pulling twice adds nothing). LTTng chunk segments (`*.ctf.tar`) are unpacked
+beside them and ingested as trace directories.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def pull(agents: list[AgentRef], store_root: str, spool: Path | None = None) -> 
                 tmp.write_bytes(data)
                 tmp.replace(local)
                 fetched += 1
+            if local.name.endswith(CTF_CHUNK_SUFFIX):
+                local = _unpack_trace_chunk(local)
             paths.append(local)
         results = ingest(store, paths, host=a.name) if paths else []
         report["agents"][a.name] = {
@@ -116,6 +119,26 @@ def pull(agents: list[AgentRef], store_root: str, spool: Path | None = None) -> 
     from stacklens.diagnose.package_versions import version_findings
     report["findings"] = version_findings(store) if _has_events(store) else []
     return report
+
+
+CTF_CHUNK_SUFFIX = ".ctf.tar"  # the LTTng tracer's segments: one archived trace chunk each
+
+
+def _unpack_trace_chunk(tar_path: Path) -> Path:
+    """The trace directory of an LTTng chunk segment (unpacked once, beside it)."""
+    import shutil
+    import tarfile
+    dest = tar_path.with_name(tar_path.name[: -len(CTF_CHUNK_SUFFIX)])
+    if not dest.is_dir():
+        tmp = tar_path.with_name("." + dest.name + ".unpack")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with tarfile.open(tar_path) as tar:
+                tar.extractall(tmp, filter="data")  # no absolute paths, links out, devices
+        except (tarfile.TarError, OSError) as e:
+            raise StacklensError(f"{tar_path}: not a readable trace chunk: {e}") from None
+        tmp.replace(dest)
+    return dest
 
 
 def _has_events(store) -> bool:

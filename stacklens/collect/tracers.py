@@ -17,6 +17,7 @@ TRACERS: dict[str, str] = {
     "qmp": "stacklens.collect.qmp_poller:main",
     "ftrace": "stacklens.collect.ftrace_tracer:main",
     "ovs": "stacklens.collect.ovs_sampler:main",
+    "lttng": "stacklens.collect.lttng_tracer:main",
 }
 
 
