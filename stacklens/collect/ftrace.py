@@ -17,6 +17,9 @@ from stacklens.errors import StacklensError
 TRACEFS = Path("/sys/kernel/tracing")
 SCHED_EVENTS = ("sched/sched_switch", "sched/sched_wakeup", "sched/sched_wakeup_new",
                 "sched/sched_process_fork", "sched/sched_process_exec", "sched/sched_process_exit")
+# disk requests: queued to the I/O scheduler, handed to the driver, completed, put back
+BLOCK_EVENTS = ("block/block_rq_insert", "block/block_rq_issue", "block/block_rq_complete",
+                "block/block_rq_requeue")
 
 
 def mount_tracefs(root: Path = TRACEFS) -> Path:

@@ -333,34 +333,86 @@ class KernelModel:
             ORDER BY start""").to_arrow_table()
 
     def disk_requests(self) -> pa.Table:
-        """Block requests: dev, sector, nr_sector, rwbs, tid (who issued), insert, issue,
-        complete, queue_ns (insert → issue), service_ns (issue → complete). An issue pairs
-        with the next completion of the same (dev, sector); an insert with the next issue."""
+        """Disk requests, one per completion (block_rq_complete, what the kernel's own I/O
+        accounting counts): dev ("major:minor"), op (R read, W write, D discard, F flush,
+        N other), rwbs, sector, nr_sector, error, tid (the thread that inserted the request, else
+        the one that issued it), insert, issue, complete, queue_ns (insert → issue), service_ns
+        (issue → complete).
+
+        Matching: a completion carries the request's (dev, sector, nr_sector) as issued; flushes
+        carry no position (issued at 0, completed at (sector_t)-1) and are keyed by device alone.
+        Within a key, issues and completions pair first-in first-out; completions before the
+        key's first issue (requests in flight when the trace started, or never issued: the empty
+        pre-flush write a flush sequence completes) keep issue NULL. An issue undone by
+        block_rq_requeue is dropped (the request is issued again). An insert pairs with the
+        issue that follows it in its key."""
         self._need("threads")
         self._current_thread_of(
             "SELECT ts, cpu, tid, src, pos, name, fields FROM events WHERE host = ? "
-            "AND name IN ('block_rq_insert', 'block_rq_issue', 'block_rq_complete')", [self.host])
-        return self.con.sql("""
-            WITH b AS (
+            "AND name IN ('block_rq_insert', 'block_rq_issue', 'block_rq_complete', 'block_rq_requeue')",
+            [self.host])
+        return self.con.sql(f"""
+            WITH raw AS (
               SELECT ts, src, pos, name,
-                     CAST(fields->>'dev' AS VARCHAR) AS dev, TRY_CAST(fields->>'sector' AS UBIGINT) AS sector,
-                     TRY_CAST(fields->>'nr_sector' AS BIGINT) AS nr_sector,
+                     fields->>'dev' AS dev_raw, TRY_CAST(fields->>'dev' AS UBIGINT) AS dev_t,
                      CAST(fields->>'rwbs' AS VARCHAR) AS rwbs,
+                     TRY_CAST(fields->>'sector' AS UBIGINT) AS sector,
+                     TRY_CAST(fields->>'nr_sector' AS BIGINT) AS nr_sector,
+                     TRY_CAST(fields->>'error' AS BIGINT) AS error,
                      coalesce(TRY_CAST(fields->>'tid' AS BIGINT), cur_tid) AS tid
               FROM _with_tid
-            ), seq AS (
-              SELECT *, lead(name) OVER w AS next_name, lead(ts) OVER w AS next_ts,
-                        lag(name) OVER w AS prev_name, lag(ts) OVER w AS prev_ts, lag(tid) OVER w AS prev_tid
-              FROM b WINDOW w AS (PARTITION BY dev, sector ORDER BY ts, src, pos)
+            ), b AS (
+              SELECT *,
+                     -- "major:minor" from the kernel's dev_t (major << 20 | minor)
+                     CASE WHEN dev_t IS NULL THEN dev_raw
+                          ELSE CAST(dev_t >> 20 AS VARCHAR) || ':' || CAST(dev_t & 1048575 AS VARCHAR) END AS dev,
+                     -- the operation: LTTng's rwbs is a bit set (RWBS_FLAG_*), ftrace's the
+                     -- kernel's letters (an optional leading F = pre-flush, then the op)
+                     CASE WHEN regexp_full_match(rwbs, '[0-9]+') THEN
+                            CASE WHEN (CAST(rwbs AS BIGINT) & 1) <> 0 THEN 'W'
+                                 WHEN (CAST(rwbs AS BIGINT) & 2) <> 0 THEN 'D'
+                                 WHEN (CAST(rwbs AS BIGINT) & (4 | 8)) <> 0 THEN 'R'
+                                 WHEN (CAST(rwbs AS BIGINT) & 256) <> 0 THEN 'F' ELSE 'N' END
+                          ELSE coalesce(nullif(regexp_extract(rwbs, '^F?([WDRFNE])', 1), ''), 'N') END AS op
+              FROM raw
+            ), keyed AS (
+              SELECT *, CASE WHEN op = 'F' THEN NULL ELSE sector END AS k_sector,
+                        CASE WHEN op = 'F' THEN NULL ELSE nr_sector END AS k_nr
+              FROM b
+            ), flow AS (
+              SELECT *, lead(name) OVER w AS next_name,
+                        -- the insert right before an issue (completions ignored)
+                        lag(CASE WHEN name <> 'block_rq_complete' THEN name END IGNORE NULLS) OVER w AS prev_iname,
+                        lag(CASE WHEN name <> 'block_rq_complete' THEN ts END IGNORE NULLS) OVER w AS prev_its,
+                        lag(CASE WHEN name <> 'block_rq_complete' THEN tid END IGNORE NULLS) OVER w AS prev_itid
+              FROM keyed WINDOW w AS (PARTITION BY dev, op, k_sector, k_nr ORDER BY ts, src, pos)
+            ), issues AS (
+              SELECT dev, op, k_sector, k_nr, ts AS issue, tid AS issue_tid,
+                     CASE WHEN prev_iname = 'block_rq_insert' THEN prev_its END AS insert,
+                     CASE WHEN prev_iname = 'block_rq_insert' THEN prev_itid END AS insert_tid,
+                     row_number() OVER (PARTITION BY dev, op, k_sector, k_nr ORDER BY ts, src, pos) AS k
+              FROM flow WHERE name = 'block_rq_issue' AND next_name IS DISTINCT FROM 'block_rq_requeue'
+            ), first_issue AS (
+              SELECT dev, op, k_sector, k_nr, min(issue) AS first FROM issues GROUP BY ALL
+            ), completes AS (
+              SELECT c.*, f.first,
+                     CASE WHEN c.ts >= f.first THEN
+                       row_number() OVER (PARTITION BY c.dev, c.op, c.k_sector, c.k_nr, c.ts >= f.first
+                                          ORDER BY c.ts, c.src, c.pos) END AS k
+              FROM flow c LEFT JOIN first_issue f
+                ON c.dev = f.dev AND c.op = f.op AND c.k_sector IS NOT DISTINCT FROM f.k_sector
+               AND c.k_nr IS NOT DISTINCT FROM f.k_nr
+              WHERE c.name = 'block_rq_complete'
             )
-            SELECT dev, sector, nr_sector, rwbs,
-                   CASE WHEN prev_name = 'block_rq_insert' THEN coalesce(prev_tid, tid) ELSE tid END AS tid,
-                   CASE WHEN prev_name = 'block_rq_insert' THEN prev_ts END AS insert,
-                   ts AS issue, next_ts AS complete,
-                   CASE WHEN prev_name = 'block_rq_insert' THEN ts - prev_ts END AS queue_ns,
-                   next_ts - ts AS service_ns
-            FROM seq WHERE name = 'block_rq_issue' AND next_name = 'block_rq_complete'
-            ORDER BY issue""").to_arrow_table()
+            SELECT c.dev, c.op, c.rwbs, CASE WHEN c.op = 'F' THEN NULL ELSE c.sector END AS sector,
+                   c.nr_sector, c.error, coalesce(i.insert_tid, i.issue_tid) AS tid,
+                   i.insert, i.issue, c.ts AS complete,
+                   i.issue - i.insert AS queue_ns, c.ts - i.issue AS service_ns
+            FROM completes c LEFT JOIN issues i
+              ON c.k IS NOT NULL AND i.k = c.k AND i.dev = c.dev AND i.op = c.op
+             AND i.k_sector IS NOT DISTINCT FROM c.k_sector AND i.k_nr IS NOT DISTINCT FROM c.k_nr
+             AND i.issue <= c.ts
+            ORDER BY complete, c.src, c.pos""").to_arrow_table()
 
 
 def kernel_hosts(store) -> list[str]:

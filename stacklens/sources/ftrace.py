@@ -36,6 +36,11 @@ FIELD = re.compile(r"(\w+)=(.*?)(?=\s+\w+=|$)")
 TC_SWITCH = re.compile(r"^\s*(?P<prev_comm>.*):(?P<prev_pid>\d+) \[(?P<prev_prio>-?\d+)\] (?P<prev_state>\S+) ==> "
                        r"(?P<next_comm>.*):(?P<next_pid>\d+) \[(?P<next_prio>-?\d+)\]\s*$")
 TC_WAKEUP = re.compile(r"^\s*(?P<comm>.*):(?P<pid>\d+) \[(?P<prio>-?\d+)\](?: success=\d+)? CPU:(?P<target_cpu>\d+)\s*$")
+# block_rq_* (insert / issue: bytes and the issuing comm; complete / requeue: the error). Older
+# kernels print neither the ioprio triple nor, on complete, anything but the error.
+BLOCK_RQ = re.compile(r"^(?P<major>\d+),(?P<minor>\d+) (?P<rwbs>\S*) (?:(?P<bytes>\d+) )?\((?P<cmd>[^)]*)\) "
+                      r"(?P<sector>\d+) \+ (?P<nr_sector>\d+)(?: (?P<ioprio>\S+))? \[(?P<last>[^\]]*)\]\s*$")
+MINORBITS = 20  # the kernel's dev_t = major << 20 | minor (what LTTng records as `dev`)
 CLOCK_MARK = re.compile(r"stacklens_clock offset_ns=(-?\d+)")
 INT = re.compile(r"^-?\d+$")
 BATCH_LINES = 200_000
@@ -125,7 +130,9 @@ class FtraceReader(Reader):
             for k in keys:
                 vals = [parsed[r].get(k) for r in rows]
                 if all(v is None or isinstance(v, int) for v in vals):
-                    cols[k] = pa.array(vals, pa.int64())
+                    # uint64 when a value needs it (a completed flush's sector is (sector_t)-1)
+                    wide = any(v is not None and v >= 1 << 63 for v in vals) and all(v is None or v >= 0 for v in vals)
+                    cols[k] = pa.array(vals, pa.uint64() if wide else pa.int64())
                 else:
                     cols[k] = pa.array([None if v is None else str(v) for v in vals], pa.string())
             objs = json_objects(pa.table(cols)) if cols else pa.repeat(pa.scalar("{}"), len(rows))
@@ -149,6 +156,10 @@ def _fields(event: str, text: str) -> dict[str, int | str]:
         m = TC_WAKEUP.match(text)
         if m:
             return {k: int(v) if INT.match(v) else v for k, v in m.groupdict().items()}
+    if event.startswith("block_rq_") and "=" not in text:
+        m = BLOCK_RQ.match(text)
+        if m:
+            return _block_fields(event, m)
     if event in ("tracing_mark_write", "print"):
         # trace-cmd shows markers as `print: tracing_mark_write: TEXT` (or with the ip first)
         text = re.sub(r"^\s*(?:\w+:\s+)?tracing_mark_write:\s*", "", text)
@@ -159,4 +170,23 @@ def _fields(event: str, text: str) -> dict[str, int | str]:
         out[k] = int(v) if INT.match(v) and len(v) < 19 else v
     if not out and text.strip():
         out["text"] = text.strip()
+    return out
+
+
+def _block_fields(event: str, m: re.Match) -> dict[str, int | str]:
+    out: dict[str, int | str] = {
+        "dev": (int(m.group("major")) << MINORBITS) | int(m.group("minor")), "rwbs": m.group("rwbs"),
+        # a completed flush's position prints as (sector_t)-1: kept as the kernel's value
+        "sector": int(m.group("sector")), "nr_sector": int(m.group("nr_sector"))}
+    if m.group("bytes") is not None:
+        out["bytes"] = int(m.group("bytes"))
+    if m.group("cmd"):
+        out["cmd"] = m.group("cmd")
+    if m.group("ioprio") is not None:
+        out["ioprio"] = m.group("ioprio")
+    last = m.group("last")
+    if event in ("block_rq_complete", "block_rq_requeue", "block_rq_error") and INT.match(last):
+        out["error"] = int(last)
+    else:
+        out["comm"] = last
     return out

@@ -152,6 +152,9 @@ def show_syscalls(store: str, host: str | None, proc: str | None, limit: int, js
                      for r in h["by_process"]], right=["count", "total", "max"])
 
 
+OPS = {"R": "read", "W": "write", "D": "discard", "F": "flush", "N": "other"}
+
+
 def show_io(store: str, host: str | None, limit: int, json_out: bool) -> None:
     out = []
     for m in _models(store, host):
@@ -159,30 +162,35 @@ def show_io(store: str, host: str | None, limit: int, json_out: bool) -> None:
         m.con.register("_reqs", reqs)
         m._need("threads")
         by_dev = m.con.sql("""
-            SELECT dev, count(*) AS requests, CAST(sum(nr_sector) AS BIGINT) AS sectors,
+            SELECT dev, op, count(*) AS requests, count(issue) AS issued, CAST(sum(nr_sector) AS BIGINT) AS sectors,
                    CAST(avg(service_ns) AS BIGINT) AS mean_service_ns, CAST(max(service_ns) AS BIGINT) AS max_service_ns,
-                   CAST(avg(queue_ns) AS BIGINT) AS mean_queue_ns
-            FROM _reqs GROUP BY dev ORDER BY requests DESC""").to_arrow_table()
+                   CAST(avg(queue_ns) AS BIGINT) AS mean_queue_ns, count(*) FILTER (WHERE error <> 0) AS errors
+            FROM _reqs GROUP BY dev, op ORDER BY dev, requests DESC""").to_arrow_table()
         by_proc = m.con.sql("""
             SELECT coalesce(t.pid, r.tid) AS pid, any_value(t.process) AS process, count(*) AS requests,
+                   CAST(sum(nr_sector) AS BIGINT) AS sectors,
                    CAST(avg(service_ns) AS BIGINT) AS mean_service_ns, CAST(max(service_ns) AS BIGINT) AS max_service_ns
-            FROM _reqs r LEFT JOIN threads t ON t.tid = r.tid GROUP BY ALL ORDER BY requests DESC""").to_arrow_table()
-        out.append({"host": m.host, "requests": reqs.num_rows, "by_device": by_dev.to_pylist(),
-                    "by_process": _rows(by_proc, limit)})
+            FROM _reqs r LEFT JOIN threads t ON t.tid = r.tid
+            WHERE r.tid IS NOT NULL GROUP BY ALL ORDER BY requests DESC, pid""").to_arrow_table()
+        out.append({"host": m.host, "requests": reqs.num_rows,
+                    "unattributed": sum(1 for t in reqs.column("tid").to_pylist() if t is None),
+                    "by_device": by_dev.to_pylist(), "by_process": _rows(by_proc, limit)})
     if json_out:
         emit_json({"hosts": out})
         return
     for h in out:
-        console.print(f"[bold]{h['host']}[/]: {h['requests']} disk requests (block_rq_issue → block_rq_complete)")
+        console.print(f"[bold]{h['host']}[/]: {h['requests']} disk requests completed "
+                      f"({h['unattributed']} without a known issuer: issued before the trace, or never issued)")
         if h["requests"]:
-            print_table(["device", "requests", "sectors", "mean queue", "mean service", "max service"],
-                        [[r["dev"], r["requests"], r["sectors"], fmt_duration(r["mean_queue_ns"]),
-                          fmt_duration(r["mean_service_ns"]), fmt_duration(r["max_service_ns"])] for r in h["by_device"]],
-                        right=["requests", "sectors", "mean queue", "mean service", "max service"])
-            print_table(["pid", "process", "requests", "mean service", "max service"],
-                        [[r["pid"], r["process"], r["requests"], fmt_duration(r["mean_service_ns"]),
+            print_table(["device", "op", "requests", "sectors", "mean queue", "mean service", "max service", "errors"],
+                        [[r["dev"], OPS.get(r["op"], r["op"]), r["requests"], r["sectors"],
+                          fmt_duration(r["mean_queue_ns"]), fmt_duration(r["mean_service_ns"]),
+                          fmt_duration(r["max_service_ns"]), r["errors"]] for r in h["by_device"]],
+                        right=["requests", "sectors", "mean queue", "mean service", "max service", "errors"])
+            print_table(["pid", "process", "requests", "sectors", "mean service", "max service"],
+                        [[r["pid"], r["process"], r["requests"], r["sectors"], fmt_duration(r["mean_service_ns"]),
                           fmt_duration(r["max_service_ns"])] for r in h["by_process"]],
-                        right=["requests", "mean service", "max service"])
+                        right=["requests", "sectors", "mean service", "max service"])
 
 
 def register(app: typer.Typer) -> None:
