@@ -69,14 +69,28 @@ class PathTrie:
             for key in node:
                 L = len(key.encode())
                 self.node_lens[n] |= np.uint64(1 << L) if L < 64 else np.uint64(0)
+        # how many wanted values one byte can belong to (a slot inside a slot's value)
+        self.nesting = max(sum(1 for d in range(1, len(p) + 1) if p[:d] in self.slot) for p in self.paths)
         if any(len(k.encode()) >= 64 for node in nodes for k in node):
             raise ValueError("keys of 64 bytes or more are not supported")
 
     def scan(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray):  # noqa: ANN201
-        """(valid[n], vs[slots, n], ve[slots, n], kind[slots, n]) for documents buf[s:e]."""
-        return scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
-                              self.ent_child, self.node_first, self.node_count, self.node_lens,
-                              len(self.paths))
+        """(valid[n], vs[slots, n], ve[slots, n], kind[slots, n], values) for documents
+        buf[s:e]: the spans are in `values`, a compact copy of the wanted values."""
+        r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
+                           self.ent_child, self.node_first, self.node_count, self.node_lens,
+                           len(self.paths), -1, False, self.nesting)
+        return r[:4] + (r[6],)
+
+    def scan_packing(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, envelope: int):  # noqa: ANN201
+        """scan() plus the documents packed end to end (docs, offsets[n + 1]): a valid line as
+        written, or where its top-level slot `envelope` is a string, that string decoded (the
+        envelope's inner document: its slots are not read here; the envelope slot's span is
+        in docs); an invalid line is empty. Returns (valid, vs, ve, kind, values, docs, offsets)."""
+        r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
+                           self.ent_child, self.node_first, self.node_count, self.node_lens,
+                           len(self.paths), envelope, True, self.nesting)
+        return r[:4] + (r[6], r[4], r[5])
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -134,6 +148,59 @@ def _string_end(buf, p, e):
 
 
 @nb.njit(cache=True, nogil=True)
+def _string_decode(buf, p, e, out, o):
+    """_string_end that also writes the decoded string to out[o:]: (closing quote or -1,
+    end in out, had escapes)."""
+    esc = False
+    while p < e:
+        while p < e:
+            c = buf[p]
+            if c == 34 or c == 92 or c < 32:
+                break
+            out[o] = c
+            o += 1
+            p += 1
+        if p >= e:
+            break
+        if c == 34:
+            return p, o, esc
+        if c < 32:
+            return -1, o, esc
+        esc = True  # an escape at p
+        if p + 1 >= e:
+            return -1, o, esc
+        d = buf[p + 1]
+        if d == 117:
+            if p + 6 > e or not (_is_hex(buf[p + 2]) and _is_hex(buf[p + 3]) and _is_hex(buf[p + 4])
+                                 and _is_hex(buf[p + 5])):
+                return -1, o, esc
+            n = 12 if _is_high_pair(buf, p, e) else 6
+            o = _unescape_into(buf, p, p + n, out, o)
+            p += n
+            continue
+        if not (d == 34 or d == 92 or d == 47 or d == 98 or d == 102 or d == 110 or d == 114 or d == 116):
+            return -1, o, esc
+        o = _unescape_into(buf, p, p + 2, out, o)
+        p += 2
+    return -1, o, esc
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _is_high_pair(buf, p, e):
+    """Is buf[p:] a valid \\uD8xx\\uDCxx surrogate pair?"""
+    if p + 12 > e:
+        return False
+    for j in (2, 3, 4, 5, 8, 9, 10, 11):
+        if not _is_hex(buf[p + j]):
+            return False
+    if buf[p + 6] != 92 or buf[p + 7] != 117:
+        return False
+    hi = (_hex(buf[p + 2]) << 12) | (_hex(buf[p + 3]) << 8) | (_hex(buf[p + 4]) << 4) | _hex(buf[p + 5])
+    lo = (_hex(buf[p + 8]) << 12) | (_hex(buf[p + 9]) << 8) | (_hex(buf[p + 10]) << 4) | _hex(buf[p + 11])
+    return 0xD800 <= hi <= 0xDBFF and 0xDC00 <= lo <= 0xDFFF
+
+
+@nb.njit(cache=True, nogil=True)
 def _number_end(buf, p, e):
     """End of the JSON number starting at p, or -1."""
     if p < e and buf[p] == 45:
@@ -181,10 +248,26 @@ def _literal_end(buf, p, e):
     return -1, False
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _keep(buf, a, b, vals, vo, vs, ve, slot, i):
+    """Copy a slot's value buf[a:b] to the values buffer while it is in cache: later passes
+    read the compact values buffer rather than spans scattered over the whole block."""
+    o = vo[0]
+    n = b - a
+    vals[o:o + n] = buf[a:b]
+    vs[slot, i] = o
+    ve[slot, i] = o + n
+    vo[0] = o + n
+
+
 @nb.njit(cache=True, nogil=True)
 def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count, node_lens,
-              vs, ve, kind, i, st_obj, st_node, st_slot, st_start):
-    """Validate buf[s:e] as one JSON value, recording wanted slots; True if valid."""
+              vs, ve, kind, i, st_obj, st_node, st_slot, st_start, out, o, env_slot, vals, vo):
+    """Validate buf[s:e] as one JSON value, recording wanted slots; True if valid. The string
+    value of top-level slot `env_slot` is decoded into out[o:] while it is validated: returns
+    (valid, end in out, decoded start, decoded end) — start -1 if there was none."""
+    env_s = -1
+    env_e = -1
     p = _ws(buf, s, e)
     cur_slot = -1
     cur_node = 0
@@ -193,11 +276,11 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
     while True:
         if mode == 0:
             if p >= e:
-                return False
+                return False, o, env_s, env_e
             c = buf[p]
             if c == 123 or c == 91:  # { [
                 if depth >= MAX_DEPTH:
-                    return False
+                    return False, o, env_s, env_e
                 st_obj[depth] = c == 123
                 st_node[depth] = cur_node if c == 123 else -1
                 st_slot[depth] = cur_slot
@@ -205,14 +288,13 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
                 depth += 1
                 p = _ws(buf, p + 1, e)
                 if p >= e:
-                    return False
+                    return False, o, env_s, env_e
                 if (c == 123 and buf[p] == 125) or (c == 91 and buf[p] == 93):
                     p += 1
                     depth -= 1
                     sl = st_slot[depth]
                     if sl >= 0 and kind[sl, i] == ABSENT:
-                        vs[sl, i] = st_start[depth]
-                        ve[sl, i] = p
+                        _keep(buf, st_start[depth], p, vals, vo, vs, ve, sl, i)
                         kind[sl, i] = CONTAINER
                     mode = 1
                 elif c == 123:
@@ -222,12 +304,23 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
                     cur_node = -1
                 continue
             if c == 34:
-                q, esc = _string_end(buf, p + 1, e)
+                if env_slot >= 0 and cur_slot == env_slot and depth == 1 and kind[cur_slot, i] == ABSENT:
+                    q, o2, esc = _string_decode(buf, p + 1, e, out, o)
+                    if q < 0:
+                        return False, o, env_s, env_e
+                    env_s = o
+                    env_e = o2
+                    o = o2
+                else:
+                    q, esc = _string_end(buf, p + 1, e)
                 if q < 0:
-                    return False
+                    return False, o, env_s, env_e
                 if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
-                    vs[cur_slot, i] = p + 1
-                    ve[cur_slot, i] = q
+                    if cur_slot == env_slot and env_s >= 0:  # decoded into out already
+                        vs[cur_slot, i] = env_s
+                        ve[cur_slot, i] = env_e
+                    else:
+                        _keep(buf, p + 1, q, vals, vo, vs, ve, cur_slot, i)
                     kind[cur_slot, i] = STR_ESC if esc else STR
                 p = q + 1
                 mode = 1
@@ -238,10 +331,9 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
             else:
                 q, is_null = _literal_end(buf, p, e)
             if q < 0:
-                return False
+                return False, o, env_s, env_e
             if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
-                vs[cur_slot, i] = p
-                ve[cur_slot, i] = q
+                _keep(buf, p, q, vals, vo, vs, ve, cur_slot, i)
                 kind[cur_slot, i] = NULL if is_null else SCALAR
             p = q
             mode = 1
@@ -249,9 +341,9 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
         if mode == 1:
             p = _ws(buf, p, e)
             if depth == 0:
-                return p == e
+                return p == e, o, env_s, env_e
             if p >= e:
-                return False
+                return False, o, env_s, env_e
             c = buf[p]
             top = depth - 1
             if c == 44:  # ,
@@ -268,17 +360,16 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
                 depth -= 1
                 sl = st_slot[depth]
                 if sl >= 0 and kind[sl, i] == ABSENT:
-                    vs[sl, i] = st_start[depth]
-                    ve[sl, i] = p
+                    _keep(buf, st_start[depth], p, vals, vo, vs, ve, sl, i)
                     kind[sl, i] = CONTAINER
                 continue
-            return False
+            return False, o, env_s, env_e
         # mode 2: a key
         if p >= e or buf[p] != 34:
-            return False
+            return False, o, env_s, env_e
         q, esc = _string_end(buf, p + 1, e)
         if q < 0:
-            return False
+            return False, o, env_s, env_e
         cur_slot = -1
         cur_node = -1
         node = st_node[depth - 1]
@@ -300,15 +391,24 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
                     break
         p = _ws(buf, q + 1, e)
         if p >= e or buf[p] != 58:
-            return False
+            return False, o, env_s, env_e
         p = _ws(buf, p + 1, e)
         mode = 0
 
 
 @nb.njit(cache=True, nogil=True)
 def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, node_first,
-                   node_count, node_lens, nslots):
+                   node_count, node_lens, nslots, env_slot, build_docs, nesting):
     n = len(starts)
+    # the wanted values, copied end to end (slots nested in slots, like "extra" and
+    # "extra.request_id", are copied once per level: `nesting` bounds the size)
+    vals = np.empty(len(buf) * nesting, np.uint8)
+    vo = np.zeros(1, np.int64)
+    # documents packed end to end (when build_docs): a valid line as written, or, when it has
+    # the top-level string `env_slot` (an envelope), that string decoded
+    out = np.empty(len(buf) if build_docs else 0, np.uint8)
+    doc_off = np.zeros(n + 1, np.int64)
+    o = 0
     valid = np.zeros(n, np.bool_)
     vs = np.full((nslots, n), -1, np.int64)
     ve = np.full((nslots, n), -1, np.int64)
@@ -319,17 +419,29 @@ def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, n
     st_start = np.zeros(MAX_DEPTH, np.int64)
     for i in range(n):
         s = starts[i]
+        doc_off[i] = o
         if s < 0:
             continue
-        ok = _scan_one(buf, s, ends[i], keys, key_s, key_e, ent_slot, ent_child, node_first,
-                       node_count, node_lens, vs, ve, kind, i, st_obj, st_node, st_slot, st_start)
+        ok, o2, env_s, env_e = _scan_one(buf, s, ends[i], keys, key_s, key_e, ent_slot, ent_child,
+                                         node_first, node_count, node_lens, vs, ve, kind, i, st_obj,
+                                         st_node, st_slot, st_start, out,
+                                         o, env_slot if build_docs else -1, vals, vo)
         valid[i] = ok
         if not ok:
             for k in range(nslots):
                 kind[k, i] = ABSENT
                 vs[k, i] = -1
                 ve[k, i] = -1
-    return valid, vs, ve, kind
+        elif build_docs:
+            if env_s >= 0:
+                # the decoded envelope string is the document (it was written at o)
+                o = o2
+            else:
+                ln = ends[i] - s
+                out[o:o + ln] = buf[s:ends[i]]
+                o += ln
+    doc_off[n] = o
+    return valid, vs, ve, kind, out[:o], doc_off, vals[:vo[0]]
 
 
 @nb.njit(cache=True, nogil=True, inline="always")

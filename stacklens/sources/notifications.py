@@ -29,7 +29,7 @@ from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
     ABSENT, NULL, STR, STR_ESC, PathTrie, coalesce, has_prefix, line_blocks, parse_timestamps, text_column,
-    trim_spans, gather_documents, utf8_or_replaced)
+    trim_spans, utf8_or_replaced)
 from stacklens.sources.textscan import find_byte, line_bounds
 
 # What a notification line looks like in its first bytes (bare or wrapped).
@@ -113,23 +113,22 @@ class NotificationReader(Reader):
         buf = np.frombuffer(data, np.uint8)
         starts, ends = line_bounds(buf)
         starts, ends = trim_spans(buf, starts, ends)
-        valid, vs, ve, kind = TRIE.scan(buf, starts, ends)
-        valid &= has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
-        # Every document packed end to end (`fields` is this buffer as it stands): a bare line
-        # as written, an envelope's inner document decoded, then scanned in turn.
-        env_kind = np.where(valid, kind[ENVELOPE], ABSENT).astype(np.int8)
-        docs, doc_off = gather_documents(buf, starts, ends, valid, vs[ENVELOPE], ve[ENVELOPE], env_kind)
-        is_env = (env_kind == STR) | (env_kind == STR_ESC)
-        shift = doc_off[:-1] - starts  # bare lines' spans move by their document's offset
-        moved = (vs >= 0) & ~is_env
-        vs = np.where(moved, vs + shift, vs)
-        ve = np.where(moved, ve + shift, ve)
-        env = np.flatnonzero(is_env)
+        # One pass validates each line and packs the documents end to end (`fields` is that
+        # buffer as it stands): a bare line as written, an envelope's inner document decoded;
+        # the inner documents are then scanned in turn.
+        valid, vs, ve, kind, vals, docs, doc_off = TRIE.scan_packing(buf, starts, ends, ENVELOPE)
+        not_object = valid & ~has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
+        valid &= ~not_object
+        env = np.flatnonzero(valid & ((kind[ENVELOPE] == STR) | (kind[ENVELOPE] == STR_ESC)))
         if len(env):
-            v2, vs2, ve2, k2 = TRIE.scan(docs, doc_off[env], doc_off[env + 1])
+            v2, vs2, ve2, k2, vals2 = TRIE.scan(docs, doc_off[env], doc_off[env + 1])
             valid[env] = v2
+            # one values buffer: the inner documents' values after the bare lines'
+            vs2[vs2 >= 0] += len(vals)
+            ve2[ve2 >= 0] += len(vals)
+            vals = np.concatenate([vals, vals2])
             vs[:, env], ve[:, env], kind[:, env] = vs2, ve2, k2
-        big = docs
+        big = vals
         has_type = (kind[EVENT_TYPE] != ABSENT) & (kind[EVENT_TYPE] != NULL)
         keep = valid & has_type
         blank = starts == ends

@@ -87,9 +87,9 @@ class OsloJsonLogReader(Reader):
             self.report.notes.append("invalid UTF-8 replaced")
         buf = np.frombuffer(data, np.uint8)
         starts, ends = trim_spans(buf, *line_bounds(buf))
-        valid, vs, ve, kind = TRIE.scan(buf, starts, ends)
+        valid, vs, ve, kind, vals = TRIE.scan(buf, starts, ends)
         valid &= has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
-        created, has_created = parse_epoch_seconds(buf, vs[_S["created"]], ve[_S["created"]], kind[_S["created"]])
+        created, has_created = parse_epoch_seconds(vals, vs[_S["created"]], ve[_S["created"]], kind[_S["created"]])
         name = _S["name"]
         keep = valid & has_created & (kind[name] != ABSENT) & (kind[name] != NULL)
         bad = np.flatnonzero(~keep & (starts != ends)) + first_line
@@ -103,8 +103,8 @@ class OsloJsonLogReader(Reader):
         if len(rows) < len(starts):
             vs, ve, kind, created = vs[:, rows], ve[:, rows], kind[:, rows], created[rows]
         msg = _S["message"]
-        msg_instance = instance_prefix(buf, vs[msg], ve[msg], kind[msg])  # "[instance: UUID] …"
-        pid, has_pid = parse_ints(buf, vs[_S["process"]], ve[_S["process"]], kind[_S["process"]])
+        msg_instance = instance_prefix(vals, vs[msg], ve[msg], kind[msg])  # "[instance: UUID] …"
+        pid, has_pid = parse_ints(vals, vs[_S["process"]], ve[_S["process"]], kind[_S["process"]])
         members = {}
         for key, slots, mode in FIELD_MEMBERS:
             if len(slots) == 1:  # a JSON null is kept as null where the value is raw JSON
@@ -115,11 +115,11 @@ class OsloJsonLogReader(Reader):
         return pa.table({
             "pos": pa.array(rows + first_line, pa.int64()),
             "ts": pa.array(created, pa.int64()),
-            "name": text_column(buf, vs[name], ve[name], kind[name]),
+            "name": text_column(vals, vs[name], ve[name], kind[name]),
             "pid": pa.array(pid, pa.int64(), mask=~has_pid),
-            "request_id": text_column(buf, *coalesce(vs, ve, kind, [_S["context.request_id"],
+            "request_id": text_column(vals, *coalesce(vs, ve, kind, [_S["context.request_id"],
                                                                   _S["extra.request_id"]])),
-            "instance": text_column(buf, *coalesce(vs, ve, kind, [
+            "instance": text_column(vals, *coalesce(vs, ve, kind, [
                 _S["extra.instance_uuid"], _S["extra.instance.uuid"], msg_instance, _S["context.resource_uuid"]])),
-            "fields": json_members(buf, members),
+            "fields": json_members(vals, members),
         }), len(starts)
