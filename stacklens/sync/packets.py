@@ -4,7 +4,10 @@ TCP: `inet_sock_local_out` on the sender ↔ `inet_sock_local_in` on the receive
 (seq, ack_seq, flags) — the key Trace Compass uses; the same key on both sides of one hop is
 one packet. A key seen more than once on a side (retransmissions) is matched first to first.
 Device level: `net_dev_queue` ↔ `netif_receive_skb` keyed the same way when the events carry
-the TCP header fields (LTTng's network_header); events without them are not matched.
+the TCP header fields (LTTng's network_header); events without them are not matched. ftrace's
+net_dev_queue / netif_receive_skb carry only dev, skbaddr and len (checked on kernel 6.18 by
+tests/test_ftrace_net.py): skbaddr is one kernel's memory address and len repeats, so ftrace
+recordings give no cross-host match, by design rather than by guess.
 
 Timestamps are the raw host clocks (`ts_raw`): sync computes the transforms applied later.
 """
