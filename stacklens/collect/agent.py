@@ -17,6 +17,12 @@ Config (TOML):
            data_dir = "…"  tls_cert = "…"  tls_key = "…"  max_restarts = 3
   [tracers.notifications]  url = "amqp://…"  exchanges = [...]
   [tracers.proc]  interval_s = 1.0
+  [tracers.oslo_log]  paths = ["/var/log/nova/nova-compute.log"]
+  [tracers.qmp]  vms = { instance-0001 = "/run/stacklens/instance-0001.qmp" }
+  [tracers.ftrace]  events = ["sched/sched_switch", …]
+  [tracers.ovs]  interval_s = 1.0  (unixctl, db: ovs-vswitchd's and ovsdb's sockets)
+  [tracers.lttng]  python_loggers = [...]  kernel_events = [...]  rotate_s = 30
+  (each tracer module's docstring lists its options)
 """
 
 from __future__ import annotations
