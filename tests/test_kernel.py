@@ -4,6 +4,7 @@ and Trace Compass's syscall-latency count on bug446190."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -38,9 +39,18 @@ def bug446190(tmp_path_factory) -> Store:
     return _store_of(tmp_path_factory, "tracecompass", "bug446190")
 
 
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory) -> Store:
+    """many-threads and bug446190 in one store: two hosts with kernel events."""
+    store = Store(tmp_path_factory.mktemp("kstore2") / "s", create=True)
+    ingest(store, [need_data("tracecompass", "many-threads"), need_data("tracecompass", "bug446190")])
+    return store
+
+
 _LINE = re.compile(r"^\[(\d+)\.(\d{9})\] \S+ \S+ (\S+): \{ cpu_id = (\d+) \}, \{ (.*) \}$")
 
 
+@functools.cache
 def _bt2_cpu_time(trace: Path) -> tuple[dict[int, int], int]:
     """Per-tid CPU time from babeltrace2's text: on each CPU a thread runs from the
     sched_switch that names it next_tid to the next sched_switch on that CPU; the last one
@@ -157,3 +167,60 @@ def test_preemption_and_commands(many_threads):
     bad = subprocess.run([sys.executable, "-m", "stacklens.cli", "cpu", "--store", store, "--host", "nohost"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "nohost" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _hostname(trace: Path) -> str:
+    text = (trace / "metadata").read_bytes().decode("latin-1")
+    return re.search(r'hostname = "([^"]+)"', text).group(1)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stacklens.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_two_hosts_selection_and_typed_json(two_hosts):
+    store = str(two_hosts.root)
+    trace = need_data("tracecompass", "many-threads")
+    mt_host = _hostname(trace)
+    other = _hostname(need_data("tracecompass", "bug446190"))
+    assert sorted(kernel_hosts(two_hosts)) == sorted([mt_host, other])
+    # one host's CPU times are unchanged by the other host in the store (oracle: babeltrace2)
+    expected, _ = _bt2_cpu_time(trace)
+    out = _cli("cpu", "--store", store, "--host", mt_host, "--limit", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    (h,) = json.loads(out.stdout)["hosts"]
+    assert h["host"] == mt_host
+    assert {r["tid"]: r["cpu_ns"] for r in h["threads"] if r["cpu_ns"]} == expected
+    for r in h["threads"]:
+        assert type(r["tid"]) is int and type(r["cpu_ns"]) is int and type(r["wait_cpu_ns"]) is int, r
+        assert r["pid"] is None or type(r["pid"]) is int
+    for c in h["cpus"]:
+        assert all(type(c[k]) is int for k in ("cpu", "busy_ns", "idle_ns", "known_ns")) and type(c["usage"]) is float
+    # without --host, every host is reported, each under its name
+    out = _cli("cpu", "--store", store, "--json")
+    assert out.returncode == 0, out.stderr
+    assert sorted(h["host"] for h in json.loads(out.stdout)["hosts"]) == sorted([mt_host, other])
+    # a tid means nothing without its host: one line naming the hosts, no traceback
+    bad = _cli("threads", "--store", store, "--tid", "1")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    (line,) = bad.stderr.strip().splitlines()
+    assert mt_host in line and other in line and "--host" in line
+    out = _cli("threads", "--store", store, "--tid", "1", "--host", other, "--json")
+    assert out.returncode == 0, out.stderr
+    (h,) = json.loads(out.stdout)["hosts"]
+    assert [t["tid"] for t in h["threads"]] == [1]
+    assert all(type(v) is int for v in h["threads"][0]["time_in_state_ns"].values())
+    assert h["states"] and all(s["tid"] == 1 and type(s["start"]) is int and type(s["end"]) is int
+                               for s in h["states"])
+    # preemption over both hosts: the process is on one of them only
+    out = _cli("preemption", "--store", store, "--proc", "multithread", "--json")
+    assert out.returncode == 0, out.stderr
+    hosts = {h["host"]: h for h in json.loads(out.stdout)["hosts"]}
+    assert hosts[other]["threads"] == [] and len(hosts[mt_host]["threads"]) > 8000
+    assert all(type(p["ns"]) is int and type(p["preemptor_tid"]) is int and
+               all(type(v) is int for v in p["victim_tids"]) for p in hosts[mt_host]["preemptors"])
+    bad = _cli("preemption", "--store", store, "--proc", "no-such-process")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    (line,) = bad.stderr.strip().splitlines()
+    assert "no-such-process" in line and mt_host in line and other in line

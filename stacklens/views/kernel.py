@@ -10,7 +10,10 @@ import typer
 from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, print_table
 
 
-def _models(store_path: str, host: str | None):
+def _models(store_path: str, host: str | None, per_host: str | None = None):
+    """The kernel models of `host`, or of every host with kernel events. `per_host` names an
+    option that only means something on one host (a tid): with several hosts and no --host,
+    that is ambiguous and refused in one line naming the hosts."""
     from stacklens.errors import StacklensError
     from stacklens.models.kernel import KernelModel, kernel_hosts
     from stacklens.store import Store
@@ -22,6 +25,9 @@ def _models(store_path: str, host: str | None):
         hosts = [host]
     if not hosts:
         raise StacklensError(f"{store_path}: no kernel events in the store (ingest an LTTng kernel trace or ftrace text)")
+    if per_host and len(hosts) > 1:
+        raise StacklensError(f"{per_host} is ambiguous: {store_path} holds kernel events of {len(hosts)} hosts "
+                             f"({', '.join(hosts)}); choose one with --host")
     return [KernelModel(store, h) for h in hosts]
 
 
@@ -59,7 +65,7 @@ def show_cpu(store: str, host: str | None, start: int | None, end: int | None, b
 
 def show_threads(store: str, host: str | None, tid: int | None, proc: str | None, limit: int, json_out: bool) -> None:
     out = []
-    for m in _models(store, host):
+    for m in _models(store, host, per_host=None if tid is None else f"--tid {tid}"):
         tids = [tid] if tid is not None else (m.thread_tids(proc) if proc else None)
         threads = m.threads()
         states = m.thread_states()
@@ -107,6 +113,10 @@ def show_preemption(store: str, host: str | None, proc: str, start: int | None, 
         mine = [t for t in per_thread if t["tid"] in set(tids)]
         out.append({"host": m.host, "threads": mine, "waited_ns": sum(t["wait_cpu_ns"] for t in mine),
                     "preemptors": _rows(ranking, limit)})
+    if not any(h["threads"] for h in out):
+        from stacklens.errors import StacklensError
+        raise StacklensError(f"no thread or process named {proc!r} on "
+                             f"{'host' if len(out) == 1 else 'hosts'} {', '.join(h['host'] for h in out)}")
     if json_out:
         emit_json({"proc": proc, "hosts": out})
         return
