@@ -96,7 +96,6 @@ COMMAND_MODULES: list[str] = [
     "stacklens.views.explain",
     "stacklens.views.diagnose",
     "stacklens.views.export",
-    "stacklens.views.web.cli",
 ]
 
 
