@@ -96,6 +96,7 @@ COMMAND_MODULES: list[str] = [
     "stacklens.views.explain",
     "stacklens.views.diagnose",
     "stacklens.views.export",
+    "stacklens.views.web.cli",
 ]
 
 
