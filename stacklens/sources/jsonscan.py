@@ -24,6 +24,22 @@ ABSENT, STR, STR_ESC, SCALAR, CONTAINER, NULL = 0, 1, 2, 3, 4, 5
 MAX_DEPTH = 256
 
 
+HASH_SIZE = 64
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _key_hash(buf, s, e):
+    n = e - s
+    if n == 0:
+        return 0
+    return (n * 7 + buf[s] * 3 + buf[e - 1] * 5) & (HASH_SIZE - 1)
+
+
+def _key_hash_py(b) -> int:
+    n = len(b)
+    return 0 if n == 0 else (n * 7 + int(b[0]) * 3 + int(b[-1]) * 5) & (HASH_SIZE - 1)
+
+
 class PathTrie:
     """Wanted paths ("a.b.c", keys with dots quoted as in "payload.'nova_object.data'.uuid"
     are spelled as tuples) → slot numbers, compiled to flat arrays for the scanner."""
@@ -63,22 +79,25 @@ class PathTrie:
         self.ent_child = np.array(ent_child, np.int64)
         self.node_first = np.array(node_first, np.int64)
         self.node_count = np.array(node_count, np.int64)
-        # per node, bit L set if a key of L bytes (L < 64) exists: most keys are ruled out by length
-        self.node_lens = np.zeros(len(nodes), np.uint64)
+        # per node, an open-addressing table (HASH_SIZE slots) of its entries by _key_hash
+        self.node_hash = np.full((len(nodes), HASH_SIZE), -1, np.int64)
         for n, node in enumerate(nodes):
-            for key in node:
-                L = len(key.encode())
-                self.node_lens[n] |= np.uint64(1 << L) if L < 64 else np.uint64(0)
+            if len(node) > HASH_SIZE * 3 // 4:
+                raise ValueError(f"more than {HASH_SIZE * 3 // 4} wanted keys in one object")
+            for k in range(node_first[n], node_first[n] + node_count[n]):
+                b = keys[key_s[k]:key_e[k]]
+                h = _key_hash_py(b)
+                while self.node_hash[n, h] >= 0:
+                    h = (h + 1) % HASH_SIZE
+                self.node_hash[n, h] = k
         # how many wanted values one byte can belong to (a slot inside a slot's value)
         self.nesting = max(sum(1 for d in range(1, len(p) + 1) if p[:d] in self.slot) for p in self.paths)
-        if any(len(k.encode()) >= 64 for node in nodes for k in node):
-            raise ValueError("keys of 64 bytes or more are not supported")
 
     def scan(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray):  # noqa: ANN201
         """(valid[n], vs[slots, n], ve[slots, n], kind[slots, n], values) for documents
         buf[s:e]: the spans are in `values`, a compact copy of the wanted values."""
         r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
-                           self.ent_child, self.node_first, self.node_count, self.node_lens,
+                           self.ent_child, self.node_first, self.node_count, self.node_hash,
                            len(self.paths), -1, False, self.nesting)
         return r[:4] + (r[6],)
 
@@ -88,7 +107,7 @@ class PathTrie:
         envelope's inner document: its slots are not read here; the envelope slot's span is
         in docs); an invalid line is empty. Returns (valid, vs, ve, kind, values, docs, offsets)."""
         r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
-                           self.ent_child, self.node_first, self.node_count, self.node_lens,
+                           self.ent_child, self.node_first, self.node_count, self.node_hash,
                            len(self.paths), envelope, True, self.nesting)
         return r[:4] + (r[6], r[4], r[5])
 
@@ -261,7 +280,7 @@ def _keep(buf, a, b, vals, vo, vs, ve, slot, i):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count, node_lens,
+def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count, node_hash,
               vs, ve, kind, i, st_obj, st_node, st_slot, st_start, out, o, env_slot, vals, vo):
     """Validate buf[s:e] as one JSON value, recording wanted slots; True if valid. The string
     value of top-level slot `env_slot` is decoded into out[o:] while it is validated: returns
@@ -374,21 +393,24 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
         cur_node = -1
         node = st_node[depth - 1]
         klen = q - p - 1
-        if node >= 0 and not esc and klen < 64 and (node_lens[node] >> np.uint64(klen)) & np.uint64(1):
-            f = node_first[node]
-            for k in range(f, f + node_count[node]):
-                if key_e[k] - key_s[k] != klen:
-                    continue
-                same = True
-                a = key_s[k]
-                for j in range(klen):
-                    if buf[p + 1 + j] != keys[a + j]:
-                        same = False
-                        break
-                if same:
-                    cur_slot = ent_slot[k]
-                    cur_node = ent_child[k]
+        if node >= 0 and not esc:
+            h = _key_hash(buf, p + 1, q)
+            while True:
+                k = node_hash[node, h]
+                if k < 0:
                     break
+                if key_e[k] - key_s[k] == klen:
+                    same = True
+                    a = key_s[k]
+                    for j in range(klen):
+                        if buf[p + 1 + j] != keys[a + j]:
+                            same = False
+                            break
+                    if same:
+                        cur_slot = ent_slot[k]
+                        cur_node = ent_child[k]
+                        break
+                h = (h + 1) & (HASH_SIZE - 1)
         p = _ws(buf, q + 1, e)
         if p >= e or buf[p] != 58:
             return False, o, env_s, env_e
@@ -398,7 +420,7 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
 
 @nb.njit(cache=True, nogil=True)
 def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, node_first,
-                   node_count, node_lens, nslots, env_slot, build_docs, nesting):
+                   node_count, node_hash, nslots, env_slot, build_docs, nesting):
     n = len(starts)
     # the wanted values, copied end to end (slots nested in slots, like "extra" and
     # "extra.request_id", are copied once per level: `nesting` bounds the size)
@@ -423,7 +445,7 @@ def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, n
         if s < 0:
             continue
         ok, o2, env_s, env_e = _scan_one(buf, s, ends[i], keys, key_s, key_e, ent_slot, ent_child,
-                                         node_first, node_count, node_lens, vs, ve, kind, i, st_obj,
+                                         node_first, node_count, node_hash, vs, ve, kind, i, st_obj,
                                          st_node, st_slot, st_start, out,
                                          o, env_slot if build_docs else -1, vals, vo)
         valid[i] = ok
