@@ -1068,3 +1068,18 @@ def utf8_or_replaced(data: bytes) -> tuple[bytes, bool]:
         return data, True
     except pa.ArrowInvalid:
         return bytes(data).decode("utf-8", "replace").encode("utf-8"), False
+
+
+def document_lines(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end of every line of `buf` without its newline and surrounding whitespace
+    (a vectorised newline search: JSON lines are long, newlines sparse)."""
+    nl = np.flatnonzero(buf == 10)
+    last_open = len(buf) > 0 and buf[-1] != 10
+    n = len(nl) + (1 if last_open else 0)
+    starts = np.zeros(n, np.int64)
+    ends = np.empty(n, np.int64)
+    starts[1:] = nl[: n - 1] + 1
+    ends[: len(nl)] = nl
+    if last_open:
+        ends[-1] = len(buf)
+    return trim_spans(buf, starts, ends)

@@ -28,9 +28,9 @@ import pyarrow as pa
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
-    ABSENT, NULL, STR, STR_ESC, PathTrie, coalesce, has_prefix, line_blocks, parse_timestamps, text_column,
-    trim_spans, utf8_or_replaced)
-from stacklens.sources.textscan import find_byte, line_bounds
+    ABSENT, NULL, STR, STR_ESC, PathTrie, coalesce, document_lines, has_prefix, line_blocks, parse_timestamps, text_column,
+    utf8_or_replaced)
+from stacklens.sources.textscan import find_byte
 
 # What a notification line looks like in its first bytes (bare or wrapped).
 _LINE_HINT = re.compile(rb'^\s*\{.*"(?:event_type|oslo\.message)"\s*:', re.S)
@@ -111,8 +111,7 @@ class NotificationReader(Reader):
         number of lines."""
         data = _valid_utf8(data, self.report)
         buf = np.frombuffer(data, np.uint8)
-        starts, ends = line_bounds(buf)
-        starts, ends = trim_spans(buf, starts, ends)
+        starts, ends = document_lines(buf)
         # One pass validates each line and packs the documents end to end (`fields` is that
         # buffer as it stands): a bare line as written, an envelope's inner document decoded;
         # the inner documents are then scanned in turn.

@@ -20,9 +20,8 @@ import pyarrow as pa
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
-    ABSENT, AS_INT, AS_RAW, AS_STRING, NULL, PathTrie, coalesce, has_prefix, instance_prefix, json_members,
-    line_blocks, parse_epoch_seconds, parse_ints, text_column, trim_spans, utf8_or_replaced)
-from stacklens.sources.textscan import line_bounds
+    ABSENT, AS_INT, AS_RAW, AS_STRING, NULL, PathTrie, coalesce, document_lines, has_prefix, instance_prefix, json_members,
+    line_blocks, parse_epoch_seconds, parse_ints, text_column, utf8_or_replaced)
 
 _HINT = re.compile(rb'^\s*\{.*"(?:levelname|funcname)"\s*:.*"created"\s*:', re.S)
 
@@ -86,7 +85,7 @@ class OsloJsonLogReader(Reader):
         if not utf8 and "invalid UTF-8 replaced" not in self.report.notes:
             self.report.notes.append("invalid UTF-8 replaced")
         buf = np.frombuffer(data, np.uint8)
-        starts, ends = trim_spans(buf, *line_bounds(buf))
+        starts, ends = document_lines(buf)
         valid, vs, ve, kind, vals = TRIE.scan(buf, starts, ends)
         valid &= has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
         created, has_created = parse_epoch_seconds(vals, vs[_S["created"]], ve[_S["created"]], kind[_S["created"]])
