@@ -283,12 +283,23 @@ def test_notification_lines_every_sample_streamed(tmp_path, monkeypatch, chunk):
             bad.append(len(lines))
         if i % 23 == 0:
             lines.append("")
+        if i % 31 == 0:  # two objects spliced on one line, a raw control character in a string
+            lines.append(text + text)
+            bad.append(len(lines))
+            lines.append(text[:2] + "\x01" + text[2:])  # inside the first key
+            bad.append(len(lines))
+    # invalid UTF-8 inside a string: the line is kept, the bytes replaced (as decode does)
+    raw = json.dumps(dict(expected[0][1], publisher_id="nova-compute:HOST")).encode()
+    raw = raw.replace(b"HOST", b"h\xffst")
+    lines.append(raw.decode("latin-1"))
+    expected.append((len(lines), json.loads(raw.decode("utf-8", "replace"))))
     path = tmp_path / "notifications.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8").replace("h\xffst".encode(), b"h\xffst"))
     reader = NotificationReader(path, ReadOptions())
     rows = [r for t in reader.tables() for r in t.to_pylist()]
     assert [r["pos"] for r in rows] == [p for p, _ in expected]
     assert reader.report.skipped == len(bad) and reader.report.bad_positions == bad[:10]
+    assert "invalid UTF-8 replaced" in reader.report.notes
     for row, (_, msg) in zip(rows, expected):
         data = msg["payload"].get("nova_object.data") or {}
         t = datetime.fromisoformat(msg["timestamp"].replace("Z", "+00:00"))
