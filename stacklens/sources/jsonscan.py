@@ -593,9 +593,9 @@ def _text_rows(buf, starts, ends, kinds):
         if k == STR_ESC:
             o = _unescape_into(buf, starts[i], ends[i], out, o)
         else:
-            for j in range(starts[i], ends[i]):
-                out[o] = buf[j]
-                o += 1
+            n_ = ends[i] - starts[i]
+            out[o:o + n_] = buf[starts[i]:ends[i]]
+            o += n_
     offsets[n] = o
     return offsets, out[:o], valid
 
@@ -712,9 +712,9 @@ def _json_members(buf, vs, ve, kind, modes, keys, key_off):
                 out[o] = 44
                 o += 1
             members += 1
-            for j in range(key_off[m], key_off[m + 1]):
-                out[o] = keys[j]
-                o += 1
+            kl = key_off[m + 1] - key_off[m]
+            out[o:o + kl] = keys[key_off[m]:key_off[m + 1]]
+            o += kl
             if mode == 1 and k == NULL:
                 out[o] = 110
                 out[o + 1] = 117
@@ -751,9 +751,8 @@ def _json_members(buf, vs, ve, kind, modes, keys, key_off):
             if quoted:
                 out[o] = 34
                 o += 1
-            for j in range(s, e):
-                out[o] = buf[j]
-                o += 1
+            out[o:o + e - s] = buf[s:e]
+            o += e - s
             if quoted:
                 out[o] = 34
                 o += 1
