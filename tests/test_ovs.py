@@ -230,3 +230,37 @@ def test_bad_sample_lines_are_skipped_and_reported(network_lab, tmp_path):
     clean = OvsStatsReader(out / "ovs" / "ovs-stats.jsonl", ReadOptions())
     assert rows == sum(t.num_rows for t in clean.tables()) > 0
     assert reader.report.skipped == 1 and reader.report.bad_positions == [4]
+
+
+def test_network_lab_diagnosed_as_upcall_storm(network_lab):
+    """diagnose names the lab's flush as the cause of the miss burst, with the VMs whose packets
+    went back to ovs-vswitchd counted from ovs-vswitchd's own log text."""
+    import datetime as dt
+    import re
+    from stacklens.diagnose.rules import diagnose_store
+    result, store, lab, out = network_lab
+    found = [f for f in diagnose_store(store) if f.rule == "ovs_upcall_storm"]
+    assert len(found) == 1, [f.statement for f in found]
+    (f,) = found
+    assert f.subject["command"] == "revalidator/purge" and "revalidator/purge" in f.statement
+    command = next(e for e in f.evidence if e.kind == "event")
+    assert abs(command.start - lab["flush_ns"]) < 1_000_000
+    burst = next(e for e in f.evidence if e.label == "miss burst")
+    assert lab["flush_ns"] - 1_000_000 <= burst.start <= burst.end
+    assert burst.value >= lab["parameters"]["udp_ports"]  # every active UDP flow missed again
+    # the log's miss upcalls after the flush up to the burst's end, by the VM whose MAC sent them
+    mac_vm = {vm["mac"]: name for name, vm in lab["vms"].items()}
+    text = (out / "ovs" / "ovs-vswitchd.log").read_text()
+    expected: dict[str, int] = {}
+    for stamp, flow in re.findall(r"^(\S+)\|\d+\|dpif_netdev\|DBG\|[^\n]*miss upcall:\n([^\n]*)", text, flags=re.M):
+        t = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+        ns = (int(t.timestamp()) * 10**6 + t.microsecond) * 1000
+        if lab["flush_ns"] < ns <= burst.end:
+            vm = mac_vm[re.search(r"eth\(src=([0-9a-f:]+)", flow).group(1)]
+            expected[vm] = expected.get(vm, 0) + 1
+    got = {e.ref["vm"]: e.value for e in f.evidence if e.label.startswith("upcalls from ")}
+    assert got == expected and set(f.subject["vms"]) == set(expected)
+    # the sampled burst = the upcalls the daemon logged (a log line and a sample in the same ms may fall
+    # either side of the sample)
+    assert abs(sum(got.values()) - burst.value) <= 2
+    assert f.action

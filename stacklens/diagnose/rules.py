@@ -20,6 +20,9 @@ class Context:
     """Models shared by the rules, built once per diagnosis."""
     store: Any
     cache: dict[str, Any] = field(default_factory=dict)
+    # operator-tunable thresholds (diagnose --stuck-after / --slow-scheduling)
+    stuck_after_ns: int = 300_000_000_000  # 5 min in a transitional state with nothing after it
+    slow_scheduling_ns: int = 2_000_000_000
 
     @cached_property
     def con(self):
@@ -159,9 +162,6 @@ def migration_interference(ctx: Context) -> list[Finding]:
 
 
 # ---- scheduling -------------------------------------------------------------------------------
-SLOW_SCHEDULING_NS = 2_000_000_000
-
-
 @rule
 def scheduling(ctx: Context) -> list[Finding]:
     from stacklens.models.scheduling import scheduling_decisions
@@ -180,7 +180,7 @@ def scheduling(ctx: Context) -> list[Finding]:
                 f"Scheduling of request {d.request_id} failed with NoValidHost: {last} removed the last host(s).",
                 f"check why {last} rejects the hosts (capacity, aggregates, flavor extra specs) or add capacity",
                 ev, ref, score=1.0))
-        elif d.select_destinations_ns and d.select_destinations_ns >= SLOW_SCHEDULING_NS:
+        elif d.select_destinations_ns and d.select_destinations_ns >= ctx.slow_scheduling_ns:
             out.append(Finding(
                 "scheduling_slow", "warning",
                 f"Scheduling of request {d.request_id} took {_ms(d.select_destinations_ns)} (select_destinations).",
@@ -193,41 +193,70 @@ def scheduling(ctx: Context) -> list[Finding]:
 
 # ---- errors with their request flow -----------------------------------------------------------
 MAX_ERROR_REQUESTS = 20
+ERROR_LEVELS = ("ERROR", "CRITICAL", "FATAL")
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
 @rule
 def request_errors(ctx: Context) -> list[Finding]:
+    """A request that logged an error or whose task ended in error, with where it went: the
+    request is followed by its global_request_id when the services carry one (each service
+    has its own local request id in oslo.context), else by its request id."""
     from stacklens.models.request_flow import request_flow
     rows = ctx.con.execute("""
-        SELECT request_id, min(ts), count(*) FROM events
-        WHERE layer = 'app' AND request_id IS NOT NULL
+        SELECT coalesce(fields->>'$.global_request_id', request_id, fields->>'$._context_request_id') AS rid,
+               min(ts), count(*) FROM events
+        WHERE layer = 'app'
+          AND coalesce(fields->>'$.global_request_id', request_id, fields->>'$._context_request_id') IS NOT NULL
           AND (fields->>'$.level' IN ('ERROR', 'CRITICAL', 'FATAL') OR name LIKE '%.error'
                OR fields->>'$.event_type' LIKE '%.error' OR fields->>'$.priority' = 'ERROR')
         GROUP BY 1 ORDER BY 2 LIMIT ?""", [MAX_ERROR_REQUESTS]).fetchall()
     out = []
     for rid, first, n in rows:
         flow = request_flow(ctx.con, rid)
-        errors = [p for p in flow.problems if (p.get("level") or "") in ("ERROR", "CRITICAL", "FATAL")] or flow.problems
+        errors = [p for p in flow.problems if (p.get("level") or "") in ERROR_LEVELS] or flow.problems
         first_error = errors[0] if errors else {"message": f"{n} error event(s)", "host": None, "ts": first}
-        services = sorted({f"{s['service'] or s['worker']}@{s['host']}" for s in flow.spans})
-        ev = [Evidence("event", (first_error.get("message") or first_error.get("task") or "error")[:300], None, None,
-                       first_error.get("host"), "app", first_error.get("ts") or first_error.get("start_ts"), None,
-                       {"request_id": rid})]
+        message = _first_line(first_error.get("message") or first_error.get("task")) or "error"
+        # where the request went: task spans and log records, per service and host, in time order
+        where: dict[tuple, list[int]] = {}
         for s in flow.spans:
+            w = where.setdefault((s["service"] or s["worker"], s["host"]), [s["start_ts"], s["end_ts"] or s["start_ts"]])
+            w[0], w[1] = min(w[0], s["start_ts"]), max(w[1], s["end_ts"] or s["start_ts"])
+        for r in flow.records:
+            w = where.setdefault((r["procname"] or r["source"], r["host"]), [r["ts"], r["ts"]])
+            w[0], w[1] = min(w[0], r["ts"]), max(w[1], r["ts"])
+        hops = sorted(where.items(), key=lambda kv: kv[1][0])
+        services = [f"{svc}@{host}" for (svc, host), _ in hops]
+        ev = [Evidence("event", f"{e.get('level') or 'ERROR'}: {_first_line(e.get('message') or e.get('task'))[:300]}",
+                       None, None, e.get("host"), "app", e.get("ts") or e.get("start_ts"), None,
+                       {"request_id": rid, "service": e.get("procname") or e.get("service"),
+                        "instance": e.get("instance")})
+              for e in errors[:5]]
+        for (svc, host), (lo, hi) in hops:
+            ev.append(Evidence("interval", f"request on {svc}", None, None, host, "app", lo, hi,
+                               {"request_id": rid, "service": svc}))
+        for s in flow.spans[:6]:
             ev.append(Evidence("interval", f"{s['task']} ({s['outcome']})", s["duration_ns"], "ns", s["host"], "app",
                                s["start_ts"], s["end_ts"], {"request_id": rid, "instance": s["instance"]}))
+        ev.append(Evidence("number", "error records", len(errors), None, first_error.get("host"), "app",
+                           ref={"request_id": rid}))
+        origin = first_error.get("procname") or first_error.get("service")
         out.append(Finding(
             "request_error", "critical" if any((p.get("level") or "") in ("CRITICAL", "FATAL") for p in errors)
             or any(s["outcome"] == "error" for s in flow.spans) else "warning",
-            f"Request {rid} failed: {(first_error.get('message') or 'error')[:160]}"
-            + (f" (through {', '.join(services)})" if services else "") + ".",
-            f"follow the request flow (stacklens explain --request {rid}) to the first error and its service's log",
-            ev[:12], {"request_id": rid}, score=float(n)))
+            f"Request {rid} failed"
+            + (f" in {origin}@{first_error.get('host')}" if origin else "") + f": {message[:160]}"
+            + (f" (its flow: {' → '.join(services)})" if services else "") + ".",
+            f"follow the request flow (stacklens explain --request {rid}) to the first error and read "
+            f"{origin or 'its service'}'s log around it",
+            ev, {"request_id": rid}, score=float(n)))
     return out
 
 
 # ---- VM stuck in a state ----------------------------------------------------------------------
-STUCK_NS = 300_000_000_000  # 5 min in a transitional task state with nothing after it
 TRANSITIONAL = ("building", "migrating", "resizing", "rebuilding")
 
 
@@ -250,7 +279,7 @@ def vm_stuck(ctx: Context) -> list[Finding]:
                                "look at the fault of the operation that put it there (explain --vm) and reset or rebuild it",
                                [Evidence("event", r["event_type"], "error", None, r["node"], "app", r["ts"], None, ref)],
                                ref, score=(end - r["ts"]) / 1e9))
-        elif (task or r["vm_state"] in TRANSITIONAL) and end - r["ts"] >= STUCK_NS:
+        elif (task or r["vm_state"] in TRANSITIONAL) and end - r["ts"] >= ctx.stuck_after_ns:
             out.append(Finding("vm_stuck", "warning",
                                f"VM {r['vmname'] or vm} has been in {r['vm_state']}"
                                + (f"/{task}" if task else "") + f" for {_ms(end - r['ts'])} with no further record.",
@@ -294,6 +323,8 @@ def ovs_upcall_storm(ctx: Context) -> list[Finding]:
         if "does not exist" in str(e) or "not found" in str(e).lower():
             return []
         raise
+    from stacklens.models.ovs import miss_upcalls
+    upcalls = miss_upcalls(ctx.con).to_pylist() if rep.get("datapaths") else []
     out = []
     for dp in rep.get("datapaths", []):
         for c in dp["reconfigurations"]:
@@ -302,23 +333,35 @@ def ovs_upcall_storm(ctx: Context) -> list[Finding]:
             burst = c["burst"]
             if burst is None or after is None or after < STORM_MIN_SHARE or after <= 2 * before:
                 continue
+            # each sample closes the interval it counts: the burst began one interval before its
+            # first sample, and not before the command
+            since = max(c["ts"], burst["start"] - (dp["sample_interval_ns"] or 0))
             ev = [Evidence("event", f"command: {c['command']}", None, None, dp["host"], "net", c["ts"], None,
                            {"datapath": dp["datapath"]}),
-                  Evidence("interval", "miss burst", burst["total"], "upcalls", dp["host"], "net", burst["start"],
+                  Evidence("interval", "miss burst", burst["total"], "upcalls", dp["host"], "net", since,
                            burst["end"], {"datapath": dp["datapath"]}),
-                  Evidence("number", "slow-path share before", round(before, 3), None, dp["host"], "net"),
-                  Evidence("number", "slow-path share after", round(after, 3), None, dp["host"], "net")]
-            vms = [u for u in rep.get("upcalls_by_vm", []) if u["src_vm"]][:3]
-            for u in vms:
-                ev.append(Evidence("number", f"upcalls from {u['src_vm']} ({u['interface']})", u["upcalls"],
-                                   "upcalls", dp["host"], "net", ref={"vm": u["src_vm"]}))
+                  Evidence("number", "slow-path share before", round(before, 3), None, dp["host"], "net",
+                           c["ts"] - c["window_ns"], c["ts"]),
+                  Evidence("number", "slow-path share after", round(after, 3), None, dp["host"], "net",
+                           c["ts"], burst["end"])]
+            # who sent the packets that went back to ovs-vswitchd, between the command and the
+            # burst's end (ovs-vswitchd's own miss upcall records, by input port)
+            storm = [u for u in upcalls if u["host"] == dp["host"] and c["ts"] < u["ts"] <= burst["end"]]
+            by_vm: dict[tuple, int] = {}
+            for u in storm:
+                key = (u["src_vm"] or f"port {u['in_port']}", u["interface"])
+                by_vm[key] = by_vm.get(key, 0) + 1
+            for (vm, interface), n in sorted(by_vm.items(), key=lambda kv: -kv[1])[:5]:
+                ev.append(Evidence("number", f"upcalls from {vm} ({interface}) in the burst", n, "upcalls",
+                                   dp["host"], "net", since, burst["end"], {"vm": vm, "interface": interface}))
             out.append(Finding(
                 "ovs_upcall_storm", "warning",
                 f"An upcall storm followed `{c['command']}` on {dp['host']} ({dp['datapath']}): {burst['total']} misses, "
                 f"slow-path share {before:.0%} → {after:.0%}.",
                 "avoid flushing/revalidating datapath flows under load (ovs-appctl dpctl/del-flows, flow-table "
                 "changes); raise the flow limit or the revalidator timing if flows are evicted",
-                ev, {"host": dp["host"], "datapath": dp["datapath"]}, score=float(burst["total"])))
+                ev, {"host": dp["host"], "datapath": dp["datapath"], "command": c["command"],
+                     "vms": sorted({vm for vm, _ in by_vm})}, score=float(burst["total"])))
     return out
 
 
@@ -363,13 +406,72 @@ def idle_workers(ctx: Context) -> list[Finding]:
 POOR_ACCURACY_NS = 1_000_000
 
 
+def _causality_violations(ctx: Context) -> list[Finding]:
+    """Packets matched across hosts (sender's out ↔ receiver's in) that, with the clocks as the
+    store currently applies them, arrive no later than they left: the clocks disagree by more
+    than the network delay, so cross-host orderings in every view are wrong."""
+    import numpy as np
+    from stacklens.sync.packets import matched_packets
+    packets = matched_packets(ctx.store)
+    if packets.num_rows == 0:
+        return []
+    clocks = ctx.store.clocks()
+
+    def synced(hosts: list[str], ts: np.ndarray) -> np.ndarray:
+        out = ts.copy()
+        for h in set(hosts):
+            t = clocks.get(h)
+            if t is None or t.quality in ("identity", "failed"):
+                continue
+            sel = np.array([x == h for x in hosts])
+            # the store's ClockTransform.apply, column-wise (integers for the large terms)
+            out[sel] = ts[sel] + t.offset_ns + np.round((ts[sel] - t.base_ns) * t.drift).astype(np.int64)
+        return out
+
+    send_hosts = packets.column("send_host").to_pylist()
+    recv_hosts = packets.column("recv_host").to_pylist()
+    send = synced(send_hosts, packets.column("send_ts").to_numpy().astype(np.int64))
+    recv = synced(recv_hosts, packets.column("recv_ts").to_numpy().astype(np.int64))
+    delay = recv - send
+    out = []
+    for a, b in sorted({tuple(sorted(x)) for x in zip(send_hosts, recv_hosts)}):
+        pair = np.array([{sh, rh} == {a, b} for sh, rh in zip(send_hosts, recv_hosts)])
+        bad = pair & (delay <= 0)
+        if not bad.any():
+            continue
+        worst = int(np.flatnonzero(bad)[np.argmin(delay[bad])])
+        directions = {}
+        for i in np.flatnonzero(bad):
+            directions[(send_hosts[i], recv_hosts[i])] = directions.get((send_hosts[i], recv_hosts[i]), 0) + 1
+        synced_now = any(h in clocks and clocks[h].quality not in ("identity", "failed") for h in (a, b))
+        ev = [Evidence("number", "packets received before they were sent", int(bad.sum()), "packets", a, "kernel",
+                       ref={"hosts": [a, b], "by_direction": {f"{s}->{r}": n for (s, r), n in sorted(directions.items())}}),
+              Evidence("number", "packets matched between the hosts", int(pair.sum()), "packets", a, "kernel",
+                       ref={"hosts": [a, b]}),
+              Evidence("number", "worst delay (receive - send)", int(delay[worst]), "ns", recv_hosts[worst], "kernel",
+                       ref={"seq": packets.column("seq")[worst].as_py()}),
+              Evidence("event", f"sent ({packets.column('kind')[worst].as_py()}, "
+                       f"seq {packets.column('seq')[worst].as_py()})", None, None, send_hosts[worst], "kernel",
+                       int(send[worst]), None),
+              Evidence("event", "received", None, None, recv_hosts[worst], "kernel", int(recv[worst]), None)]
+        action = ("the stored clock transforms are wrong for these packets: re-run `stacklens sync` (with more "
+                  "traffic between the hosts traced) or fix NTP/PTP" if synced_now else
+                  "run `stacklens sync` on this store: it derives the clock transforms from these same packets")
+        out.append(Finding(
+            "clock_sync", "warning",
+            f"The clocks of {a} and {b} disagree: {int(bad.sum())} of {int(pair.sum())} packets between them are "
+            f"received before they were sent (worst {_ms(-int(delay[worst]))} early); cross-host orderings are wrong.",
+            action, ev, {"hosts": [a, b]}, score=float(bad.sum())))
+    return out
+
+
 @rule
 def clock_sync(ctx: Context) -> list[Finding]:
     from stacklens.sync import synchronize
+    out = _causality_violations(ctx)
     clocks = ctx.store.clocks()
     if not clocks:
-        return []
-    out = []
+        return out
     bad = {h: c for h, c in clocks.items() if c.quality in ("failed", "approximate")}
     try:
         details = {r.host: r for r in synchronize(ctx.store)[0]}
@@ -394,10 +496,10 @@ def clock_sync(ctx: Context) -> list[Finding]:
     return out
 
 
-def diagnose_store(store) -> list[Finding]:
-    """Every rule over one store, ranked."""
+def diagnose_store(store, **thresholds: int) -> list[Finding]:
+    """Every rule over one store, ranked. `thresholds`: Context fields (stuck_after_ns, …)."""
     from stacklens.diagnose.findings import rank
-    ctx = Context(store)
+    ctx = Context(store, **thresholds)
     findings: list[Finding] = []
     for r in RULES:
         findings.extend(r(ctx))

@@ -18,22 +18,22 @@ from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts
 SEVERITY_COLOUR = {"critical": "red", "warning": "yellow", "info": "cyan"}
 
 
-def diagnose_path(path: Path | None, store_dir: str | None):
+def diagnose_path(path: Path | None, store_dir: str | None, **thresholds: int):
     """Findings of a store, or of a bundle ingested first into a temporary store."""
     from stacklens.diagnose.rules import diagnose_store
     from stacklens.store import Store
     if path is None:
-        return diagnose_store(Store(store_dir))
+        return diagnose_store(Store(store_dir), **thresholds)
     if not path.exists():
         raise StacklensError(f"{path}: no such file or directory")
     if (path / "stacklens-store.json").exists():
-        return diagnose_store(Store(path))
+        return diagnose_store(Store(path), **thresholds)
     from stacklens.store.ingest import ingest
     tmp = Path(tempfile.mkdtemp(prefix="stacklens-diagnose-"))
     try:
         store = Store(tmp / "store", create=True)
         ingest(store, [path])
-        return diagnose_store(store)
+        return diagnose_store(store, **thresholds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -85,11 +85,18 @@ def register(app: typer.Typer) -> None:
     def diagnose(path: Optional[Path] = typer.Argument(None, help="A trace bundle (ingested into a temporary store) or a store."),
                  store: Optional[str] = typer.Option(None, "--store", "-s", help="Store directory."),
                  html_out: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML report here."),
+                 stuck_after: float = typer.Option(300.0, "--stuck-after", help="Seconds in a transitional VM state "
+                                                   "with no further record before it is reported stuck."),
+                 slow_scheduling: float = typer.Option(2.0, "--slow-scheduling", help="Seconds of select_destinations "
+                                                       "above which scheduling is reported slow."),
                  json_out: bool = JsonOpt) -> None:
         """Ranked findings: what went wrong, the evidence, what to do."""
         if (path is None) == (store is None):
             raise StacklensError("diagnose: give a bundle PATH or --store DIR (one of them)")
-        findings = diagnose_path(path, store)
+        if stuck_after <= 0 or slow_scheduling <= 0:
+            raise StacklensError("diagnose: --stuck-after and --slow-scheduling must be positive seconds")
+        findings = diagnose_path(path, store, stuck_after_ns=round(stuck_after * 1e9),
+                                 slow_scheduling_ns=round(slow_scheduling * 1e9))
         if html_out is not None:
             html_out.parent.mkdir(parents=True, exist_ok=True)
             html_out.write_text(html_report(findings, f"stacklens diagnosis of {path or store}"))
