@@ -197,9 +197,21 @@ def _string_decode(buf, p, e, out, o):
             o = _unescape_into(buf, p, p + n, out, o)
             p += n
             continue
-        if not (d == 34 or d == 92 or d == 47 or d == 98 or d == 102 or d == 110 or d == 114 or d == 116):
+        if d == 34 or d == 92 or d == 47:  # the common escapes of an inner document
+            out[o] = d
+        elif d == 110:
+            out[o] = 10
+        elif d == 116:
+            out[o] = 9
+        elif d == 114:
+            out[o] = 13
+        elif d == 98:
+            out[o] = 8
+        elif d == 102:
+            out[o] = 12
+        else:
             return -1, o, esc
-        o = _unescape_into(buf, p, p + 2, out, o)
+        o += 1
         p += 2
     return -1, o, esc
 
