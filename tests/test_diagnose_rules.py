@@ -310,3 +310,68 @@ def test_poor_clock_sync_until_synchronized(tmp_path):
     assert done.returncode == 0, done.stderr
     assert all(d > 0 for _, _, d in st.connect().execute(PACKET_DELAYS).fetchall())
     assert not _by_rule(_diagnose(st), "clock_sync")
+
+
+# ---- idle workers -----------------------------------------------------------------------------
+def test_idle_workers_of_a_sticky_pool(tmp_path):
+    """A real LTTng session (own lttng-sessiond) records a thesis-instrumented worker pool whose
+    dispatcher sends every request to one worker; the idle ones are those the program itself
+    measured as (almost) never busy. The thesis nova trace, whose two compute workers both
+    worked, gives no finding."""
+    import signal
+    from stacklens.diagnose.rules import IDLE_BUSY_SHARE, PEER_BUSY_SHARE
+    from tests.conftest import need_program
+    need_program("lttng-sessiond")
+    need_program("lttng")
+    env = dict(os.environ, LTTNG_HOME=str(tmp_path / "home"), LTTNG_UST_PYTHON_REGISTER_TIMEOUT="5000")
+    (tmp_path / "home").mkdir()
+    if subprocess.run(["/usr/bin/python3", "-c", "import lttngust"], capture_output=True, timeout=30,
+                      env=dict(env, LTTNG_UST_PYTHON_REGISTER_TIMEOUT="0")).returncode:
+        pytest.skip("python3-lttngust is not installed for /usr/bin/python3 (./dev setup installs it)")
+    sessiond = subprocess.Popen(["lttng-sessiond", "--no-kernel"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    trace = tmp_path / "trace"
+    try:
+        import time
+        deadline = time.monotonic() + 30
+        while subprocess.run(["lttng", "list"], env=env, capture_output=True, timeout=10).returncode:
+            assert sessiond.poll() is None and time.monotonic() < deadline, "lttng-sessiond did not start"
+            time.sleep(0.2)
+        for cmd in (["create", "pool", "--output", str(trace)], ["enable-event", "--python", "nova.conductor.manager"],
+                    ["start"]):
+            subprocess.run(["lttng", *cmd], env=env, check=True, capture_output=True, timeout=30)
+        done = subprocess.run(["/usr/bin/python3", str(ROOT / "tests" / "programs" / "thesis_worker_pool.py"),
+                               "4", "6", "0.15"], env=env, check=True, capture_output=True, text=True, timeout=60)
+        for cmd in (["stop"], ["destroy"]):
+            subprocess.run(["lttng", *cmd], env=env, check=True, capture_output=True, timeout=60)
+    finally:
+        if sessiond.poll() is None:
+            sessiond.send_signal(signal.SIGTERM)
+            try:
+                sessiond.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                sessiond.kill()
+                sessiond.wait(10)
+    measured = json.loads(done.stdout)
+    span = measured["last_ns"] - measured["first_ns"]
+    shares = {name: w["busy_ns"] / span for name, w in measured["workers"].items()}
+    idle = {name for name, share in shares.items() if share < IDLE_BUSY_SHARE}
+    assert max(shares.values()) >= PEER_BUSY_SHARE and len(idle) == 3
+    st = Store(tmp_path / "store", create=True)
+    assert all(r.status == "ingested" for r in ingest(st, [trace], host="controller"))
+    (f,) = _by_rule(_diagnose(st), "idle_workers")
+    _check_shape(f)
+    # the store's worker ids are logger/thread ident: map each to the program's thread name
+    names = dict(st.connect().execute(
+        "SELECT DISTINCT 'nova.conductor.manager/' || CAST(fields->>'$.thread' AS VARCHAR), fields->>'$.threadName'"
+        " FROM events WHERE name = 'lttng_python:event'").fetchall())
+    assert {names[w] for w in f.subject["idle"]} == idle
+    assert "3 of 4" in f.statement and f.subject["host"] == "controller"
+    busy_ms = {names[e.ref["worker"]]: e.value for e in f.evidence}
+    busiest = max(shares, key=shares.get)
+    # the busy time from the trace is the program's own, less the time to log the two records
+    assert busy_ms[busiest] == pytest.approx(measured["workers"][busiest]["busy_ns"] / 1e6, rel=0.05)
+
+    thesis = Store(tmp_path / "thesis", create=True)
+    ingest(thesis, [need_data("thesis", "nova")])
+    assert not _by_rule(_diagnose(thesis), "idle_workers")
