@@ -9,11 +9,18 @@ thread; both readers run in this process, alternating rounds, best of 3 each.
 Inputs (N records each):
 - "Nova sample 2.9 KB": Nova's real versioned sample `instance-create-end.json` ($ref
   resolved), varying timestamps/request ids, every other one in the oslo.message envelope;
-- "oslo.messaging ~1 KB": what the lab's control plane emits — the versioned live-migration
+- "oslo.messaging 1.4 KB": what the lab's control plane emits — the versioned live-migration
   notifications built by a real oslo.messaging Notifier (InstanceActionPayload, a real
   RequestContext), packed as oslo.messaging's AMQP driver sends them (`_context_*` keys,
   `_unique_id`, the v2 envelope) and as the notification listener writes them, one a line;
 - "oslo.log JSON": records formatted by oslo.log's own JSONFormatter.
+
+Measured (2-core machine shared with other work, 50 k records, wall / CPU time):
+oslo.log JSON 322 / 326 k records/s (211 MB/s, 1.77x json.loads) — goal met;
+oslo.messaging 1.4 KB notifications 141 / 159 k/s (200 MB/s, 1.57x);
+Nova's 2.9 KB sample 75 / 86 k/s (221 MB/s, 1.45x). 300 k/s of 2.9 KB records is 870 MB/s
+of validated, partly doubly-encoded JSON per core: out of reach of this scalar scanner
+(~600-750 MB/s on the scan alone; the envelope's inner document is decoded then scanned).
 
 usage: python bench/app_records.py [--records N]
 """
@@ -139,7 +146,7 @@ def pin_to_one_core() -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--records", type=int, default=50_000)
     n = ap.parse_args().records
     cpu = pin_to_one_core()
     print(f"pinned to CPU {cpu}, Arrow pool 1 thread; best of 3 alternating rounds")
@@ -147,7 +154,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         for label, make, cls, keys in (
             ("notifications, Nova sample 2.9 KB", nova_sample_lines, NotificationReader, notif_keys),
-            ("notifications, oslo.messaging ~1 KB", oslo_messaging_lines, NotificationReader, notif_keys),
+            ("notifications, oslo.messaging 1.4 KB", oslo_messaging_lines, NotificationReader, notif_keys),
             ("oslo.log JSON", json_log_lines, OsloJsonLogReader,
              ["created", "name", "levelname", "message", "context", "process"]),
         ):
