@@ -313,3 +313,30 @@ def test_notification_lines_every_sample_streamed(tmp_path, monkeypatch, chunk):
         uuid = data.get("uuid") if msg["event_type"].startswith("instance.") else None
         assert row["instance"] == (msg["payload"].get("instance_id") or msg["payload"].get("instance_uuid")
                                    or uuid or data.get("instance_uuid"))
+
+
+def test_critical_path_of_thesis_requests(store, tasks):
+    """The boot request's critical path is select_destinations → wait → create, and the delete
+    request's is the delete alone (shutdown runs inside it); every figure from babeltrace2."""
+    from stacklens.models.request_flow import request_flow
+    recs = bt2_thesis_records(need_data(*NOVA))
+
+    def edge(event_type, **match):
+        hits = [t for t, et, r in recs if et == event_type and all(r.get(k) == v for k, v in match.items())]
+        assert len(hits) == 1, (event_type, hits)
+        return hits[0]
+
+    by = {(t["task"], t["vmname"]): t for t in tasks if t["source"] == "lttng_trace"}
+    boot = request_flow(store.connect(), by[("compute.instance.create", "vm-26009")]["request_id"])
+    sel_start, sel_end = edge("scheduler.select_destinations.start"), edge("scheduler.select_destinations.end")
+    cr_start = edge("compute.instance.create.start", vmname="vm-26009")
+    cr_end = edge("compute.instance.create.end", vmname="vm-26009")
+    assert [(s["kind"], s.get("task"), s["start_ts"], s["end_ts"]) for s in boot.critical_path] == [
+        ("span", "scheduler.select_destinations", sel_start, sel_end),
+        ("wait", None, sel_end, cr_start),
+        ("span", "compute.instance.create", cr_start, cr_end)]
+    assert sum(s["duration_ns"] for s in boot.critical_path) == cr_end - sel_start
+
+    delete = request_flow(store.connect(), by[("compute.instance.delete", "vm-18387")]["request_id"])
+    assert [(s["kind"], s.get("task"), s["duration_ns"]) for s in delete.critical_path] == [
+        ("span", "compute.instance.delete", bt2_duration(recs, "compute.instance.delete", vmname="vm-18387"))]

@@ -1,6 +1,6 @@
 """Request flow (SPEC §4): for one request id (or global_request_id), every task span and log
 record on every service and host, the RPC hops seen on the bus, the waits between services,
-and the warnings and errors attached to the request.
+the critical path, and the warnings and errors attached to the request.
 
 RPC hops come from RabbitMQ firehose dumps: each request message goes to a topic (the routing
 key: `conductor`, `scheduler`, `compute.HOST`); a call's reply is joined by `_msg_id`. The dump
@@ -31,6 +31,7 @@ class RequestFlow:
     hops: list[dict[str, Any]] = field(default_factory=list)
     waits: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
+    critical_path: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def start_ts(self) -> int | None:
@@ -45,7 +46,8 @@ class RequestFlow:
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "start_ts": self.start_ts, "end_ts": self.end_ts,
                 "spans": self.spans, "hops": self.hops, "waits": self.waits,
-                "problems": self.problems, "records": self.records}
+                "problems": self.problems, "critical_path": self.critical_path,
+                "records": self.records}
 
 
 def request_flow(con: duckdb.DuckDBPyConnection, request_id: str) -> RequestFlow:
@@ -71,7 +73,38 @@ def request_flow(con: duckdb.DuckDBPyConnection, request_id: str) -> RequestFlow
         if a["worker"] != b["worker"] and b["start_ts"] > a["end_ts"]:
             flow.waits.append({"from": a["worker"], "to": b["worker"], "after": a["task"],
                                "before": b["task"], "wait_ns": b["start_ts"] - a["end_ts"]})
+    flow.critical_path = critical_path(flow.spans)
     return flow
+
+
+def critical_path(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chain of spans (and the waits between them) that set the request's end-to-end time.
+
+    Walking back from the span that ends last, each step takes the span that ended last
+    before the current one started: that is the work the current span waited for. Spans
+    nested inside a span of the path are covered by it. Segments come out in time order and
+    add up to last end - first start of the path."""
+    closed = [s for s in spans if s.get("end_ts") is not None]
+    if not closed:
+        return []
+    latest = lambda cands: max(cands, key=lambda s: (s["end_ts"], -s["start_ts"]))  # noqa: E731
+    path = [latest(closed)]
+    while True:
+        before = [s for s in closed if s["end_ts"] <= path[-1]["start_ts"]]
+        if not before:
+            break
+        path.append(latest(before))
+    path.reverse()
+    out: list[dict[str, Any]] = []
+    for prev, span in zip([None] + path[:-1], path):
+        if prev is not None and span["start_ts"] > prev["end_ts"]:
+            out.append({"kind": "wait", "from": prev["worker"], "to": span["worker"],
+                        "start_ts": prev["end_ts"], "end_ts": span["start_ts"],
+                        "duration_ns": span["start_ts"] - prev["end_ts"]})
+        out.append({"kind": "span", "task": span["task"], "worker": span["worker"],
+                    "host": span.get("host"), "start_ts": span["start_ts"], "end_ts": span["end_ts"],
+                    "duration_ns": span["end_ts"] - span["start_ts"]})
+    return out
 
 
 def _hops(con: duckdb.DuckDBPyConnection, request_id: str) -> list[dict[str, Any]]:

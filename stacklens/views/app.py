@@ -108,6 +108,14 @@ def show_request(store_path: str, request_id: str, json_out: bool) -> None:
         node.add(f"+{fmt_duration(s['start_ts'] - t0)} {s['task']} {fmt_duration(s['duration_ns'])} {s['outcome']}")
     for w in flow.waits:
         root.add(f"wait {w['from']} → {w['to']}: {fmt_duration(w['wait_ns'])}")
+    if flow.critical_path:
+        total = flow.critical_path[-1]["end_ts"] - flow.critical_path[0]["start_ts"]
+        cp = root.add(f"critical path ({fmt_duration(total)})")
+        for seg in flow.critical_path:
+            share = f"{100 * seg['duration_ns'] / total:.0f} %" if total else "-"
+            what = seg["task"] + f" on {seg['worker']}" if seg["kind"] == "span" else \
+                f"[yellow]wait[/] {seg['from']} → {seg['to']}"
+            cp.add(f"{what}: {fmt_duration(seg['duration_ns'])} ({share})")
     if flow.records:
         logs = root.add(f"log records ({len(flow.records)})")
         for r in flow.records[:200]:
