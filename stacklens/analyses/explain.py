@@ -51,10 +51,12 @@ class Node:
             self.end = hi if self.end is None else max(self.end, hi)
 
 
-def explain_vm(store, key: str, window: tuple[int, int] | None = None) -> Node:
-    """The tree of one VM (name or uuid); `window` restricts it to [start, end)."""
+def explain_vm(store, key: str, window: tuple[int, int] | None = None, migrations: bool = True) -> Node:
+    """The tree of one VM (name or uuid); `window` restricts it to [start, end); `migrations`
+    False leaves its migration attempts out (a request's tree adds its own)."""
+    from stacklens.models.cache import shared_connection
     from stacklens.models.correlation import instance_volumes, resolve_vm, vm_port_packets
-    con = store.connect()
+    con = shared_connection(store)
     name, uuid = resolve_vm(con, key)
     if name is None and uuid is None:
         raise StacklensError(f"no VM named {key!r} in the store (give its QEMU/Nova name or its uuid)")
@@ -91,7 +93,7 @@ def explain_vm(store, key: str, window: tuple[int, int] | None = None) -> Node:
                                 "request_id": t["request_id"]}))
     # virtualization layer: migrations, then the kernel under them
     from stacklens.models.migration import migration_attempts
-    for a in migration_attempts(con):
+    for a in migration_attempts(con) if migrations else []:
         if (name and a.vm == name) or (uuid and a.instance == uuid):
             if inside(a.start, a.end):
                 root.add(migration_node(store, a))
@@ -167,15 +169,15 @@ def migration_node(store, a) -> Node:
 def migration_thread_times(store, a, top: int = 5) -> list[dict[str, Any]]:
     """Per thread of the migrating VM's source QEMU: running / runnable / blocked ns over the
     attempt and the threads that ran on its CPU while it waited. Empty without a kernel trace."""
+    from stacklens.models.cache import kernel_model, shared_connection
     from stacklens.models.correlation import vm_threads
-    from stacklens.models.kernel import KernelModel
-    threads = [r for r in vm_threads(store.connect()).to_pylist()
+    threads = [r for r in vm_threads(shared_connection(store)).to_pylist()
                if r["vm"] == a.vm and r["host"] == a.source_host]
     if not threads:
         return []
     kernel_host = next((r["kernel_host"] for r in threads if r["kernel_host"]), a.source_host)
     try:
-        k = KernelModel(store, kernel_host)
+        k = kernel_model(store, kernel_host)
     except StacklensError:
         return []
     tids = sorted({r["tid"] for r in threads})
@@ -192,7 +194,7 @@ def migration_thread_times(store, a, top: int = 5) -> list[dict[str, Any]]:
     for tid, state, ns in rows:
         per.setdefault(tid, {})[state] = int(ns)
     others: dict[int, dict] = {}
-    for r in vm_threads(store.connect()).to_pylist():  # one row per way found: keep the one with a role
+    for r in vm_threads(shared_connection(store)).to_pylist():  # one row per way found: keep the one with a role
         if r["tid"] not in others or (r["role"] and not others[r["tid"]]["role"]):
             others[r["tid"]] = r
     out = []
@@ -213,8 +215,9 @@ def migration_thread_times(store, a, top: int = 5) -> list[dict[str, Any]]:
 def explain_request(store, request_id: str) -> Node:
     """The tree of one request: its spans per host and service, RPC hops, problems, and for
     each VM it touched the VM's operations within the request's time span."""
+    from stacklens.models.cache import shared_connection
     from stacklens.models.request_flow import request_flow
-    con = store.connect()
+    con = shared_connection(store)
     flow = request_flow(con, request_id)
     if not flow.spans and not flow.records and not flow.hops:
         # requests that reached the store only through notifications (no task pairs, no logs)
@@ -243,10 +246,10 @@ def explain_request(store, request_id: str) -> Node:
     attempts = [a for a in migration_attempts(con) if a.request_id == request_id]
     for inst in instances:
         try:
-            sub = explain_vm(store, inst, (lo, hi + 1) if lo is not None and hi is not None else None)
+            sub = explain_vm(store, inst, (lo, hi + 1) if lo is not None and hi is not None else None,
+                             migrations=False)
         except StacklensError:
             continue
-        sub.children = [c for c in sub.children if c.kind != "migration"]
         root.add(sub)
     for a in attempts:
         root.add(migration_node(store, a))

@@ -26,7 +26,8 @@ class Context:
 
     @cached_property
     def con(self):
-        return self.store.connect()
+        from stacklens.models.cache import shared_connection
+        return shared_connection(self.store)
 
     @cached_property
     def migrations(self):

@@ -99,5 +99,6 @@ def _thesis_table(rows: list[tuple]) -> pa.Table:
 
 
 def register_operations(con: duckdb.DuckDBPyConnection) -> None:
-    """Make the operations table available to SQL as `ops`."""
-    con.register("ops", app_operations(con))
+    """Make the operations table available to SQL as `ops` (built once per connection)."""
+    from stacklens.models.cache import memo
+    con.register("ops", memo(con, "ops", lambda: app_operations(con)))

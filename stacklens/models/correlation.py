@@ -32,6 +32,11 @@ VM_THREADS_SCHEMA = pa.schema([
 
 def vm_identities(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Pairs (vm name, instance uuid) from every source that names both (QMP, lab, Nova)."""
+    from stacklens.models.cache import memo
+    return memo(con, "vm_identities", lambda: _vm_identities(con))
+
+
+def _vm_identities(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return con.sql("""
         SELECT procname AS vm, instance, min(source) AS via FROM events
         WHERE layer = 'virt' AND procname IS NOT NULL AND instance IS NOT NULL GROUP BY ALL
@@ -65,6 +70,11 @@ def vm_threads(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Every thread known to belong to a VM's QEMU process (columns: VM_THREADS_SCHEMA).
     A thread found several ways is listed once per way (`via`), so callers can tell which
     evidence they rely on."""
+    from stacklens.models.cache import memo
+    return memo(con, "vm_threads", lambda: _vm_threads(con))
+
+
+def _vm_threads(con: duckdb.DuckDBPyConnection) -> pa.Table:
     ids = {r["vm"]: r["instance"] for r in vm_identities(con).to_pylist() if r["vm"]}
     con.register("_vm_ids", pa.table({"vm": list(ids), "instance": list(ids.values())},
                                      schema=pa.schema([("vm", pa.string()), ("instance", pa.string())])))

@@ -108,7 +108,13 @@ class MigrationAttempt:
 
 
 def migration_attempts(con: duckdb.DuckDBPyConnection) -> list[MigrationAttempt]:
-    """Every migration attempt in the store, in time order."""
+    """Every migration attempt in the store, in time order (built once per connection: a new
+    list each call, the attempts shared)."""
+    from stacklens.models.cache import memo
+    return list(memo(con, "migration_attempts", lambda: _migration_attempts(con)))
+
+
+def _migration_attempts(con: duckdb.DuckDBPyConnection) -> list[MigrationAttempt]:
     names = ", ".join(f"'{n}', 'qemu:{n}'" for n in QEMU_EVENTS)
     rows = con.execute(
         f"SELECT ts, host, coalesce(procname, ''), regexp_replace(name, '^qemu:', ''), fields FROM events "

@@ -48,8 +48,9 @@ FROM tasks GROUP BY task ORDER BY total_ns DESC NULLS LAST, task
 
 def service_tasks(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Task intervals of every worker (also registered as `tasks` on `con`)."""
+    from stacklens.models.cache import memo
     register_operations(con)
-    table = con.sql(TASKS_SQL).to_arrow_table()
+    table = memo(con, "tasks", lambda: con.sql(TASKS_SQL).to_arrow_table())
     con.register("tasks", table)
     return table
 
