@@ -121,12 +121,17 @@ class NotificationReader(Reader):
         env = np.flatnonzero(valid & ((kind[ENVELOPE] == STR) | (kind[ENVELOPE] == STR_ESC)))
         if len(env):
             v2, vs2, ve2, k2, vals2 = TRIE.scan(docs, doc_off[env], doc_off[env + 1])
-            valid[env] = v2
-            # one values buffer: the inner documents' values after the bare lines'
-            vs2[vs2 >= 0] += len(vals)
-            ve2[ve2 >= 0] += len(vals)
-            vals = np.concatenate([vals, vals2])
-            vs[:, env], ve[:, env], kind[:, env] = vs2, ve2, k2
+            if len(vals):  # one values buffer: the inner documents' values after the bare lines'
+                vs2 = np.where(vs2 >= 0, vs2 + len(vals), vs2)
+                ve2 = np.where(ve2 >= 0, ve2 + len(vals), ve2)
+                vals = np.concatenate([vals, vals2])
+            else:
+                vals = vals2
+            if len(env) == len(valid):  # every line an envelope (what a listener writes)
+                valid, vs, ve, kind = v2, vs2, ve2, k2
+            else:
+                valid[env] = v2
+                vs[:, env], ve[:, env], kind[:, env] = vs2, ve2, k2
         big = vals
         has_type = (kind[EVENT_TYPE] != ABSENT) & (kind[EVENT_TYPE] != NULL)
         keep = valid & has_type
