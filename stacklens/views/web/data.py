@@ -232,9 +232,48 @@ class WebData:
                          "state": "cpu", "vm": r["vm"] if r else None, "request_id": None, "tid": tid, "merged": n})
         return {"bars": bars, "host": host}
 
-    # ---- the bench's query: events per host/layer and pixel in a window ---------------------
+    # ---- events per host/layer and pixel in a window (the overview; bench/view_query.py) ----
+    def _density_buckets(self) -> str:
+        """Events per host, layer and DENSITY_BASE_NS bucket, computed once per store content and
+        kept next to the events (summaries/density-<fingerprint>.parquet); loaded into a table
+        sorted by bucket so a window reads a contiguous slice. Returns the table's name."""
+        def build() -> str:
+            import hashlib
+            files = self.store.event_files()
+            key = hashlib.sha1(repr([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+                               .encode()).hexdigest()[:16]
+            path = self.store.root / "summaries" / f"density-{key}.parquet"
+            if not path.exists():
+                path.parent.mkdir(exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                self.con.execute(f"""
+                    COPY (SELECT host, layer, ts // {DENSITY_BASE_NS} AS b, count(*) AS n FROM events_raw
+                          GROUP BY ALL ORDER BY b, host, layer) TO '{tmp}' (FORMAT parquet)""")
+                tmp.replace(path)
+                for old in path.parent.glob("density-*.parquet"):
+                    if old != path:
+                        old.unlink(missing_ok=True)
+            self.con.execute(f"CREATE TEMP TABLE density_buckets AS SELECT * FROM read_parquet('{path}') ORDER BY b")
+            return "density_buckets"
+        return self._cached("density_buckets", build)
+
     def density(self, start: int, end: int, px: int = 1000) -> list[tuple]:
+        """(host, layer, pixel, events) over [start, end). A pixel of at least DENSITY_MIN_RATIO
+        base buckets is counted from the stored buckets (a base bucket straddling a pixel edge
+        goes whole to the pixel of its start: at most 1/DENSITY_MIN_RATIO off at each edge);
+        narrower pixels read the events, whose ts-sorted row groups the window prunes."""
         bucket = max(1, (end - start) // px)
-        return self.con.execute("""
-            SELECT host, layer, (ts - $1) // $3 AS b, count(*) FROM events_raw
-            WHERE ts >= $1 AND ts < $2 GROUP BY ALL ORDER BY host, layer, b""", [start, end, bucket]).fetchall()
+        with self._lock:
+            if bucket >= DENSITY_MIN_RATIO * DENSITY_BASE_NS:
+                table = self._density_buckets()
+                return self.con.execute(f"""
+                    SELECT host, layer, greatest(b * {DENSITY_BASE_NS} - $1, 0) // $3 AS px, CAST(sum(n) AS BIGINT)
+                    FROM {table} WHERE b >= $1 // {DENSITY_BASE_NS} AND b * {DENSITY_BASE_NS} < $2
+                    GROUP BY ALL ORDER BY host, layer, px""", [start, end, bucket]).fetchall()
+            return self.con.execute("""
+                SELECT host, layer, (ts - $1) // $3 AS b, count(*) FROM events_raw
+                WHERE ts >= $1 AND ts < $2 GROUP BY ALL ORDER BY host, layer, b""", [start, end, bucket]).fetchall()
+
+
+DENSITY_BASE_NS = 1_000_000  # 1 ms buckets: 600 k per host and layer for ten minutes of trace
+DENSITY_MIN_RATIO = 64
