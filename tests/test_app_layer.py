@@ -340,3 +340,87 @@ def test_critical_path_of_thesis_requests(store, tasks):
     delete = request_flow(store.connect(), by[("compute.instance.delete", "vm-18387")]["request_id"])
     assert [(s["kind"], s.get("task"), s["duration_ns"]) for s in delete.critical_path] == [
         ("span", "compute.instance.delete", bt2_duration(recs, "compute.instance.delete", vmname="vm-18387"))]
+
+
+def _timestamp_ns(text) -> int | None:
+    """ns of an oslo timestamp ("YYYY-MM-DD[ T]HH:MM:SS[.f][Z|±HH[:]MM]", the forms the
+    reader documents), checked by datetime; None if it is not one."""
+    from datetime import datetime, timedelta, timezone
+    m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+                     r"(Z|[+-]\d{2}:?\d{2})?", text) if isinstance(text, str) else None
+    if not m:
+        return None
+    y, mo, d, h, mi, s, frac, zone = m.groups()
+    try:
+        t = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    if zone and zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        hh, mm = int(zone[1:3]), int(zone[-2:])
+        if hh > 23 or mm > 59:
+            return None
+        t -= sign * timedelta(hours=hh, minutes=mm)
+    return int(t.timestamp()) * 10**9 + int((frac or "0").ljust(9, "0"))
+
+
+def test_notification_lines_damaged_like_json_loads(tmp_path):
+    """Real notification lines damaged at random (cut, bytes changed, inserted, deleted): each
+    is kept exactly when Python's json.loads accepts it as an object with an event_type and a
+    timestamp, and then with the same content and time; the others are counted as skipped.
+    A damaged first line does not make the file unreadable."""
+    import random
+    from stacklens.sources.notifications import NotificationReader, resolve_refs
+    samples = need_data(*SAMPLES)
+    rnd = random.Random(4)
+    base = []
+    for f in sorted(samples.glob("*.json"))[:40]:
+        msg = resolve_refs(json.loads(f.read_text()), samples)
+        msg["timestamp"] = "2024-01-02 03:04:05.123456"
+        base.append(json.dumps(msg, ensure_ascii=rnd.random() < 0.5))
+    alphabet = '{}[]",:\\ntru0-.e \x01\u00e9'
+    lines, expected = [], []
+    for i in range(3000):
+        text = rnd.choice(base)
+        if i % 2:
+            text = json.dumps({"oslo.version": "2.0", "oslo.message": text})
+        for _ in range(rnd.choice([0, 1, 1, 2])):
+            at = rnd.randrange(len(text))
+            how = rnd.randrange(4)
+            if how == 0:
+                text = text[:at]
+            elif how == 1:
+                text = text[:at] + rnd.choice(alphabet) + text[at + 1:]
+            elif how == 2:
+                text = text[:at] + rnd.choice(alphabet) + text[at:]
+            else:
+                text = text[:at] + text[at + 1:]
+        text = text.replace("\n", " ")
+        lines.append(text)
+        try:
+            doc = json.loads(text)
+            if isinstance(doc, dict) and isinstance(doc.get("oslo.message"), str):
+                doc = json.loads(doc["oslo.message"])
+            ok = isinstance(doc, dict) and isinstance(doc.get("event_type"), str)
+            ts = None
+            if ok:  # the notification's timestamp, else its object's updated_at, created_at
+                data = doc.get("payload", {}).get("nova_object.data", {}) \
+                    if isinstance(doc.get("payload"), dict) else {}
+                data = data if isinstance(data, dict) else {}
+                for text in (doc.get("timestamp"), data.get("updated_at"), data.get("created_at")):
+                    ts = _timestamp_ns(text)
+                    if ts is not None:
+                        break
+        except ValueError:
+            ts = None
+        if ts is not None:
+            expected.append((i + 1, doc, ts))
+    path = tmp_path / "damaged.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    reader = NotificationReader(path, ReadOptions())
+    rows = [r for t in reader.tables() for r in t.to_pylist()]
+    assert [r["pos"] for r in rows] == [p for p, _, _ in expected]
+    assert [json.loads(r["fields"]) for r in rows] == [d for _, d, _ in expected]
+    assert [r["ts"] for r in rows] == [t for _, _, t in expected]
+    assert reader.report.skipped == len([ln for ln in lines if ln.strip()]) - len(expected)
+    assert 500 < len(expected) < 2900  # both kinds are there in numbers

@@ -55,6 +55,7 @@ TS_SLOTS = [TIMESTAMP, _S[_D + ("updated_at",)], _S[_D + ("created_at",)]]
 _INSTANCE_PREFIX = np.frombuffer(b"instance.", np.uint8)
 CHUNK_BYTES = 32 << 20
 MAX_REPORTED = 10
+HEAD_LINES = 20
 
 
 class NotificationReader(Reader):
@@ -83,14 +84,15 @@ class NotificationReader(Reader):
             raise SourceError(self.path, f"cannot read: {e.strerror}") from None
         with f:
             try:
-                head = f.read(1 << 16)
+                # One notification per line if any of the first lines is a JSON object (the
+                # first one may be damaged), else one document (pretty-printed) per file.
+                head = f.read(1 << 20)
                 f.seek(0)
-                first = head.lstrip().split(b"\n", 1)[0].strip()
-                if b"\n" in head.lstrip() or len(head) < (1 << 16):
-                    one_per_line = _is_json_object(first)
-                else:  # a first line longer than the head: read it whole to decide
-                    one_per_line = _is_json_object(f.readline().strip())
+                first_lines = [ln for ln in head.split(b"\n")[:HEAD_LINES] if ln.strip()]
+                if b"\n" not in head.lstrip() and len(head) == (1 << 20):
+                    first_lines = [f.readline()]  # a first line longer than the head
                     f.seek(0)
+                one_per_line = any(_is_json_object(ln.strip()) for ln in first_lines)
                 if one_per_line:
                     first_line = 1
                     for part in line_blocks(f, CHUNK_BYTES):
