@@ -15,12 +15,14 @@ Inputs (N records each):
   `_unique_id`, the v2 envelope) and as the notification listener writes them, one a line;
 - "oslo.log JSON": records formatted by oslo.log's own JSONFormatter.
 
-Measured (2-core machine shared with other work, 50 k records, wall / CPU time):
-oslo.log JSON 322 / 326 k records/s (211 MB/s, 1.77x json.loads) — goal met;
-oslo.messaging 1.4 KB notifications 141 / 159 k/s (200 MB/s, 1.57x);
-Nova's 2.9 KB sample 75 / 86 k/s (221 MB/s, 1.45x). 300 k/s of 2.9 KB records is 870 MB/s
-of validated, partly doubly-encoded JSON per core: out of reach of this scalar scanner
-(~600-750 MB/s on the scan alone; the envelope's inner document is decoded then scanned).
+Measured on a 2-core machine shared with other work (50 k records; figures move ±25 % with
+the load, the ratios less), CPU time per record:
+oslo.log JSON (658 B) 206–326 k records/s (135–214 MB/s), 1.6–1.8x json.loads — the goal is
+met only on a quiet core; oslo.messaging notifications (1.4 KB, all enveloped) 118–159 k/s
+(167–225 MB/s), 1.5–1.7x; Nova's 2.9 KB sample 79–86 k/s (230–252 MB/s), 1.5–2.0x.
+300 k/s of 2.9 KB records is 870 MB/s of validated, partly doubly-encoded JSON per core: out
+of reach of this scalar scanner (the scan alone runs at ~450–750 MB/s; an envelope's inner
+document is decoded, then scanned).
 
 usage: python bench/app_records.py [--records N]
 """
