@@ -184,47 +184,57 @@ class WebData:
         return {"bars": [], "series": list(series.values())}
 
     def _view_kernel(self, lo, hi, px):
-        """Threads of VMs (state per tid, runnable = preempted) and what ran on each CPU."""
+        """Threads of VMs (state per tid, runnable = preempted) and what ran on each CPU, read
+        from the window only (models/kernel_window.py: the window's sched events plus a bounded
+        look-back), never the whole host's model. Without VM threads, the threads that ran most
+        in the window are shown; at most KERNEL_THREAD_LANES thread lanes."""
         from stacklens.errors import StacklensError
         from stacklens.models.correlation import vm_threads
-        from stacklens.models.kernel import KernelModel, kernel_hosts
+        from stacklens.models.kernel import kernel_hosts
+        from stacklens.models.kernel_window import KernelWindow
         hosts = self._cached("khosts", lambda: kernel_hosts(self.store))
         if not hosts:
             return {"bars": []}
         host = hosts[0]
-
-        def model():
-            k = KernelModel(self.store, host)
-            k._need("states")
-            k._need("running")
-            return k
         try:
-            k = self._cached("kmodel", model)
+            kw = self._cached(f"kwindow:{host}", lambda: KernelWindow(self.store, host))
         except StacklensError:
             return {"bars": []}
         named = self._cached("vmthreads", lambda: {r["tid"]: r for r in vm_threads(self.con).to_pylist()
                                                   if r["role"] or r["via"] != "lab.json"})
         bucket = max(1, (hi - lo) // px)
-        tids = pa.table({"tid": pa.array(sorted(named), pa.int64())})
         with self._lock:
-            k.con.register("_ui_tids", tids)
-            states = k.con.execute("""
-                WITH w AS (SELECT s.tid, s.state, greatest(s.start, $1) AS start, least(s."end", $2) AS e
-                           FROM states s JOIN _ui_tids USING (tid) WHERE s."end" > $1 AND s.start < $2
-                             AND s.state IN ('running', 'runnable'))
-                SELECT tid, state, min(start), max(e), count(*) FROM w
-                GROUP BY tid, state, (start - $1) // $3 ORDER BY tid, 3""", [lo, hi, bucket]).fetchall()
-            cpus = k.con.execute("""
-                WITH w AS (SELECT cpu, tid, comm, greatest(start, $1) AS start, least("end", $2) AS e FROM running
-                           WHERE "end" > $1 AND start < $2 AND tid <> 0)
-                SELECT cpu, arg_max(tid, e - start), arg_max(comm, e - start), min(start), max(e), count(*) FROM w
-                GROUP BY cpu, (start - $1) // $3 ORDER BY cpu, 4""", [lo, hi, bucket]).fetchall()
+            running = kw.running(lo, hi)
+            con = duckdb.connect()
+            con.register("running", running)
+            if named:
+                shown = sorted(named)[:KERNEL_THREAD_LANES]
+            else:
+                shown = [r[0] for r in con.execute(
+                    'SELECT tid FROM running WHERE tid <> 0 GROUP BY tid ORDER BY sum("end" - start) DESC, tid LIMIT $1',
+                    [KERNEL_THREAD_LANES]).fetchall()]
+            con.register("states", kw.thread_states(shown, lo, hi))
+            # level of detail: intervals shorter than a pixel merge per lane and pixel (the bar
+            # spans them, labelled by the longest); longer ones are returned as they are
+            states = con.execute("""
+                SELECT tid, state, min(start), max("end"), count(*) FROM states
+                GROUP BY tid, state, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
+                ORDER BY tid, 3""", [lo, bucket]).fetchall()
+            cpus = con.execute("""
+                SELECT cpu, arg_max(tid, "end" - start), arg_max(comm, "end" - start), min(start), max("end"), count(*)
+                FROM running WHERE tid <> 0
+                GROUP BY cpu, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
+                ORDER BY cpu, 4""", [lo, bucket]).fetchall()
+            names = dict(con.execute('SELECT tid, arg_max(comm, "end" - start) FROM running GROUP BY tid').fetchall())
         bars = []
         for tid, state, s, e, n in states:
-            r = named[tid]
-            bars.append({"lane": f"{r['vm']} {r['role'] or ''} {r['thread'] or ''} ({tid})", "start": s, "end": e,
+            r = named.get(tid)
+            lane = (f"{r['vm']} {r['role'] or ''} {r['thread'] or ''} ({tid})" if r
+                    else f"{names.get(tid) or '?'} ({tid})")
+            bars.append({"lane": lane, "start": s, "end": e,
                          "label": f"{state}" + (" (preempted: waiting for CPU)" if state == "runnable" else ""),
-                         "layer": "kernel", "state": state, "vm": r["vm"], "request_id": None, "tid": tid, "merged": n})
+                         "layer": "kernel", "state": state, "vm": r["vm"] if r else None, "request_id": None,
+                         "tid": tid, "merged": n})
         for cpu, tid, comm, s, e, n in cpus:
             r = named.get(tid)
             bars.append({"lane": f"CPU {cpu}", "start": s, "end": e,
@@ -277,3 +287,4 @@ class WebData:
 
 DENSITY_BASE_NS = 1_000_000  # 1 ms buckets: 600 k per host and layer for ten minutes of trace
 DENSITY_MIN_RATIO = 64
+KERNEL_THREAD_LANES = 40  # thread lanes the kernel view returns at most (plus one per CPU)

@@ -1,0 +1,157 @@
+"""Kernel running intervals and thread states of one time window, read from that window only.
+
+The whole-host KernelModel (models/kernel.py) sorts every sched_switch of the host before it
+can answer anything; a view that only draws [lo, hi) needs:
+  * the sched_switch / sched_wakeup events of [lo, hi) (ts-bounded: the store's Parquet files
+    are sorted by time, so DuckDB prunes the row groups outside the window);
+  * a look-back before lo, found with ts-bounded queries over growing ranges (the window's width, at least 1 ms, then x4)
+    until it holds the last sched_switch of every CPU (who was running at lo) and of every
+    thread asked for (its state at lo), or reaches the trace start or LOOKBACK_MAX_NS.
+The intervals are built with the same rules as KernelModel (same ordering, same prev_state
+mapping, a wakeup counts only when it ends a block) and clipped to the window, so they equal
+the whole model's intervals clipped to [lo, hi) (tests/test_kernel_window.py checks this)
+as long as the look-back found what it looked for within LOOKBACK_MAX_NS; what was not found
+is reported in `missing_cpus` / `missing_tids` (its time before its first event in the
+window is then not drawn).
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from stacklens.errors import StacklensError
+from stacklens.models.kernel import _ENTERED_STATE
+
+LOOKBACK_FIRST_NS = 1_000_000  # at least 1 ms (else the window's width), x4 until found
+LOOKBACK_MAX_NS = 60_000_000_000  # a minute: beyond it a thread's state at lo is left unknown
+_CLOCK_MARGIN_NS = 1_000  # the raw-time bounds are widened by this, then cut exactly on synced ts
+
+
+class KernelWindow:
+    """Windowed kernel queries on one host's kernel partition (its own DuckDB connection)."""
+
+    def __init__(self, store, host: str) -> None:
+        self.host = host
+        self.con: duckdb.DuckDBPyConnection = store.connect(host=host, layer="kernel")
+        self._clock = {h: t for h, t in store.clocks().items() if t.quality != "identity"}.get(host)
+        lo, hi, n = self.con.execute("SELECT min(ts), max(ts), count(*) FROM events").fetchall()[0]
+        if not n:
+            raise StacklensError(f"host {host!r}: no kernel events in the store")
+        self.span_start, self.span_end = int(lo), int(hi)
+        self.cpus = [r[0] for r in self.con.execute(
+            "SELECT DISTINCT cpu FROM events_raw WHERE name = 'sched_switch' AND cpu IS NOT NULL ORDER BY 1").fetchall()]
+        self.missing_cpus: list[int] = []
+        self.missing_tids: list[int] = []
+
+    # ---- time bounds ------------------------------------------------------------------------
+    def _raw(self, ts: int) -> int:
+        """The raw timestamp whose synchronized time is about `ts` (inverse of ClockTransform)."""
+        c = self._clock
+        if c is None:
+            return ts
+        return ts - c.offset_ns - round((ts - c.offset_ns - c.base_ns) * c.drift / (1.0 + c.drift))
+
+    def _between(self, a: int, b: int) -> str:
+        """SQL condition for a <= ts < b: a raw-ts bound first (row groups are pruned on it)."""
+        if self._clock is None:
+            return f"ts_raw >= {int(a)} AND ts_raw < {int(b)}"
+        return (f"ts_raw >= {self._raw(a) - _CLOCK_MARGIN_NS} AND ts_raw < {self._raw(b) + _CLOCK_MARGIN_NS}"
+                f" AND ts >= {int(a)} AND ts < {int(b)}")
+
+    def _switches_sql(self, a: int, b: int) -> str:
+        return f"""
+            SELECT ts, cpu, src, pos,
+                   CAST(coalesce(fields->>'prev_tid', fields->>'prev_pid') AS BIGINT) AS prev_tid,
+                   CAST(coalesce(fields->>'next_tid', fields->>'next_pid') AS BIGINT) AS next_tid,
+                   fields->>'prev_state' AS prev_state, fields->>'next_comm' AS next_comm
+            FROM events WHERE {self._between(a, b)} AND name = 'sched_switch' AND cpu IS NOT NULL"""
+
+    # ---- look-back ----------------------------------------------------------------------------
+    def _look_back(self, lo: int, width: int, found_sql, wanted: set[int]) -> tuple[int, set[int]]:
+        """Grow [lo - L, lo) until `found_sql(a, b)` (SQL of the keys seen in [a, b)) has
+        returned every wanted key. Returns (start of the look-back, keys not found)."""
+        missing = set(wanted)
+        step_hi, length = lo, max(LOOKBACK_FIRST_NS, width)
+        floor = max(self.span_start, lo - LOOKBACK_MAX_NS)
+        while missing and step_hi > floor:
+            step_lo = max(floor, lo - length)
+            seen = {r[0] for r in self.con.execute(found_sql(step_lo, step_hi)).fetchall()}
+            missing -= seen
+            step_hi, length = step_lo, length * 4
+        return step_hi, missing
+
+    # ---- public -------------------------------------------------------------------------------
+    def running(self, lo: int, hi: int) -> pa.Table:
+        """cpu, tid, comm, start, end: who ran on each CPU, clipped to [lo, hi) (tid 0 = idle)."""
+        lo, hi = int(lo), int(hi)
+        back, missing = self._look_back(
+            lo, hi - lo, lambda a, b: f"SELECT DISTINCT cpu FROM events WHERE {self._between(a, b)} AND name = 'sched_switch'",
+            set(self.cpus))
+        self.missing_cpus = sorted(missing)
+        return self.con.sql(f"""
+            WITH sw AS ({self._switches_sql(back, hi)}),
+            before AS (  -- per CPU, the last switch before lo: who was running at lo
+              SELECT * FROM sw WHERE ts < {lo}
+              QUALIFY row_number() OVER (PARTITION BY cpu ORDER BY ts DESC, src DESC, pos DESC) = 1
+            ), used AS (SELECT * FROM before UNION ALL SELECT * FROM sw WHERE ts >= {lo}),
+            iv AS (
+              SELECT cpu, next_tid AS tid, next_comm AS comm, ts AS start,
+                     coalesce(lead(ts) OVER (PARTITION BY cpu ORDER BY ts, src, pos), {self.span_end}) AS "end"
+              FROM used
+            )
+            SELECT cpu, tid, comm, greatest(start, {lo}) AS start, least("end", {hi}) AS "end"
+            FROM iv WHERE "end" > {lo} AND least("end", {hi}) > greatest(start, {lo})
+            ORDER BY cpu, start""").to_arrow_table()
+
+    def thread_states(self, tids: list[int], lo: int, hi: int,
+                      states: tuple[str, ...] = ("running", "runnable")) -> pa.Table:
+        """tid, state, start, end of `tids` clipped to [lo, hi) (only `states`), with the
+        whole model's rules: switch-in → running, switch-out → what prev_state says,
+        first wakeup after a block → runnable (preempted = runnable after a switch-out in R)."""
+        lo, hi = int(lo), int(hi)
+        tids = sorted({int(t) for t in tids if t})
+        empty = pa.table({"tid": pa.array([], pa.int64()), "state": pa.array([], pa.string()),
+                          "start": pa.array([], pa.int64()), "end": pa.array([], pa.int64())})
+        if not tids:
+            self.missing_tids = []
+            return empty
+        self.con.register("_kw_tids", pa.table({"tid": pa.array(tids, pa.int64())}))
+        back, missing = self._look_back(
+            lo, hi - lo, lambda a, b: f"SELECT DISTINCT t.tid FROM ({self._switches_sql(a, b)}) s JOIN _kw_tids t "
+                             "ON t.tid = s.prev_tid OR t.tid = s.next_tid", set(tids))
+        self.missing_tids = sorted(missing)
+        return self.con.sql(f"""
+            WITH sw AS (
+              SELECT *, {_ENTERED_STATE} AS entered FROM ({self._switches_sql(back, hi)})
+              WHERE prev_tid IN (SELECT tid FROM _kw_tids) OR next_tid IN (SELECT tid FROM _kw_tids)
+            ), wakeups AS (
+              SELECT ts, src, pos, CAST(coalesce(fields->>'tid', fields->>'pid') AS BIGINT) AS tid
+              FROM events WHERE {self._between(back, hi)} AND name IN ('sched_wakeup', 'sched_wakeup_new')
+            ), raw AS (
+              SELECT next_tid AS tid, ts, src, pos, 'running' AS state, 1 AS kind FROM sw
+              UNION ALL SELECT prev_tid, ts, src, pos, entered, 0 FROM sw
+              UNION ALL SELECT tid, ts, src, pos, 'runnable', 2 FROM wakeups
+            ), ordered AS (
+              SELECT *, last_value(CASE WHEN kind < 2 THEN state END IGNORE NULLS)
+                          OVER (PARTITION BY tid ORDER BY ts, src, pos, kind
+                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
+              FROM raw WHERE tid IN (SELECT tid FROM _kw_tids)
+            ), transitions AS (
+              SELECT * FROM ordered WHERE kind < 2 OR before IN ('blocked', 'io_wait') OR before IS NULL
+            ), seq AS (
+              SELECT tid, ts, state, lag(state) OVER w AS prev_state, lead(ts) OVER w AS next_ts
+              FROM transitions WINDOW w AS (PARTITION BY tid ORDER BY ts, src, pos, kind)
+            ), runs AS (
+              SELECT *, sum(CASE WHEN prev_state IS DISTINCT FROM state THEN 1 ELSE 0 END)
+                          OVER (PARTITION BY tid ORDER BY ts ROWS UNBOUNDED PRECEDING) AS run_no
+              FROM seq
+            ), merged AS (
+              SELECT tid, any_value(state) AS state, min(ts) AS start,
+                     arg_max(coalesce(next_ts, {self.span_end}), ts) AS "end"
+              FROM runs GROUP BY tid, run_no
+            )
+            SELECT tid, state, greatest(start, {lo}) AS start, least("end", {hi}) AS "end" FROM merged
+            WHERE state IN ({", ".join(f"'{s}'" for s in states)}) AND "end" > {lo} AND start < {hi}
+              AND least("end", {hi}) > greatest(start, {lo})
+            ORDER BY tid, start""").to_arrow_table()
