@@ -4,7 +4,7 @@ The whole-host KernelModel (models/kernel.py) sorts every sched_switch of the ho
 can answer anything; a view that only draws [lo, hi) needs:
   * the sched_switch / sched_wakeup events of [lo, hi) (ts-bounded: the store's Parquet files
     are sorted by time, so DuckDB prunes the row groups outside the window);
-  * a look-back before lo, found with ts-bounded queries over growing ranges (the window's width, at least 1 ms, then x4)
+  * a look-back before lo, found with ts-bounded queries over growing ranges (the window's width, at least 1 ms, then x16)
     until it holds the last sched_switch of every CPU (who was running at lo) and of every
     thread asked for (its state at lo), or reaches the trace start or LOOKBACK_MAX_NS.
 The intervals are built with the same rules as KernelModel (same ordering, same prev_state
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stacklens.errors import StacklensError
 from stacklens.models.kernel import _ENTERED_STATE
 
-LOOKBACK_FIRST_NS = 1_000_000  # at least 1 ms (else the window's width), x4 until found
+LOOKBACK_FIRST_NS = 1_000_000  # at least 1 ms (else the window's width), xLOOKBACK_GROWTH until found
+LOOKBACK_GROWTH = 16  # each look-back query costs ~10 ms however short: few, growing fast
 LOOKBACK_MAX_NS = 60_000_000_000  # a minute: beyond it a thread's state at lo is left unknown
 _CLOCK_MARGIN_NS = 1_000  # the raw-time bounds are widened by this, then cut exactly on synced ts
 
@@ -43,6 +45,7 @@ class KernelWindow:
             "SELECT DISTINCT cpu FROM events_raw WHERE name = 'sched_switch' AND cpu IS NOT NULL ORDER BY 1").fetchall()]
         self.missing_cpus: list[int] = []
         self.missing_tids: list[int] = []
+        self._last: dict | None = None  # the last window's parsed rows and look-back
 
     # ---- time bounds ------------------------------------------------------------------------
     def _raw(self, ts: int) -> int:
@@ -59,38 +62,54 @@ class KernelWindow:
         return (f"ts_raw >= {self._raw(a) - _CLOCK_MARGIN_NS} AND ts_raw < {self._raw(b) + _CLOCK_MARGIN_NS}"
                 f" AND ts >= {int(a)} AND ts < {int(b)}")
 
-    def _switches_sql(self, a: int, b: int) -> str:
-        return f"""
-            SELECT ts, cpu, src, pos,
-                   CAST(coalesce(fields->>'prev_tid', fields->>'prev_pid') AS BIGINT) AS prev_tid,
-                   CAST(coalesce(fields->>'next_tid', fields->>'next_pid') AS BIGINT) AS next_tid,
-                   fields->>'prev_state' AS prev_state, fields->>'next_comm' AS next_comm
-            FROM events WHERE {self._between(a, b)} AND name = 'sched_switch' AND cpu IS NOT NULL"""
+    def _sched_rows(self, a: int, b: int) -> pa.Table:
+        """The sched_switch / sched_wakeup(_new) rows of [a, b), their `fields` JSON parsed once
+        per row (one json_extract_string of every key needed, not one ->> per key)."""
+        return self.con.sql(f"""
+            SELECT ts, cpu, src, pos, name = 'sched_switch' AS is_switch,
+                   CAST(coalesce(j[1], j[2]) AS BIGINT) AS prev_tid, CAST(coalesce(j[3], j[4]) AS BIGINT) AS next_tid,
+                   j[5] AS prev_state, j[6] AS next_comm, CAST(coalesce(j[7], j[8]) AS BIGINT) AS woken_tid
+            FROM (SELECT ts, cpu, src, pos, name,
+                         json_extract_string(fields, ['prev_tid', 'prev_pid', 'next_tid', 'next_pid', 'prev_state',
+                                                      'next_comm', 'tid', 'pid']) AS j
+                  FROM events WHERE {self._between(a, b)}
+                    AND (name = 'sched_switch' AND cpu IS NOT NULL OR name IN ('sched_wakeup', 'sched_wakeup_new')))
+            """).to_arrow_table()
 
     # ---- look-back ----------------------------------------------------------------------------
-    def _look_back(self, lo: int, width: int, found_sql, wanted: set[int]) -> tuple[int, set[int]]:
-        """Grow [lo - L, lo) until `found_sql(a, b)` (SQL of the keys seen in [a, b)) has
-        returned every wanted key. Returns (start of the look-back, keys not found)."""
-        missing = set(wanted)
-        step_hi, length = lo, max(LOOKBACK_FIRST_NS, width)
+    def _rows(self, lo: int, hi: int, *, cpus: set[int] = frozenset(), tids: set[int] = frozenset()
+              ) -> tuple[pa.Table, set[int], set[int]]:
+        """The sched rows of [back, hi), back grown from lo (the window's width, at least 1 ms,
+        then x16) until they hold a switch of every CPU in `cpus` and of every thread in `tids`
+        (as prev or next), or reach the trace start or LOOKBACK_MAX_NS. Each range is read and
+        parsed once: the parsed look-back of the last window is kept, so running() and
+        thread_states() of the same window share it. Returns (rows, cpus not found, tids not found)."""
+        c = self._last
+        if c is None or c["lo"] != lo or c["hi"] != hi:
+            c = self._last = {"lo": lo, "hi": hi, "parts": [self._sched_rows(lo, hi)], "step_hi": lo,
+                              "length": max(LOOKBACK_FIRST_NS, hi - lo), "cpus": set(), "tids": set()}
         floor = max(self.span_start, lo - LOOKBACK_MAX_NS)
-        while missing and step_hi > floor:
-            step_lo = max(floor, lo - length)
-            seen = {r[0] for r in self.con.execute(found_sql(step_lo, step_hi)).fetchall()}
-            missing -= seen
-            step_hi, length = step_lo, length * 4
-        return step_hi, missing
+        while (cpus - c["cpus"] or tids - c["tids"]) and c["step_hi"] > floor:
+            step_lo = max(floor, lo - c["length"])
+            part = self._sched_rows(step_lo, c["step_hi"])
+            switches = part.filter(part["is_switch"])
+            c["cpus"].update(v for v in pc.unique(switches["cpu"]).to_pylist() if v is not None)
+            c["tids"].update(v for v in pc.unique(pa.chunked_array(
+                switches["prev_tid"].chunks + switches["next_tid"].chunks, pa.int64())).to_pylist() if v is not None)
+            c["parts"].append(part)
+            c["step_hi"], c["length"] = step_lo, c["length"] * LOOKBACK_GROWTH
+        rows = pa.concat_tables(c["parts"][::-1])
+        return rows, set(cpus) - c["cpus"], set(tids) - c["tids"]
 
     # ---- public -------------------------------------------------------------------------------
     def running(self, lo: int, hi: int) -> pa.Table:
         """cpu, tid, comm, start, end: who ran on each CPU, clipped to [lo, hi) (tid 0 = idle)."""
         lo, hi = int(lo), int(hi)
-        back, missing = self._look_back(
-            lo, hi - lo, lambda a, b: f"SELECT DISTINCT cpu FROM events WHERE {self._between(a, b)} AND name = 'sched_switch'",
-            set(self.cpus))
+        rows, missing, _ = self._rows(lo, hi, cpus=set(self.cpus))
         self.missing_cpus = sorted(missing)
+        self.con.register("_kw_rows", rows)
         return self.con.sql(f"""
-            WITH sw AS ({self._switches_sql(back, hi)}),
+            WITH sw AS (SELECT * FROM _kw_rows WHERE is_switch),
             before AS (  -- per CPU, the last switch before lo: who was running at lo
               SELECT * FROM sw WHERE ts < {lo}
               QUALIFY row_number() OVER (PARTITION BY cpu ORDER BY ts DESC, src DESC, pos DESC) = 1
@@ -117,17 +136,15 @@ class KernelWindow:
             self.missing_tids = []
             return empty
         self.con.register("_kw_tids", pa.table({"tid": pa.array(tids, pa.int64())}))
-        back, missing = self._look_back(
-            lo, hi - lo, lambda a, b: f"SELECT DISTINCT t.tid FROM ({self._switches_sql(a, b)}) s JOIN _kw_tids t "
-                             "ON t.tid = s.prev_tid OR t.tid = s.next_tid", set(tids))
+        rows, _, missing = self._rows(lo, hi, tids=set(tids))
         self.missing_tids = sorted(missing)
+        self.con.register("_kw_rows", rows)
         return self.con.sql(f"""
             WITH sw AS (
-              SELECT *, {_ENTERED_STATE} AS entered FROM ({self._switches_sql(back, hi)})
-              WHERE prev_tid IN (SELECT tid FROM _kw_tids) OR next_tid IN (SELECT tid FROM _kw_tids)
+              SELECT *, {_ENTERED_STATE} AS entered FROM _kw_rows
+              WHERE is_switch AND ( prev_tid IN (SELECT tid FROM _kw_tids) OR next_tid IN (SELECT tid FROM _kw_tids))
             ), wakeups AS (
-              SELECT ts, src, pos, CAST(coalesce(fields->>'tid', fields->>'pid') AS BIGINT) AS tid
-              FROM events WHERE {self._between(back, hi)} AND name IN ('sched_wakeup', 'sched_wakeup_new')
+              SELECT ts, src, pos, woken_tid AS tid FROM _kw_rows WHERE NOT is_switch
             ), raw AS (
               SELECT next_tid AS tid, ts, src, pos, 'running' AS state, 1 AS kind FROM sw
               UNION ALL SELECT prev_tid, ts, src, pos, entered, 0 FROM sw
