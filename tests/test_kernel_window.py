@@ -91,3 +91,30 @@ def test_kernel_view_level_of_detail_and_row_cap(many_threads):
         assert sum(e - s for s, e in spans) >= busy[cpu]
     # preemption stays visible: some thread lane has a runnable bar labelled as such
     assert any(b["state"] == "runnable" and "preempted" in b["label"] for b in bars)
+
+
+def test_one_window_object_over_overlapping_windows_equals_whole_model(many_threads):
+    """The web UI keeps one KernelWindow per host: rows parsed for earlier windows are reused
+    (only the gaps are read), so later, overlapping windows must still equal the whole model."""
+    store, model = many_threads
+    window = KernelWindow(store, "wilbrod")
+    model._need("running")
+    model._need("states")
+    tids = [r[0] for r in model.con.execute(
+        "SELECT tid FROM running WHERE tid <> 0 GROUP BY tid ORDER BY count(*) DESC, tid LIMIT 40").fetchall()]
+    model.con.register("_t_all", pa.table({"tid": pa.array(sorted(tids), pa.int64())}))
+    for frac in [(0.5, 0.7), (0.6, 0.6001), (0.45, 0.55), (0.3, 0.31), (0.2, 0.8), (0.0, 1.0), (0.69, 0.71)]:
+        lo, hi = _window(model, frac)
+        expected = model.con.execute("""
+            SELECT cpu, tid, comm, greatest(start, $1), least("end", $2) FROM running
+            WHERE least("end", $2) > greatest(start, $1)""", [lo, hi]).fetchall()
+        got = [(r["cpu"], r["tid"], r["comm"], r["start"], r["end"]) for r in window.running(lo, hi).to_pylist()]
+        assert expected and sorted(got) == sorted(expected), frac
+        expected_states = model.con.execute("""
+            SELECT tid, state, greatest(start, $1), least("end", $2) FROM states
+            WHERE tid IN (SELECT tid FROM _t_all) AND state IN ('running', 'runnable')
+              AND least("end", $2) > greatest(start, $1)""", [lo, hi]).fetchall()
+        got_states = [(r["tid"], r["state"], r["start"], r["end"])
+                      for r in window.thread_states(tids, lo, hi).to_pylist()]
+        assert expected_states and sorted(got_states) == sorted(expected_states), frac
+    assert len(window._cache) == 1  # the whole trace was read: one parsed range, no duplicate rows

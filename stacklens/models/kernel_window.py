@@ -7,6 +7,8 @@ can answer anything; a view that only draws [lo, hi) needs:
   * a look-back before lo, found with ts-bounded queries over growing ranges (the window's width, at least 1 ms, then x16)
     until it holds the last sched_switch of every CPU (who was running at lo) and of every
     thread asked for (its state at lo), or reaches the trace start or LOOKBACK_MAX_NS.
+Each row's `fields` JSON is parsed once, and the parsed ranges are kept (up to
+PARSED_CACHE_ROWS rows) so later windows over the same time read only what is new.
 The intervals are built with the same rules as KernelModel (same ordering, same prev_state
 mapping, a wakeup counts only when it ends a block) and clipped to the window, so they equal
 the whole model's intervals clipped to [lo, hi) (tests/test_kernel_window.py checks this)
@@ -26,6 +28,7 @@ from stacklens.models.kernel import _ENTERED_STATE
 
 LOOKBACK_FIRST_NS = 1_000_000  # at least 1 ms (else the window's width), xLOOKBACK_GROWTH until found
 LOOKBACK_GROWTH = 16  # each look-back query costs ~10 ms however short: few, growing fast
+PARSED_CACHE_ROWS = 2_000_000  # parsed sched rows kept across windows (~100 B each)
 LOOKBACK_MAX_NS = 60_000_000_000  # a minute: beyond it a thread's state at lo is left unknown
 _CLOCK_MARGIN_NS = 1_000  # the raw-time bounds are widened by this, then cut exactly on synced ts
 
@@ -46,6 +49,7 @@ class KernelWindow:
         self.missing_cpus: list[int] = []
         self.missing_tids: list[int] = []
         self._last: dict | None = None  # the last window's parsed rows and look-back
+        self._cache: list[tuple[int, int, pa.Table]] = []  # (a, b, parsed sched rows of [a, b))
 
     # ---- time bounds ------------------------------------------------------------------------
     def _raw(self, ts: int) -> int:
@@ -76,6 +80,40 @@ class KernelWindow:
                     AND (name = 'sched_switch' AND cpu IS NOT NULL OR name IN ('sched_wakeup', 'sched_wakeup_new')))
             """).to_arrow_table()
 
+    def _parsed(self, a: int, b: int) -> pa.Table:
+        """The parsed sched rows of [a, b): ranges parsed for earlier windows (a view pans and
+        zooms over the same time) come from memory, only the gaps are read; at most
+        PARSED_CACHE_ROWS rows are kept (beyond, the cache starts over)."""
+        pieces, cursor, added = [], a, []
+        for ra, rb, table in self._cache:  # sorted, disjoint
+            if rb <= cursor or ra >= b:
+                continue
+            if ra > cursor:
+                gap = self._sched_rows(cursor, ra)
+                pieces.append(gap)
+                added.append((cursor, ra, gap))
+            if ra >= cursor and rb <= b:
+                pieces.append(table)
+            else:
+                x, y = max(ra, cursor), min(rb, b)
+                pieces.append(table.filter(pc.and_(pc.greater_equal(table["ts"], x), pc.less(table["ts"], y))))
+            cursor = rb
+        if cursor < b:
+            gap = self._sched_rows(cursor, b)
+            pieces.append(gap)
+            added.append((cursor, b, gap))
+        if added:
+            if sum(t.num_rows for _, _, t in self._cache + added) > PARSED_CACHE_ROWS:
+                self._cache = []
+            merged: list[tuple[int, int, pa.Table]] = []
+            for ra, rb, table in sorted(self._cache + added, key=lambda r: r[0]):
+                if merged and merged[-1][1] == ra:  # adjacent ranges become one table
+                    merged[-1] = (merged[-1][0], rb, pa.concat_tables([merged[-1][2], table]))
+                else:
+                    merged.append((ra, rb, table))
+            self._cache = merged
+        return pa.concat_tables(pieces) if pieces else self._sched_rows(a, a)
+
     # ---- look-back ----------------------------------------------------------------------------
     def _rows(self, lo: int, hi: int, *, cpus: set[int] = frozenset(), tids: set[int] = frozenset()
               ) -> tuple[pa.Table, set[int], set[int]]:
@@ -86,12 +124,12 @@ class KernelWindow:
         thread_states() of the same window share it. Returns (rows, cpus not found, tids not found)."""
         c = self._last
         if c is None or c["lo"] != lo or c["hi"] != hi:
-            c = self._last = {"lo": lo, "hi": hi, "parts": [self._sched_rows(lo, hi)], "step_hi": lo,
+            c = self._last = {"lo": lo, "hi": hi, "parts": [self._parsed(lo, hi)], "step_hi": lo,
                               "length": max(LOOKBACK_FIRST_NS, hi - lo), "cpus": set(), "tids": set()}
         floor = max(self.span_start, lo - LOOKBACK_MAX_NS)
         while (cpus - c["cpus"] or tids - c["tids"]) and c["step_hi"] > floor:
             step_lo = max(floor, lo - c["length"])
-            part = self._sched_rows(step_lo, c["step_hi"])
+            part = self._parsed(step_lo, c["step_hi"])
             switches = part.filter(part["is_switch"])
             c["cpus"].update(v for v in pc.unique(switches["cpu"]).to_pylist() if v is not None)
             c["tids"].update(v for v in pc.unique(pa.chunked_array(
