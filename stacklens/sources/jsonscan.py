@@ -19,6 +19,8 @@ import numba as nb
 import numpy as np
 import pyarrow as pa
 
+from stacklens.sources.textscan import days_from_civil, parse_digits
+
 # Value kinds recorded per slot.
 ABSENT, STR, STR_ESC, SCALAR, CONTAINER, NULL = 0, 1, 2, 3, 4, 5
 MAX_DEPTH = 256
@@ -809,12 +811,12 @@ def parse_timestamps(buf, starts, ends, kinds):
         if e - p < 19 or buf[p + 4] != 45 or buf[p + 7] != 45 or not (buf[p + 10] == 32 or buf[p + 10] == 84) \
                 or buf[p + 13] != 58 or buf[p + 16] != 58:
             continue
-        y = _digits(buf, p, 4)
-        mo = _digits(buf, p + 5, 2)
-        d = _digits(buf, p + 8, 2)
-        hh = _digits(buf, p + 11, 2)
-        mi = _digits(buf, p + 14, 2)
-        ss = _digits(buf, p + 17, 2)
+        y = parse_digits(buf, p, 4)
+        mo = parse_digits(buf, p + 5, 2)
+        d = parse_digits(buf, p + 8, 2)
+        hh = parse_digits(buf, p + 11, 2)
+        mi = parse_digits(buf, p + 14, 2)
+        ss = parse_digits(buf, p + 17, 2)
         if y < 0 or mo < 1 or mo > 12 or d < 1 or d > dim[mo - 1] or hh < 0 or hh > 23 or mi < 0 \
                 or mi > 59 or ss < 0 or ss > 59:
             continue
@@ -841,8 +843,8 @@ def parse_timestamps(buf, starts, ends, kinds):
             if c == 90 and q + 1 == e:
                 q += 1
             elif (c == 43 or c == 45) and (e - q == 6 or e - q == 5):
-                oh = _digits(buf, q + 1, 2)
-                om = _digits(buf, e - 2, 2)
+                oh = parse_digits(buf, q + 1, 2)
+                om = parse_digits(buf, e - 2, 2)
                 if oh < 0 or om < 0 or (e - q == 6 and buf[q + 3] != 58) or oh > 23 or om > 59:
                     continue
                 off = (oh * 60 + om) * 60
@@ -851,31 +853,10 @@ def parse_timestamps(buf, starts, ends, kinds):
                 q = e
             else:
                 continue
-        days = _days_from_civil(y, mo, d)
+        days = days_from_civil(y, mo, d)
         out[i] = (((days * 24 + hh) * 60 + mi) * 60 + ss - off) * 1_000_000_000 + frac
         ok[i] = True
     return out, ok
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _digits(buf, s, n):
-    v = 0
-    for j in range(s, s + n):
-        c = buf[j]
-        if c < 48 or c > 57:
-            return -1
-        v = v * 10 + (c - 48)
-    return v
-
-
-@nb.njit(cache=True, nogil=True)
-def _days_from_civil(y, m, d):
-    y -= 1 if m <= 2 else 0
-    era = (y if y >= 0 else y - 399) // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
 
 
 @nb.njit(cache=True, nogil=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from stacklens.sources.textscan import days_from_civil, parse_digits
+
 # Field slots in the offsets matrix.
 PREFIX, LEVEL, LOGGER, CTX, REQ, GREQ, USER, PROJECT, MSG, INSTANCE = range(10)
 NSLOTS = 10
@@ -20,27 +22,6 @@ for _i, _l in enumerate(_LEVELS):
     LEVEL_BYTES[_i, : len(_l)] = np.frombuffer(_l, np.uint8)
 
 _DAYS_IN_MONTH = np.array([31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
-
-
-@nb.njit(cache=True, nogil=True)
-def _digits(buf, s, n):
-    v = 0
-    for j in range(s, s + n):
-        c = buf[j]
-        if c < 48 or c > 57:
-            return -1
-        v = v * 10 + (c - 48)
-    return v
-
-
-@nb.njit(cache=True, nogil=True)
-def _days_from_civil(y, m, d):
-    y -= 1 if m <= 2 else 0
-    era = (y if y >= 0 else y - 399) // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
 
 
 @nb.njit(cache=True, nogil=True)
@@ -90,9 +71,9 @@ def scan_headers(buf, starts, ends, level_bytes, level_lens, days_in_month):
         # date YYYY-MM-DD and a space
         if p + 11 > e or buf[p + 4] != 45 or buf[p + 7] != 45 or buf[p + 10] != 32:
             continue
-        y = _digits(buf, p, 4)
-        mo = _digits(buf, p + 5, 2)
-        d = _digits(buf, p + 8, 2)
+        y = parse_digits(buf, p, 4)
+        mo = parse_digits(buf, p + 5, 2)
+        d = parse_digits(buf, p + 8, 2)
         if y < 0 or mo < 1 or mo > 12 or d < 1 or d > days_in_month[mo - 1]:
             continue
         if mo == 2 and d == 29 and not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)):
@@ -101,9 +82,9 @@ def scan_headers(buf, starts, ends, level_bytes, level_lens, days_in_month):
         # time HH:MM:SS[.fff]
         if p + 8 > e or buf[p + 2] != 58 or buf[p + 5] != 58:
             continue
-        hh = _digits(buf, p, 2)
-        mi = _digits(buf, p + 3, 2)
-        ss = _digits(buf, p + 6, 2)
+        hh = parse_digits(buf, p, 2)
+        mi = parse_digits(buf, p + 3, 2)
+        ss = parse_digits(buf, p + 6, 2)
         if hh < 0 or hh > 23 or mi < 0 or mi > 59 or ss < 0 or ss > 60:
             continue
         p += 8
@@ -164,7 +145,7 @@ def scan_headers(buf, starts, ends, level_bytes, level_lens, days_in_month):
         off[2, 0, i] = p
         off[2, 1, i] = q
         p = q + 1 if q < e else e
-        ts[i] = ((_days_from_civil(y, mo, d) * 24 + hh) * 60 + mi) * 60 * 1_000_000_000 \
+        ts[i] = ((days_from_civil(y, mo, d) * 24 + hh) * 60 + mi) * 60 * 1_000_000_000 \
             + ss * 1_000_000_000 + frac
         valid[i] = True
         # context bracket, unless the message starts with oslo's "[instance: …]"

@@ -14,6 +14,29 @@ import pyarrow as pa
 
 
 @nb.njit(cache=True, nogil=True)
+def parse_digits(buf: np.ndarray, s: int, n: int) -> int:
+    """The decimal number in buf[s:s+n], or -1 if a byte is not a digit."""
+    v = 0
+    for j in range(s, s + n):
+        c = buf[j]
+        if c < 48 or c > 57:
+            return -1
+        v = v * 10 + (c - 48)
+    return v
+
+
+@nb.njit(cache=True, nogil=True)
+def days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm)."""
+    y -= 1 if m <= 2 else 0
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+@nb.njit(cache=True, nogil=True)
 def line_bounds(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (exclusive, without "\\n" or "\\r\\n") of every line of `buf`."""
     n = len(buf)
