@@ -52,22 +52,8 @@ def _check_shape(f) -> None:
 
 
 # ---- scheduling -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def scheduled(tmp_path_factory):
-    pytest.importorskip("oslo_log")
-    pytest.importorskip("oslo_messaging")
-    from tests.test_app_scheduling import FILTERS, HOSTS, REQUESTS, _req
-    d = tmp_path_factory.mktemp("sched")
-    scenario = d / "scenario.json"
-    scenario.write_text(json.dumps({"hosts": HOSTS, "filters": FILTERS,
-                                    "requests": [_req(i) for i in range(len(REQUESTS))]}))
-    log, notes = d / "nova-scheduler.log", d / "notifications.jsonl"
-    subprocess.run([sys.executable, str(ROOT / "tests" / "programs" / "nova_scheduler_log.py"),
-                    str(scenario), str(log), str(notes)], check=True, timeout=60,
-                   env=dict(os.environ, TZ="UTC"), capture_output=True)
-    st = Store(d / "store", create=True)
-    assert [r.status for r in ingest(st, [log, notes], host="controller")] == ["ingested", "ingested"]
-    return st, notes
+# the same real scheduler log as the scheduling model's tests (one fixture, one program run)
+from tests.test_app_scheduling import scheduled  # noqa: E402,F401
 
 
 def test_no_valid_host_names_the_filter_and_hosts(scheduled):
