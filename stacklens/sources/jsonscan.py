@@ -19,7 +19,7 @@ import numba as nb
 import numpy as np
 import pyarrow as pa
 
-from stacklens.sources.textscan import days_from_civil, parse_digits
+from stacklens.sources.textscan import days_from_civil, parse_digits, parse_fraction, valid_date
 
 # Value kinds recorded per slot.
 ABSENT, STR, STR_ESC, SCALAR, CONTAINER, NULL = 0, 1, 2, 3, 4, 5
@@ -802,7 +802,6 @@ def parse_timestamps(buf, starts, ends, kinds):
     n = len(starts)
     out = np.zeros(n, np.int64)
     ok = np.zeros(n, np.bool_)
-    dim = np.array([31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
     for i in range(n):
         if kinds[i] != STR:
             continue
@@ -817,26 +816,14 @@ def parse_timestamps(buf, starts, ends, kinds):
         hh = parse_digits(buf, p + 11, 2)
         mi = parse_digits(buf, p + 14, 2)
         ss = parse_digits(buf, p + 17, 2)
-        if y < 0 or mo < 1 or mo > 12 or d < 1 or d > dim[mo - 1] or hh < 0 or hh > 23 or mi < 0 \
-                or mi > 59 or ss < 0 or ss > 59:
-            continue
-        if mo == 2 and d == 29 and not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)):
+        if not valid_date(y, mo, d) or hh < 0 or hh > 23 or mi < 0 or mi > 59 or ss < 0 or ss > 59:
             continue
         q = p + 19
         frac = 0
         if q < e and buf[q] == 46:
-            q += 1
-            nd = 0
-            while q < e and 48 <= buf[q] <= 57:
-                if nd < 9:
-                    frac = frac * 10 + (buf[q] - 48)
-                nd += 1
-                q += 1
+            frac, q, nd = parse_fraction(buf, q + 1, e)
             if nd == 0 or nd > 9:
                 continue
-            while nd < 9:
-                frac *= 10
-                nd += 1
         off = 0
         if q < e:
             c = buf[q]
@@ -881,18 +868,9 @@ def parse_epoch_seconds(buf, starts, ends, kinds):
             continue
         frac = 0
         if q < e and buf[q] == 46:
-            q += 1
-            nd = 0
-            while q < e and 48 <= buf[q] <= 57:
-                if nd < 9:
-                    frac = frac * 10 + (buf[q] - 48)
-                nd += 1
-                q += 1
+            frac, q, nd = parse_fraction(buf, q + 1, e)
             if nd == 0:
                 continue
-            if nd < 9:
-                for _ in range(9 - nd):
-                    frac *= 10
         if q != e:
             continue
         out[i] = whole * 1_000_000_000 + frac

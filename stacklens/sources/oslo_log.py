@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from stacklens.errors import SourceError, StacklensError
 from stacklens.sources.base import Reader
 from stacklens.sources.oslo_scan import (
-    _DAYS_IN_MONTH as DAYS_IN_MONTH, CTX, GREQ, INSTANCE, LEVEL, LEVEL_BYTES, LEVEL_LENS, LOGGER, MSG,
+    CTX, GREQ, INSTANCE, LEVEL, LEVEL_BYTES, LEVEL_LENS, LOGGER, MSG,
     PREFIX, PROJECT, REQ, USER, same_record_as_previous, scan_headers)
 from stacklens.sources.textscan import find_byte, json_string_objects, line_bounds, string_column
 from stacklens.sources.timefmt import tz_offset_seconds
@@ -248,7 +248,7 @@ def _last_record_start(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) ->
 
 
 def _scan(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray):  # noqa: ANN202
-    return scan_headers(buf, starts, ends, LEVEL_BYTES, LEVEL_LENS, DAYS_IN_MONTH)
+    return scan_headers(buf, starts, ends, LEVEL_BYTES, LEVEL_LENS)
 
 
 def _service_from_filename(name: str) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from stacklens.sources.textscan import days_from_civil, parse_digits
+from stacklens.sources.textscan import days_from_civil, parse_digits, parse_fraction, valid_date
 
 # Field slots in the offsets matrix.
 PREFIX, LEVEL, LOGGER, CTX, REQ, GREQ, USER, PROJECT, MSG, INSTANCE = range(10)
@@ -20,9 +20,6 @@ LEVEL_BYTES = np.zeros((len(_LEVELS), 8), np.uint8)
 LEVEL_LENS = np.array([len(x) for x in _LEVELS], np.int64)
 for _i, _l in enumerate(_LEVELS):
     LEVEL_BYTES[_i, : len(_l)] = np.frombuffer(_l, np.uint8)
-
-_DAYS_IN_MONTH = np.array([31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
-
 
 @nb.njit(cache=True, nogil=True)
 def _is_req_id(buf, s, e):
@@ -41,7 +38,7 @@ def _is_placeholder(buf, s, e):
 
 
 @nb.njit(cache=True, nogil=True)
-def scan_headers(buf, starts, ends, level_bytes, level_lens, days_in_month):
+def scan_headers(buf, starts, ends, level_bytes, level_lens):
     """Per line: valid header?, ts (ns, local), pid, level index, offsets[NSLOTS, 2]."""
     n = len(starts)
     valid = np.zeros(n, np.bool_)
@@ -74,9 +71,7 @@ def scan_headers(buf, starts, ends, level_bytes, level_lens, days_in_month):
         y = parse_digits(buf, p, 4)
         mo = parse_digits(buf, p + 5, 2)
         d = parse_digits(buf, p + 8, 2)
-        if y < 0 or mo < 1 or mo > 12 or d < 1 or d > days_in_month[mo - 1]:
-            continue
-        if mo == 2 and d == 29 and not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)):
+        if not valid_date(y, mo, d):
             continue
         p += 11
         # time HH:MM:SS[.fff]
@@ -90,18 +85,9 @@ def scan_headers(buf, starts, ends, level_bytes, level_lens, days_in_month):
         p += 8
         frac = 0
         if p < e and (buf[p] == 46 or buf[p] == 44):
-            p += 1
-            nd = 0
-            while p < e and 48 <= buf[p] <= 57:
-                if nd < 9:
-                    frac = frac * 10 + (buf[p] - 48)
-                    nd += 1
-                p += 1
+            frac, p, nd = parse_fraction(buf, p + 1, e)
             if nd == 0:
                 continue
-            while nd < 9:
-                frac *= 10
-                nd += 1
         if p >= e or buf[p] != 32:
             continue
         p += 1

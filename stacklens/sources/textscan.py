@@ -36,6 +36,33 @@ def days_from_civil(y: int, m: int, d: int) -> int:
     return era * 146097 + doe - 719468
 
 
+_DAYS_IN_MONTH = np.array([31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
+
+
+@nb.njit(cache=True, nogil=True)
+def valid_date(y: int, m: int, d: int) -> bool:
+    """A real calendar date (month lengths, leap years); y < 0 means unparsed."""
+    if y < 0 or m < 1 or m > 12 or d < 1 or d > _DAYS_IN_MONTH[m - 1]:
+        return False
+    return not (m == 2 and d == 29 and not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)))
+
+
+@nb.njit(cache=True, nogil=True)
+def parse_fraction(buf: np.ndarray, q: int, e: int) -> tuple[int, int, int]:
+    """The decimal digits at buf[q:e] as a fraction of a second: (ns, end offset, digits
+    read). Digits past the ninth are read but do not count toward the value."""
+    frac = 0
+    nd = 0
+    while q < e and 48 <= buf[q] <= 57:
+        if nd < 9:
+            frac = frac * 10 + (buf[q] - 48)
+        nd += 1
+        q += 1
+    for _ in range(9 - min(nd, 9)):
+        frac *= 10
+    return frac, q, nd
+
+
 @nb.njit(cache=True, nogil=True)
 def line_bounds(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (exclusive, without "\\n" or "\\r\\n") of every line of `buf`."""
