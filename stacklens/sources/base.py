@@ -13,12 +13,14 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator
+from typing import BinaryIO, Callable, ClassVar, Iterator
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from stacklens.errors import SourceError
 
 MAX_BAD_POSITIONS = 10
 
@@ -81,6 +83,13 @@ class Reader(ABC):
     @abstractmethod
     def tables(self) -> Iterator[pa.Table]:
         """Rows of the event table, in batches of bounded size."""
+
+    def open_binary(self) -> BinaryIO:
+        """The part opened for reading; a part that cannot be opened is rejected in one line."""
+        try:
+            return open(self.path, "rb")
+        except OSError as e:
+            raise SourceError(self.path, f"cannot read: {e.strerror}") from None
 
     def lost(self) -> pa.Table | None:
         """Lost-event records (LOST_SCHEMA columns but host/src), if the format has them."""

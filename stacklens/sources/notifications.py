@@ -78,11 +78,7 @@ class NotificationReader(Reader):
                 and b'"priority"' in head)
 
     def tables(self) -> Iterator[pa.Table]:
-        try:
-            f = open(self.path, "rb")
-        except OSError as e:
-            raise SourceError(self.path, f"cannot read: {e.strerror}") from None
-        with f:
+        with self.open_binary() as f:
             try:
                 # One notification per line if any of the first lines is a JSON object (the
                 # first one may be damaged), else one document (pretty-printed) per file.

@@ -61,11 +61,7 @@ class OsloJsonLogReader(Reader):
         return bool(_HINT.match(first))
 
     def tables(self) -> Iterator[pa.Table]:
-        try:
-            f = open(self.path, "rb")
-        except OSError as e:
-            raise SourceError(self.path, f"cannot read: {e.strerror}") from None
-        with f:
+        with self.open_binary() as f:
             try:
                 first_line = 1
                 for part in line_blocks(f, CHUNK_BYTES):

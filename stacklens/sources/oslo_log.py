@@ -73,11 +73,7 @@ class OsloLogReader(Reader):
         return hits >= max(1, len(lines) // 2)
 
     def tables(self) -> Iterator[pa.Table]:
-        try:
-            f = open(self.path, "rb")
-        except OSError as e:
-            raise SourceError(self.path, f"cannot read: {e.strerror}") from None
-        with f:
+        with self.open_binary() as f:
             carry = b""
             first_line = 1
             while True:
