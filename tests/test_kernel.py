@@ -54,13 +54,14 @@ _LINE = re.compile(r"^\[(\d+)\.(\d{9})\] \S+ \S+ (\S+): \{ cpu_id = (\d+) \}, \{
 def _bt2_cpu_time(trace: Path) -> tuple[dict[int, int], int]:
     """Per-tid CPU time from babeltrace2's text: on each CPU a thread runs from the
     sched_switch that names it next_tid to the next sched_switch on that CPU; the last one
-    runs to the last event of the trace. Idle (tid 0) is left out."""
+    runs to the last event of the trace, and the first one's prev_tid ran since the first event
+    of the trace. Idle (tid 0) is left out."""
     bt2 = need_program("babeltrace2")
     text = subprocess.run([bt2, "--clock-seconds", str(trace)], capture_output=True, text=True,
                           timeout=120, check=True).stdout
     running: dict[int, tuple[int, int]] = {}
     cpu_time: dict[int, int] = defaultdict(int)
-    last_ts = 0
+    first_ts, last_ts = None, 0
     switches = 0
     for line in text.splitlines():
         m = _LINE.match(line)
@@ -68,6 +69,7 @@ def _bt2_cpu_time(trace: Path) -> tuple[dict[int, int], int]:
             continue
         ts = int(m.group(1)) * 1_000_000_000 + int(m.group(2))
         last_ts = max(last_ts, ts)
+        first_ts = ts if first_ts is None else min(first_ts, ts)
         if m.group(3) != "sched_switch":
             continue
         switches += 1
@@ -76,6 +78,9 @@ def _bt2_cpu_time(trace: Path) -> tuple[dict[int, int], int]:
         if cpu in running:
             tid, since = running[cpu]
             cpu_time[tid] += ts - since
+        else:
+            prev_tid = int(re.search(r"prev_tid = (\d+)", m.group(5)).group(1))
+            cpu_time[prev_tid] += ts - first_ts
         running[cpu] = (next_tid, ts)
     for tid, since in running.values():
         cpu_time[tid] += last_ts - since

@@ -2,11 +2,12 @@
 
 Everything here is DuckDB SQL over the `events` view of one host's kernel partition:
   * running intervals: sched_switch sorted by (cpu, ts); consecutive switches on a CPU bound
-    the time `next_tid` ran there (the last one runs to the end of the trace);
+    the time `next_tid` ran there (the last one runs to the end of the trace, and the first
+    one's `prev_tid` ran there since the trace start);
   * thread states: per tid, every switch-in starts `running`, every switch-out starts what
     `prev_state` says the thread entered (runnable = preempted, blocked, io_wait = D state,
-    exited), the first wakeup after a blocking switch-out starts `runnable`; before the first
-    evidence a thread is `unknown`;
+    exited), the first wakeup after a blocking switch-out starts `runnable`, the first switch-out
+    on a CPU means running since the trace start; before the first evidence a thread is `unknown`;
   * the thread running on each CPU at any instant (ASOF join on the running intervals), which
     gives LTTng events without a tid context their thread (syscalls, block requests);
   * process names over time from fork / exec / statedump / sched_switch comms.
@@ -89,14 +90,21 @@ class KernelModel:
         self.con.execute(f"UPDATE switches SET entered = {_ENTERED_STATE}")
 
     def _build_running(self) -> None:
-        """One row per (cpu, interval) with the tid that ran there (0 = idle)."""
+        """One row per (cpu, interval) with the tid that ran there (0 = idle). Before the first
+        switch on a CPU, its prev_tid ran there since the trace start (as Trace Compass assumes):
+        a thread that never left its CPU since before the recording has no switch-in to start from."""
         self._need("switches")
         self.con.execute("""
             CREATE TEMP TABLE running AS
-            SELECT cpu, next_tid AS tid, next_comm AS comm, ts AS start,
-                   coalesce(lead(ts) OVER w, ?) AS "end"
-            FROM switches WINDOW w AS (PARTITION BY cpu ORDER BY ts, src, pos)
-            ORDER BY cpu, start""", [self.span.end])
+            WITH iv AS (
+              SELECT cpu, next_tid AS tid, next_comm AS comm, ts AS start,
+                     coalesce(lead(ts) OVER w, ?) AS "end", row_number() OVER w AS k, prev_tid, prev_comm
+              FROM switches WINDOW w AS (PARTITION BY cpu ORDER BY ts, src, pos)
+            )
+            SELECT cpu, tid, comm, start, "end" FROM iv
+            UNION ALL
+            SELECT cpu, prev_tid, prev_comm, ?, start FROM iv WHERE k = 1 AND start > ? AND prev_tid IS NOT NULL
+            ORDER BY cpu, start""", [self.span.end, self.span.start, self.span.start])
 
     def _build_transitions(self) -> None:
         """Per-tid state changes: switch-in, switch-out, and the first wakeup after a block."""
@@ -115,6 +123,10 @@ class KernelModel:
               SELECT prev_tid, ts, src, pos, cpu, entered, 0 FROM switches
               UNION ALL
               SELECT tid, ts, src, pos, cpu, 'runnable', 2 FROM wakeups
+              UNION ALL  -- the first switch-out on a CPU: its thread ran there since the trace start
+              SELECT prev_tid, ?, src, pos, cpu, 'running', 1 FROM (
+                SELECT * FROM switches QUALIFY row_number() OVER (PARTITION BY cpu ORDER BY ts, src, pos) = 1)
+              WHERE ts > ?
             ), ordered AS (
               -- at equal (ts, pos) the switch-out comes before the switch-in of the same tid
               SELECT *, last_value(CASE WHEN kind < 2 THEN state END IGNORE NULLS)
@@ -125,7 +137,7 @@ class KernelModel:
             SELECT tid, ts, src, pos, kind, cpu, state FROM ordered
             -- a wakeup counts only when it ends a block; a later wakeup in the same block
             -- changes nothing and merges below
-            WHERE kind < 2 OR before IN ('blocked', 'io_wait') OR before IS NULL""")
+            WHERE kind < 2 OR before IN ('blocked', 'io_wait') OR before IS NULL""", [self.span.start, self.span.start])
 
     def _build_states(self) -> None:
         """Thread state intervals: [start, end) per tid; consecutive equal states merged."""

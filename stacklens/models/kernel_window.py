@@ -6,7 +6,9 @@ can answer anything; a view that only draws [lo, hi) needs:
     are sorted by time, so DuckDB prunes the row groups outside the window);
   * a look-back before lo, found with ts-bounded queries over growing ranges (the window's width, at least 1 ms, then x16)
     until it holds the last sched_switch of every CPU (who was running at lo) and of every
-    thread asked for (its state at lo), or reaches the trace start or LOOKBACK_MAX_NS.
+    thread asked for (its state at lo), or reaches the trace start or LOOKBACK_MAX_NS;
+  * when it reaches the trace start, each CPU's first switch (looked for after hi when the CPU
+    has none before): its prev_tid ran there since the trace start, as in the whole model.
 Each row's `fields` JSON is parsed once, and the parsed ranges are kept (up to
 PARSED_CACHE_ROWS rows) so later windows over the same time read only what is new.
 The intervals are built with the same rules as KernelModel (same ordering, same prev_state
@@ -50,6 +52,7 @@ class KernelWindow:
         self.missing_tids: list[int] = []
         self._last: dict | None = None  # the last window's parsed rows and look-back
         self._cache: list[tuple[int, int, pa.Table]] = []  # (a, b, parsed sched rows of [a, b))
+        self._first_after: dict[int, pa.Table] = {}  # cpu → its first switch after a window near the start
 
     # ---- time bounds ------------------------------------------------------------------------
     def _raw(self, ts: int) -> int:
@@ -72,10 +75,11 @@ class KernelWindow:
         return self.con.sql(f"""
             SELECT ts, cpu, src, pos, name = 'sched_switch' AS is_switch,
                    CAST(coalesce(j[1], j[2]) AS BIGINT) AS prev_tid, CAST(coalesce(j[3], j[4]) AS BIGINT) AS next_tid,
-                   j[5] AS prev_state, j[6] AS next_comm, CAST(coalesce(j[7], j[8]) AS BIGINT) AS woken_tid
+                   j[5] AS prev_state, j[6] AS next_comm, CAST(coalesce(j[7], j[8]) AS BIGINT) AS woken_tid,
+                   j[9] AS prev_comm
             FROM (SELECT ts, cpu, src, pos, name,
                          json_extract_string(fields, ['prev_tid', 'prev_pid', 'next_tid', 'next_pid', 'prev_state',
-                                                      'next_comm', 'tid', 'pid']) AS j
+                                                      'next_comm', 'tid', 'pid', 'prev_comm']) AS j
                   FROM events WHERE {self._between(a, b)}
                     AND (name = 'sched_switch' AND cpu IS NOT NULL OR name IN ('sched_wakeup', 'sched_wakeup_new')))
             """).to_arrow_table()
@@ -137,7 +141,51 @@ class KernelWindow:
             c["parts"].append(part)
             c["step_hi"], c["length"] = step_lo, c["length"] * LOOKBACK_GROWTH
         rows = pa.concat_tables(c["parts"][::-1])
+        if c["step_hi"] <= self.span_start:  # the rows hold every switch from the trace start to hi
+            rows = self._with_leading(rows, hi)
+            switches = rows.filter(rows["is_switch"])
+            c["cpus"].update(v for v in pc.unique(switches["cpu"]).to_pylist() if v is not None)
+            c["tids"].update(v for v in pc.unique(switches["next_tid"]).to_pylist() if v is not None)
         return rows, set(cpus) - c["cpus"], set(tids) - c["tids"]
+
+    def _first_switch_after(self, cpu: int, at: int) -> pa.Table:
+        """The first sched_switch of `cpu` at or after `at`, asked only when the CPU has none
+        between the trace start and `at` (so it is the CPU's first, cached): ts-bounded reads over
+        growing ranges, as the look-back's; one row, or none when the CPU never switches."""
+        if cpu in self._first_after:
+            return self._first_after[cpu]
+        length, a, found = LOOKBACK_FIRST_NS, at, None
+        while a <= self.span_end:
+            b = min(self.span_end + 1, a + length)
+            part = self._parsed(a, b)
+            part = part.filter(pc.and_(part["is_switch"], pc.equal(part["cpu"], cpu)))
+            if part.num_rows:
+                found = part.sort_by([("ts", "ascending"), ("src", "ascending"), ("pos", "ascending")]).slice(0, 1)
+                break
+            a, length = b, length * LOOKBACK_GROWTH
+        self._first_after[cpu] = found if found is not None else part.slice(0, 0)
+        return self._first_after[cpu]
+
+    def _with_leading(self, rows: pa.Table, hi: int) -> pa.Table:
+        """`rows` (every sched row from the trace start to hi) plus, per CPU whose first switch
+        comes after the trace start, a switch-in of that switch's prev_tid at the trace start:
+        the whole model's rule that a CPU's first switched-out thread ran there since the start."""
+        switches = rows.filter(rows["is_switch"]).sort_by([("cpu", "ascending"), ("ts", "ascending"),
+                                                            ("src", "ascending"), ("pos", "ascending")])
+        cpus = switches["cpu"].to_pylist()
+        firsts = [switches.slice(i, 1) for i, cpu in enumerate(cpus) if i == 0 or cpus[i - 1] != cpu]
+        firsts += [self._first_switch_after(cpu, hi) for cpu in self.cpus if cpu not in set(cpus)]
+        leading = [f for f in firsts if f.num_rows and f["ts"][0].as_py() > self.span_start]
+        if not leading:
+            return rows
+        first = pa.concat_tables(leading)
+        n = first.num_rows
+        pseudo = first.set_column(first.schema.get_field_index("ts"), "ts", pa.array([self.span_start] * n, first.schema.field("ts").type))
+        pseudo = pseudo.set_column(pseudo.schema.get_field_index("next_tid"), "next_tid", first["prev_tid"])
+        pseudo = pseudo.set_column(pseudo.schema.get_field_index("next_comm"), "next_comm", first["prev_comm"])
+        pseudo = pseudo.set_column(pseudo.schema.get_field_index("prev_tid"), "prev_tid", pa.nulls(n, first.schema.field("prev_tid").type))
+        pseudo = pseudo.set_column(pseudo.schema.get_field_index("prev_state"), "prev_state", pa.nulls(n, first.schema.field("prev_state").type))
+        return pa.concat_tables([pseudo, rows])
 
     # ---- public -------------------------------------------------------------------------------
     def running(self, lo: int, hi: int) -> pa.Table:
