@@ -19,6 +19,7 @@ import numba as nb
 import numpy as np
 import pyarrow as pa
 
+from stacklens.sources.swar import first_stop, load_u64, store_u64, string_stops
 from stacklens.sources.textscan import days_from_civil, parse_digits, parse_fraction, valid_date
 
 # Value kinds recorded per slot.
@@ -136,7 +137,13 @@ def _string_end(buf, p, e):
     and whether it has escapes."""
     esc = False
     while p < e:
-        # the common case first: plain bytes
+        # the common case first: plain bytes, 8 at a time
+        while p + 8 <= e:
+            m = string_stops(load_u64(buf, p))
+            if m != 0:
+                p += first_stop(m)
+                break
+            p += 8
         while p < e:
             c = buf[p]
             if c == 34 or c == 92 or c < 32:
@@ -174,6 +181,18 @@ def _string_decode(buf, p, e, out, o):
     end in out, had escapes)."""
     esc = False
     while p < e:
+        # plain bytes 8 at a time (out has room: a decoded string is never longer than its text)
+        while p + 8 <= e:
+            w = load_u64(buf, p)
+            m = string_stops(w)
+            store_u64(out, o, w)
+            if m != 0:
+                k = first_stop(m)
+                p += k
+                o += k
+                break
+            p += 8
+            o += 8
         while p < e:
             c = buf[p]
             if c == 34 or c == 92 or c < 32:
