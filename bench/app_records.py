@@ -15,14 +15,16 @@ Inputs (N records each):
   `_unique_id`, the v2 envelope) and as the notification listener writes them, one a line;
 - "oslo.log JSON": records formatted by oslo.log's own JSONFormatter.
 
-Measured on a 2-core machine shared with other work (50 k records; figures move ±25 % with
-the load, the ratios less), CPU time per record:
-oslo.log JSON (658 B) 206–326 k records/s (135–214 MB/s), 1.6–1.8x json.loads — the goal is
-met only on a quiet core; oslo.messaging notifications (1.4 KB, all enveloped) 118–159 k/s
-(167–225 MB/s), 1.5–1.7x; Nova's 2.9 KB sample 79–86 k/s (230–252 MB/s), 1.5–2.0x.
+Measured on a 2-core VM whose speed drifts ±25 % from run to run (50 k records; the ratios
+move less), CPU time per record, strings scanned 8 bytes at a time (sources/swar.py):
+oslo.log JSON (658 B) 350–389 k records/s (230–256 MB/s), 1.95–2.26x json.loads — goal met;
+oslo.messaging notifications (1.4 KB, all enveloped) 144–232 k/s (204–328 MB/s), 1.83–2.53x;
+Nova's 2.9 KB sample 84–97 k/s (245–285 MB/s), 1.76–1.80x — both below the goal.
 300 k/s of 2.9 KB records is 870 MB/s of validated, partly doubly-encoded JSON per core: out
-of reach of this scalar scanner (the scan alone runs at ~450–750 MB/s; an envelope's inner
-document is decoded, then scanned).
+of reach of this byte-at-a-time validating scanner (a bare validator without slots runs at
+~0.7 GB/s here; an envelope's inner document is decoded, then scanned). pysimdjson driven
+per line from Python measured 119 k/s (Nova) and 272 k/s (oslo.messaging) before building
+any column, so it would not meet the goal either.
 
 usage: python bench/app_records.py [--records N]
 """

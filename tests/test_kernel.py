@@ -229,3 +229,37 @@ def test_two_hosts_selection_and_typed_json(two_hosts):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     (line,) = bad.stderr.strip().splitlines()
     assert "no-such-process" in line and mt_host in line and other in line
+
+
+def test_many_threads_names_match_babeltrace2(many_threads):
+    """Every name a thread had (sched_switch comms, fork, exec, statedump), per tid, equals the
+    names babeltrace2's text shows for that tid; the last change is the thread's current name."""
+    bt2 = need_program("babeltrace2")
+    text = subprocess.run([bt2, str(need_data("tracecompass", "many-threads"))], capture_output=True,
+                          text=True, timeout=120, check=True).stdout
+    pairs = {"sched_switch": [("prev_tid", "prev_comm"), ("next_tid", "next_comm")],
+             "sched_process_fork": [("child_tid", "child_comm")],
+             "lttng_statedump_process_state": [("tid", "name")]}
+    expected: dict[int, set[str]] = defaultdict(set)
+    for line in text.splitlines():
+        name = line.split(" ", 4)[3].rstrip(":") if line.startswith("[") else ""
+        for tid_key, name_key in pairs.get(name, []):
+            tid = re.search(rf"\b{tid_key} = (\d+)", line)
+            comm = re.search(rf'\b{name_key} = "([^"]*)"', line)
+            if tid and comm and comm.group(1) not in ("<...>", "<idle>"):
+                expected[int(tid.group(1))].add(comm.group(1))
+        if name == "sched_process_exec":
+            tid = re.search(r"\btid = (\d+)", line)
+            path = re.search(r'\bfilename = "([^"]*)"', line)
+            if tid and path:
+                expected[int(tid.group(1))].add(path.group(1).rsplit("/", 1)[-1])
+    (host,) = kernel_hosts(many_threads)
+    model = KernelModel(many_threads, host)
+    ours: dict[int, set[str]] = defaultdict(set)
+    last: dict[int, str] = {}
+    for r in model.name_changes().to_pylist():  # ordered by tid, since
+        ours[r["tid"]].add(r["name"])
+        last[r["tid"]] = r["name"]
+    assert len(expected) > 8000 and dict(ours) == dict(expected)
+    current = {r["tid"]: r["name"] for r in model.threads().to_pylist()}
+    assert current == last

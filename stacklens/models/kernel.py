@@ -80,11 +80,12 @@ class KernelModel:
         self.con.execute(f"""
             CREATE TEMP TABLE switches AS
             SELECT ts, cpu, src, pos,
-                   CAST(coalesce(fields->>'prev_tid', fields->>'prev_pid') AS BIGINT) AS prev_tid,
-                   CAST(coalesce(fields->>'next_tid', fields->>'next_pid') AS BIGINT) AS next_tid,
-                   fields->>'prev_state' AS prev_state,
-                   fields->>'prev_comm' AS prev_comm, fields->>'next_comm' AS next_comm
-            FROM events WHERE host = ? AND name = 'sched_switch' AND cpu IS NOT NULL
+                   CAST(coalesce(j[1], j[2]) AS BIGINT) AS prev_tid, CAST(coalesce(j[3], j[4]) AS BIGINT) AS next_tid,
+                   j[5] AS prev_state, j[6] AS prev_comm, j[7] AS next_comm
+            FROM (SELECT ts, cpu, src, pos,  -- each row's JSON parsed once for every key
+                         json_extract_string(fields, ['prev_tid', 'prev_pid', 'next_tid', 'next_pid',
+                                                      'prev_state', 'prev_comm', 'next_comm']) AS j
+                  FROM events WHERE host = ? AND name = 'sched_switch' AND cpu IS NOT NULL)
             ORDER BY cpu, ts, src, pos""", [self.host])
         self.con.execute(f"ALTER TABLE switches ADD COLUMN entered VARCHAR")
         self.con.execute(f"UPDATE switches SET entered = {_ENTERED_STATE}")
@@ -111,10 +112,10 @@ class KernelModel:
         self._need("switches")
         self.con.execute("""
             CREATE TEMP TABLE wakeups AS
-            SELECT ts, src, pos,
-                   CAST(coalesce(fields->>'tid', fields->>'pid') AS BIGINT) AS tid,
-                   CAST(coalesce(fields->>'target_cpu', CAST(cpu AS VARCHAR)) AS INTEGER) AS cpu
-            FROM events WHERE host = ? AND name IN ('sched_wakeup', 'sched_wakeup_new')""", [self.host])
+            SELECT ts, src, pos, CAST(coalesce(j[1], j[2]) AS BIGINT) AS tid,
+                   CAST(coalesce(j[3], CAST(cpu AS VARCHAR)) AS INTEGER) AS cpu
+            FROM (SELECT ts, src, pos, cpu, json_extract_string(fields, ['tid', 'pid', 'target_cpu']) AS j
+                  FROM events WHERE host = ? AND name IN ('sched_wakeup', 'sched_wakeup_new'))""", [self.host])
         self.con.execute("""
             CREATE TEMP TABLE transitions AS
             WITH raw AS (
@@ -167,11 +168,30 @@ class KernelModel:
             ORDER BY tid, start""", [self.span.end, self.span.start, self.span.start])
 
     def _build_threads(self) -> None:
-        """tid → pid and names over time: (tid, pid, name, since, how)."""
+        """tid → pid and names: `names` (tid, pid, name, since, how) holds each name a thread
+        was given (fork, statedump, exec, a task context) and, per (tid, comm) of sched_switch,
+        the last switch that showed it; `threads` the last name, pid and process per tid."""
         self._need("switches")
-        self.con.execute("""
+        self.con.execute(f"""
             CREATE TEMP TABLE names AS
-            SELECT * FROM (
+            SELECT * FROM ({self._named_events_sql()}
+              UNION ALL
+              SELECT tid, NULL, comm, max(ts), 'switch' FROM (
+                SELECT next_tid AS tid, next_comm AS comm, ts FROM switches
+                UNION ALL SELECT prev_tid, prev_comm, ts FROM switches) GROUP BY tid, comm
+            ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>')""", [self.host] * 4)
+        self.con.execute("""
+            CREATE TEMP TABLE threads AS
+            WITH pids AS (SELECT tid, max(pid) AS pid FROM names WHERE pid IS NOT NULL GROUP BY tid),
+                 last_names AS (SELECT tid, arg_max(name, since) AS name FROM names GROUP BY tid),
+                 t AS (SELECT l.tid, coalesce(p.pid, l.tid) AS pid, l.name
+                       FROM last_names l LEFT JOIN pids p USING (tid))
+            SELECT t.tid, t.pid, t.name, coalesce(pn.name, t.name) AS process
+            FROM t LEFT JOIN last_names pn ON pn.tid = t.pid""")
+
+    def _named_events_sql(self) -> str:
+        """Rows (tid, pid, name, since, how) of the events that name a thread (four `host` parameters)."""
+        return """
               SELECT CAST(coalesce(fields->>'child_tid', fields->>'child_pid') AS BIGINT) AS tid,
                      -- ftrace's child_pid is the child's tid; LTTng's is its process id
                      CASE WHEN source = 'ftrace' THEN NULL ELSE CAST(fields->>'child_pid' AS BIGINT) END AS pid,
@@ -188,26 +208,21 @@ class KernelModel:
               UNION ALL
               -- sources with a task context per event (ftrace: comm-tid and the tgid column)
               SELECT tid, pid, procname, min(ts), 'event' FROM events
-              WHERE host = ? AND tid IS NOT NULL AND procname IS NOT NULL GROUP BY tid, pid, procname
-              UNION ALL
-              SELECT next_tid, NULL, next_comm, ts, 'switch' FROM switches
-              UNION ALL
-              SELECT prev_tid, NULL, prev_comm, ts, 'switch' FROM switches
-            ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>')""", [self.host] * 4)
-        # The name a thread had at each change (switch comms repeat: keep the changes only).
-        self.con.execute("""
+              WHERE host = ? AND tid IS NOT NULL AND procname IS NOT NULL GROUP BY tid, pid, procname"""
+
+    def _build_name_changes(self) -> None:
+        """The name a thread had at each change (switch comms repeat: the changes only)."""
+        self._need("switches")
+        self.con.execute(f"""
             CREATE TEMP TABLE name_changes AS
+            WITH named AS (
+              SELECT * FROM ({self._named_events_sql()}
+                UNION ALL SELECT next_tid, NULL, next_comm, ts, 'switch' FROM switches
+                UNION ALL SELECT prev_tid, NULL, prev_comm, ts, 'switch' FROM switches
+              ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>'))
             SELECT tid, name, since, how FROM (
-              SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY since) AS before FROM names)
-            WHERE before IS DISTINCT FROM name ORDER BY tid, since""")
-        self.con.execute("""
-            CREATE TEMP TABLE threads AS
-            WITH pids AS (SELECT tid, max(pid) AS pid FROM names WHERE pid IS NOT NULL GROUP BY tid),
-                 last_names AS (SELECT tid, arg_max(name, since) AS name FROM names GROUP BY tid),
-                 t AS (SELECT l.tid, coalesce(p.pid, l.tid) AS pid, l.name
-                       FROM last_names l LEFT JOIN pids p USING (tid))
-            SELECT t.tid, t.pid, t.name, coalesce(pn.name, t.name) AS process
-            FROM t LEFT JOIN last_names pn ON pn.tid = t.pid""")
+              SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY since) AS before FROM named)
+            WHERE before IS DISTINCT FROM name ORDER BY tid, since""", [self.host] * 4)
 
     # ---- public models -------------------------------------------------------------------
     def running(self) -> pa.Table:
@@ -228,7 +243,7 @@ class KernelModel:
 
     def name_changes(self) -> pa.Table:
         """tid, name, since, how: the names each thread had over time."""
-        self._need("threads")
+        self._need("name_changes")
         return self.con.sql("SELECT * FROM name_changes ORDER BY tid, since").to_arrow_table()
 
     def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
