@@ -50,6 +50,41 @@ SYSCALL_EXIT = ("name LIKE 'syscall\\_exit\\_%' ESCAPE '\\' OR name LIKE 'compat
                 " OR name LIKE 'sys\\_exit\\_%' ESCAPE '\\' OR name IN ('exit_syscall', 'sys_exit')")
 
 
+def state_machine_sql(switches: str, wakeups: str, end_ts: int, tid_filter: str = "tid IS NOT NULL AND tid <> 0") -> str:
+    """The thread state machine as one query over the tables `switches` (ts, src, pos, cpu,
+    prev_tid, next_tid, entered) and `wakeups` (ts, src, pos, cpu, tid): rows tid, state, start,
+    end, cpu (where the state began), consecutive equal states merged, the last one running to
+    `end_ts`. A switch-in starts `running`, a switch-out what prev_state says (`entered`), the
+    first wakeup after a block `runnable`. The whole-host model and the windowed view
+    (kernel_window.py) both run it."""
+    return f"""
+      WITH raw AS (
+        SELECT next_tid AS tid, ts, src, pos, cpu, 'running' AS state, 1 AS kind FROM {switches}
+        UNION ALL SELECT prev_tid, ts, src, pos, cpu, entered, 0 FROM {switches}
+        UNION ALL SELECT tid, ts, src, pos, cpu, 'runnable', 2 FROM {wakeups}
+      ), ordered AS (
+        -- at equal (ts, pos) the switch-out comes before the switch-in of the same tid
+        SELECT *, last_value(CASE WHEN kind < 2 THEN state END IGNORE NULLS)
+                    OVER (PARTITION BY tid ORDER BY ts, src, pos, kind
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
+        FROM raw WHERE {tid_filter}
+      ), transitions AS (
+        -- a wakeup counts only when it ends a block; a later wakeup in the same block changes
+        -- nothing and merges below
+        SELECT * FROM ordered WHERE kind < 2 OR before IN ('blocked', 'io_wait') OR before IS NULL
+      ), seq AS (
+        SELECT tid, ts, cpu, state, lag(state) OVER w AS prev_state, lead(ts) OVER w AS next_ts
+        FROM transitions WINDOW w AS (PARTITION BY tid ORDER BY ts, src, pos, kind)
+      ), runs AS (
+        SELECT *, sum(CASE WHEN prev_state IS DISTINCT FROM state THEN 1 ELSE 0 END)
+                    OVER (PARTITION BY tid ORDER BY ts ROWS UNBOUNDED PRECEDING) AS run_no
+        FROM seq
+      )
+      SELECT tid, any_value(state) AS state, min(ts) AS start,
+             arg_max(coalesce(next_ts, {int(end_ts)}), ts) AS "end", arg_min(cpu, ts) AS cpu
+      FROM runs GROUP BY tid, run_no"""
+
+
 @dataclass
 class TraceSpan:
     start: int
@@ -58,7 +93,7 @@ class TraceSpan:
 
 class KernelModel:
     """The kernel models of one host. Tables are built lazily in a private DuckDB connection
-    (`self.con`) as TEMP tables: switches, running, transitions, states, threads."""
+    (`self.con`) as TEMP tables: switches, running, states, names, threads, name_changes."""
 
     def __init__(self, store, host: str) -> None:
         self.host = host
@@ -107,65 +142,32 @@ class KernelModel:
             SELECT cpu, prev_tid, prev_comm, ?, start FROM iv WHERE k = 1 AND start > ? AND prev_tid IS NOT NULL
             ORDER BY cpu, start""", [self.span.end, self.span.start, self.span.start])
 
-    def _build_transitions(self) -> None:
-        """Per-tid state changes: switch-in, switch-out, and the first wakeup after a block."""
-        self._need("switches")
-        self.con.execute("""
-            CREATE TEMP TABLE wakeups AS
-            SELECT ts, src, pos, CAST(coalesce(j[1], j[2]) AS BIGINT) AS tid,
-                   CAST(coalesce(j[3], CAST(cpu AS VARCHAR)) AS INTEGER) AS cpu
-            FROM (SELECT ts, src, pos, cpu, json_extract_string(fields, ['tid', 'pid', 'target_cpu']) AS j
-                  FROM events WHERE host = ? AND name IN ('sched_wakeup', 'sched_wakeup_new'))""", [self.host])
-        self.con.execute("""
-            CREATE TEMP TABLE transitions AS
-            WITH raw AS (
-              SELECT next_tid AS tid, ts, src, pos, cpu, 'running' AS state, 1 AS kind FROM switches
-              UNION ALL
-              SELECT prev_tid, ts, src, pos, cpu, entered, 0 FROM switches
-              UNION ALL
-              SELECT tid, ts, src, pos, cpu, 'runnable', 2 FROM wakeups
-              UNION ALL  -- the first switch-out on a CPU: its thread ran there since the trace start
-              SELECT prev_tid, ?, src, pos, cpu, 'running', 1 FROM (
-                SELECT * FROM switches QUALIFY row_number() OVER (PARTITION BY cpu ORDER BY ts, src, pos) = 1)
-              WHERE ts > ?
-            ), ordered AS (
-              -- at equal (ts, pos) the switch-out comes before the switch-in of the same tid
-              SELECT *, last_value(CASE WHEN kind < 2 THEN state END IGNORE NULLS)
-                          OVER (PARTITION BY tid ORDER BY ts, src, pos, kind
-                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
-              FROM raw WHERE tid IS NOT NULL AND tid <> 0
-            )
-            SELECT tid, ts, src, pos, kind, cpu, state FROM ordered
-            -- a wakeup counts only when it ends a block; a later wakeup in the same block
-            -- changes nothing and merges below
-            WHERE kind < 2 OR before IN ('blocked', 'io_wait') OR before IS NULL""", [self.span.start, self.span.start])
-
     def _build_states(self) -> None:
         """Thread state intervals: [start, end) per tid; consecutive equal states merged."""
-        self._need("transitions")
-        self.con.execute("""
+        self._need("switches")
+        start, end = self.span.start, self.span.end
+        self.con.execute(f"""
             CREATE TEMP TABLE states AS
-            WITH seq AS (
-              SELECT tid, ts, cpu, state,
-                     lag(state) OVER w AS prev_state,
-                     lead(ts) OVER w AS next_ts
-              FROM transitions WINDOW w AS (PARTITION BY tid ORDER BY ts, src, pos, kind)
-            ), starts AS (
-              SELECT *, sum(CASE WHEN prev_state IS DISTINCT FROM state THEN 1 ELSE 0 END)
-                          OVER (PARTITION BY tid ORDER BY ts ROWS UNBOUNDED PRECEDING) AS run_no
-              FROM seq
-            ), merged AS (
-              SELECT tid, run_no, any_value(state) AS state, min(ts) AS start,
-                     arg_max(coalesce(next_ts, ?), ts) AS "end", arg_min(cpu, ts) AS cpu
-              FROM starts GROUP BY tid, run_no
+            WITH sw AS (
+              SELECT ts, src, pos, cpu, prev_tid, next_tid, entered FROM switches
+              UNION ALL  -- the first switch-out on a CPU: its thread ran there since the trace start
+              SELECT {start}, src, pos, cpu, NULL, prev_tid, NULL FROM (
+                SELECT * FROM switches QUALIFY row_number() OVER (PARTITION BY cpu ORDER BY ts, src, pos) = 1)
+              WHERE ts > {start}
+            ), wakeups AS (
+              SELECT ts, src, pos, CAST(coalesce(j[1], j[2]) AS BIGINT) AS tid,
+                     CAST(coalesce(j[3], CAST(cpu AS VARCHAR)) AS INTEGER) AS cpu
+              FROM (SELECT ts, src, pos, cpu, json_extract_string(fields, ['tid', 'pid', 'target_cpu']) AS j
+                    FROM events WHERE host = ? AND name IN ('sched_wakeup', 'sched_wakeup_new'))
+            ), machine AS ({state_machine_sql("sw", "wakeups", end)}
             ), firsts AS (
-              SELECT tid, min(start) AS first FROM merged GROUP BY tid
+              SELECT tid, min(start) AS first FROM machine GROUP BY tid
             )
-            SELECT tid, state, start, "end", cpu FROM merged
+            SELECT tid, state, start, "end", cpu FROM machine
             WHERE state <> 'exited' AND "end" > start
             UNION ALL
-            SELECT tid, 'unknown', ?, first, NULL FROM firsts WHERE first > ?
-            ORDER BY tid, start""", [self.span.end, self.span.start, self.span.start])
+            SELECT tid, 'unknown', {start}, first, NULL FROM firsts WHERE first > {start}
+            ORDER BY tid, start""", [self.host])
 
     def _build_threads(self) -> None:
         """tid → pid and names: `names` (tid, pid, name, since, how) holds each name a thread

@@ -11,8 +11,8 @@ can answer anything; a view that only draws [lo, hi) needs:
     has none before): its prev_tid ran there since the trace start, as in the whole model.
 Each row's `fields` JSON is parsed once, and the parsed ranges are kept (up to
 PARSED_CACHE_ROWS rows) so later windows over the same time read only what is new.
-The intervals are built with the same rules as KernelModel (same ordering, same prev_state
-mapping, a wakeup counts only when it ends a block) and clipped to the window, so they equal
+The thread states come from the whole model's own state machine query (state_machine_sql,
+same prev_state mapping) over these rows, clipped to the window, so they equal
 the whole model's intervals clipped to [lo, hi) (tests/test_kernel_window.py checks this)
 as long as the look-back found what it looked for within LOOKBACK_MAX_NS; what was not found
 is reported in `missing_cpus` / `missing_tids` (its time before its first event in the
@@ -22,11 +22,12 @@ window is then not drawn).
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacklens.errors import StacklensError
-from stacklens.models.kernel import _ENTERED_STATE
+from stacklens.models.kernel import _ENTERED_STATE, state_machine_sql
 
 LOOKBACK_FIRST_NS = 1_000_000  # at least 1 ms (else the window's width), xLOOKBACK_GROWTH until found
 LOOKBACK_GROWTH = 16  # each look-back query costs ~10 ms however short: few, growing fast
@@ -172,19 +173,23 @@ class KernelWindow:
         the whole model's rule that a CPU's first switched-out thread ran there since the start."""
         switches = rows.filter(rows["is_switch"]).sort_by([("cpu", "ascending"), ("ts", "ascending"),
                                                             ("src", "ascending"), ("pos", "ascending")])
-        cpus = switches["cpu"].to_pylist()
-        firsts = [switches.slice(i, 1) for i, cpu in enumerate(cpus) if i == 0 or cpus[i - 1] != cpu]
-        firsts += [self._first_switch_after(cpu, hi) for cpu in self.cpus if cpu not in set(cpus)]
-        leading = [f for f in firsts if f.num_rows and f["ts"][0].as_py() > self.span_start]
-        if not leading:
+        cpu = switches["cpu"].to_numpy(zero_copy_only=False)
+        heads = np.flatnonzero(np.r_[True, cpu[1:] != cpu[:-1]]) if len(cpu) else np.empty(0, np.int64)
+        firsts = [switches.take(pa.array(heads))]
+        present = set(cpu[heads].tolist())
+        firsts += [self._first_switch_after(c, hi) for c in self.cpus if c not in present]
+        first = pa.concat_tables(firsts)
+        first = first.filter(pc.greater(first["ts"], self.span_start))
+        if not first.num_rows:
             return rows
-        first = pa.concat_tables(leading)
         n = first.num_rows
-        pseudo = first.set_column(first.schema.get_field_index("ts"), "ts", pa.array([self.span_start] * n, first.schema.field("ts").type))
-        pseudo = pseudo.set_column(pseudo.schema.get_field_index("next_tid"), "next_tid", first["prev_tid"])
-        pseudo = pseudo.set_column(pseudo.schema.get_field_index("next_comm"), "next_comm", first["prev_comm"])
-        pseudo = pseudo.set_column(pseudo.schema.get_field_index("prev_tid"), "prev_tid", pa.nulls(n, first.schema.field("prev_tid").type))
-        pseudo = pseudo.set_column(pseudo.schema.get_field_index("prev_state"), "prev_state", pa.nulls(n, first.schema.field("prev_state").type))
+        # a switch at the trace start into the first switch's prev_tid (no thread switched out)
+        pseudo = first
+        for name, column in (("ts", pa.array([self.span_start] * n, first.schema.field("ts").type)),
+                             ("next_tid", first["prev_tid"]), ("next_comm", first["prev_comm"]),
+                             ("prev_tid", pa.nulls(n, first.schema.field("prev_tid").type)),
+                             ("prev_state", pa.nulls(n, first.schema.field("prev_state").type))):
+            pseudo = pseudo.set_column(pseudo.schema.get_field_index(name), name, column)
         return pa.concat_tables([pseudo, rows])
 
     # ---- public -------------------------------------------------------------------------------
@@ -230,29 +235,8 @@ class KernelWindow:
               SELECT *, {_ENTERED_STATE} AS entered FROM _kw_rows
               WHERE is_switch AND ( prev_tid IN (SELECT tid FROM _kw_tids) OR next_tid IN (SELECT tid FROM _kw_tids))
             ), wakeups AS (
-              SELECT ts, src, pos, woken_tid AS tid FROM _kw_rows WHERE NOT is_switch
-            ), raw AS (
-              SELECT next_tid AS tid, ts, src, pos, 'running' AS state, 1 AS kind FROM sw
-              UNION ALL SELECT prev_tid, ts, src, pos, entered, 0 FROM sw
-              UNION ALL SELECT tid, ts, src, pos, 'runnable', 2 FROM wakeups
-            ), ordered AS (
-              SELECT *, last_value(CASE WHEN kind < 2 THEN state END IGNORE NULLS)
-                          OVER (PARTITION BY tid ORDER BY ts, src, pos, kind
-                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
-              FROM raw WHERE tid IN (SELECT tid FROM _kw_tids)
-            ), transitions AS (
-              SELECT * FROM ordered WHERE kind < 2 OR before IN ('blocked', 'io_wait') OR before IS NULL
-            ), seq AS (
-              SELECT tid, ts, state, lag(state) OVER w AS prev_state, lead(ts) OVER w AS next_ts
-              FROM transitions WINDOW w AS (PARTITION BY tid ORDER BY ts, src, pos, kind)
-            ), runs AS (
-              SELECT *, sum(CASE WHEN prev_state IS DISTINCT FROM state THEN 1 ELSE 0 END)
-                          OVER (PARTITION BY tid ORDER BY ts ROWS UNBOUNDED PRECEDING) AS run_no
-              FROM seq
-            ), merged AS (
-              SELECT tid, any_value(state) AS state, min(ts) AS start,
-                     arg_max(coalesce(next_ts, {self.span_end}), ts) AS "end"
-              FROM runs GROUP BY tid, run_no
+              SELECT ts, src, pos, cpu, woken_tid AS tid FROM _kw_rows WHERE NOT is_switch
+            ), merged AS ({state_machine_sql("sw", "wakeups", self.span_end, "tid IN (SELECT tid FROM _kw_tids)")}
             )
             SELECT tid, state, greatest(start, {lo}) AS start, least("end", {hi}) AS "end" FROM merged
             WHERE state IN ({", ".join(f"'{s}'" for s in states)}) AND "end" > {lo} AND start < {hi}

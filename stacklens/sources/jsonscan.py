@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from stacklens.sources.swar import first_stop, load_u64, store_u64, string_stops
-from stacklens.sources.textscan import days_from_civil, parse_digits, parse_fraction, valid_date
+from stacklens.sources.textscan import (days_from_civil, json_string_len, parse_digits, parse_fraction,
+                                        put_json_string, valid_date)
 
 # Value kinds recorded per slot.
 ABSENT, STR, STR_ESC, SCALAR, CONTAINER, NULL = 0, 1, 2, 3, 4, 5
@@ -698,16 +699,7 @@ def _member_len(buf, s, e, k, mode):
         return -1
     if k == STR or k == STR_ESC or k == SCALAR:
         return e - s + 2
-    n = 2  # a container's text as a string: escape its quotes and backslashes
-    for j in range(s, e):
-        c = buf[j]
-        if c == 34 or c == 92:
-            n += 2
-        elif c < 32:
-            n += 6
-        else:
-            n += 1
-    return n
+    return 2 + json_string_len(buf, s, e)  # a container's text as a JSON string
 
 
 @nb.njit(cache=True, nogil=True)
@@ -728,7 +720,6 @@ def _json_members(buf, vs, ve, kind, modes, keys, key_off):
         total += size
         offsets[i + 1] = total
     out = np.empty(total, np.uint8)
-    hexd = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
     for i in range(n):
         o = offsets[i]
         out[o] = 123
@@ -758,24 +749,7 @@ def _json_members(buf, vs, ve, kind, modes, keys, key_off):
             quoted = (k == STR or k == STR_ESC) or (mode == 0 and k == SCALAR)
             if mode == 0 and k == CONTAINER:
                 out[o] = 34
-                o += 1
-                for j in range(s, e):
-                    c = buf[j]
-                    if c == 34 or c == 92:
-                        out[o] = 92
-                        out[o + 1] = c
-                        o += 2
-                    elif c < 32:
-                        out[o] = 92
-                        out[o + 1] = 117
-                        out[o + 2] = 48
-                        out[o + 3] = 48
-                        out[o + 4] = hexd[c >> 4]
-                        out[o + 5] = hexd[c & 15]
-                        o += 6
-                    else:
-                        out[o] = c
-                        o += 1
+                o = put_json_string(buf, s, e, out, o + 1)
                 out[o] = 34
                 o += 1
                 continue
@@ -924,18 +898,19 @@ def has_prefix(buf, starts, ends, prefix):
     """Per span: does buf[start:end] start with `prefix`?"""
     n = len(starts)
     out = np.zeros(n, np.bool_)
-    m = len(prefix)
     for i in range(n):
         s = starts[i]
-        if s < 0 or ends[i] - s < m:
-            continue
-        same = True
-        for j in range(m):
-            if buf[s + j] != prefix[j]:
-                same = False
-                break
-        out[i] = same
+        out[i] = s >= 0 and ends[i] - s >= len(prefix) and _starts_with(buf, s, prefix)
     return out
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _starts_with(buf, s, prefix):
+    """Does buf[s:] start with `prefix` (the caller checked there is room)?"""
+    for j in range(len(prefix)):
+        if buf[s + j] != prefix[j]:
+            return False
+    return True
 
 
 @nb.njit(cache=True, nogil=True)
@@ -970,15 +945,9 @@ def instance_prefix(buf, starts, ends, kinds):
         if kinds[i] != STR and kinds[i] != STR_ESC:
             continue
         s = starts[i]
-        if ends[i] - s < 48 or buf[s + 47] != 93:
+        if ends[i] - s < 48 or buf[s + 47] != 93 or not _starts_with(buf, s, pre):
             continue
         ok = True
-        for j in range(11):
-            if buf[s + j] != pre[j]:
-                ok = False
-                break
-        if not ok:
-            continue
         for j in range(s + 11, s + 47):
             c = buf[j]
             if not (48 <= c <= 57 or 97 <= c <= 102 or 65 <= c <= 70 or c == 45):
@@ -1012,6 +981,18 @@ def line_blocks(f, chunk_bytes: int):  # noqa: ANN201
             cut = block.rfind(b"\n") + 1
         f.seek(cut - len(block), 1)
         yield memoryview(block)[:cut]
+
+
+def line_block_tables(f, chunk_bytes: int, block, progress):  # noqa: ANN001, ANN201
+    """The tables `block(data, first_line) -> (table or None, lines)` makes of each block of
+    whole lines of `f` (line_blocks), with the running line number; progress(bytes) per block."""
+    first_line = 1
+    for part in line_blocks(f, chunk_bytes):
+        table, n_lines = block(part, first_line)
+        first_line += n_lines
+        progress(len(part))
+        if table is not None:
+            yield table
 
 
 @nb.njit(cache=True, nogil=True)

@@ -28,7 +28,7 @@ import pyarrow as pa
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
-    ABSENT, NULL, STR, STR_ESC, PathTrie, coalesce, document_lines, has_prefix, line_blocks, parse_timestamps, text_column,
+    ABSENT, NULL, STR, STR_ESC, PathTrie, coalesce, document_lines, has_prefix, line_block_tables, parse_timestamps, text_column,
     utf8_or_replaced)
 from stacklens.sources.textscan import find_byte
 
@@ -90,13 +90,7 @@ class NotificationReader(Reader):
                     f.seek(0)
                 one_per_line = any(_is_json_object(ln.strip()) for ln in first_lines)
                 if one_per_line:
-                    first_line = 1
-                    for part in line_blocks(f, CHUNK_BYTES):
-                        table, n_lines = self._block(part, first_line)
-                        first_line += n_lines
-                        self.options.progress(len(part))
-                        if table is not None:
-                            yield table
+                    yield from line_block_tables(f, CHUNK_BYTES, self._block, self.options.progress)
                 else:
                     data = f.read()
                     yield from self._document(data)

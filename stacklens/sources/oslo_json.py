@@ -21,7 +21,7 @@ from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
     ABSENT, AS_INT, AS_RAW, AS_STRING, NULL, PathTrie, coalesce, document_lines, has_prefix, instance_prefix, json_members,
-    line_blocks, parse_epoch_seconds, parse_ints, text_column, utf8_or_replaced)
+    line_block_tables, parse_epoch_seconds, parse_ints, text_column, utf8_or_replaced)
 
 _HINT = re.compile(rb'^\s*\{.*"(?:levelname|funcname)"\s*:.*"created"\s*:', re.S)
 
@@ -63,14 +63,9 @@ class OsloJsonLogReader(Reader):
     def tables(self) -> Iterator[pa.Table]:
         with self.open_binary() as f:
             try:
-                first_line = 1
-                for part in line_blocks(f, CHUNK_BYTES):
-                    table, n_lines = self._block(part, first_line)
-                    first_line += n_lines
-                    self.options.progress(len(part))
-                    if table is not None:
-                        self.report.rows += table.num_rows
-                        yield table
+                for table in line_block_tables(f, CHUNK_BYTES, self._block, self.options.progress):
+                    self.report.rows += table.num_rows
+                    yield table
             except OSError as e:
                 raise SourceError(self.path, f"read error: {e.strerror}") from None
 

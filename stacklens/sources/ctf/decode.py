@@ -92,6 +92,12 @@ def _read_bits(data, byte0, shift, size, be):
     return v
 
 
+@numba.njit(cache=True, inline="always")
+def _aligned(bit, al):
+    """`bit` rounded up to a multiple of `al` (a power of two; 0 or 1: unaligned)."""
+    return (bit + al - 1) & ~(al - 1) if al > 1 else bit
+
+
 @numba.njit(cache=True)
 def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
     """Run the program at `pc` writing slots from buf[base]. Returns a status code."""
@@ -101,10 +107,7 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
         if op == OP_END:
             return OK
         elif op == OP_INT:
-            al = ops[pc, 4]
-            bit = st[S_BIT]
-            if al > 1:
-                bit = (bit + al - 1) & ~(al - 1)
+            bit = _aligned(st[S_BIT], ops[pc, 4])
             size = ops[pc, 2]
             if bit + size > st[S_END]:
                 return E_TRUNC
@@ -155,8 +158,7 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
                     st[S_DISC] = v
             pc += 1
         elif op == OP_ALIGN:
-            al = ops[pc, 1]
-            st[S_BIT] = (st[S_BIT] + al - 1) & ~(al - 1)
+            st[S_BIT] = _aligned(st[S_BIT], ops[pc, 1])
             if st[S_BIT] > st[S_END]:
                 return E_TRUNC
             pc += 1
@@ -175,10 +177,7 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
             st[S_BIT] = (i + 1 - P) << 3
             pc += 1
         elif op == OP_CHARS:
-            al = ops[pc, 4]
-            bit = st[S_BIT]
-            if al > 1:
-                bit = (bit + al - 1) & ~(al - 1)
+            bit = _aligned(st[S_BIT], ops[pc, 4])
             n = ops[pc, 2]
             if n < 0:
                 n = regs[ops[pc, 3]]
@@ -195,10 +194,7 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
             st[S_BIT] = bit + n * 8
             pc += 1
         elif op == OP_FLOAT:
-            al = ops[pc, 4]
-            bit = st[S_BIT]
-            if al > 1:
-                bit = (bit + al - 1) & ~(al - 1)
+            bit = _aligned(st[S_BIT], ops[pc, 4])
             size = ops[pc, 2]
             if bit + size > st[S_END]:
                 return E_TRUNC
@@ -207,9 +203,7 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
             st[S_BIT] = bit + size
             pc += 1
         elif op == OP_LOOP:
-            al = ops[pc, 7]
-            if al > 1:
-                st[S_BIT] = (st[S_BIT] + al - 1) & ~(al - 1)
+            st[S_BIT] = _aligned(st[S_BIT], ops[pc, 7])
             n = ops[pc, 2]
             if n < 0:
                 n = regs[ops[pc, 3]]

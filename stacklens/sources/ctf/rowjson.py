@@ -171,6 +171,17 @@ def plan_of(cs: CompiledStream) -> JsonPlan:
 
 # --- the kernel ------------------------------------------------------------------------
 @numba.njit(cache=True, inline="always")
+def _put_null(out, o):
+    """`null` written at out[o:] (grown as needed): (out, new offset)."""
+    out = _grow(out, o, 4)
+    out[o] = 110
+    out[o + 1] = 117
+    out[o + 2] = 108
+    out[o + 3] = 108
+    return out, o + 4
+
+
+@numba.njit(cache=True, inline="always")
 def _grow(out, o, need):
     if o + need <= out.shape[0]:
         return out
@@ -298,23 +309,13 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
                     pc += 1
             elif op == J_IFSEL:
                 if buf[base + ops[pc, 1]] != ops[pc, 2]:
-                    out = _grow(out, o, 4)
-                    out[o] = 110  # null
-                    out[o + 1] = 117
-                    out[o + 2] = 108
-                    out[o + 3] = 108
-                    o += 4
+                    out, o = _put_null(out, o)
                     pc = ops[pc, 3]
                 else:
                     pc += 1
             elif op == J_IFOPT:
                 if buf[base + ops[pc, 1]] == 0:
-                    out = _grow(out, o, 4)
-                    out[o] = 110
-                    out[o + 1] = 117
-                    out[o + 2] = 108
-                    out[o + 3] = 108
-                    o += 4
+                    out, o = _put_null(out, o)
                     pc = ops[pc, 3]
                 else:
                     pc += 1
