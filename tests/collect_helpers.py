@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from stacklens.processes import stop_process
 from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,16 +36,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
-    """SIGTERM the process we started, SIGKILL it if it does not go."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+stop = stop_process  # SIGTERM the process we started, SIGKILL it if it does not go
 
 
 def python(*args: str, **kw) -> subprocess.Popen:

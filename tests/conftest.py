@@ -7,8 +7,13 @@ elsewhere the tests that need it are skipped with a message saying where it was 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -49,6 +54,44 @@ def need_bt2():
             pytest.fail(msg)
         pytest.skip(msg)
     return bt2
+
+
+def need_python_lttngust(env: dict | None = None) -> None:
+    """Skip unless Debian's /usr/bin/python3 imports lttngust (the LTTng Python agent)."""
+    env = dict(env or os.environ, LTTNG_UST_PYTHON_REGISTER_TIMEOUT="0")
+    if not Path("/usr/bin/python3").exists() or subprocess.run(
+            ["/usr/bin/python3", "-c", "import lttngust"], capture_output=True, timeout=30, env=env).returncode:
+        pytest.skip("python3-lttngust is not installed for /usr/bin/python3 (./dev setup installs it)")
+
+
+@contextmanager
+def own_lttng_sessiond(env: dict) -> Iterator[subprocess.Popen]:
+    """An lttng-sessiond of the test's own (user space only, LTTNG_HOME from `env`), in the
+    foreground so that we hold its PID; ready when `lttng list` answers; stopped by PID."""
+    from stacklens.processes import stop_process
+    need_program("lttng-sessiond")
+    need_program("lttng")
+    sessiond = subprocess.Popen(["lttng-sessiond", "--no-kernel"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["lttng", "list"], env=env, capture_output=True, timeout=10).returncode:
+            assert sessiond.poll() is None, "lttng-sessiond exited at start"
+            assert time.monotonic() < deadline, "lttng-sessiond did not start"
+            time.sleep(0.1)
+        yield sessiond
+    finally:
+        stop_process(sessiond, 20, 10)
+
+
+def bt2_thesis_lines(trace: Path) -> Iterator[tuple[int, str]]:
+    """(ts ns, line) of every `lttng_trace:` record line babeltrace2 prints for `trace`."""
+    text = subprocess.run([need_program("babeltrace2"), "--clock-seconds", str(trace)], capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+    for line in text.splitlines():
+        if "lttng_trace:" in line:
+            sec, frac = re.match(r"^\[(\d+)\.(\d{9})\]", line).groups()
+            yield int(sec) * 10**9 + int(frac), line
 
 
 @pytest.fixture

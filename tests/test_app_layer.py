@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import sys
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from stacklens.sources.base import ReadOptions
 from stacklens.sources.thesis_record import parse_thesis_record
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
-from tests.conftest import ROOT, need_data, need_program
+from tests.conftest import ROOT, bt2_thesis_lines, need_data
 
 NOVA = ("thesis", "nova", "lttng-traces", "auto-20160808-110105")
 CINDER = ("thesis", "cinder", "lttng-traces", "auto-20160815-161656")
@@ -32,17 +31,11 @@ SAMPLES = ("openstack", "nova-notification-samples")
 
 def bt2_thesis_records(trace: Path) -> list[tuple[int, str, dict]]:
     """(ts ns, event_type, record) of every lttng_trace record as babeltrace2 prints it."""
-    exe = need_program("babeltrace2")
-    out = subprocess.run([exe, "--clock-seconds", str(trace)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
     recs = []
-    for line in out.splitlines():
-        if "lttng_trace:" not in line:
-            continue
-        sec, frac = re.match(r"^\[(\d+)\.(\d{9})\]", line).groups()
+    for ts, line in bt2_thesis_lines(trace):
         body = re.search(r"lttng_trace:\{(.*?)\}", line).group(1).replace("\\'", "'")
         pairs = dict(re.findall(r"'(\w+)':'?([^',]*)'?", body))
-        recs.append((int(sec) * 10**9 + int(frac), pairs["event_type"], pairs))
+        recs.append((ts, pairs["event_type"], pairs))
     return recs
 
 
@@ -227,7 +220,6 @@ def test_samples_live_migration_timeline(store):
     from stacklens.models.live_migration import live_migration_steps
     files = sorted(need_data(*SAMPLES).glob("instance-live_migration_*-start.json"))
     expected = {f.name[len("instance-live_migration_"):-len("-start.json")] for f in files}
-    uuid = json.loads(files[0].read_text())["payload"]  # $ref'd: the uuid is in the common payload
     steps = live_migration_steps(store.connect()).to_pylist()
     assert {s["step"] for s in steps} - {"migration", "select_destination"} == expected
     assert len({s["instance"] for s in steps}) == 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
-from tests.conftest import ROOT, need_program
+from tests.conftest import ROOT, bt2_thesis_lines, need_python_lttngust, own_lttng_sessiond
 
 PLAN = [  # the thesis table 4.4 tasks, two objects each for some, one interleaved pair
     # net-a's create starts, net-b's starts and ends, then net-a's ends: one worker, interleaved
@@ -44,27 +43,14 @@ def _lttng(env: dict, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory) -> Path:
-    need_program("lttng-sessiond")
-    need_program("lttng")
-    if not Path("/usr/bin/python3").exists() or subprocess.run(
-            ["/usr/bin/python3", "-c", "import lttngust"], capture_output=True, timeout=30).returncode:
-        pytest.skip("python3-lttngust is not installed for /usr/bin/python3 (./dev setup installs it)")
+    need_python_lttngust()
     d = tmp_path_factory.mktemp("neutron")
     plan = d / "plan.json"
     plan.write_text(json.dumps([dict(p, request_id=f"req-{i:04d}") for i, p in enumerate(PLAN)]))
     env = dict(os.environ, LTTNG_HOME=str(d))
-    # a session daemon of our own, in the foreground so that we hold its PID
-    sessiond = subprocess.Popen(["lttng-sessiond", "--no-kernel"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     out = d / "trace"
     session = f"stacklens-neutron-{os.getpid()}"
-    try:
-        for _ in range(50):  # ready when the client can talk to it
-            if subprocess.run(["lttng", "list"], env=env, capture_output=True, timeout=10).returncode == 0:
-                break
-            if sessiond.poll() is not None:
-                pytest.fail("lttng-sessiond exited at start")
-            subprocess.run(["sleep", "0.1"])
+    with own_lttng_sessiond(env):
         _lttng(env, "create", session, f"--output={out}")
         _lttng(env, "enable-event", "--python", "-a", "-s", session)
         _lttng(env, "start", session)
@@ -72,29 +58,15 @@ def trace(tmp_path_factory) -> Path:
                        env=env, check=True, timeout=60, capture_output=True)
         _lttng(env, "stop", session)
         _lttng(env, "destroy", session)
-    finally:
-        if sessiond.poll() is None:
-            sessiond.send_signal(signal.SIGTERM)
-            try:
-                sessiond.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                sessiond.kill()
-                sessiond.wait(timeout=10)
     return out
 
 
 def bt2_records(trace: Path) -> list[tuple[int, str, str]]:
-    exe = need_program("babeltrace2")
-    text = subprocess.run([exe, "--clock-seconds", str(trace)], capture_output=True, text=True,
-                          timeout=60, check=True).stdout
     recs = []
-    for line in text.splitlines():
-        if "lttng_trace:" not in line:
-            continue
-        sec, frac = re.match(r"^\[(\d+)\.(\d{9})\]", line).groups()
+    for ts, line in bt2_thesis_lines(trace):
         et = re.search(r"'event_type\\?':'?([\w.-]+)", line.replace("\\'", "'")).group(1)
         obj = re.search(r"'(?:network|router)':'([^']*)'", line.replace("\\'", "'")).group(1)
-        recs.append((int(sec) * 10**9 + int(frac), et, obj))
+        recs.append((ts, et, obj))
     return recs
 
 

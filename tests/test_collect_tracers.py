@@ -275,46 +275,31 @@ def test_lttng_tracer_rotates_python_agent_records_into_chunks(tmp_path):
     babeltrace2's event count over the chunks, and the program's own sequence numbers."""
     import os
     import re
-    import signal as sig
-    need_program("lttng-sessiond")
-    need_program("lttng")
+    from tests.conftest import need_python_lttngust, own_lttng_sessiond
     bt2 = need_program("babeltrace2")
-    if subprocess.run(["/usr/bin/python3", "-c", "import lttngust"], capture_output=True, timeout=30,
-                      env=dict(os.environ, LTTNG_UST_PYTHON_REGISTER_TIMEOUT="0")).returncode:
-        pytest.skip("python3-lttngust is not installed for /usr/bin/python3 (./dev setup installs it)")
+    need_python_lttngust()
     from stacklens.collect.client import _unpack_trace_chunk
     home = tmp_path / "lttng-home"
     home.mkdir()
     env = dict(os.environ, LTTNG_HOME=str(home))
-    sessiond = subprocess.Popen(["lttng-sessiond", "--no-kernel"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
     out = tmp_path / "segments"
     tracer = None
     n = 300
-    try:
-        wait_for(lambda: subprocess.run(["lttng", "list"], env=env, capture_output=True, timeout=10).returncode == 0
-                 or sessiond.poll() is not None, 30, "lttng-sessiond")
-        assert sessiond.poll() is None, "lttng-sessiond exited at start"
-        config = tmp_path / "lttng.json"
-        config.write_text(json.dumps({"out": str(out), "lttng_home": str(home), "rotate_s": 1.0,
-                                      "python_loggers": ["stacklens.lttngtest"],
-                                      "kernel_events": ["sched_switch"]}))
-        tracer = python("-m", "stacklens.collect.worker", "lttng", str(config),
-                        stdout=open(tmp_path / "tracer.out", "ab"), stderr=open(tmp_path / "tracer.err", "ab"))
-        status = out / ".status.json"
-        wait_for(lambda: status.exists(), 60, "the session started")
-        subprocess.run(["/usr/bin/python3", "-c", LTTNG_APP, str(n), "3.0"], env=env, check=True, timeout=60,
-                       capture_output=True)
-        stop(tracer, timeout=60)
-    finally:
-        stop(tracer)
-        if sessiond.poll() is None:
-            sessiond.send_signal(sig.SIGTERM)
-            try:
-                sessiond.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                sessiond.kill()
-                sessiond.wait(10)
+    with own_lttng_sessiond(env):
+        try:
+            config = tmp_path / "lttng.json"
+            config.write_text(json.dumps({"out": str(out), "lttng_home": str(home), "rotate_s": 1.0,
+                                          "python_loggers": ["stacklens.lttngtest"],
+                                          "kernel_events": ["sched_switch"]}))
+            tracer = python("-m", "stacklens.collect.worker", "lttng", str(config),
+                            stdout=open(tmp_path / "tracer.out", "ab"), stderr=open(tmp_path / "tracer.err", "ab"))
+            status = out / ".status.json"
+            wait_for(lambda: status.exists(), 60, "the session started")
+            subprocess.run(["/usr/bin/python3", "-c", LTTNG_APP, str(n), "3.0"], env=env, check=True, timeout=60,
+                           capture_output=True)
+            stop(tracer, timeout=60)
+        finally:
+            stop(tracer)
     assert tracer.returncode == 0, (tmp_path / "tracer.err").read_text()[-2000:]
     st = json.loads(status.read_text())
     assert st["domains"] == ["python"]

@@ -304,25 +304,13 @@ def test_idle_workers_of_a_sticky_pool(tmp_path):
     dispatcher sends every request to one worker; the idle ones are those the program itself
     measured as (almost) never busy. The thesis nova trace, whose two compute workers both
     worked, gives no finding."""
-    import signal
     from stacklens.diagnose.rules import IDLE_BUSY_SHARE, PEER_BUSY_SHARE
-    from tests.conftest import need_program
-    need_program("lttng-sessiond")
-    need_program("lttng")
+    from tests.conftest import need_python_lttngust, own_lttng_sessiond
     env = dict(os.environ, LTTNG_HOME=str(tmp_path / "home"), LTTNG_UST_PYTHON_REGISTER_TIMEOUT="5000")
     (tmp_path / "home").mkdir()
-    if subprocess.run(["/usr/bin/python3", "-c", "import lttngust"], capture_output=True, timeout=30,
-                      env=dict(env, LTTNG_UST_PYTHON_REGISTER_TIMEOUT="0")).returncode:
-        pytest.skip("python3-lttngust is not installed for /usr/bin/python3 (./dev setup installs it)")
-    sessiond = subprocess.Popen(["lttng-sessiond", "--no-kernel"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+    need_python_lttngust(env)
     trace = tmp_path / "trace"
-    try:
-        import time
-        deadline = time.monotonic() + 30
-        while subprocess.run(["lttng", "list"], env=env, capture_output=True, timeout=10).returncode:
-            assert sessiond.poll() is None and time.monotonic() < deadline, "lttng-sessiond did not start"
-            time.sleep(0.2)
+    with own_lttng_sessiond(env):
         for cmd in (["create", "pool", "--output", str(trace)], ["enable-event", "--python", "nova.conductor.manager"],
                     ["start"]):
             subprocess.run(["lttng", *cmd], env=env, check=True, capture_output=True, timeout=30)
@@ -330,14 +318,6 @@ def test_idle_workers_of_a_sticky_pool(tmp_path):
                                "4", "6", "0.15"], env=env, check=True, capture_output=True, text=True, timeout=60)
         for cmd in (["stop"], ["destroy"]):
             subprocess.run(["lttng", *cmd], env=env, check=True, capture_output=True, timeout=60)
-    finally:
-        if sessiond.poll() is None:
-            sessiond.send_signal(signal.SIGTERM)
-            try:
-                sessiond.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                sessiond.kill()
-                sessiond.wait(10)
     measured = json.loads(done.stdout)
     span = measured["last_ns"] - measured["first_ns"]
     shares = {name: w["busy_ns"] / span for name, w in measured["workers"].items()}

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,9 +44,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from stacklens.collect.config import load_toml
 from stacklens.collect.segments import sealed_segments
 from stacklens.collect.tracers import TRACERS
 from stacklens.errors import StacklensError
+from stacklens.processes import stop_process
 
 # Tracers that do one job and exit 0 (an inventory) rather than run until stopped.
 ONE_SHOT = {"packages"}
@@ -72,12 +73,7 @@ class AgentConfig:
 
     @classmethod
     def load(cls, path: Path) -> "AgentConfig":
-        try:
-            doc = tomllib.loads(Path(path).read_text())
-        except OSError as e:
-            raise StacklensError(f"{path}: cannot read agent config: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise StacklensError(f"{path}: not valid TOML: {e}") from None
+        doc = load_toml(path, "agent config")
         a = dict(doc.get("agent", {}))
         token = a.pop("token", None)
         if token is None and "token_file" in a:
@@ -165,13 +161,7 @@ class Agent:
             w = self.workers[name]
             w.wanted = False
             p = w.proc
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_process(p, timeout)
         with self.lock:
             if w.state == "running":
                 w.state, w.exit_code = "stopped", p.returncode if p else None

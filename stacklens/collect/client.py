@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from stacklens.collect.config import load_toml
 from stacklens.errors import StacklensError
 
 
@@ -57,12 +57,7 @@ class AgentRef:
 
 
 def load_agents(path: Path) -> list[AgentRef]:
-    try:
-        doc = tomllib.loads(Path(path).read_text())
-    except OSError as e:
-        raise StacklensError(f"{path}: cannot read agents file: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise StacklensError(f"{path}: not valid TOML: {e}") from None
+    doc = load_toml(path, "agents file")
     out = []
     for i, a in enumerate(doc.get("agent", [])):
         token = a.get("token") or (Path(a["token_file"]).read_text().strip() if "token_file" in a else None)

@@ -23,7 +23,6 @@ import logging
 import re
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 

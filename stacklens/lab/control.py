@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import warnings
 from pathlib import Path
 
 from stacklens.errors import StacklensError
+from stacklens.processes import stop_process
 
 PUBLISHER = "nova-compute"
 
@@ -154,13 +154,7 @@ class ControlPlane:
     def _stop_listener(self) -> None:
         if self._listener is None:
             return
-        if self._listener.poll() is None:
-            os.kill(self._listener.pid, signal.SIGTERM)
-            try:
-                self._listener.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(self._listener.pid, signal.SIGKILL)
-                self._listener.wait(5)
+        stop_process(self._listener, 15)
         self._listener_err.close()
         self._config.unlink(missing_ok=True)
         err = Path(self._listener_err.name)

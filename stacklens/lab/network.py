@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from stacklens.errors import StacklensError
+from stacklens.processes import stop_process
 
 NET_HOST = "lab-net"
 SAMPLE_S = 0.25
@@ -99,13 +100,7 @@ class OvsDaemons:
 
     def stop(self) -> None:
         for p in reversed(self.procs):
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.wait(timeout=5)
+            stop_process(p, 5)
 
 
 def _schema() -> str:

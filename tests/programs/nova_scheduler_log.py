@@ -25,9 +25,9 @@ import sys
 import time
 import warnings
 
-from oslo_config import cfg
 from oslo_context import context
 from oslo_log import log as logging
+from oslo_logging_setup import setup_nova_logging
 
 warnings.simplefilter("ignore")
 import oslo_messaging  # noqa: E402
@@ -35,12 +35,7 @@ import oslo_messaging  # noqa: E402
 scenario_path, log_path, notifications_path = sys.argv[1:4]
 scenario = json.loads(open(scenario_path).read())
 
-CONF = cfg.CONF
-logging.register_options(CONF)
-CONF([], project="nova")
-CONF.set_override("log_file", log_path)
-CONF.set_override("debug", True)
-logging.setup(CONF, "nova")
+CONF = setup_nova_logging(log_path)
 FILTERS_LOG = logging.getLogger("nova.filters")
 SCHED_LOG = logging.getLogger("nova.scheduler.filter_scheduler")
 UTILS_LOG = logging.getLogger("nova.scheduler.utils")

@@ -7,16 +7,11 @@ instance-scoped warning, exactly as a Nova service configured with oslo.log woul
 
 import sys
 
-from oslo_config import cfg
 from oslo_context import context
 from oslo_log import log as logging
+from oslo_logging_setup import setup_nova_logging
 
-CONF = cfg.CONF
-logging.register_options(CONF)
-CONF([], project="stacklens-test")
-CONF.set_override("log_file", sys.argv[1])
-CONF.set_override("debug", True)
-logging.setup(CONF, "nova")
+setup_nova_logging(sys.argv[1], "stacklens-test")
 LOG = logging.getLogger("nova.compute.manager")
 
 LOG.info("service starting")  # no context yet: oslo.log writes [-]

@@ -11,19 +11,14 @@ Prints {global_request_id: local request id} as JSON (what this service logged f
 import json
 import sys
 
-from oslo_config import cfg
 from oslo_context import context
 from oslo_log import log as logging
+from oslo_logging_setup import setup_nova_logging
 
 log_path, scenario_path, service = sys.argv[1:4]
 scenario = json.loads(open(scenario_path).read())
 
-CONF = cfg.CONF
-logging.register_options(CONF)
-CONF([], project="nova")
-CONF.set_override("log_file", log_path)
-CONF.set_override("debug", True)
-logging.setup(CONF, "nova")
+setup_nova_logging(log_path)
 LOG = logging.getLogger("nova.api.openstack.wsgi" if service == "nova-api" else "nova.compute.manager")
 
 

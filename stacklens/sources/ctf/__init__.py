@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacklens.errors import SourceError
-from stacklens.sources.base import Reader, ReadOptions, json_objects
+from stacklens.sources.base import Reader, ReadOptions
 
 from . import rowjson
 from .jsonify import json_column
-from .streams import Chunk, CtfTrace, Part, TraceError, merge, merged_order, prefetched
+from .streams import Chunk, CtfTrace, TraceError, merge, merged_order, prefetched
 
 __all__ = ["CtfReader", "CtfTrace", "open_trace", "find_traces", "is_ctf_metadata"]
 

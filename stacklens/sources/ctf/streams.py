@@ -21,7 +21,7 @@ import pyarrow as pa
 from . import decode as D
 from .decode import CompiledStream, build, compile_stream
 from .tsdl import MetadataError, read_metadata_file, strip_underscore
-from .types import Clock, EnumType, IntType, TraceMetadata
+from .types import Clock, TraceMetadata
 
 CHUNK_EVENTS = 131072  # events per decode call and stream: bounds memory per stream
 INDEX_MAGIC = 0xC1F1DCC1
