@@ -36,6 +36,20 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def newlines_in(directory: Path, pattern: str = "*") -> int:
+    """Lines written so far to the segments matching pattern, open or sealed.
+
+    A writer seals a segment by renaming `X.open` to `X` at any moment, so a file listed by
+    the glob may be gone when read; take the count again from a fresh listing then.
+    """
+    while True:
+        try:
+            return sum(p.read_bytes().count(b"\n") for p in directory.glob(pattern)
+                       if not p.name.startswith(".") and not p.name.endswith(".tmp"))
+        except FileNotFoundError:
+            continue
+
+
 stop = stop_process  # SIGTERM the process we started, SIGKILL it if it does not go
 
 

@@ -17,7 +17,7 @@ from stacklens.collect.broker import LocalRabbit
 from stacklens.collect.segments import sealed_segments
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
-from tests.collect_helpers import PROGRAMS, need_rabbitmq, python, stop, wait_for
+from tests.collect_helpers import PROGRAMS, need_rabbitmq, newlines_in, python, stop, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 N = 2400
@@ -43,10 +43,6 @@ def _segment_lines(out: Path) -> list[bytes]:
     return [line for seg in sealed_segments(out) for line in seg.read_bytes().splitlines()]
 
 
-def _open_lines(out: Path) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in out.glob("*.open")) + len(_segment_lines(out))
-
-
 def test_no_loss_no_duplicates_across_kill9_and_broker_restart(rabbit, tmp_path):
     out = tmp_path / "segments"
     config = tmp_path / "listener.json"
@@ -62,14 +58,14 @@ def test_no_loss_no_duplicates_across_kill9_and_broker_restart(rabbit, tmp_path)
         publisher = python(str(PROGRAMS / "oslo_notifier.py"), rabbit.oslo_url, str(N),
                            "--progress", str(progress), "--pad", "1500",
                            stderr=open(tmp_path / "publisher.err", "ab"))
-        wait_for(lambda: _progress(progress) >= N // 4 and _open_lines(out) > 0, 60, "first quarter")
+        wait_for(lambda: _progress(progress) >= N // 4 and newlines_in(out) > 0, 60, "first quarter")
         listener.send_signal(signal.SIGKILL)
         listener.wait(10)
         listener = python("-m", "stacklens.collect.worker", "notifications", str(config), stderr=err)
         wait_for(lambda: _progress(progress) >= N // 2, 60, "half published")
         rabbit.restart()
         assert publisher.wait(120) == 0, (tmp_path / "publisher.err").read_text()[-2000:]
-        wait_for(lambda: _open_lines(out) >= N, 60, f"{N} notifications written", interval=0.3)
+        wait_for(lambda: newlines_in(out) >= N, 60, f"{N} notifications written", interval=0.3)
     finally:
         stop(publisher)
         stop(listener)
@@ -158,7 +154,7 @@ def test_queue_is_bounded_and_leaves_ceilometer_queue_alone(rabbit, tmp_path):
     listener = python("-m", "stacklens.collect.worker", "notifications", str(config),
                       stderr=open(tmp_path / "listener.err", "ab"))
     try:
-        wait_for(lambda: _open_lines(out) >= 50, 60, "50 written")
+        wait_for(lambda: newlines_in(out) >= 50, 60, "50 written")
     finally:
         stop(listener)
     seqs = sorted(int(json.loads(l)["message_id"][1:]) for l in _segment_lines(out))

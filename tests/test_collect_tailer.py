@@ -20,7 +20,7 @@ from stacklens.collect.oslo_log_tailer import record_start
 from stacklens.collect.segments import sealed_segments
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
-from tests.collect_helpers import python, stop, wait_for
+from tests.collect_helpers import newlines_in, python, stop, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,7 +99,7 @@ def test_tailer_keeps_records_whole_across_cuts_and_rotation(tmp_path):
         with open(log, "ab") as new:  # reopened (WatchedFileHandler): a new file at the path
             _replay(new, orig2, 0.3)
         total = len(orig1) + len(orig2)
-        wait_for(lambda: sum(p.read_bytes().count(b"\n") for p in out.glob("nova-compute*")) >= total,
+        wait_for(lambda: newlines_in(out, "nova-compute*") >= total,
                  30, "every line in segments", interval=0.2)
     finally:
         stop(tailer)
