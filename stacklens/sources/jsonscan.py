@@ -19,7 +19,8 @@ import numba as nb
 import numpy as np
 import pyarrow as pa
 
-from stacklens.sources.swar import first_stop, load_u64, store_u64, string_stops
+from stacklens.sources.swar import (backslash_classes, byte_mask, escape_classes, json_classes, load_u64,
+                                    popcount, store_u64, trailing_zeros)
 from stacklens.sources.textscan import (days_from_civil, json_string_len, parse_digits, parse_fraction,
                                         put_json_string, valid_date)
 
@@ -117,140 +118,8 @@ class PathTrie:
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _ws(buf, p, e):
-    while p < e:
-        c = buf[p]
-        if c == 32 or c == 10 or c == 13 or c == 9:
-            p += 1
-        else:
-            break
-    return p
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
 def _is_hex(c):
     return (48 <= c <= 57) or (97 <= c <= 102) or (65 <= c <= 70)
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _string_end(buf, p, e):
-    """Index of the closing quote of the string whose content starts at p (-1 if invalid),
-    and whether it has escapes."""
-    esc = False
-    while p < e:
-        # the common case first: plain bytes, 8 at a time
-        while p + 8 <= e:
-            m = string_stops(load_u64(buf, p))
-            if m != 0:
-                p += first_stop(m)
-                break
-            p += 8
-        while p < e:
-            c = buf[p]
-            if c == 34 or c == 92 or c < 32:
-                break
-            p += 1
-        if p >= e:
-            break
-        if c == 34:
-            return p, esc
-        if c == 92:
-            esc = True
-            if p + 1 >= e:
-                return -1, esc
-            d = buf[p + 1]
-            if d == 117:  # \uXXXX
-                if p + 6 > e or not (_is_hex(buf[p + 2]) and _is_hex(buf[p + 3])
-                                     and _is_hex(buf[p + 4]) and _is_hex(buf[p + 5])):
-                    return -1, esc
-                p += 6
-                continue
-            if not (d == 34 or d == 92 or d == 47 or d == 98 or d == 102 or d == 110
-                    or d == 114 or d == 116):
-                return -1, esc
-            p += 2
-            continue
-        if c < 32:
-            return -1, esc
-        p += 1
-    return -1, esc
-
-
-@nb.njit(cache=True, nogil=True)
-def _string_decode(buf, p, e, out, o):
-    """_string_end that also writes the decoded string to out[o:]: (closing quote or -1,
-    end in out, had escapes)."""
-    esc = False
-    while p < e:
-        # plain bytes 8 at a time (out has room: a decoded string is never longer than its text)
-        while p + 8 <= e:
-            w = load_u64(buf, p)
-            m = string_stops(w)
-            store_u64(out, o, w)
-            if m != 0:
-                k = first_stop(m)
-                p += k
-                o += k
-                break
-            p += 8
-            o += 8
-        while p < e:
-            c = buf[p]
-            if c == 34 or c == 92 or c < 32:
-                break
-            out[o] = c
-            o += 1
-            p += 1
-        if p >= e:
-            break
-        if c == 34:
-            return p, o, esc
-        if c < 32:
-            return -1, o, esc
-        esc = True  # an escape at p
-        if p + 1 >= e:
-            return -1, o, esc
-        d = buf[p + 1]
-        if d == 117:
-            if p + 6 > e or not (_is_hex(buf[p + 2]) and _is_hex(buf[p + 3]) and _is_hex(buf[p + 4])
-                                 and _is_hex(buf[p + 5])):
-                return -1, o, esc
-            n = 12 if _is_high_pair(buf, p, e) else 6
-            o = _unescape_into(buf, p, p + n, out, o)
-            p += n
-            continue
-        if d == 34 or d == 92 or d == 47:  # the common escapes of an inner document
-            out[o] = d
-        elif d == 110:
-            out[o] = 10
-        elif d == 116:
-            out[o] = 9
-        elif d == 114:
-            out[o] = 13
-        elif d == 98:
-            out[o] = 8
-        elif d == 102:
-            out[o] = 12
-        else:
-            return -1, o, esc
-        o += 1
-        p += 2
-    return -1, o, esc
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _is_high_pair(buf, p, e):
-    """Is buf[p:] a valid \\uD8xx\\uDCxx surrogate pair?"""
-    if p + 12 > e:
-        return False
-    for j in (2, 3, 4, 5, 8, 9, 10, 11):
-        if not _is_hex(buf[p + j]):
-            return False
-    if buf[p + 6] != 92 or buf[p + 7] != 117:
-        return False
-    hi = (_hex(buf[p + 2]) << 12) | (_hex(buf[p + 3]) << 8) | (_hex(buf[p + 4]) << 4) | _hex(buf[p + 5])
-    lo = (_hex(buf[p + 8]) << 12) | (_hex(buf[p + 9]) << 8) | (_hex(buf[p + 10]) << 4) | _hex(buf[p + 11])
-    return 0xD800 <= hi <= 0xDBFF and 0xDC00 <= lo <= 0xDFFF
 
 
 @nb.njit(cache=True, nogil=True)
@@ -313,143 +182,388 @@ def _keep(buf, a, b, vals, vo, vs, ve, slot, i):
     vo[0] = o + n
 
 
+U0 = np.uint64(0)
+U1 = np.uint64(1)
+U63 = np.uint64(63)
+ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+EVEN_BITS = np.uint64(0x5555555555555555)
+ODD_BITS = np.uint64(0xAAAAAAAAAAAAAAAA)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _prefix_xor(x):
+    """Bit i = XOR of bits 0..i (a quote mask → inside-a-string mask)."""
+    x ^= x << np.uint64(1)
+    x ^= x << np.uint64(2)
+    x ^= x << np.uint64(4)
+    x ^= x << np.uint64(8)
+    x ^= x << np.uint64(16)
+    x ^= x << np.uint64(32)
+    return x
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _escapes(bs, first_escaped):
+    """(escaping backslashes, escaped bytes) of a block with backslash mask `bs` whose first
+    byte is escaped by the previous block if first_escaped (0 or 1). In a run of backslashes
+    every other one escapes the next byte, counting from the run's start: runs starting on
+    an even bit escape from their even bits, the others from their odd bits. Adding each
+    odd-starting run's first bit to the mask carries through (clears) exactly those runs."""
+    b = bs & ~first_escaped
+    starts = b & ~(b << U1)
+    even_runs = (b + (starts & ODD_BITS)) & b
+    escaping = (even_runs & EVEN_BITS) | (b & ~even_runs & ODD_BITS)
+    return escaping, (escaping << U1) | first_escaped
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _block_tokens(buf, b, e, scratch, in_str, first_escaped, prev_scalar):
+    """Tokens of the 64-byte block at b of a document ending at e: structural operators
+    outside strings, unescaped quotes (both ends of every string) and the first byte of each
+    run of other bytes outside strings (numbers, literals, or garbage the grammar rejects).
+    Returns (tokens, escaping backslashes, in_str, first_escaped, prev_scalar, ok) with the
+    carries for the next block; ok is False for a control byte in a string or a bad escape."""
+    if b + 64 <= len(buf):
+        q, bs, ctrl, ws, op = json_classes(buf, b)
+        src, at = buf, b
+    else:  # the buffer's last bytes: classify a padded copy
+        n = len(buf) - b
+        scratch[:] = 32
+        scratch[:n] = buf[b:]
+        q, bs, ctrl, ws, op = json_classes(scratch, 0)
+        src, at = scratch, 0
+    lim = ALL
+    if e - b < 64:  # bytes past the document count as whitespace
+        lim = (U1 << np.uint64(e - b)) - U1
+        q &= lim
+        bs &= lim
+        ctrl &= lim
+        op &= lim
+        ws |= ~lim
+    escaping = U0
+    if (bs | first_escaped) != U0:
+        escaping, escaped = _escapes(bs, first_escaped)
+        first_escaped = escaping >> U63
+        valid, u = escape_classes(src, at)
+        if escaped & ~valid & lim != U0:
+            return U0, U0, in_str, first_escaped, prev_scalar, False
+        u &= escaped
+        while u != U0:  # \uXXXX: four hex digits
+            k = b + np.int64(trailing_zeros(u))
+            u &= u - U1
+            if k + 5 > e or not (_is_hex(buf[k + 1]) and _is_hex(buf[k + 2]) and _is_hex(buf[k + 3])
+                                 and _is_hex(buf[k + 4])):
+                return U0, U0, in_str, first_escaped, prev_scalar, False
+        q &= ~escaped
+    inside = _prefix_xor(q) ^ in_str
+    if ctrl & inside != U0:
+        return U0, U0, in_str, first_escaped, prev_scalar, False
+    in_str = U0 - (inside >> U63)
+    outside = ~inside
+    scalar = ~(ws | op | q) & outside
+    tokens = (op & outside) | q | (scalar & ~((scalar << U1) | prev_scalar))
+    return tokens, escaping, in_str, first_escaped, scalar >> U63, True
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _copy_run(buf, a, n, out, o, roomy):
+    """out[o:o + n] = buf[a:a + n], 16 bytes per step when `roomy` (both arrays have 16 bytes
+    to spare past the run; a run between two escapes of an envelope is ~10 bytes: one step)."""
+    if roomy:
+        store_u64(out, o, load_u64(buf, a))
+        store_u64(out, o + 8, load_u64(buf, a + 8))
+        j = 16
+        while j < n:
+            store_u64(out, o + j, load_u64(buf, a + j))
+            store_u64(out, o + j + 8, load_u64(buf, a + j + 8))
+            j += 16
+    else:
+        for j in range(n):
+            out[o + j] = buf[a + j]
+
+
+@nb.njit(cache=True, nogil=True)
+def _decode_string(buf, a, e, out, o, scratch):
+    """Validate the JSON string whose content starts at buf[a] (document end e) and write its
+    decoded text to out[o:]: (closing quote or -1 if invalid, end in out, had escapes).
+
+    One pass of 64-byte blocks finds the closing quote and checks control bytes and escapes;
+    while every escape is \\" \\\\ or \\/ — an envelope's inner document has only those —
+    decoding is copying the runs between escaping backslashes; a string with any other escape
+    is then decoded byte by byte (_unescape_into)."""
+    o0 = o
+    pos = a
+    run = a  # start of the bytes not yet copied
+    # 16-byte copy steps may read and write up to 16 bytes past the string's end
+    roomy = e + 16 <= len(buf) and o + (e - a) + 16 <= len(out)
+    first_escaped = U0
+    simple_only = True
+    had_escape = False
+    while pos < e:
+        if pos + 64 <= len(buf):
+            src, at = buf, pos
+        else:
+            n = len(buf) - pos
+            scratch[:] = 32
+            scratch[:n] = buf[pos:]
+            src, at = scratch, 0
+        q, bs, ctrl, _ws_m, _op = json_classes(src, at)
+        lim = ALL
+        if e - pos < 64:
+            lim = (U1 << np.uint64(e - pos)) - U1
+        escaping = U0
+        if (bs | first_escaped) != U0:
+            escaping, escaped = _escapes(bs & lim, first_escaped)
+            first_escaped = escaping >> U63
+            had_escape = True
+            valid, u = escape_classes(src, at)
+            if escaped & ~valid & lim != U0:
+                return -1, o0, had_escape
+            u &= escaped & lim
+            while u != U0:  # \uXXXX: four hex digits
+                k = pos + np.int64(trailing_zeros(u))
+                u &= u - U1
+                if k + 5 > e or not (_is_hex(buf[k + 1]) and _is_hex(buf[k + 2]) and _is_hex(buf[k + 3])
+                                     and _is_hex(buf[k + 4])):
+                    return -1, o0, had_escape
+            if simple_only:
+                _bs, simple = backslash_classes(src, at)
+                simple_only = escaped & ~simple & lim == U0
+            q &= ~escaped
+        q &= lim
+        before = ALL
+        if q != U0:  # the closing quote: only the bytes before it belong to the string
+            before = (q & (U0 - q)) - U1
+        if ctrl & lim & before != U0:
+            return -1, o0, had_escape
+        if simple_only:
+            escaping &= before
+            while escaping != U0:
+                k = pos + np.int64(trailing_zeros(escaping))
+                escaping &= escaping - U1
+                _copy_run(buf, run, k - run, out, o, roomy)
+                o += k - run
+                run = k + 1
+        if q != U0:
+            end = pos + np.int64(trailing_zeros(q))
+            if simple_only:
+                _copy_run(buf, run, end - run, out, o, roomy)
+                return end, o + end - run, had_escape
+            return end, _unescape_into(buf, a, end, out, o0), had_escape
+        pos += 64
+    return -1, o0, had_escape
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _escapes_before(esc_base, esc_blk, k):
+    """Escaping backslashes in the document before bit k of the current block."""
+    if esc_base == U0 and esc_blk == U0:
+        return U0
+    return esc_base + popcount(esc_blk & ((U1 << np.uint64(k)) - U1))
+
+
 @nb.njit(cache=True, nogil=True)
 def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count, node_hash,
-              vs, ve, kind, i, st_obj, st_node, st_slot, st_start, out, o, env_slot, vals, vo):
+              vs, ve, kind, i, st_obj, st_node, st_slot, st_start, out, o, env_slot, vals, vo, scratch):
     """Validate buf[s:e] as one JSON value, recording wanted slots; True if valid. The string
-    value of top-level slot `env_slot` is decoded into out[o:] while it is validated: returns
-    (valid, end in out, decoded start, decoded end) — start -1 if there was none."""
+    value of top-level slot `env_slot` is decoded into out[o:]: returns (valid, end in out,
+    decoded start, decoded end) — start -1 if there was none.
+
+    Two stages per 64-byte block, as simdjson does: vector compares classify the block and a
+    few 64-bit operations find its tokens (structural operators and quotes outside strings,
+    the first byte of each number or literal), checking string contents on the way; the
+    grammar then walks only the tokens, a count-trailing-zeros at a time, never the bytes of
+    strings."""
     env_s = -1
     env_e = -1
-    p = _ws(buf, s, e)
+    # block state: start of the current block, its tokens not yet taken, its escaping
+    # backslashes, the count of escaping backslashes before it, carries into the next one
+    blk = s - 64
+    tok = U0
+    esc_blk = U0
+    esc_base = U0
+    in_str = U0
+    first_escaped = U0
+    prev_scalar = U0
     cur_slot = -1
     cur_node = 0
     depth = 0
-    mode = 0  # 0: a value at p; 1: after a value; 2: a key at p
+    mode = 0  # 0: a value; 1: after a value; 2: a key; 3: the colon after a key
+    can_close = False  # just after an opening bracket: the empty container's closing one
     while True:
-        if mode == 0:
-            if p >= e:
+        # the next token: p (-1 past the document's last)
+        while tok == U0:
+            blk += 64
+            if blk >= e:
+                break
+            esc_base += popcount(esc_blk)
+            tok, esc_blk, in_str, first_escaped, prev_scalar, ok = _block_tokens(
+                buf, blk, e, scratch, in_str, first_escaped, prev_scalar)
+            if not ok:
                 return False, o, env_s, env_e
-            c = buf[p]
-            if c == 123 or c == 91:  # { [
-                if depth >= MAX_DEPTH:
-                    return False, o, env_s, env_e
-                st_obj[depth] = c == 123
-                st_node[depth] = cur_node if c == 123 else -1
-                st_slot[depth] = cur_slot
-                st_start[depth] = p
-                depth += 1
-                p = _ws(buf, p + 1, e)
-                if p >= e:
-                    return False, o, env_s, env_e
-                if (c == 123 and buf[p] == 125) or (c == 91 and buf[p] == 93):
-                    p += 1
-                    depth -= 1
-                    sl = st_slot[depth]
-                    if sl >= 0 and kind[sl, i] == ABSENT:
-                        _keep(buf, st_start[depth], p, vals, vo, vs, ve, sl, i)
-                        kind[sl, i] = CONTAINER
-                    mode = 1
-                elif c == 123:
-                    mode = 2
-                else:
-                    cur_slot = -1
-                    cur_node = -1
-                continue
-            if c == 34:
-                if env_slot >= 0 and cur_slot == env_slot and depth == 1 and kind[cur_slot, i] == ABSENT:
-                    q, o2, esc = _string_decode(buf, p + 1, e, out, o)
-                    if q < 0:
-                        return False, o, env_s, env_e
-                    env_s = o
-                    env_e = o2
-                    o = o2
-                else:
-                    q, esc = _string_end(buf, p + 1, e)
-                if q < 0:
-                    return False, o, env_s, env_e
-                if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
-                    if cur_slot == env_slot and env_s >= 0:  # decoded into out already
-                        vs[cur_slot, i] = env_s
-                        ve[cur_slot, i] = env_e
-                    else:
-                        _keep(buf, p + 1, q, vals, vo, vs, ve, cur_slot, i)
-                    kind[cur_slot, i] = STR_ESC if esc else STR
-                p = q + 1
-                mode = 1
-                continue
-            if c == 45 or 48 <= c <= 57:
-                q = _number_end(buf, p, e)
-                is_null = False
-            else:
-                q, is_null = _literal_end(buf, p, e)
-            if q < 0:
-                return False, o, env_s, env_e
-            if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
-                _keep(buf, p, q, vals, vo, vs, ve, cur_slot, i)
-                kind[cur_slot, i] = NULL if is_null else SCALAR
-            p = q
-            mode = 1
-            continue
+        if tok == U0:
+            p = -1
+        else:
+            k = np.int64(trailing_zeros(tok))
+            tok &= tok - U1
+            p = blk + k
         if mode == 1:
-            p = _ws(buf, p, e)
             if depth == 0:
-                return p == e, o, env_s, env_e
-            if p >= e:
+                return p < 0, o, env_s, env_e
+            if p < 0:
                 return False, o, env_s, env_e
             c = buf[p]
             top = depth - 1
             if c == 44:  # ,
-                p = _ws(buf, p + 1, e)
                 if st_obj[top]:
                     mode = 2
                 else:
                     cur_slot = -1
                     cur_node = -1
                     mode = 0
+                can_close = False
                 continue
             if (st_obj[top] and c == 125) or (not st_obj[top] and c == 93):
-                p += 1
                 depth -= 1
                 sl = st_slot[depth]
                 if sl >= 0 and kind[sl, i] == ABSENT:
-                    _keep(buf, st_start[depth], p, vals, vo, vs, ve, sl, i)
+                    _keep(buf, st_start[depth], p + 1, vals, vo, vs, ve, sl, i)
                     kind[sl, i] = CONTAINER
                 continue
             return False, o, env_s, env_e
-        # mode 2: a key
-        if p >= e or buf[p] != 34:
+        if p < 0:
             return False, o, env_s, env_e
-        q, esc = _string_end(buf, p + 1, e)
-        if q < 0:
-            return False, o, env_s, env_e
-        cur_slot = -1
-        cur_node = -1
-        node = st_node[depth - 1]
-        klen = q - p - 1
-        if node >= 0 and not esc:
-            h = _key_hash(buf, p + 1, q)
-            while True:
-                k = node_hash[node, h]
-                if k < 0:
-                    break
-                if key_e[k] - key_s[k] == klen:
-                    same = True
-                    a = key_s[k]
-                    for j in range(klen):
-                        if buf[p + 1 + j] != keys[a + j]:
-                            same = False
+        c = buf[p]
+        if mode == 3:
+            if c != 58:  # :
+                return False, o, env_s, env_e
+            mode = 0
+            continue
+        if c == 34 and mode == 0 and env_slot >= 0 and cur_slot == env_slot and depth == 1 \
+                and kind[cur_slot, i] == ABSENT:
+            # the envelope: its inner document is decoded while the string is validated, and
+            # the token walk resumes after the closing quote
+            q, o2, esc = _decode_string(buf, p + 1, e, out, o, scratch)
+            if q < 0:
+                return False, o, env_s, env_e
+            env_s = o
+            env_e = o2
+            o = o2
+            vs[cur_slot, i] = env_s
+            ve[cur_slot, i] = env_e
+            kind[cur_slot, i] = STR_ESC if esc else STR
+            blk = q + 1 - 64
+            tok = U0
+            esc_blk = U0
+            in_str = U0
+            first_escaped = U0
+            prev_scalar = U0
+            can_close = False
+            mode = 1
+            continue
+        if c == 34:  # a string: its closing quote is the next token
+            can_close = False
+            esc_open = _escapes_before(esc_base, esc_blk, k)
+            while tok == U0:
+                blk += 64
+                if blk >= e:
+                    return False, o, env_s, env_e
+                esc_base += popcount(esc_blk)
+                tok, esc_blk, in_str, first_escaped, prev_scalar, ok = _block_tokens(
+                    buf, blk, e, scratch, in_str, first_escaped, prev_scalar)
+                if not ok:
+                    return False, o, env_s, env_e
+            k = np.int64(trailing_zeros(tok))
+            tok &= tok - U1
+            q = blk + k
+            esc = _escapes_before(esc_base, esc_blk, k) != esc_open
+            if mode == 2:  # a key
+                cur_slot = -1
+                cur_node = -1
+                node = st_node[depth - 1]
+                klen = q - p - 1
+                if node >= 0 and not esc:
+                    h = _key_hash(buf, p + 1, q)
+                    while True:
+                        kk = node_hash[node, h]
+                        if kk < 0:
                             break
-                    if same:
-                        cur_slot = ent_slot[k]
-                        cur_node = ent_child[k]
-                        break
-                h = (h + 1) & (HASH_SIZE - 1)
-        p = _ws(buf, q + 1, e)
-        if p >= e or buf[p] != 58:
+                        if key_e[kk] - key_s[kk] == klen:
+                            same = True
+                            a = key_s[kk]
+                            for j in range(klen):
+                                if buf[p + 1 + j] != keys[a + j]:
+                                    same = False
+                                    break
+                            if same:
+                                cur_slot = ent_slot[kk]
+                                cur_node = ent_child[kk]
+                                break
+                        h = (h + 1) & (HASH_SIZE - 1)
+                mode = 3
+                continue
+            if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
+                _keep(buf, p + 1, q, vals, vo, vs, ve, cur_slot, i)
+                kind[cur_slot, i] = STR_ESC if esc else STR
+            mode = 1
+            continue
+        if mode == 2:
+            if can_close and c == 125:  # {}
+                can_close = False
+                depth -= 1
+                sl = st_slot[depth]
+                if sl >= 0 and kind[sl, i] == ABSENT:
+                    _keep(buf, st_start[depth], p + 1, vals, vo, vs, ve, sl, i)
+                    kind[sl, i] = CONTAINER
+                mode = 1
+                continue
             return False, o, env_s, env_e
-        p = _ws(buf, p + 1, e)
-        mode = 0
+        # mode 0: a value
+        if c == 123 or c == 91:  # { [
+            if depth >= MAX_DEPTH:
+                return False, o, env_s, env_e
+            st_obj[depth] = c == 123
+            st_node[depth] = cur_node if c == 123 else -1
+            st_slot[depth] = cur_slot
+            st_start[depth] = p
+            depth += 1
+            can_close = True
+            if c == 123:
+                mode = 2
+            else:
+                cur_slot = -1
+                cur_node = -1
+            continue
+        if c == 93 and can_close:  # []
+            can_close = False
+            depth -= 1
+            sl = st_slot[depth]
+            if sl >= 0 and kind[sl, i] == ABSENT:
+                _keep(buf, st_start[depth], p + 1, vals, vo, vs, ve, sl, i)
+                kind[sl, i] = CONTAINER
+            mode = 1
+            continue
+        if c == 45 or 48 <= c <= 57:
+            q = _number_end(buf, p, e)
+            is_null = False
+        else:
+            q, is_null = _literal_end(buf, p, e)
+        # a number or literal ends where its run of bytes ends
+        if q < 0 or (q < e and not _ends_scalar(buf[q])):
+            return False, o, env_s, env_e
+        if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
+            _keep(buf, p, q, vals, vo, vs, ve, cur_slot, i)
+            kind[cur_slot, i] = NULL if is_null else SCALAR
+        can_close = False
+        mode = 1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _ends_scalar(c):
+    """May byte c follow a number or literal (whitespace or an operator; a quote or bracket
+    there is a token the grammar then rejects)?"""
+    return c == 32 or c == 44 or c == 125 or c == 93 or c == 10 or c == 13 or c == 9 or c == 58 \
+        or c == 34 or c == 123 or c == 91
 
 
 @nb.njit(cache=True, nogil=True)
@@ -462,7 +576,7 @@ def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, n
     vo = np.zeros(1, np.int64)
     # documents packed end to end (when build_docs): a valid line as written, or, when it has
     # the top-level string `env_slot` (an envelope), that string decoded
-    out = np.empty(len(buf) if build_docs else 0, np.uint8)
+    out = np.empty(len(buf) + 32 if build_docs else 0, np.uint8)  # + room for 16-byte copy steps
     doc_off = np.zeros(n + 1, np.int64)
     o = 0
     valid = np.zeros(n, np.bool_)
@@ -473,6 +587,7 @@ def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, n
     st_node = np.zeros(MAX_DEPTH, np.int64)
     st_slot = np.zeros(MAX_DEPTH, np.int64)
     st_start = np.zeros(MAX_DEPTH, np.int64)
+    scratch = np.empty(64, np.uint8)
     for i in range(n):
         s = starts[i]
         doc_off[i] = o
@@ -481,7 +596,7 @@ def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, n
         ok, o2, env_s, env_e = _scan_one(buf, s, ends[i], keys, key_s, key_e, ent_slot, ent_child,
                                          node_first, node_count, node_hash, vs, ve, kind, i, st_obj,
                                          st_node, st_slot, st_start, out,
-                                         o, env_slot if build_docs else -1, vals, vo)
+                                         o, env_slot if build_docs else -1, vals, vo, scratch)
         valid[i] = ok
         if not ok:
             for k in range(nslots):
@@ -494,7 +609,7 @@ def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, n
                 o = o2
             else:
                 ln = ends[i] - s
-                out[o:o + ln] = buf[s:ends[i]]
+                _copy_run(buf, s, ln, out, o, ends[i] + 16 <= len(buf))
                 o += ln
     doc_off[n] = o
     return valid, vs, ve, kind, out[:o], doc_off, vals[:vo[0]]
@@ -1041,15 +1156,52 @@ def utf8_or_replaced(data: bytes) -> tuple[bytes, bool]:
 
 
 def document_lines(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end of every line of `buf` without its newline and surrounding whitespace
-    (a vectorised newline search: JSON lines are long, newlines sparse)."""
-    nl = np.flatnonzero(buf == 10)
-    last_open = len(buf) > 0 and buf[-1] != 10
-    n = len(nl) + (1 if last_open else 0)
-    starts = np.zeros(n, np.int64)
-    ends = np.empty(n, np.int64)
-    starts[1:] = nl[: n - 1] + 1
-    ends[: len(nl)] = nl
+    """Start and end of every line of `buf` without its newline and surrounding whitespace."""
+    return _document_lines(buf)
+
+
+@nb.njit(cache=True, nogil=True)
+def _document_lines(buf):
+    # newlines found 64 bytes at a time: count them, then list them
+    n = len(buf)
+    full = n - n % 64
+    count = 0
+    for b in range(0, full, 64):
+        count += np.int64(popcount(byte_mask(buf, b, 10)))
+    for j in range(full, n):
+        count += buf[j] == 10
+    last_open = n > 0 and buf[n - 1] != 10
+    lines = count + (1 if last_open else 0)
+    starts = np.empty(lines, np.int64)
+    ends = np.empty(lines, np.int64)
+    i = 0
+    start = 0
+    for b in range(0, full, 64):
+        m = byte_mask(buf, b, 10)
+        while m != U0:
+            nl = b + np.int64(trailing_zeros(m))
+            m &= m - U1
+            starts[i] = start
+            ends[i] = nl
+            start = nl + 1
+            i += 1
+    for j in range(full, n):
+        if buf[j] == 10:
+            starts[i] = start
+            ends[i] = j
+            start = j + 1
+            i += 1
     if last_open:
-        ends[-1] = len(buf)
-    return trim_spans(buf, starts, ends)
+        starts[i] = start
+        ends[i] = n
+    # without surrounding whitespace
+    for i in range(lines):
+        s = starts[i]
+        e = ends[i]
+        while s < e and (buf[s] == 32 or buf[s] == 9 or buf[s] == 13):
+            s += 1
+        while e > s and (buf[e - 1] == 32 or buf[e - 1] == 9 or buf[e - 1] == 13):
+            e -= 1
+        starts[i] = s
+        ends[i] = e
+    return starts, ends

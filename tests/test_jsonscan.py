@@ -1,0 +1,119 @@
+"""The block-classified JSON scanner (sources/jsonscan.py) against Python's json module.
+
+The scanner classifies 64 bytes at a time and carries string, escape and number state from
+one block to the next, so the cases that matter are the ones that straddle a block edge:
+runs of backslashes, escaped quotes, \\u escapes, strings and numbers cut by the edge, and
+documents that end inside the last, partial block of the buffer. Oracle: json.loads decides
+validity; json.loads of the envelope's string is the decoded inner document.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stacklens.sources.jsonscan import ABSENT, STR, STR_ESC, PathTrie, document_lines
+
+TRIE = PathTrie([("event_type",), ("a", "b"), ("oslo.message",)])
+EVENT, AB, ENVELOPE = TRIE.slot[("event_type",)], TRIE.slot[("a", "b")], TRIE.slot[("oslo.message",)]
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str) -> bytes:
+    """What the scanner writes for a decoded string: lone surrogates become U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text).encode()
+
+
+def _loads(line: str):
+    try:
+        return True, json.loads(line)
+    except ValueError:
+        return False, None
+
+
+def _scan(lines: list[str], trailing_newline: bool):
+    data = "\n".join(lines).encode("utf-8", "surrogatepass")
+    if trailing_newline:
+        data += b"\n"
+    buf = np.frombuffer(data, np.uint8)
+    starts, ends = document_lines(buf)
+    assert len(starts) == len(lines)
+    return TRIE.scan_packing(buf, starts, ends, ENVELOPE)
+
+
+def _check(lines: list[str], trailing_newline: bool = True) -> None:
+    valid, vs, ve, kind, vals, docs, doc_off = _scan(lines, trailing_newline)
+    for i, line in enumerate(lines):
+        ok, doc = _loads(line)
+        assert valid[i] == ok, (i, line)
+        if not ok or not isinstance(doc, dict):
+            continue
+        inner = doc.get("oslo.message")
+        if isinstance(inner, str):  # the envelope's string, decoded
+            assert kind[ENVELOPE, i] in (STR, STR_ESC)
+            assert bytes(docs[doc_off[i]:doc_off[i + 1]]) == _utf8(inner), (i, line)
+        else:
+            assert bytes(docs[doc_off[i]:doc_off[i + 1]]) == line.strip(" \t\r").encode("utf-8", "surrogatepass")
+        for slot, value in ((EVENT, doc.get("event_type")),
+                            (AB, doc["a"].get("b") if isinstance(doc.get("a"), dict) else None)):
+            if slot == EVENT and "event_type" not in doc:
+                assert kind[slot, i] == ABSENT
+            if isinstance(value, str):
+                raw = bytes(vals[vs[slot, i]:ve[slot, i]])
+                assert json.loads(b'"' + raw + b'"') == value
+                assert kind[slot, i] == (STR_ESC if b"\\" in raw else STR)
+            elif value is not None and not isinstance(value, (dict, list)):
+                assert json.loads(bytes(vals[vs[slot, i]:ve[slot, i]])) == value
+
+
+def test_escapes_and_tokens_across_block_edges():
+    """Backslash runs of every length, escaped quotes, \\u escapes, numbers and literals placed
+    at every offset around the first two 64-byte edges, bare and in an envelope."""
+    pieces = ['\\\\', '\\"', '\\\\\\"', '\\\\\\\\', '\\u00e9', '\\ud83d\\ude00', '\\ud83d', '\\n\\t',
+              '"', '\\', '\\u00g9', '\x01', '\\x']
+    lines = []
+    for piece in pieces:
+        for pad in range(40, 136):
+            text = '{"event_type": "' + "x" * pad + piece + 'y", "a": {"b": 12.5e-3}}'
+            lines.append(text)
+            lines.append(json.dumps({"oslo.version": "2.0", "oslo.message": text}))
+            lines.append('{"a": {"b": ' + " " * pad + '-0.5E+2 }, "event_type": "' + piece + '"}')
+            lines.append('{"a": {"b": ' + " " * pad + 'true}, "event_type": ' + "1" * (pad % 7 + 1) + "x}")
+    _check(lines)
+
+
+def test_documents_ending_in_the_buffers_last_block():
+    for n in range(0, 70):
+        doc = '{"event_type": "' + "z" * n + '"}'
+        _check(["{}", doc], trailing_newline=False)
+        _check(["[1, 2]", doc[:-1]], trailing_newline=False)  # cut: unterminated
+        _check([doc + "\\"], trailing_newline=False)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=90),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.sampled_from(["a", "b", "event_type", "c\\", 'd"']),
+                                                                inner, max_size=5),
+    max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_json_values, st.booleans(), st.booleans(), st.lists(
+    st.tuples(st.integers(0, 400), st.sampled_from(list('{}[]":,\\ntru0-.e \x01\u00e9'))), max_size=2)),
+    min_size=1, max_size=8), st.booleans())
+def test_generated_documents_like_json_loads(docs, trailing_newline):
+    lines = []
+    for value, ascii_only, envelope, damage in docs:
+        text = json.dumps(value, ensure_ascii=ascii_only)
+        if envelope:
+            text = json.dumps({"oslo.version": "2.0", "oslo.message": text}, ensure_ascii=ascii_only)
+        for at, ch in damage:
+            at = min(at, len(text))
+            text = text[:at] + ch + text[at + 1:]
+        lines.append(text.replace("\n", " "))
+    _check(lines, trailing_newline)
