@@ -501,11 +501,26 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
                                 break
                         h = (h + 1) & (HASH_SIZE - 1)
                 mode = 3
+                if tok != U0:  # the colon, when it is in this block: taken here
+                    if buf[blk + np.int64(trailing_zeros(tok))] != 58:
+                        return False, o, env_s, env_e
+                    tok &= tok - U1
+                    mode = 0
                 continue
             if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
                 _keep(buf, p + 1, q, vals, vo, vs, ve, cur_slot, i)
                 kind[cur_slot, i] = STR_ESC if esc else STR
             mode = 1
+            if tok != U0 and depth > 0 and buf[blk + np.int64(trailing_zeros(tok))] == 44:
+                # the comma after it, when it is in this block: taken here
+                tok &= tok - U1
+                can_close = False
+                if st_obj[depth - 1]:
+                    mode = 2
+                else:
+                    cur_slot = -1
+                    cur_node = -1
+                    mode = 0
             continue
         if mode == 2:
             if can_close and c == 125:  # {}
@@ -556,6 +571,16 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
             kind[cur_slot, i] = NULL if is_null else SCALAR
         can_close = False
         mode = 1
+        if tok != U0 and depth > 0 and buf[blk + np.int64(trailing_zeros(tok))] == 44:
+            # the comma after it, when it is in this block: taken here
+            tok &= tok - U1
+            can_close = False
+            if st_obj[depth - 1]:
+                mode = 2
+            else:
+                cur_slot = -1
+                cur_node = -1
+                mode = 0
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
