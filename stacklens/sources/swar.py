@@ -10,7 +10,7 @@ the whole load inside the array (a padded copy for an array's last bytes).
 
 from __future__ import annotations
 
-from llvmlite import ir
+from llvmlite import binding, ir
 from numba import types
 from numba.extending import intrinsic
 
@@ -103,6 +103,28 @@ def escape_classes(typingctx, arr, idx):  # noqa: ANN001, ANN201
 
 
 @intrinsic
+def string_classes(typingctx, arr, idx):  # noqa: ANN001, ANN201
+    """Masks of arr[idx:idx + 64] for reading inside a JSON string: (quote, backslash,
+    control byte, bytes that may not follow a backslash (all but " \\ / b f n r t u), bytes
+    whose escape is not the byte itself (all but " \\ /), 'u')."""
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        v = _load_block(context, builder, sig, args)
+
+        def eq(byte):  # noqa: ANN001, ANN202
+            return builder.icmp_unsigned("==", v, _splat(byte))
+        quote, backslash, u = eq(0x22), eq(0x5C), eq(0x75)
+        itself = builder.or_(builder.or_(quote, backslash), eq(0x2F))
+        escapable = builder.or_(builder.or_(builder.or_(itself, u), builder.or_(eq(0x62), eq(0x66))),
+                                builder.or_(builder.or_(eq(0x6E), eq(0x72)), eq(0x74)))
+        masks = [_mask_of(builder, quote), _mask_of(builder, backslash),
+                 _mask_of(builder, builder.icmp_unsigned("<", v, _splat(0x20))),
+                 _mask_of(builder, builder.not_(escapable)), _mask_of(builder, builder.not_(itself)),
+                 _mask_of(builder, u)]
+        return context.make_tuple(builder, sig.return_type, masks)
+    return types.UniTuple(types.uint64, 6)(arr, idx), codegen
+
+
+@intrinsic
 def popcount(typingctx, value):  # noqa: ANN001, ANN201
     """Number of set bits of a uint64."""
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
@@ -134,3 +156,37 @@ def byte_mask(typingctx, arr, idx, byte):  # noqa: ANN001, ANN201
         splat = builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), 64), [0] * 64))
         return _mask_of(builder, builder.icmp_unsigned("==", v, splat))
     return types.uint64(arr, idx, byte), codegen
+
+
+def _host_has(feature: str) -> bool:
+    try:
+        return bool(binding.get_host_cpu_features().get(feature, False))
+    except RuntimeError:  # features unknown: assume the plain target
+        return False
+
+
+# AVX-512 VBMI2's byte compress; compress_block must not be compiled where it is False.
+HAS_COMPRESS = _host_has("avx512vbmi2")
+
+
+@intrinsic
+def compress_block(typingctx, src, src_idx, keep, dst, dst_idx):  # noqa: ANN001, ANN201
+    """The bytes of src[src_idx:src_idx + 64] whose bit is set in `keep`, in order, written
+    to dst[dst_idx:] — followed by garbage up to 64 bytes: dst needs 64 bytes of room. One
+    VPCOMPRESSB into a register and a plain store (the compressing store to memory is
+    microcoded and slow on some CPUs). Only where HAS_COMPRESS."""
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        v = _load_block(context, builder, sig, args[:2])
+        i1x64 = ir.VectorType(ir.IntType(1), 64)
+        fnty = ir.FunctionType(_V64, [_V64, _V64, i1x64])
+        fn = _declare(builder.module, "llvm.x86.avx512.mask.compress.v64i8", fnty)
+        packed = builder.call(fn, [v, ir.Constant(_V64, None), builder.bitcast(args[2], i1x64)])
+        dst_ary = context.make_array(sig.args[3])(context, builder, args[3])
+        ptr = builder.bitcast(builder.gep(dst_ary.data, [args[4]]), _V64.as_pointer())
+        builder.store(packed, ptr, align=1)
+        return context.get_dummy_value()
+    return types.none(src, src_idx, keep, dst, dst_idx), codegen
+
+
+def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    return module.globals.get(name) or ir.Function(module, fnty, name)
