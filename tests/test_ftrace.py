@@ -139,13 +139,26 @@ def test_busy_cpu_time_matches_proc_stat(recording):
     print(f"busy loop: trace {busy['cpu_ns']} ns, /proc/PID/stat {lo_ns}..{hi_ns} ns, window {hi - lo} ns")
     # within 5 % of /proc's figure (or its two 10 ms ticks when the machine starved the loop)
     slack = max(0.05 * expected, 2 * 10**9 // TICKS)
-    assert lo_ns - slack <= busy["cpu_ns"] <= hi_ns + slack, (busy["cpu_ns"], lo_ns, hi_ns)
+    assert lo_ns - slack <= busy["cpu_ns"] <= hi_ns + slack, (
+        busy["cpu_ns"], lo_ns, hi_ns, _switch_gaps(model, recording["pids"]["slbusy"], lo, hi), recording["trace"])
     sleeper = per_thread.get(recording["pids"]["slsleeper"], {"cpu_ns": 0})
     assert sleeper["cpu_ns"] < 0.05 * (hi - lo)
     states = model.thread_states(recording["pids"]["slsleeper"]).to_pylist()
     blocked = sum(min(s["end"], hi) - max(s["start"], lo) for s in states
                   if s["state"] == "blocked" and s["end"] > lo and s["start"] < hi)
     assert blocked > 0.8 * (hi - lo)
+
+
+def _switch_gaps(model: KernelModel, tid: int, lo: int, hi: int) -> list:
+    """For a failure message: the longest stretches of the window between two of the thread's
+    switch events (in or out), with the events bounding them, and the trace's first event."""
+    rows = model.con.execute(
+        "SELECT ts, cpu, fields->>'prev_pid', fields->>'next_pid' FROM events WHERE name = 'sched_switch' "
+        "AND (fields->>'prev_pid' = ? OR fields->>'next_pid' = ?) ORDER BY ts", [str(tid), str(tid)]).fetchall()
+    edges = [(lo, None, None, None)] + [r for r in rows if lo <= r[0] <= hi] + [(hi, None, None, None)]
+    gaps = sorted(((b[0] - a[0], a, b) for a, b in zip(edges, edges[1:])), reverse=True)[:3]
+    first = model.con.execute("SELECT min(ts) FROM events").fetchall()[0][0]
+    return [("trace starts", first, "window", lo, hi)] + gaps
 
 
 def test_shared_cpu_shows_wait_and_preemptor(recording):

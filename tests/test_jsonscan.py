@@ -35,39 +35,53 @@ def _loads(line: str):
         return False, None
 
 
-def _scan(lines: list[str], trailing_newline: bool):
+def _scan(lines: list[str], trailing_newline: bool, unwrap: bool = False):
     data = "\n".join(lines).encode("utf-8", "surrogatepass")
     if trailing_newline:
         data += b"\n"
     buf = np.frombuffer(data, np.uint8)
     starts, ends = document_lines(buf)
     assert len(starts) == len(lines)
-    return TRIE.scan_packing(buf, starts, ends, ENVELOPE)
+    return TRIE.scan_packing(buf, starts, ends, ENVELOPE, unwrap=unwrap)
+
+
+def _check_slots(doc, i, vs, ve, kind, vals) -> None:
+    """The recorded values of `event_type` and `a.b` are the document's."""
+    for slot, value in ((EVENT, doc.get("event_type")),
+                        (AB, doc["a"].get("b") if isinstance(doc.get("a"), dict) else None)):
+        if slot == EVENT and "event_type" not in doc:
+            assert kind[slot, i] == ABSENT
+        if isinstance(value, str):
+            raw = bytes(vals[vs[slot, i]:ve[slot, i]])
+            assert json.loads(b'"' + raw + b'"') == value
+            assert kind[slot, i] == (STR_ESC if b"\\" in raw else STR)
+        elif value is not None and not isinstance(value, (dict, list)):
+            assert json.loads(bytes(vals[vs[slot, i]:ve[slot, i]])) == value
 
 
 def _check(lines: list[str], trailing_newline: bool = True) -> None:
     valid, vs, ve, kind, vals, docs, doc_off = _scan(lines, trailing_newline)
+    uvalid, uvs, uve, ukind, uvals, _, _ = _scan(lines, trailing_newline, unwrap=True)
     for i, line in enumerate(lines):
         ok, doc = _loads(line)
         assert valid[i] == ok, (i, line)
         if not ok or not isinstance(doc, dict):
+            assert uvalid[i] == ok
             continue
         inner = doc.get("oslo.message")
         if isinstance(inner, str):  # the envelope's string, decoded
             assert kind[ENVELOPE, i] in (STR, STR_ESC)
             assert bytes(docs[doc_off[i]:doc_off[i + 1]]) == _utf8(inner), (i, line)
+            # unwrapped: the row is the inner document's
+            inner_ok, inner_doc = _loads(inner)
+            assert uvalid[i] == inner_ok, (i, line)
+            if inner_ok and isinstance(inner_doc, dict):
+                _check_slots(inner_doc, i, uvs, uve, ukind, uvals)
         else:
             assert bytes(docs[doc_off[i]:doc_off[i + 1]]) == line.strip(" \t\r").encode("utf-8", "surrogatepass")
-        for slot, value in ((EVENT, doc.get("event_type")),
-                            (AB, doc["a"].get("b") if isinstance(doc.get("a"), dict) else None)):
-            if slot == EVENT and "event_type" not in doc:
-                assert kind[slot, i] == ABSENT
-            if isinstance(value, str):
-                raw = bytes(vals[vs[slot, i]:ve[slot, i]])
-                assert json.loads(b'"' + raw + b'"') == value
-                assert kind[slot, i] == (STR_ESC if b"\\" in raw else STR)
-            elif value is not None and not isinstance(value, (dict, list)):
-                assert json.loads(bytes(vals[vs[slot, i]:ve[slot, i]])) == value
+            assert uvalid[i]
+            _check_slots(doc, i, uvs, uve, ukind, uvals)
+        _check_slots(doc, i, vs, ve, kind, vals)
 
 
 def test_escapes_and_tokens_across_block_edges():

@@ -2,7 +2,10 @@
 
 One validating pass per document (RFC 8259 grammar: strings, escapes, numbers, literals,
 nesting; UTF-8 is checked per block by the caller) records, for each wanted path, the byte
-span of its value in the input buffer and what kind of value it is. No Python object is
+span of its value in the input buffer and what kind of value it is. The pass has two stages
+per 64-byte block, after simdjson (Langdale & Lemire): vector compares (swar.py) classify the
+block's bytes into masks, and 64-bit arithmetic on the masks finds escapes, the inside of
+strings and the block's tokens; the grammar walks the tokens only. No Python object is
 made per document: string columns and the `fields` JSON are then built from the spans
 (string values are usually copied as they are written: their escaped text is already valid
 JSON string content). A document that is not valid JSON is marked bad, as json.loads would
@@ -108,17 +111,19 @@ class PathTrie:
         buf[s:e]: the spans are in `values`, a compact copy of the wanted values."""
         r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
                            self.ent_child, self.node_first, self.node_count, self.node_hash,
-                           len(self.paths), -1, False, self.nesting)
+                           len(self.paths), -1, False, self.nesting, False)
         return r[:4] + (r[6],)
 
-    def scan_packing(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, envelope: int):  # noqa: ANN201
+    def scan_packing(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, envelope: int,
+                     unwrap: bool = False):  # noqa: ANN201
         """scan() plus the documents packed end to end (docs, offsets[n + 1]): a valid line as
         written, or where its top-level slot `envelope` is a string, that string decoded (the
-        envelope's inner document: its slots are not read here; the envelope slot's span is
-        in docs); an invalid line is empty. Returns (valid, vs, ve, kind, values, docs, offsets)."""
+        envelope's inner document; the envelope slot's span is in docs); an invalid line is
+        empty. With `unwrap`, an envelope's row is its inner document's: valid if that is,
+        with its slots. Returns (valid, vs, ve, kind, values, docs, offsets)."""
         r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
                            self.ent_child, self.node_first, self.node_count, self.node_hash,
-                           len(self.paths), envelope, True, self.nesting)
+                           len(self.paths), envelope, True, self.nesting, unwrap)
         return r[:4] + (r[6], r[4], r[5])
 
 
@@ -630,11 +635,12 @@ def _ends_scalar(c):
 
 @nb.njit(cache=True, nogil=True)
 def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, node_first,
-                   node_count, node_hash, nslots, env_slot, build_docs, nesting):
+                   node_count, node_hash, nslots, env_slot, build_docs, nesting, unwrap):
     n = len(starts)
     # the wanted values, copied end to end (slots nested in slots, like "extra" and
-    # "extra.request_id", are copied once per level: `nesting` bounds the size)
-    vals = np.empty(len(buf) * nesting, np.uint8)
+    # "extra.request_id", are copied once per level: `nesting` bounds the size; an unwrapped
+    # envelope's inner document adds at most as much again)
+    vals = np.empty(len(buf) * nesting * (2 if unwrap else 1), np.uint8)
     vo = np.zeros(1, np.int64)
     # documents packed end to end (when build_docs): a valid line as written, or, when it has
     # the top-level string `env_slot` (an envelope), that string decoded
@@ -669,6 +675,20 @@ def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, n
             if env_s >= 0:
                 # the decoded envelope string is the document (it was written at o)
                 o = o2
+                if unwrap:  # its slots are the row's, read now while it is in cache
+                    for k in range(nslots):
+                        kind[k, i] = ABSENT
+                        vs[k, i] = -1
+                        ve[k, i] = -1
+                    ok, _o, _s, _e = _scan_one(out, env_s, env_e, keys, key_s, key_e, ent_slot, ent_child,
+                                               node_first, node_count, node_hash, vs, ve, kind, i, st_obj,
+                                               st_node, st_slot, st_start, out, 0, -1, vals, vo, scratch)
+                    valid[i] = ok
+                    if not ok:
+                        for k in range(nslots):
+                            kind[k, i] = ABSENT
+                            vs[k, i] = -1
+                            ve[k, i] = -1
             else:
                 ln = ends[i] - s
                 _copy_run(buf, s, ln, out, o, ends[i] + 16 <= len(buf))

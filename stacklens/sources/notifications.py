@@ -105,25 +105,10 @@ class NotificationReader(Reader):
         buf = np.frombuffer(data, np.uint8)
         starts, ends = document_lines(buf)
         # One pass validates each line and packs the documents end to end (`fields` is that
-        # buffer as it stands): a bare line as written, an envelope's inner document decoded;
-        # the inner documents are then scanned in turn.
-        valid, vs, ve, kind, vals, docs, doc_off = TRIE.scan_packing(buf, starts, ends, ENVELOPE)
-        not_object = valid & ~has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
-        valid &= ~not_object
-        env = np.flatnonzero(valid & ((kind[ENVELOPE] == STR) | (kind[ENVELOPE] == STR_ESC)))
-        if len(env):
-            v2, vs2, ve2, k2, vals2 = TRIE.scan(docs, doc_off[env], doc_off[env + 1])
-            if len(vals):  # one values buffer: the inner documents' values after the bare lines'
-                vs2 = np.where(vs2 >= 0, vs2 + len(vals), vs2)
-                ve2 = np.where(ve2 >= 0, ve2 + len(vals), ve2)
-                vals = np.concatenate([vals, vals2])
-            else:
-                vals = vals2
-            if len(env) == len(valid):  # every line an envelope (what a listener writes)
-                valid, vs, ve, kind = v2, vs2, ve2, k2
-            else:
-                valid[env] = v2
-                vs[:, env], ve[:, env], kind[:, env] = vs2, ve2, k2
+        # buffer as it stands): a bare line as written, an envelope's inner document decoded,
+        # then scanned for the row's slots in its place.
+        valid, vs, ve, kind, vals, docs, doc_off = TRIE.scan_packing(buf, starts, ends, ENVELOPE, unwrap=True)
+        valid &= has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
         big = vals
         has_type = (kind[EVENT_TYPE] != ABSENT) & (kind[EVENT_TYPE] != NULL)
         keep = valid & has_type
