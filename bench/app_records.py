@@ -16,15 +16,13 @@ Inputs (N records each):
 - "oslo.log JSON": records formatted by oslo.log's own JSONFormatter.
 
 Measured on a 2-core VM whose speed drifts ±25 % from run to run (50 k records; the ratios
-move less), CPU time per record, strings scanned 8 bytes at a time (sources/swar.py):
-oslo.log JSON (658 B) 350–389 k records/s (230–256 MB/s), 1.95–2.26x json.loads — goal met;
-oslo.messaging notifications (1.4 KB, all enveloped) 144–232 k/s (204–328 MB/s), 1.83–2.53x;
-Nova's 2.9 KB sample 84–97 k/s (245–285 MB/s), 1.76–1.80x — both below the goal.
-300 k/s of 2.9 KB records is 870 MB/s of validated, partly doubly-encoded JSON per core: out
-of reach of this byte-at-a-time validating scanner (a bare validator without slots runs at
-~0.7 GB/s here; an envelope's inner document is decoded, then scanned). pysimdjson driven
-per line from Python measured 119 k/s (Nova) and 272 k/s (oslo.messaging) before building
-any column, so it would not meet the goal either.
+move less), CPU time per record, with the two-stage block scanner (sources/jsonscan.py:
+64-byte vector classification, token walk; envelopes decoded by byte-compress and scanned in
+the same pass; files mapped, not read), two runs: oslo.log JSON (656 B) 442–475 k records/s,
+2.5–2.6x json.loads — goal met; oslo.messaging notifications (1.4 KB, all enveloped) 282–328
+k/s (400–465 MB/s), 3.2–3.6x — at the goal, not above it in every run; Nova's 2.9 KB sample
+(half enveloped) 177–189 k/s (519–554 MB/s), 3.3–3.8x — below it (300 k/s of it is 880 MB/s).
+Before the block scanner (byte-at-a-time, 8-byte string steps): 350–389, 144–232 and 84–97 k/s.
 
 usage: python bench/app_records.py [--records N]
 """
