@@ -554,7 +554,9 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
                 kind[cur_slot, i] = STR_ESC if esc else STR
             mode = 1
             if tok != U0 and depth > 0 and buf[blk + np.int64(trailing_zeros(tok))] == 44:
-                # the comma after it, when it is in this block: taken here
+                # the comma after it, when it is in this block: taken here (written out again
+                # after a number or literal: as one inline helper returning the state, the
+                # walk measured 7–14 % slower)
                 tok &= tok - U1
                 can_close = False
                 if st_obj[depth - 1]:
