@@ -55,3 +55,15 @@ stop = stop_process  # SIGTERM the process we started, SIGKILL it if it does not
 
 def python(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, **kw)
+
+
+def start_agent(conf: Path, ready: Path, err: Path, what: str = "the agent") -> tuple[subprocess.Popen, int]:
+    """`stacklens agent --config conf`, and the port it listens on once it has written `ready`
+    (the agent is stopped if it never does)."""
+    proc = python("-m", "stacklens.cli", "agent", "--config", str(conf), "--ready-file", str(ready),
+                  stderr=open(err, "ab"))
+    try:
+        return proc, int(wait_for(lambda: ready.exists() and ready.read_text(), 30, what))
+    except BaseException:
+        stop(proc)
+        raise

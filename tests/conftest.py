@@ -22,6 +22,26 @@ DATA = Path(os.environ.get("STACKLENS_DATA", ROOT.parent / "shared" / "data")).r
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# every packet seen leaving one host and entering the other, by TCP (seq, ack_seq, flags):
+# (sending host, receiving host, receive ts - send ts)
+PACKET_DELAYS = """
+WITH o AS (SELECT host, ts, fields->>'seq' s, fields->>'ack_seq' a, fields->>'flags' f
+           FROM events WHERE name = 'inet_sock_local_out'),
+     i AS (SELECT host, ts, fields->>'seq' s, fields->>'ack_seq' a, fields->>'flags' f
+           FROM events WHERE name = 'inet_sock_local_in')
+SELECT o.host, i.host, i.ts - o.ts FROM o JOIN i ON o.s = i.s AND o.a = i.a AND o.f = i.f AND o.host <> i.host
+"""
+
+
+def marker_window(con) -> tuple[int, int]:  # noqa: ANN001
+    """(start, end) ts of the `stacklens_window start|end` trace markers a test wrote."""
+    rows = con.execute(
+        "SELECT fields->>'text', ts FROM events WHERE name = 'tracing_mark_write' "
+        "AND fields->>'text' LIKE 'stacklens_window%' ORDER BY ts").fetchall()
+    marks = {text.split()[-1]: ts for text, ts in rows}
+    return marks["start"], marks["end"]
+
+
 def need_data(*parts: str) -> Path:
     """Path under the shared data; fail in CI, skip elsewhere, when it is missing."""
     p = DATA.joinpath(*parts)

@@ -21,7 +21,7 @@ import pytest
 from stacklens.collect import client
 from stacklens.collect.packages import normalise
 from stacklens.store import Store
-from tests.collect_helpers import python, stop, wait_for
+from tests.collect_helpers import start_agent, stop, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -49,10 +49,7 @@ url = "amqp://guest:guest@127.0.0.1:1//"
 no_such_option = 1
 """)
     ready = tmp_path / f"{name}.port"
-    proc = python("-m", "stacklens.cli", "agent", "--config", str(conf), "--ready-file", str(ready),
-                  stderr=open(tmp_path / f"{name}.err", "ab"))
-    port = int(wait_for(lambda: ready.exists() and ready.read_text(), 30, f"agent {name}"))
-    return proc, port
+    return start_agent(conf, ready, tmp_path / f"{name}.err", f"agent {name}")
 
 
 def _pip_list(python_exe: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from stacklens.collect import client
-from tests.collect_helpers import PROGRAMS, python, stop, wait_for
+from tests.collect_helpers import PROGRAMS, start_agent, stop, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 N = 40
@@ -26,10 +26,8 @@ def test_service_records_land_with_request_ids(tmp_path):
     conf = tmp_path / "agent.toml"
     conf.write_text(f'[agent]\nhost = "node9"\nport = 0\ntoken = "{token}"\ndata_dir = "{tmp_path / "agent"}"\n')
     ready = tmp_path / "port"
-    agent = python("-m", "stacklens.cli", "agent", "--config", str(conf), "--ready-file", str(ready),
-                   stderr=open(tmp_path / "agent.err", "ab"))
+    agent, port = start_agent(conf, ready, tmp_path / "agent.err")
     try:
-        port = int(wait_for(lambda: ready.exists() and ready.read_text(), 30, "agent"))
         url = f"http://127.0.0.1:{port}"
         (tmp_path / "logging.conf").write_text(f"""
 [loggers]

@@ -23,7 +23,7 @@ import pytest
 
 from stacklens.collect.tracers import TRACERS
 from stacklens.store import Store
-from tests.collect_helpers import python, stop, wait_for
+from tests.collect_helpers import start_agent, stop, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -74,10 +74,8 @@ interval_s = 0.2
 seal_after_s = 0.4
 """)
     ready = tmp_path / "port"
-    agent = python("-m", "stacklens.cli", "agent", "--config", str(conf), "--ready-file", str(ready),
-                   stderr=open(tmp_path / "agent.err", "ab"))
+    agent, port = start_agent(conf, ready, tmp_path / "agent.err")
     try:
-        port = int(wait_for(lambda: ready.exists() and ready.read_text(), 30, "the agent"))
         url = f"https://127.0.0.1:{port}"
         agents = tmp_path / "agents.toml"
         agents.write_text(f'[[agent]]\nname = "tls-node"\nurl = "{url}"\ntoken = "{token}"\nca = "{cert}"\n')

@@ -25,11 +25,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, need_data
+from conftest import PACKET_DELAYS, ROOT, need_data
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
 
@@ -267,15 +266,6 @@ def test_volume_attached_twice(tmp_path):
 
 
 # ---- poor clock sync --------------------------------------------------------------------------
-PACKET_DELAYS = """
-WITH o AS (SELECT host, ts, fields->>'seq' s, fields->>'ack_seq' a, fields->>'flags' f
-           FROM events WHERE name = 'inet_sock_local_out'),
-     i AS (SELECT host, ts, fields->>'seq' s, fields->>'ack_seq' a, fields->>'flags' f
-           FROM events WHERE name = 'inet_sock_local_in')
-SELECT o.host, i.host, i.ts - o.ts FROM o JOIN i ON o.s = i.s AND o.a = i.a AND o.f = i.f AND o.host <> i.host
-"""
-
-
 def test_poor_clock_sync_until_synchronized(tmp_path):
     base = need_data("tracecompass", "synctraces")
     st = Store(tmp_path / "s", create=True)

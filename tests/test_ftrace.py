@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import marker_window
 from stacklens.models.kernel import KernelModel, kernel_hosts
 from stacklens.sources.ftrace import FtraceReader
 from stacklens.store import Store
@@ -108,14 +109,6 @@ def _trace_cmd_report(instance: str, tmp: Path) -> Path | None:
     return out
 
 
-def _window(model: KernelModel) -> tuple[int, int]:
-    rows = model.con.execute(
-        "SELECT fields->>'text', ts FROM events WHERE name = 'tracing_mark_write' "
-        "AND fields->>'text' LIKE 'stacklens_window%' ORDER BY ts").fetchall()
-    marks = {text.split()[-1]: ts for text, ts in rows}
-    return marks["start"], marks["end"]
-
-
 def test_ftrace_file_is_recognised_and_utc(recording):
     from stacklens.sources.registry import recognise
     assert recognise(recording["trace"]) is FtraceReader
@@ -129,7 +122,7 @@ def test_ftrace_file_is_recognised_and_utc(recording):
 
 def test_busy_cpu_time_matches_proc_stat(recording):
     model = KernelModel(recording["store"], kernel_hosts(recording["store"])[0])
-    lo, hi = _window(model)
+    lo, hi = marker_window(model.con)
     per_thread = {r["tid"]: r for r in model.cpu_by_thread(lo, hi).to_pylist()}
     busy = per_thread[recording["pids"]["slbusy"]]
     assert busy["name"] == "slbusy"
@@ -163,7 +156,7 @@ def _switch_gaps(model: KernelModel, tid: int, lo: int, hi: int) -> list:
 
 def test_shared_cpu_shows_wait_and_preemptor(recording):
     model = KernelModel(recording["store"], kernel_hosts(recording["store"])[0])
-    lo, hi = _window(model)
+    lo, hi = marker_window(model.con)
     a, b = recording["pids"]["slhoga"], recording["pids"]["slhogb"]
     per_thread = {r["tid"]: r for r in model.cpu_by_thread(lo, hi).to_pylist()}
     # two loops on one CPU: each one waits while the other runs
@@ -183,7 +176,7 @@ def test_trace_cmd_report_is_read(recording, tmp_path):
     assert tc_store is not None
     ours = KernelModel(recording["store"], "here")
     theirs = KernelModel(tc_store, "here")
-    assert _window(theirs) == _window(ours)  # markers found, the same UTC offset applied
+    assert marker_window(theirs.con) == marker_window(ours.con)  # markers found, the same UTC offset applied
     # trace-cmd extract does not always hold exactly the events of the `trace` file, so the
     # oracle is trace-cmd's own text: every sched_switch line it printed is one event
     text = (recording["trace"].parent / "trace-cmd-report.txt").read_text().splitlines()
@@ -193,5 +186,5 @@ def test_trace_cmd_report_is_read(recording, tmp_path):
     missing = [lines[i] for i in sorted(set(lines) - set(rows))][:5]
     assert not missing, f"{len(set(lines) - set(rows))} sched_switch lines not read, e.g. {missing}"
     assert set(rows) == set(lines) and all(v is not None for v in rows.values())
-    lo, hi = _window(theirs)
+    lo, hi = marker_window(theirs.con)
     assert theirs.cpu_by_thread(lo, hi).num_rows > 3

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import marker_window
 from stacklens.models.kernel import KernelModel
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
@@ -104,17 +105,9 @@ def io_recording(tmp_path_factory):
             "outer": [b - a for a, b in zip(s0, e1)], "writer": (writer, written), "reader": (reader, read)}
 
 
-def _window(model: KernelModel) -> tuple[int, int]:
-    rows = model.con.execute(
-        "SELECT fields->>'text', ts FROM events WHERE name = 'tracing_mark_write' "
-        "AND fields->>'text' LIKE 'stacklens_window%' ORDER BY ts").fetchall()
-    marks = {text.split()[-1]: ts for text, ts in rows}
-    return marks["start"], marks["end"]
-
-
 def _requests_in_window(rec) -> tuple[list[dict], tuple[int, int]]:
     model = KernelModel(rec["store"], "here")
-    lo, hi = _window(model)
+    lo, hi = marker_window(model.con)
     reqs = [r for r in model.disk_requests().to_pylist() if lo <= r["complete"] < hi]
     return reqs, (lo, hi)
 

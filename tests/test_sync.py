@@ -13,21 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_data
+from conftest import PACKET_DELAYS, need_data
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
 from stacklens.sync.convex_hull import HullPair, solve
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# every packet seen leaving one host and entering the other, by TCP (seq, ack_seq, flags)
-PACKET_DELAYS = """
-WITH o AS (SELECT host, ts, fields->>'seq' s, fields->>'ack_seq' a, fields->>'flags' f
-           FROM events WHERE name = 'inet_sock_local_out'),
-     i AS (SELECT host, ts, fields->>'seq' s, fields->>'ack_seq' a, fields->>'flags' f
-           FROM events WHERE name = 'inet_sock_local_in')
-SELECT o.host, i.host, i.ts - o.ts FROM o JOIN i ON o.s = i.s AND o.a = i.a AND o.f = i.f AND o.host <> i.host
-"""
 
 
 @pytest.fixture(scope="module")

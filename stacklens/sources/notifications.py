@@ -28,7 +28,7 @@ import pyarrow as pa
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
-    ABSENT, NULL, STR, STR_ESC, PathTrie, coalesce, document_lines, has_prefix, line_block_tables, parse_timestamps, text_column,
+    ABSENT, NULL, PathTrie, coalesce, document_lines, has_prefix, line_block_tables, parse_timestamps, text_column,
     utf8_or_replaced)
 from stacklens.sources.textscan import find_byte
 

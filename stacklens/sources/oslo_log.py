@@ -27,7 +27,8 @@ from stacklens.sources.base import Reader
 from stacklens.sources.oslo_scan import (
     CTX, GREQ, INSTANCE, LEVEL, LEVEL_BYTES, LEVEL_LENS, LOGGER, MSG,
     PREFIX, PROJECT, REQ, USER, same_record_as_previous, scan_headers)
-from stacklens.sources.textscan import find_byte, json_string_objects, line_bounds, string_column
+from stacklens.sources.jsonscan import json_members
+from stacklens.sources.textscan import find_byte, line_bounds, string_column
 from stacklens.sources.timefmt import tz_offset_seconds
 
 LEVELS = "TRACE|DEBUG|INFO|AUDIT|WARNING|WARN|ERROR|CRITICAL|FATAL"
@@ -196,7 +197,7 @@ class OsloLogReader(Reader):
         sl = {k: (off[slot, 0, rec], off[slot, 1, rec]) for k, slot in
               (("level", LEVEL), ("logger", LOGGER), ("global_request_id", GREQ), ("user", USER),
                ("project", PROJECT), ("request_id", REQ), ("instance", INSTANCE))}
-        fields = json_string_objects(big, {
+        fields = json_members(big, {  # plain text spans, written as JSON strings
             "level": sl["level"], "logger": sl["logger"], "global_request_id": sl["global_request_id"],
             "user": sl["user"], "project": sl["project"], "message": (msg_s, msg_e), "file": file_slice,
         })

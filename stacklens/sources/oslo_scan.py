@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from stacklens.sources.textscan import days_from_civil, parse_digits, parse_fraction, valid_date
+from stacklens.sources.textscan import days_from_civil, parse_digits, parse_fraction, uuid_chars, valid_date
 
 # Field slots in the offsets matrix.
 PREFIX, LEVEL, LOGGER, CTX, REQ, GREQ, USER, PROJECT, MSG, INSTANCE = range(10)
@@ -180,13 +180,7 @@ def scan_headers(buf, starts, ends, level_bytes, level_lens):
         # [instance: <36 chars>]
         if msg + 48 <= e and buf[msg] == 91 and buf[msg + 1] == 105 and buf[msg + 9] == 58 \
                 and buf[msg + 10] == 32 and buf[msg + 47] == 93:
-            ok = True
-            for j in range(msg + 11, msg + 47):
-                c = buf[j]
-                if not (48 <= c <= 57 or 97 <= c <= 102 or 65 <= c <= 70 or c == 45):
-                    ok = False
-                    break
-            if ok:
+            if uuid_chars(buf, msg + 11, msg + 47):
                 off[9, 0, i] = msg + 11
                 off[9, 1, i] = msg + 47
     return valid, ts, pid, level, off

@@ -193,63 +193,11 @@ def put_json_string(src: np.ndarray, s: int, e: int, out: np.ndarray, o: int) ->
     return o
 
 
-@nb.njit(cache=True, nogil=True)
-def _json_rows(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, keys: np.ndarray,
-               key_off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    nfields, n = starts.shape
-    offsets = np.empty(n + 1, np.int64)
-    offsets[0] = 0
-    total = 0
-    for i in range(n):
-        size = 2
-        members = 0
-        for k in range(nfields):
-            s = starts[k, i]
-            if s < 0:
-                continue
-            if members:
-                size += 1
-            members += 1
-            size += key_off[k + 1] - key_off[k] + 2 + json_string_len(buf, s, ends[k, i])
-        total += size
-        offsets[i + 1] = total
-    out = np.empty(total, np.uint8)
-    for i in range(n):
-        o = offsets[i]
-        out[o] = 123  # {
-        o += 1
-        members = 0
-        for k in range(nfields):
-            s = starts[k, i]
-            if s < 0:
-                continue
-            if members:
-                out[o] = 44  # ,
-                o += 1
-            members += 1
-            for j in range(key_off[k], key_off[k + 1]):
-                out[o] = keys[j]
-                o += 1
-            out[o] = 34
-            o += 1
-            o = put_json_string(buf, s, ends[k, i], out, o)
-            out[o] = 34
-            o += 1
-        out[o] = 125  # }
-    return offsets, out
-
-
-def json_string_objects(buf: np.ndarray, fields: dict[str, tuple[np.ndarray, np.ndarray]]) -> pa.Array:
-    """One JSON object per row whose members are the string slices `fields[key] = (starts,
-    ends)` of `buf` (a member is left out where its start is < 0)."""
-    names = list(fields)
-    key_bytes = [f'"{k}":'.encode() for k in names]
-    keys = np.frombuffer(b"".join(key_bytes), np.uint8)
-    key_off = np.zeros(len(names) + 1, np.int64)
-    key_off[1:] = np.cumsum([len(k) for k in key_bytes])
-    starts = np.stack([np.asarray(fields[k][0], np.int64) for k in names])
-    ends = np.stack([np.asarray(fields[k][1], np.int64) for k in names])
-    offsets, data = _json_rows(buf, starts, ends, keys, key_off)
-    arr = pa.Array.from_buffers(pa.large_string(), starts.shape[1],
-                                [None, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=0)
-    return arr.cast(pa.string())
+@nb.njit(cache=True, nogil=True, inline="always")
+def uuid_chars(buf, s, e):  # noqa: ANN001, ANN201
+    """Are buf[s:e] all hex digits or '-' (the 36 characters of a bracketed instance uuid)?"""
+    for j in range(s, e):
+        c = buf[j]
+        if not (48 <= c <= 57 or 97 <= c <= 102 or 65 <= c <= 70 or c == 45):
+            return False
+    return True
