@@ -111,7 +111,7 @@ class PathTrie:
         buf[s:e]: the spans are in `values`, a compact copy of the wanted values."""
         r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
                            self.ent_child, self.node_first, self.node_count, self.node_hash,
-                           len(self.paths), -1, False, self.nesting, False)
+                           len(self.paths), -1, False, False, *self._buffers(buf, False, False))
         return r[:4] + (r[6],)
 
     def scan_packing(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, envelope: int,
@@ -123,8 +123,19 @@ class PathTrie:
         with its slots. Returns (valid, vs, ve, kind, values, docs, offsets)."""
         r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
                            self.ent_child, self.node_first, self.node_count, self.node_hash,
-                           len(self.paths), envelope, True, self.nesting, unwrap)
+                           len(self.paths), envelope, True, unwrap, *self._buffers(buf, True, unwrap))
         return r[:4] + (r[6], r[4], r[5])
+
+    def _buffers(self, buf: np.ndarray, build_docs: bool, unwrap: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The scanner's output buffers (values, documents), allocated here rather than in
+        compiled code: NumPy asks for transparent huge pages on large arrays, the compiled
+        allocator does not, and faulting in a block's size in 4 KB pages cost as much as
+        decoding its envelopes. Slots nested in slots (like "extra" and "extra.request_id")
+        are copied once per level: `nesting` bounds the values' size; an unwrapped
+        envelope's inner document adds at most as much again. The documents buffer has 64
+        bytes of room past its end for 64-byte stores."""
+        vals = np.empty(len(buf) * self.nesting * (2 if unwrap else 1), np.uint8)
+        return vals, np.empty(len(buf) + 64 if build_docs else 0, np.uint8)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -644,16 +655,12 @@ def _ends_scalar(c):
 
 @nb.njit(cache=True, nogil=True)
 def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, node_first,
-                   node_count, node_hash, nslots, env_slot, build_docs, nesting, unwrap):
+                   node_count, node_hash, nslots, env_slot, build_docs, unwrap, vals, out):
     n = len(starts)
-    # the wanted values, copied end to end (slots nested in slots, like "extra" and
-    # "extra.request_id", are copied once per level: `nesting` bounds the size; an unwrapped
-    # envelope's inner document adds at most as much again)
-    vals = np.empty(len(buf) * nesting * (2 if unwrap else 1), np.uint8)
+    # vals: the wanted values, copied end to end; out: the documents packed end to end (when
+    # build_docs): a valid line as written, or, when it has the top-level string `env_slot`
+    # (an envelope), that string decoded (PathTrie._buffers sizes both)
     vo = np.zeros(1, np.int64)
-    # documents packed end to end (when build_docs): a valid line as written, or, when it has
-    # the top-level string `env_slot` (an envelope), that string decoded
-    out = np.empty(len(buf) + 64 if build_docs else 0, np.uint8)  # + room for 64-byte stores
     doc_off = np.zeros(n + 1, np.int64)
     o = 0
     valid = np.zeros(n, np.bool_)
