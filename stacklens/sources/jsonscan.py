@@ -143,7 +143,7 @@ def _is_hex(c):
     return (48 <= c <= 57) or (97 <= c <= 102) or (65 <= c <= 70)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _number_end(buf, p, e):
     """End of the JSON number starting at p, or -1."""
     if p < e and buf[p] == 45:
@@ -177,7 +177,7 @@ def _number_end(buf, p, e):
     return p
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _literal_end(buf, p, e):
     """End of true/false/null at p and whether it is null, or (-1, False)."""
     c = buf[p]
@@ -197,7 +197,8 @@ def _keep(buf, a, b, vals, vo, vs, ve, slot, i):
     read the compact values buffer rather than spans scattered over the whole block."""
     o = vo[0]
     n = b - a
-    vals[o:o + n] = buf[a:b]
+    for j in range(n):
+        vals[o + j] = buf[a + j]
     vs[slot, i] = o
     ve[slot, i] = o + n
     vo[0] = o + n
@@ -238,13 +239,21 @@ def _escapes(bs, first_escaped):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
+def _pad_tail(buf, b, scratch):
+    """scratch = buf[b:] padded with spaces to 64 bytes (loops: no array views, so that the
+    scanners compile without reference counting)."""
+    m = len(buf) - b
+    for j in range(64):
+        scratch[j] = buf[b + j] if j < m else 32
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
 def _block_at(buf, b, scratch):
     """Where the 64 bytes at b can be loaded: buf itself, or for the buffer's last bytes a
     copy padded with spaces."""
     if b + 64 <= len(buf):
         return buf, b
-    scratch[:] = 32
-    scratch[:len(buf) - b] = buf[b:]
+    _pad_tail(buf, b, scratch)
     return scratch, 0
 
 
@@ -326,7 +335,7 @@ def _copy_run(buf, a, n, out, o, roomy):
             out[o + j] = buf[a + j]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _decode_string(buf, a, e, out, o, scratch):
     """Validate the JSON string whose content starts at buf[a] (document end e) and write its
     decoded text to out[o:]: (closing quote or -1 if invalid, end in out, had escapes).
@@ -348,8 +357,7 @@ def _decode_string(buf, a, e, out, o, scratch):
         if pos + 64 <= len(buf):
             src, at = buf, pos
         else:
-            scratch[:] = 32
-            scratch[:len(buf) - pos] = buf[pos:]
+            _pad_tail(buf, pos, scratch)
             src, at = scratch, 0
         q, bs, ctrl, not_escapable, not_itself, u = string_classes(src, at)
         lim = ALL
@@ -434,7 +442,7 @@ def _escapes_before(esc_base, esc_blk, k):
     return esc_base + popcount(esc_blk & ((U1 << np.uint64(k)) - U1))
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count, node_hash,
               vs, ve, kind, i, st_obj, st_node, st_slot, st_start, out, o, env_slot, vals, vo, scratch):
     """Validate buf[s:e] as one JSON value, recording wanted slots; True if valid. The string
