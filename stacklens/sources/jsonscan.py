@@ -27,8 +27,9 @@ import numba as nb
 import numpy as np
 import pyarrow as pa
 
-from stacklens.sources.swar import (HAS_COMPRESS, byte_mask, compress_block, escape_classes, json_classes, load_u64,
-                                    popcount, store_u64, string_classes, trailing_zeros)
+from stacklens.sources.swar import (HAS_COMPRESS, NO_REFCOUNT, byte_mask, compress_block, copy_bytes,
+                                    escape_classes, json_classes, load_u64, popcount, store_u64,
+                                    string_classes, trailing_zeros)
 from stacklens.sources.textscan import (days_from_civil, json_string_len, parse_digits, parse_fraction,
                                         put_json_string, uuid_chars, valid_date)
 
@@ -143,7 +144,7 @@ def _is_hex(c):
     return (48 <= c <= 57) or (97 <= c <= 102) or (65 <= c <= 70)
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
+@nb.njit(**NO_REFCOUNT)
 def _number_end(buf, p, e):
     """End of the JSON number starting at p, or -1."""
     if p < e and buf[p] == 45:
@@ -177,7 +178,7 @@ def _number_end(buf, p, e):
     return p
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
+@nb.njit(**NO_REFCOUNT)
 def _literal_end(buf, p, e):
     """End of true/false/null at p and whether it is null, or (-1, False)."""
     c = buf[p]
@@ -197,8 +198,7 @@ def _keep(buf, a, b, vals, vo, vs, ve, slot, i):
     read the compact values buffer rather than spans scattered over the whole block."""
     o = vo[0]
     n = b - a
-    for j in range(n):
-        vals[o + j] = buf[a + j]
+    copy_bytes(buf, a, n, vals, o)
     vs[slot, i] = o
     ve[slot, i] = o + n
     vo[0] = o + n
@@ -335,7 +335,7 @@ def _copy_run(buf, a, n, out, o, roomy):
             out[o + j] = buf[a + j]
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
+@nb.njit(**NO_REFCOUNT)
 def _decode_string(buf, a, e, out, o, scratch):
     """Validate the JSON string whose content starts at buf[a] (document end e) and write its
     decoded text to out[o:]: (closing quote or -1 if invalid, end in out, had escapes).
@@ -442,7 +442,7 @@ def _escapes_before(esc_base, esc_blk, k):
     return esc_base + popcount(esc_blk & ((U1 << np.uint64(k)) - U1))
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
+@nb.njit(**NO_REFCOUNT)
 def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count, node_hash,
               vs, ve, kind, i, st_obj, st_node, st_slot, st_start, out, o, env_slot, vals, vo, scratch):
     """Validate buf[s:e] as one JSON value, recording wanted slots; True if valid. The string
@@ -730,7 +730,7 @@ def _hex(c):
     return c - 87
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(**NO_REFCOUNT)
 def _unescape_into(buf, s, e, out, o):
     """Decode the JSON string content buf[s:e] (already validated) into out[o:]; returns the
     new end. A lone surrogate becomes U+FFFD."""
@@ -849,7 +849,7 @@ def _text_rows(buf, starts, ends, kinds):
             o = _unescape_into(buf, starts[i], ends[i], out, o)
         else:
             n_ = ends[i] - starts[i]
-            out[o:o + n_] = buf[starts[i]:ends[i]]
+            copy_bytes(buf, starts[i], n_, out, o)
             o += n_
     offsets[n] = o
     return offsets, out[:o], valid
@@ -973,7 +973,7 @@ def _json_members(buf, vs, ve, kind, modes, keys, key_off):
                 o += 1
             members += 1
             kl = key_off[m + 1] - key_off[m]
-            out[o:o + kl] = keys[key_off[m]:key_off[m + 1]]
+            copy_bytes(keys, key_off[m], kl, out, o)
             o += kl
             if mode == 1 and k == NULL:
                 out[o] = 110
@@ -994,7 +994,7 @@ def _json_members(buf, vs, ve, kind, modes, keys, key_off):
             if quoted:
                 out[o] = 34
                 o += 1
-            out[o:o + e - s] = buf[s:e]
+            copy_bytes(buf, s, e - s, out, o)
             o += e - s
             if quoted:
                 out[o] = 34
@@ -1291,7 +1291,7 @@ def gather_documents(buf, starts, ends, valid, env_s, env_e, env_kind):
             o = _unescape_into(buf, env_s[i], env_e[i], out, o)
         else:
             s, e = (env_s[i], env_e[i]) if k == STR else (starts[i], ends[i])
-            out[o:o + e - s] = buf[s:e]
+            copy_bytes(buf, s, e - s, out, o)
             o += e - s
     offsets[n] = o
     return out[:o], offsets

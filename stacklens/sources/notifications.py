@@ -53,7 +53,7 @@ REQUEST_SLOTS = [_S[("_context_request_id",)], _S[("context", "request_id")], _S
                  _S[_V + ("request_id",)], _S[("payload", "request_id")]]
 TS_SLOTS = [TIMESTAMP, _S[_D + ("updated_at",)], _S[_D + ("created_at",)]]
 _INSTANCE_PREFIX = np.frombuffer(b"instance.", np.uint8)
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 8 << 20
 MAX_REPORTED = 10
 HEAD_LINES = 20
 
@@ -117,12 +117,15 @@ class NotificationReader(Reader):
         rows = np.flatnonzero(keep)
         if not len(rows):
             return None, len(starts)
-        vs, ve, kind = vs[:, rows], ve[:, rows], kind[:, rows]
-        ts = np.zeros(len(rows), np.int64)
-        has_ts = np.zeros(len(rows), bool)
-        for slot in TS_SLOTS:
-            t, ok = parse_timestamps(big, vs[slot], ve[slot], kind[slot])
-            ts = np.where(has_ts, ts, t)
+        if len(rows) < len(starts):
+            vs, ve, kind = vs[:, rows], ve[:, rows], kind[:, rows]
+        # the first timestamp slot that parses (the later ones only where the earlier did not)
+        ts, has_ts = parse_timestamps(big, vs[TIMESTAMP], ve[TIMESTAMP], kind[TIMESTAMP])
+        for slot in TS_SLOTS[1:]:
+            if has_ts.all():
+                break
+            t, ok = parse_timestamps(big, vs[slot], ve[slot], np.where(has_ts, ABSENT, kind[slot]))
+            ts = np.where(ok, t, ts)
             has_ts |= ok
         pos = rows + first_line
         if not has_ts.all():

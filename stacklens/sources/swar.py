@@ -10,9 +10,24 @@ the whole load inside the array (a padded copy for an array's last bytes).
 
 from __future__ import annotations
 
+import numba as nb
 from llvmlite import binding, ir
 from numba import types
 from numba.extending import intrinsic
+
+
+# Options for compiled functions that allocate nothing: compiled without numba's reference
+# counting, whose atomic increments on the arrays passed to calls and on every array slice
+# took a quarter of the JSON scan. Such a function may not allocate, slice or return arrays
+# (copy with loops); it may be called from any compiled function.
+NO_REFCOUNT = dict(cache=True, nogil=True, _nrt=False)
+
+
+@nb.njit(inline="always", **NO_REFCOUNT)
+def copy_bytes(src, s, n, dst, o):  # noqa: ANN001, ANN201
+    """dst[o:o + n] = src[s:s + n], as a loop (a slice would be reference counted)."""
+    for j in range(n):
+        dst[o + j] = src[s + j]
 
 
 @intrinsic

@@ -12,8 +12,10 @@ import numba as nb
 import numpy as np
 import pyarrow as pa
 
+from stacklens.sources.swar import NO_REFCOUNT
 
-@nb.njit(cache=True, nogil=True)
+
+@nb.njit(**NO_REFCOUNT)
 def parse_digits(buf: np.ndarray, s: int, n: int) -> int:
     """The decimal number in buf[s:s+n], or -1 if a byte is not a digit."""
     v = 0
@@ -25,7 +27,7 @@ def parse_digits(buf: np.ndarray, s: int, n: int) -> int:
     return v
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(**NO_REFCOUNT)
 def days_from_civil(y: int, m: int, d: int) -> int:
     """Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm)."""
     y -= 1 if m <= 2 else 0
@@ -39,7 +41,7 @@ def days_from_civil(y: int, m: int, d: int) -> int:
 _DAYS_IN_MONTH = np.array([31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(**NO_REFCOUNT)
 def valid_date(y: int, m: int, d: int) -> bool:
     """A real calendar date (month lengths, leap years); y < 0 means unparsed."""
     if y < 0 or m < 1 or m > 12 or d < 1 or d > _DAYS_IN_MONTH[m - 1]:
@@ -47,7 +49,7 @@ def valid_date(y: int, m: int, d: int) -> bool:
     return not (m == 2 and d == 29 and not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)))
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(**NO_REFCOUNT)
 def parse_fraction(buf: np.ndarray, q: int, e: int) -> tuple[int, int, int]:
     """The decimal digits at buf[q:e] as a fraction of a second: (ns, end offset, digits
     read). Digits past the ninth are read but do not count toward the value."""
@@ -150,7 +152,7 @@ for _c, _e in ((8, 98), (9, 116), (10, 110), (12, 102), (13, 114), (34, 34), (92
     _SHORT[_c] = _e
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(**NO_REFCOUNT)
 def json_string_len(src: np.ndarray, s: int, e: int) -> int:
     """Length of src[s:e] once escaped as JSON string content (without the quotes)."""
     n = 0
@@ -165,7 +167,7 @@ def json_string_len(src: np.ndarray, s: int, e: int) -> int:
     return n
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(**NO_REFCOUNT)
 def put_json_string(src: np.ndarray, s: int, e: int, out: np.ndarray, o: int) -> int:
     """Write src[s:e] escaped as JSON string content at out[o:]; returns the new offset.
     UTF-8 bytes are copied as they are (the input is valid UTF-8)."""
