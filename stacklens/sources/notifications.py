@@ -28,9 +28,7 @@ import pyarrow as pa
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
-    ABSENT, NULL, PathTrie, coalesce, document_lines, has_prefix, line_block_tables, parse_timestamps, text_column,
-    utf8_or_replaced)
-from stacklens.sources.textscan import find_byte
+    ABSENT, NULL, BufferPool, PathTrie, document_lines, has_prefix, line_block_tables, parse_timestamps, text_columns, utf8_or_replaced)
 
 # What a notification line looks like in its first bytes (bare or wrapped).
 _LINE_HINT = re.compile(rb'^\s*\{.*"(?:event_type|oslo\.message)"\s*:', re.S)
@@ -52,6 +50,8 @@ EVENT_TYPE, TIMESTAMP, PUBLISHER, ENVELOPE = (_S[("event_type",)], _S[("timestam
 REQUEST_SLOTS = [_S[("_context_request_id",)], _S[("context", "request_id")], _S[_D + ("request_id",)],
                  _S[_V + ("request_id",)], _S[("payload", "request_id")]]
 TS_SLOTS = [TIMESTAMP, _S[_D + ("updated_at",)], _S[_D + ("created_at",)]]
+INSTANCE_SLOTS = [_S[("payload", "instance_id")], _S[("payload", "instance_uuid")], _S[_D + ("uuid",)],
+                  _S[_V + ("uuid",)], _S[_D + ("instance_uuid",)]]
 _INSTANCE_PREFIX = np.frombuffer(b"instance.", np.uint8)
 CHUNK_BYTES = 8 << 20
 MAX_REPORTED = 10
@@ -78,6 +78,7 @@ class NotificationReader(Reader):
                 and b'"priority"' in head)
 
     def tables(self) -> Iterator[pa.Table]:
+        self._buffers = BufferPool()
         with self.open_binary() as f:
             try:
                 # One notification per line if any of the first lines is a JSON object (the
@@ -107,7 +108,8 @@ class NotificationReader(Reader):
         # One pass validates each line and packs the documents end to end (`fields` is that
         # buffer as it stands): a bare line as written, an envelope's inner document decoded,
         # then scanned for the row's slots in its place.
-        valid, vs, ve, kind, vals, docs, doc_off = TRIE.scan_packing(buf, starts, ends, ENVELOPE, unwrap=True)
+        valid, vs, ve, kind, vals, docs, doc_off = TRIE.scan_packing(buf, starts, ends, ENVELOPE, unwrap=True,
+                                                                     pool=self._buffers)
         valid &= has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
         big = vals
         has_type = (kind[EVENT_TYPE] != ABSENT) & (kind[EVENT_TYPE] != NULL)
@@ -142,22 +144,21 @@ class NotificationReader(Reader):
                 vs, ve, kind = vs[:, sel], ve[:, sel], kind[:, sel]
                 if not len(rows):
                     return None, len(starts)
-        # procname: the publisher up to its first ':' ("nova-compute:host2" → "nova-compute")
-        pub_e = np.where(kind[PUBLISHER] != ABSENT, find_byte(big, vs[PUBLISHER], ve[PUBLISHER], 58), -1)
+        # the payload's object is the instance itself only in instance.* notifications
         is_instance_event = has_prefix(big, vs[EVENT_TYPE], ve[EVENT_TYPE], _INSTANCE_PREFIX)
         inst_kind = kind.copy()
-        for path in (_D + ("uuid",), _V + ("uuid",)):  # the object itself is an instance
+        for path in (_D + ("uuid",), _V + ("uuid",)):
             inst_kind[_S[path]] = np.where(is_instance_event, kind[_S[path]], ABSENT)
-        instance = coalesce(vs, ve, inst_kind, [
-            _S[("payload", "instance_id")], _S[("payload", "instance_uuid")], _S[_D + ("uuid",)],
-            _S[_V + ("uuid",)], _S[_D + ("instance_uuid",)]])
+        # procname: the publisher up to its first ':' ("nova-compute:host2" → "nova-compute")
+        name, procname, request_id, instance = text_columns(big, vs, ve, inst_kind, [
+            [EVENT_TYPE], [PUBLISHER], REQUEST_SLOTS, INSTANCE_SLOTS], cut={1: ord(":")})
         table = pa.table({
             "pos": pa.array(pos, pa.int64()),
-            "name": text_column(big, vs[EVENT_TYPE], ve[EVENT_TYPE], kind[EVENT_TYPE]),
+            "name": name,
             "ts": pa.array(ts, pa.int64()),
-            "procname": text_column(big, vs[PUBLISHER], pub_e, kind[PUBLISHER]),
-            "request_id": text_column(big, *coalesce(vs, ve, kind, REQUEST_SLOTS)),
-            "instance": text_column(big, *instance),
+            "procname": procname,
+            "request_id": request_id,
+            "instance": instance,
             "fields": _documents_column(docs, doc_off, rows),
         })
         self.report.rows += table.num_rows
