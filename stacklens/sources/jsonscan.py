@@ -37,6 +37,12 @@ from stacklens.sources.textscan import (days_from_civil, json_string_len, parse_
 # Value kinds recorded per slot.
 ABSENT, STR, STR_ESC, SCALAR, CONTAINER, NULL = 0, 1, 2, 3, 4, 5
 MAX_DEPTH = 256
+U0 = np.uint64(0)
+U1 = np.uint64(1)
+U63 = np.uint64(63)
+ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+EVEN_BITS = np.uint64(0x5555555555555555)
+ODD_BITS = np.uint64(0xAAAAAAAAAAAAAAAA)
 
 
 HASH_SIZE = 64
@@ -99,10 +105,9 @@ class PathTrie:
                     node = entry[1]
         keys = bytearray()
         key_s, key_e, ent_slot, ent_child = [], [], [], []
-        node_first, node_count = [], []
+        node_first = []
         for node in nodes:
             node_first.append(len(key_s))
-            node_count.append(len(node))
             for key, (slot, child) in node.items():
                 b = key.encode()
                 key_s.append(len(keys))
@@ -110,24 +115,21 @@ class PathTrie:
                 key_e.append(len(keys))
                 ent_slot.append(slot)
                 ent_child.append(child)
-        self.keys = np.frombuffer(bytes(keys) or b"\0", np.uint8).copy()
-        self.key_s = np.array(key_s, np.int64)
-        self.key_e = np.array(key_e, np.int64)
-        self.ent_slot = np.array(ent_slot, np.int64)
-        self.ent_child = np.array(ent_child, np.int64)
-        self.node_first = np.array(node_first, np.int64)
-        self.node_count = np.array(node_count, np.int64)
+        self.keys = np.frombuffer(bytes(keys) + bytes(8), np.uint8).copy()  # + room for 8-byte loads
         # per node, an open-addressing table (HASH_SIZE slots) of its entries by _key_hash
-        self.node_hash = np.full((len(nodes), HASH_SIZE), -1, np.int64)
+        node_hash = np.full((len(nodes), HASH_SIZE), -1, np.int64)
         for n, node in enumerate(nodes):
             if len(node) > HASH_SIZE * 3 // 4:
                 raise ValueError(f"more than {HASH_SIZE * 3 // 4} wanted keys in one object")
-            for k in range(node_first[n], node_first[n] + node_count[n]):
-                b = keys[key_s[k]:key_e[k]]
-                h = _key_hash_py(b)
-                while self.node_hash[n, h] >= 0:
+            for k in range(node_first[n], node_first[n] + len(node)):
+                h = _key_hash_py(keys[key_s[k]:key_e[k]])
+                while node_hash[n, h] >= 0:
                     h = (h + 1) % HASH_SIZE
-                self.node_hash[n, h] = k
+                node_hash[n, h] = k
+        # the scanner's view, one array (fewer arguments for the compiled walk to keep live):
+        # the entries' key starts, key ends, slots and child nodes, then the hash tables
+        self.entries = len(key_s)
+        self.trie = np.array(key_s + key_e + ent_slot + ent_child + node_hash.ravel().tolist(), np.int64)
         # how many wanted values one byte can belong to (a slot inside a slot's value)
         self.nesting = max(sum(1 for d in range(1, len(p) + 1) if p[:d] in self.slot) for p in self.paths)
 
@@ -136,9 +138,8 @@ class PathTrie:
         """(valid[n], vs[slots, n], ve[slots, n], kind[slots, n], values) for documents
         buf[s:e]: the spans are in `values`, a compact copy of the wanted values (in a
         buffer of `pool` if given)."""
-        r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
-                           self.ent_child, self.node_first, self.node_count, self.node_hash,
-                           len(self.paths), -1, False, False, *self._buffers(buf, False, False, pool))
+        r = scan_documents(buf, starts, ends, self.keys, self.trie, self.entries, len(self.paths), -1, False,
+                           False, *self._buffers(buf, False, False, pool))
         return r[:4] + (r[6],)
 
     def scan_packing(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, envelope: int,
@@ -149,9 +150,8 @@ class PathTrie:
         empty. With `unwrap`, an envelope's row is its inner document's: valid if that is,
         with its slots. Returns (valid, vs, ve, kind, values, docs, offsets); values and
         docs are in buffers of `pool` if given."""
-        r = scan_documents(buf, starts, ends, self.keys, self.key_s, self.key_e, self.ent_slot,
-                           self.ent_child, self.node_first, self.node_count, self.node_hash,
-                           len(self.paths), envelope, True, unwrap, *self._buffers(buf, True, unwrap, pool))
+        r = scan_documents(buf, starts, ends, self.keys, self.trie, self.entries, len(self.paths), envelope,
+                           True, unwrap, *self._buffers(buf, True, unwrap, pool))
         return r[:4] + (r[6], r[4], r[5])
 
     def _buffers(self, buf: np.ndarray, build_docs: bool, unwrap: bool,
@@ -222,23 +222,53 @@ def _literal_end(buf, p, e):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _keep(buf, a, b, vals, vo, vs, ve, slot, i):
+def _copy_run(buf, a, n, out, o, roomy):
+    """out[o:o + n] = buf[a:a + n], 16 bytes per step when `roomy` (both arrays have 16 bytes
+    to spare past the run; a run between two escapes of an envelope is ~10 bytes: one step)."""
+    if roomy:
+        store_u64(out, o, load_u64(buf, a))
+        store_u64(out, o + 8, load_u64(buf, a + 8))
+        j = 16
+        while j < n:
+            store_u64(out, o + j, load_u64(buf, a + j))
+            store_u64(out, o + j + 8, load_u64(buf, a + j + 8))
+            j += 16
+    else:
+        for j in range(n):
+            out[o + j] = buf[a + j]
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _same_bytes(x, xa, y, ya, n):
+    """x[xa:xa + n] == y[ya:ya + n], 8 bytes a step where both have 8 bytes to spare."""
+    if xa + n + 8 <= len(x) and ya + n + 8 <= len(y):
+        j = 0
+        while j + 8 <= n:
+            if load_u64(x, xa + j) != load_u64(y, ya + j):
+                return False
+            j += 8
+        if j == n:
+            return True
+        tail = (U1 << np.uint64(8 * (n - j))) - U1
+        return (load_u64(x, xa + j) ^ load_u64(y, ya + j)) & tail == U0
+    for j in range(n):
+        if x[xa + j] != y[ya + j]:
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _keep(buf, a, b, vals, vo, vs, ve, slot):
     """Copy a slot's value buf[a:b] to the values buffer while it is in cache: later passes
     read the compact values buffer rather than spans scattered over the whole block."""
     o = vo[0]
     n = b - a
-    copy_bytes(buf, a, n, vals, o)
-    vs[slot, i] = o
-    ve[slot, i] = o + n
+    _copy_run(buf, a, n, vals, o, b + 16 <= len(buf) and o + n + 16 <= len(vals))
+    vs[slot] = o
+    ve[slot] = o + n
     vo[0] = o + n
 
 
-U0 = np.uint64(0)
-U1 = np.uint64(1)
-U63 = np.uint64(63)
-ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
-EVEN_BITS = np.uint64(0x5555555555555555)
-ODD_BITS = np.uint64(0xAAAAAAAAAAAAAAAA)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -299,13 +329,13 @@ def _u_escapes_hex(buf, b, e, u):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _close(buf, p, depth, st_slot, st_start, vals, vo, vs, ve, kind, i):
+def _close(buf, p, depth, st, vals, vo, vs, ve, kind):
     """Pop the container closed at p, keeping its text if it is a wanted slot; the new depth."""
     depth -= 1
-    sl = st_slot[depth]
-    if sl >= 0 and kind[sl, i] == ABSENT:
-        _keep(buf, st_start[depth], p + 1, vals, vo, vs, ve, sl, i)
-        kind[sl, i] = CONTAINER
+    sl = st[4 * depth + 2]
+    if sl >= 0 and kind[sl] == ABSENT:
+        _keep(buf, st[4 * depth + 3], p + 1, vals, vo, vs, ve, sl)
+        kind[sl] = CONTAINER
     return depth
 
 
@@ -345,23 +375,6 @@ def _block_tokens(buf, b, e, scratch, in_str, first_escaped, prev_scalar):
     scalar = ~(ws | op | q) & outside
     tokens = (op & outside) | q | (scalar & ~((scalar << U1) | prev_scalar))
     return tokens, escaping, in_str, first_escaped, scalar >> U63, True
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _copy_run(buf, a, n, out, o, roomy):
-    """out[o:o + n] = buf[a:a + n], 16 bytes per step when `roomy` (both arrays have 16 bytes
-    to spare past the run; a run between two escapes of an envelope is ~10 bytes: one step)."""
-    if roomy:
-        store_u64(out, o, load_u64(buf, a))
-        store_u64(out, o + 8, load_u64(buf, a + 8))
-        j = 16
-        while j < n:
-            store_u64(out, o + j, load_u64(buf, a + j))
-            store_u64(out, o + j + 8, load_u64(buf, a + j + 8))
-            j += 16
-    else:
-        for j in range(n):
-            out[o + j] = buf[a + j]
 
 
 @nb.njit(**NO_REFCOUNT)
@@ -472,8 +485,7 @@ def _escapes_before(esc_base, esc_blk, k):
 
 
 @nb.njit(**NO_REFCOUNT)
-def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, node_count, node_hash,
-              vs, ve, kind, i, st_obj, st_node, st_slot, st_start, out, o, env_slot, vals, vo, scratch):
+def _scan_one(buf, s, e, keys, trie, m, vs, ve, kind, st, out, o, env_slot, vals, vo, scratch):
     """Validate buf[s:e] as one JSON value, recording wanted slots; True if valid. The string
     value of top-level slot `env_slot` is decoded into out[o:]: returns (valid, end in out,
     decoded start, decoded end) — start -1 if there was none.
@@ -524,7 +536,7 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
             c = buf[p]
             top = depth - 1
             if c == 44:  # ,
-                if st_obj[top]:
+                if st[4 * top]:
                     mode = 2
                 else:
                     cur_slot = -1
@@ -532,8 +544,8 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
                     mode = 0
                 can_close = False
                 continue
-            if (st_obj[top] and c == 125) or (not st_obj[top] and c == 93):
-                depth = _close(buf, p, depth, st_slot, st_start, vals, vo, vs, ve, kind, i)
+            if (st[4 * top] and c == 125) or (not st[4 * top] and c == 93):
+                depth = _close(buf, p, depth, st, vals, vo, vs, ve, kind)
                 continue
             return False, o, env_s, env_e
         if p < 0:
@@ -545,7 +557,7 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
             mode = 0
             continue
         if c == 34 and mode == 0 and env_slot >= 0 and cur_slot == env_slot and depth == 1 \
-                and kind[cur_slot, i] == ABSENT:
+                and kind[cur_slot] == ABSENT:
             # the envelope: its inner document is decoded while the string is validated, and
             # the token walk resumes after the closing quote
             q, o2, esc = _decode_string(buf, p + 1, e, out, o, scratch)
@@ -554,9 +566,9 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
             env_s = o
             env_e = o2
             o = o2
-            vs[cur_slot, i] = env_s
-            ve[cur_slot, i] = env_e
-            kind[cur_slot, i] = STR_ESC if esc else STR
+            vs[cur_slot] = env_s
+            ve[cur_slot] = env_e
+            kind[cur_slot] = STR_ESC if esc else STR
             blk = q + 1 - 64
             tok = U0
             esc_blk = U0
@@ -585,24 +597,17 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
             if mode == 2:  # a key
                 cur_slot = -1
                 cur_node = -1
-                node = st_node[depth - 1]
+                node = st[4 * depth - 3]
                 klen = q - p - 1
                 if node >= 0 and not esc:
                     h = _key_hash(buf, p + 1, q)
                     while True:
-                        kk = node_hash[node, h]
+                        kk = trie[4 * m + node * HASH_SIZE + h]
                         if kk < 0:
                             break
-                        if key_e[kk] - key_s[kk] == klen:
-                            same = True
-                            a = key_s[kk]
-                            for j in range(klen):
-                                if buf[p + 1 + j] != keys[a + j]:
-                                    same = False
-                                    break
-                            if same:
-                                cur_slot = ent_slot[kk]
-                                cur_node = ent_child[kk]
+                        if trie[m + kk] - trie[kk] == klen and _same_bytes(buf, p + 1, keys, trie[kk], klen):
+                                cur_slot = trie[2 * m + kk]
+                                cur_node = trie[3 * m + kk]
                                 break
                         h = (h + 1) & (HASH_SIZE - 1)
                 mode = 3
@@ -612,9 +617,9 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
                     tok &= tok - U1
                     mode = 0
                 continue
-            if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
-                _keep(buf, p + 1, q, vals, vo, vs, ve, cur_slot, i)
-                kind[cur_slot, i] = STR_ESC if esc else STR
+            if cur_slot >= 0 and kind[cur_slot] == ABSENT:
+                _keep(buf, p + 1, q, vals, vo, vs, ve, cur_slot)
+                kind[cur_slot] = STR_ESC if esc else STR
             mode = 1
             if tok != U0 and depth > 0 and buf[blk + np.int64(trailing_zeros(tok))] == 44:
                 # the comma after it, when it is in this block: taken here (written out again
@@ -622,7 +627,7 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
                 # walk measured 7–14 % slower)
                 tok &= tok - U1
                 can_close = False
-                if st_obj[depth - 1]:
+                if st[4 * depth - 4]:
                     mode = 2
                 else:
                     cur_slot = -1
@@ -632,7 +637,7 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
         if mode == 2:
             if can_close and c == 125:  # {}
                 can_close = False
-                depth = _close(buf, p, depth, st_slot, st_start, vals, vo, vs, ve, kind, i)
+                depth = _close(buf, p, depth, st, vals, vo, vs, ve, kind)
                 mode = 1
                 continue
             return False, o, env_s, env_e
@@ -640,10 +645,10 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
         if c == 123 or c == 91:  # { [
             if depth >= MAX_DEPTH:
                 return False, o, env_s, env_e
-            st_obj[depth] = c == 123
-            st_node[depth] = cur_node if c == 123 else -1
-            st_slot[depth] = cur_slot
-            st_start[depth] = p
+            st[4 * depth] = c == 123
+            st[4 * depth + 1] = cur_node if c == 123 else -1
+            st[4 * depth + 2] = cur_slot
+            st[4 * depth + 3] = p
             depth += 1
             can_close = True
             if c == 123:
@@ -654,7 +659,7 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
             continue
         if c == 93 and can_close:  # []
             can_close = False
-            depth = _close(buf, p, depth, st_slot, st_start, vals, vo, vs, ve, kind, i)
+            depth = _close(buf, p, depth, st, vals, vo, vs, ve, kind)
             mode = 1
             continue
         if c == 45 or 48 <= c <= 57:
@@ -665,16 +670,16 @@ def _scan_one(buf, s, e, keys, key_s, key_e, ent_slot, ent_child, node_first, no
         # a number or literal ends where its run of bytes ends
         if q < 0 or (q < e and not _ends_scalar(buf[q])):
             return False, o, env_s, env_e
-        if cur_slot >= 0 and kind[cur_slot, i] == ABSENT:
-            _keep(buf, p, q, vals, vo, vs, ve, cur_slot, i)
-            kind[cur_slot, i] = NULL if is_null else SCALAR
+        if cur_slot >= 0 and kind[cur_slot] == ABSENT:
+            _keep(buf, p, q, vals, vo, vs, ve, cur_slot)
+            kind[cur_slot] = NULL if is_null else SCALAR
         can_close = False
         mode = 1
         if tok != U0 and depth > 0 and buf[blk + np.int64(trailing_zeros(tok))] == 44:
             # the comma after it, when it is in this block: taken here
             tok &= tok - U1
             can_close = False
-            if st_obj[depth - 1]:
+            if st[4 * depth - 4]:
                 mode = 2
             else:
                 cur_slot = -1
@@ -691,8 +696,7 @@ def _ends_scalar(c):
 
 
 @nb.njit(cache=True, nogil=True)
-def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, node_first,
-                   node_count, node_hash, nslots, env_slot, build_docs, unwrap, vals, out):
+def scan_documents(buf, starts, ends, keys, trie, m, nslots, env_slot, build_docs, unwrap, vals, out):
     n = len(starts)
     # vals: the wanted values, copied end to end; out: the documents packed end to end (when
     # build_docs): a valid line as written, or, when it has the top-level string `env_slot`
@@ -704,48 +708,42 @@ def scan_documents(buf, starts, ends, keys, key_s, key_e, ent_slot, ent_child, n
     vs = np.full((nslots, n), -1, np.int64)
     ve = np.full((nslots, n), -1, np.int64)
     kind = np.zeros((nslots, n), np.int8)
-    st_obj = np.zeros(MAX_DEPTH, np.bool_)
-    st_node = np.zeros(MAX_DEPTH, np.int64)
-    st_slot = np.zeros(MAX_DEPTH, np.int64)
-    st_start = np.zeros(MAX_DEPTH, np.int64)
+    # per level of nesting: is an object, trie node, slot, start
+    st = np.zeros(4 * MAX_DEPTH, np.int64)
+    # one document's slots (1-D, so the walk indexes them without a stride)
+    dvs = np.empty(nslots, np.int64)
+    dve = np.empty(nslots, np.int64)
+    dkind = np.empty(nslots, np.int8)
     scratch = np.empty(64, np.uint8)
     for i in range(n):
         s = starts[i]
         doc_off[i] = o
         if s < 0:
             continue
-        ok, o2, env_s, env_e = _scan_one(buf, s, ends[i], keys, key_s, key_e, ent_slot, ent_child,
-                                         node_first, node_count, node_hash, vs, ve, kind, i, st_obj,
-                                         st_node, st_slot, st_start, out,
+        for k in range(nslots):
+            dkind[k] = ABSENT
+        ok, o2, env_s, env_e = _scan_one(buf, s, ends[i], keys, trie, m, dvs, dve, dkind, st, out,
                                          o, env_slot if build_docs else -1, vals, vo, scratch)
-        valid[i] = ok
-        if not ok:
-            for k in range(nslots):
-                kind[k, i] = ABSENT
-                vs[k, i] = -1
-                ve[k, i] = -1
-        elif build_docs:
+        if ok and build_docs:
             if env_s >= 0:
                 # the decoded envelope string is the document (it was written at o)
                 o = o2
                 if unwrap:  # its slots are the row's, read now while it is in cache
                     for k in range(nslots):
-                        kind[k, i] = ABSENT
-                        vs[k, i] = -1
-                        ve[k, i] = -1
-                    ok, _o, _s, _e = _scan_one(out, env_s, env_e, keys, key_s, key_e, ent_slot, ent_child,
-                                               node_first, node_count, node_hash, vs, ve, kind, i, st_obj,
-                                               st_node, st_slot, st_start, out, 0, -1, vals, vo, scratch)
-                    valid[i] = ok
-                    if not ok:
-                        for k in range(nslots):
-                            kind[k, i] = ABSENT
-                            vs[k, i] = -1
-                            ve[k, i] = -1
+                        dkind[k] = ABSENT
+                    ok, _o, _s, _e = _scan_one(out, env_s, env_e, keys, trie, m, dvs, dve, dkind, st, out, 0, -1,
+                                               vals, vo, scratch)
             else:
                 ln = ends[i] - s
                 _copy_run(buf, s, ln, out, o, ends[i] + 16 <= len(buf))
                 o += ln
+        valid[i] = ok
+        if ok:
+            for k in range(nslots):
+                if dkind[k] != ABSENT:
+                    kind[k, i] = dkind[k]
+                    vs[k, i] = dvs[k]
+                    ve[k, i] = dve[k]
     doc_off[n] = o
     return valid, vs, ve, kind, out[:o], doc_off, vals[:vo[0]]
 
