@@ -131,3 +131,42 @@ def test_generated_documents_like_json_loads(docs, trailing_newline):
             text = text[:at] + ch + text[at + 1:]
         lines.append(text.replace("\n", " "))
     _check(lines, trailing_newline)
+
+
+def test_wanted_keys_and_near_misses_of_every_length():
+    """Keys are compared 8 bytes a step with a masked tail: wanted keys of lengths around the
+    word size, each beside keys of the same length and hash bucket that differ in one inner
+    byte or in the first and last, anywhere in the line and at the buffer's very end."""
+    wanted = ["k", "abcdefg", "abcdefgh", "abcdefghi", "abcdefghijklmno", "abcdefghijklmnop",
+              "abcdefghijklmnopq"]
+    trie = PathTrie([(w,) for w in wanted])
+    lines, expect = [], []
+    for w in wanted:
+        misses = [w[:j] + "X" + w[j + 1:] for j in range(1, len(w) - 1)]
+        # and in the first and last bytes, moved so that the hash stays the same
+        misses.append(chr(ord(w[0]) + 8) if len(w) == 1 else chr(ord(w[0]) + 5) + w[1:-1] + chr(ord(w[-1]) - 3))
+        for pad in (0, 5, 61):
+            doc = {m: "miss" for m in misses}
+            doc["p" * (pad + 1)] = 0
+            doc[w] = "hit-" + w
+            lines.append(json.dumps(doc))
+            expect.append(w)
+        lines.append(json.dumps({**{m: 1 for m in misses}}))
+        expect.append(None)
+    lines.append('{"' + wanted[-1] + '": 7}')  # the last key ends 5 bytes before the buffer's end
+    expect.append(wanted[-1])
+    data = "\n".join(lines).encode()
+    buf = np.frombuffer(data, np.uint8)
+    starts, ends = document_lines(buf)
+    valid, vs, ve, kind, vals = trie.scan(buf, starts, ends)
+    assert valid.all()
+    for i, (line, w) in enumerate(zip(lines, expect)):
+        doc = json.loads(line)
+        for key in wanted:
+            slot = trie.slot[(key,)]
+            raw = bytes(vals[vs[slot, i]:ve[slot, i]])
+            if key in doc:  # a string's span is its content, without the quotes
+                assert json.loads(b'"' + raw + b'"' if kind[slot, i] == STR else raw) == doc[key], (i, key)
+            else:
+                assert kind[slot, i] == ABSENT, (i, key)
+        assert w is None or w in doc
