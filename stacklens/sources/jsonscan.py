@@ -65,7 +65,8 @@ class BufferPool:
     """One reader's byte buffers, handed out again once nothing else holds them. A block's
     table keeps its documents buffer (Arrow refers to it without a copy) until the consumer
     drops the table; a reused buffer is already mapped and warm in cache, where a new one
-    costs page faults (reusing them made Nova notifications 15-20 % faster)."""
+    costs page faults (a few % of the notification reader's time, measured in separate
+    processes)."""
 
     def __init__(self, keep: int = 4) -> None:
         self.keep = keep
