@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stacklens.sources.jsonscan import ABSENT, STR, STR_ESC, PathTrie, document_lines
+from stacklens.sources.jsonscan import ABSENT, STR, STR_ESC, PathTrie, document_lines, text_columns
 
 TRIE = PathTrie([("event_type",), ("a", "b"), ("oslo.message",)])
 EVENT, AB, ENVELOPE = TRIE.slot[("event_type",)], TRIE.slot[("a", "b")], TRIE.slot[("oslo.message",)]
@@ -170,3 +170,17 @@ def test_wanted_keys_and_near_misses_of_every_length():
             else:
                 assert kind[slot, i] == ABSENT, (i, key)
         assert w is None or w in doc
+
+
+def test_text_columns_of_spans_sharing_bytes():
+    """Columns are first written into room for one copy of the buffer per column; spans that
+    share bytes (every row the same 100-byte value) need more, and still come out whole."""
+    buf = np.frombuffer(b'\\"ab' * 25, np.uint8)
+    n = 10
+    starts, ends = np.zeros((1, n), np.int64), np.full((1, n), 100, np.int64)
+    kinds = np.full((1, n), STR_ESC, np.int8)
+    kinds[0, 3] = ABSENT
+    (col,) = text_columns(buf, starts, ends, kinds, [[0]])
+    assert col.to_pylist() == [None if i == 3 else '"ab' * 25 for i in range(n)]
+    (cut,) = text_columns(buf, starts, ends, kinds, [[0]], cut={0: ord("b")})
+    assert cut.to_pylist()[0] == '"a'

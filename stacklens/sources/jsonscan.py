@@ -851,50 +851,43 @@ def unescape_spans(buf, starts, ends, kinds):
     return out[:o], ns, ne
 
 
-@nb.njit(cache=True, nogil=True)
-def _first_texts(buf, vs, ve, kind, cand, cut):
+@nb.njit(**NO_REFCOUNT)
+def _first_texts(buf, vs, ve, kind, cand, cut, offsets, out, valid):
     """For each column c and document i, the text of the first slot of cand[c] (-1 ends
     the list) with a non-null value, as json_extract_string gives it (strings decoded, other
-    values as written), up to its first byte cut[c] if that is >= 0: (offsets[c, n + 1]
-    into one shared byte buffer, the buffer, has-a-value[c, n])."""
+    values as written), up to its first byte cut[c] if that is >= 0: written to `out` (16
+    bytes of room past the texts), offsets[c, i:i + 2] into it, valid[c, i] if there was one.
+    Returns the texts' end, or -1 if `out` is too small."""
     ncol, n = cand.shape[0], vs.shape[1]
-    pick = np.full((ncol, n), -1, np.int64)
-    total = 0
+    o = 0
     for c in range(ncol):
+        stop = cut[c]
         for i in range(n):
+            offsets[c, i] = o
             for j in range(cand.shape[1]):
                 sl = cand[c, j]
                 if sl < 0:
                     break
                 k = kind[sl, i]
-                if k != ABSENT and k != NULL:
-                    pick[c, i] = sl
-                    total += ve[sl, i] - vs[sl, i]
-                    break
-    out = np.empty(total, np.uint8)
-    offsets = np.empty((ncol, n + 1), np.int64)
-    valid = np.zeros((ncol, n), np.bool_)
-    o = 0
-    for c in range(ncol):
-        for i in range(n):
-            offsets[c, i] = o
-            sl = pick[c, i]
-            if sl < 0:
-                continue
-            valid[c, i] = True
-            a, e = vs[sl, i], ve[sl, i]
-            if cut[c] >= 0:
-                for j in range(a, e):
-                    if buf[j] == cut[c]:
-                        e = j
-                        break
-            if kind[sl, i] == STR_ESC:
-                o = _unescape_into(buf, a, e, out, o)
-            else:
-                copy_bytes(buf, a, e - a, out, o)
-                o += e - a
+                if k == ABSENT or k == NULL:
+                    continue
+                valid[c, i] = True
+                a, e = vs[sl, i], ve[sl, i]
+                if o + (e - a) + 16 > len(out):
+                    return -1
+                if stop >= 0:
+                    for q in range(a, e):
+                        if buf[q] == stop:
+                            e = q
+                            break
+                if k == STR_ESC:
+                    o = _unescape_into(buf, a, e, out, o)
+                else:
+                    _copy_run(buf, a, e - a, out, o, e + 16 <= len(buf))
+                    o += e - a
+                break
         offsets[c, n] = o
-    return offsets, out[:o], valid
+    return o
 
 
 def text_columns(buf: np.ndarray, vs: np.ndarray, ve: np.ndarray, kind: np.ndarray,
@@ -906,17 +899,27 @@ def text_columns(buf: np.ndarray, vs: np.ndarray, ve: np.ndarray, kind: np.ndarr
     for c, slots in enumerate(columns):
         cand[c, :len(slots)] = slots
     cuts = np.array([(cut or {}).get(c, -1) for c in range(len(columns))], np.int64)
-    offsets, data, valid = _first_texts(buf, vs, ve, kind, cand, cuts)
     n = vs.shape[1]
-    small = len(data) < (1 << 31)
-    typ, offsets = (pa.string(), offsets.astype(np.int32)) if small else (pa.large_string(), offsets)
-    data = pa.py_buffer(data)
-    out = []
+    # room for the texts: a row's values are its own bytes of `buf` (decoding only shortens
+    # them), so a column takes at most len(buf); failing that, the sum of all the spans
+    spans = (lambda: int(sum(np.clip(ve[sl] - vs[sl], 0, None).sum() for c in columns for sl in c)))
+    for room in (len(columns) * len(buf), None):
+        room = spans() if room is None else room
+        small = room < (1 << 31)
+        offsets = np.empty((len(columns), n + 1), np.int32 if small else np.int64)
+        out = np.empty(room + 16, np.uint8)
+        valid = np.zeros((len(columns), n), np.bool_)
+        end = _first_texts(buf, vs, ve, kind, cand, cuts, offsets, out, valid)
+        if end >= 0:
+            break
+    typ = pa.string() if small else pa.large_string()
+    data = pa.py_buffer(out[:end])
+    arrays = []
     for c in range(len(columns)):
         nulls = int(n - valid[c].sum())
         bitmap = pa.py_buffer(np.packbits(valid[c], bitorder="little")) if nulls else None
-        out.append(pa.Array.from_buffers(typ, n, [bitmap, pa.py_buffer(offsets[c]), data], null_count=nulls))
-    return out
+        arrays.append(pa.Array.from_buffers(typ, n, [bitmap, pa.py_buffer(offsets[c]), data], null_count=nulls))
+    return arrays
 
 
 def text_column(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, kinds: np.ndarray) -> pa.Array:

@@ -110,8 +110,8 @@ class NotificationReader(Reader):
         # then scanned for the row's slots in its place.
         valid, vs, ve, kind, vals, docs, doc_off = TRIE.scan_packing(buf, starts, ends, ENVELOPE, unwrap=True,
                                                                      pool=self._buffers)
-        valid &= has_prefix(buf, starts, ends, np.frombuffer(b"{", np.uint8))
         big = vals
+        # (a top-level event_type also says the document is an object)
         has_type = (kind[EVENT_TYPE] != ABSENT) & (kind[EVENT_TYPE] != NULL)
         keep = valid & has_type
         blank = starts == ends
