@@ -696,26 +696,34 @@ def _ends_scalar(c):
         or c == 34 or c == 123 or c == 91
 
 
-@nb.njit(cache=True, nogil=True)
-def scan_documents(buf, starts, ends, keys, trie, m, nslots, env_slot, build_docs, unwrap, vals, out):
+def scan_documents(buf, starts, ends, keys, trie, m, nslots, env_slot, build_docs, unwrap, vals, out):  # noqa: ANN001, ANN201
+    """Scan documents buf[starts[i]:ends[i]] (see PathTrie.scan_packing): the outputs are
+    allocated here, so that the compiled loop allocates nothing and runs without
+    reference counting."""
     n = len(starts)
-    # vals: the wanted values, copied end to end; out: the documents packed end to end (when
-    # build_docs): a valid line as written, or, when it has the top-level string `env_slot`
-    # (an envelope), that string decoded (PathTrie._buffers sizes both)
     vo = np.zeros(1, np.int64)
     doc_off = np.zeros(n + 1, np.int64)
-    o = 0
     valid = np.zeros(n, np.bool_)
     vs = np.full((nslots, n), -1, np.int64)
     ve = np.full((nslots, n), -1, np.int64)
     kind = np.zeros((nslots, n), np.int8)
-    # per level of nesting: is an object, trie node, slot, start
-    st = np.zeros(4 * MAX_DEPTH, np.int64)
-    # one document's slots (1-D, so the walk indexes them without a stride)
-    dvs = np.empty(nslots, np.int64)
-    dve = np.empty(nslots, np.int64)
-    dkind = np.empty(nslots, np.int8)
-    scratch = np.empty(64, np.uint8)
+    o = _scan_rows(buf, starts, ends, keys, trie, m, env_slot if build_docs else -1, build_docs, unwrap, vals, out,
+                   vo, doc_off, valid, vs, ve, kind, np.zeros(4 * MAX_DEPTH, np.int64), np.empty(nslots, np.int64),
+                   np.empty(nslots, np.int64), np.empty(nslots, np.int8), np.empty(64, np.uint8))
+    return valid, vs, ve, kind, out[:o], doc_off, vals[:vo[0]]
+
+
+@nb.njit(**NO_REFCOUNT)
+def _scan_rows(buf, starts, ends, keys, trie, m, env_slot, build_docs, unwrap, vals, out, vo, doc_off, valid,
+               vs, ve, kind, st, dvs, dve, dkind, scratch):
+    """vals: the wanted values, copied end to end; out: the documents packed end to end (when
+    build_docs): a valid line as written, or, when it has the top-level string `env_slot`
+    (an envelope), that string decoded (PathTrie._buffers sizes both); st: per level of
+    nesting, is an object, trie node, slot, start; dvs, dve, dkind: one document's slots
+    (1-D, so that the walk indexes them without a stride). Returns the end in out."""
+    n = len(starts)
+    nslots = len(dkind)
+    o = 0
     for i in range(n):
         s = starts[i]
         doc_off[i] = o
@@ -724,7 +732,7 @@ def scan_documents(buf, starts, ends, keys, trie, m, nslots, env_slot, build_doc
         for k in range(nslots):
             dkind[k] = ABSENT
         ok, o2, env_s, env_e = _scan_one(buf, s, ends[i], keys, trie, m, dvs, dve, dkind, st, out,
-                                         o, env_slot if build_docs else -1, vals, vo, scratch)
+                                         o, env_slot, vals, vo, scratch)
         if ok and build_docs:
             if env_s >= 0:
                 # the decoded envelope string is the document (it was written at o)
@@ -746,7 +754,7 @@ def scan_documents(buf, starts, ends, keys, trie, m, nslots, env_slot, build_doc
                     vs[k, i] = dvs[k]
                     ve[k, i] = dve[k]
     doc_off[n] = o
-    return valid, vs, ve, kind, out[:o], doc_off, vals[:vo[0]]
+    return o
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -948,7 +956,7 @@ def coalesce(vs: np.ndarray, ve: np.ndarray, kind: np.ndarray, slots: list):  # 
 AS_STRING, AS_RAW, AS_INT, AS_TEXT = 0, 1, 2, 3
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(**NO_REFCOUNT)
 def _int_text(buf, s, e):
     """Bounds of an optionally signed run of digits (the whole span), else (-1, -1)."""
     p = s
@@ -1088,13 +1096,23 @@ def json_members(buf: np.ndarray, members: dict[str, tuple]) -> pa.Array:
     return arr.cast(pa.string())
 
 
-@nb.njit(cache=True, nogil=True)
-def parse_timestamps(buf, starts, ends, kinds):
+def _values_parser(kernel):  # noqa: ANN001, ANN202
+    """parse(buf, starts, ends, kinds) -> (values, ok) around a compiled kernel that fills
+    arrays allocated here (so that it runs without reference counting)."""
+    def parse(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = np.zeros(len(starts), np.int64)
+        ok = np.zeros(len(starts), np.bool_)
+        kernel(buf, np.ascontiguousarray(starts), np.ascontiguousarray(ends), np.ascontiguousarray(kinds), out, ok)
+        return out, ok
+    parse.__doc__ = kernel.__doc__
+    return parse
+
+
+@nb.njit(**NO_REFCOUNT)
+def _parse_timestamps(buf, starts, ends, kinds, out, ok):
     """ns since the epoch of "YYYY-MM-DD[ T]HH:MM:SS[.f{1,9}][Z|±HH[:]MM]" string values;
     valid flag per value. Dates are checked (month lengths, leap years)."""
     n = len(starts)
-    out = np.zeros(n, np.int64)
-    ok = np.zeros(n, np.bool_)
     for i in range(n):
         if kinds[i] != STR:
             continue
@@ -1136,16 +1154,16 @@ def parse_timestamps(buf, starts, ends, kinds):
         days = days_from_civil(y, mo, d)
         out[i] = (((days * 24 + hh) * 60 + mi) * 60 + ss - off) * 1_000_000_000 + frac
         ok[i] = True
-    return out, ok
 
 
-@nb.njit(cache=True, nogil=True)
-def parse_epoch_seconds(buf, starts, ends, kinds):
+parse_timestamps = _values_parser(_parse_timestamps)
+
+
+@nb.njit(**NO_REFCOUNT)
+def _parse_epoch_seconds(buf, starts, ends, kinds, out, ok):
     """ns of "D+[.D+]" values (epoch seconds as text: no precision lost through a double);
     valid flag per value."""
     n = len(starts)
-    out = np.zeros(n, np.int64)
-    ok = np.zeros(n, np.bool_)
     for i in range(n):
         k = kinds[i]
         if k != SCALAR and k != STR:
@@ -1168,15 +1186,15 @@ def parse_epoch_seconds(buf, starts, ends, kinds):
             continue
         out[i] = whole * 1_000_000_000 + frac
         ok[i] = True
-    return out, ok
 
 
-@nb.njit(cache=True, nogil=True)
-def parse_ints(buf, starts, ends, kinds):
+parse_epoch_seconds = _values_parser(_parse_epoch_seconds)
+
+
+@nb.njit(**NO_REFCOUNT)
+def _parse_ints(buf, starts, ends, kinds, out, ok):
     """Integer values (numbers or strings of digits, optionally signed); valid flag."""
     n = len(starts)
-    out = np.zeros(n, np.int64)
-    ok = np.zeros(n, np.bool_)
     for i in range(n):
         k = kinds[i]
         if k != SCALAR and k != STR:
@@ -1190,7 +1208,9 @@ def parse_ints(buf, starts, ends, kinds):
             v = v * 10 + (buf[j] - 48)
         out[i] = -v if neg else v
         ok[i] = True
-    return out, ok
+
+
+parse_ints = _values_parser(_parse_ints)
 
 
 @nb.njit(cache=True, nogil=True)
