@@ -23,13 +23,15 @@ move less), CPU time per record, three runs: Nova's 2.9 KB sample 333–361 k re
 (~1 GB/s, 6.3–6.6x json.loads); all 140 Nova samples 435–466 k/s (930–990 MB/s, 6.7–7.2x);
 oslo.messaging 1.4 KB 616–691 k/s (7.1–7.5x); oslo.log JSON 635–662 k/s (3.5–3.8x) — the
 goal is met for every input. (Each input file is synced before the rounds: the write-back
-of a fresh 147 MB file running during them cost the first input up to a third.) What got it there (sources/jsonscan.py, notifications.py): the two-stage block
-scanner (64-byte vector classification, token walk; envelopes decoded by byte-compress and
-scanned in the same pass; files mapped, not read); then output buffers from NumPy (huge
-pages) instead of the compiled allocator, compiled code without reference counting (atomic
+of a fresh 147 MB file running during them cost the first input up to a third.)
+
+What got it there (sources/jsonscan.py, notifications.py): the two-stage block scanner
+(64-byte vector classification, token walk; envelopes decoded by byte-compress and scanned
+in the same pass; files mapped, not read); then output buffers from NumPy (huge pages)
+instead of the compiled allocator, compiled code without reference counting (atomic
 increments per call and per slice took a quarter of the scan), a walk with a third of the
-arguments (fewer spills), keys compared 8 bytes a step, 8 MB blocks that stay in cache,
-one pass for the text columns and buffers reused across blocks. Before those: 177–189,
+arguments (fewer spills), keys compared 8 bytes a step, 8 MB blocks that stay in cache, one
+pass for the text columns and buffers reused across blocks. Before those: 177–189,
 282–328 and 442–475 k/s; before the block scanner: 84–97, 144–232 and 350–389 k/s.
 
 usage: python bench/app_records.py [--records N]
