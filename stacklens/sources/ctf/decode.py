@@ -21,6 +21,8 @@ import numba
 import numpy as np
 import pyarrow as pa
 
+from stacklens.sources.swar import NO_REFCOUNT
+
 from .types import (BE, ArrayType, BlobType, CtfType, EnumType, EventClass, FloatType, IntType,
                     OptionalType, SequenceType, StreamClass, StringType, StructType,
                     TraceMetadata, VariantType)
@@ -98,7 +100,7 @@ def _aligned(bit, al):
     return (bit + al - 1) & ~(al - 1) if al > 1 else bit
 
 
-@numba.njit(cache=True)
+@numba.njit(**NO_REFCOUNT)  # allocates nothing: no atomic reference counts per call
 def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
     """Run the program at `pc` writing slots from buf[base]. Returns a status code."""
     sp = 0
@@ -284,7 +286,7 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
             return E_DEPTH
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**NO_REFCOUNT)
 def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, stack,
                   ev_class, ev_ts, ev_base, ev_pkt, pkt_base, pkt_off, pkt_size, pkt_csize):
     """Decode events of one stream file from the state in `st` until it ends or a buffer is

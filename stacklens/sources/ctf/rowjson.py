@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stacklens.sources.swar import NO_REFCOUNT
 from stacklens.sources.textscan import put_json_string
 
 from .decode import CompiledStream, Node, _strings
@@ -172,57 +173,62 @@ def plan_of(cs: CompiledStream) -> JsonPlan:
 # --- the kernel ------------------------------------------------------------------------
 @numba.njit(cache=True, inline="always")
 def _put_null(out, o):
-    """`null` written at out[o:] (grown as needed): (out, new offset)."""
-    out = _grow(out, o, 4)
+    """`null` written at out[o:] (room made by the caller): the new offset."""
     out[o] = 110
     out[o + 1] = 117
     out[o + 2] = 108
     out[o + 3] = 108
-    return out, o + 4
-
-
-@numba.njit(cache=True, inline="always")
-def _grow(out, o, need):
-    if o + need <= out.shape[0]:
-        return out
-    bigger = np.empty(max(out.shape[0] * 2, o + need + 1024), np.uint8)
-    bigger[:o] = out[:o]
-    return bigger
+    return o + 4
 
 
 @numba.njit(cache=True, inline="always")
 def _put_u64(out, o, u):
-    tmp = np.empty(20, np.uint8)
-    n = 0
-    if u == 0:
-        out[o] = 48
-        return o + 1
-    while u > 0:
-        tmp[n] = 48 + np.uint8(u % np.uint64(10))
-        u = u // np.uint64(10)
+    """The decimal digits of u at out[o:] (no scratch array: one per call was a heap
+    allocation per integer field): the new offset."""
+    n = 1
+    t = u
+    while t >= np.uint64(10):
+        t = t // np.uint64(10)
         n += 1
-    for j in range(n):
-        out[o + j] = tmp[n - 1 - j]
+    for j in range(n - 1, -1, -1):
+        out[o + j] = 48 + np.uint8(u % np.uint64(10))
+        u = u // np.uint64(10)
     return o + n
 
 
-@numba.njit(cache=True, nogil=True)
-def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
+def json_events(ops, lits, entry, ev_class, ev_base, buf, data):  # noqa: ANN001, ANN201
     """JSON object bytes of each event (classes with entry < 0 get an empty string).
-    Returns (offsets, bytes)."""
+    Returns (offsets, bytes). The compiled writer never reallocates its output (a buffer
+    rebound inside its loop cost two atomic reference-count updates per field): when an
+    event does not fit it stops there, and the buffer is doubled here."""
     n = ev_class.shape[0]
-    offsets = np.empty(n + 1, np.int64)
-    offsets[0] = 0
+    offsets = np.zeros(n + 1, np.int64)
     out = np.empty(max(1024, n * 96), np.uint8)
-    o = 0
     stack = np.empty(3 * 64, np.int64)
-    for e in range(n):
+    e = 0
+    while True:
+        e = _write_events(ops, lits, entry, ev_class, ev_base, buf, data, out, offsets, stack, e)
+        if e == n:
+            return offsets, out[:offsets[n]]
+        bigger = np.empty(2 * len(out), np.uint8)
+        bigger[:offsets[e]] = out[:offsets[e]]
+        out = bigger
+
+
+@numba.njit(**NO_REFCOUNT)
+def _write_events(ops, lits, entry, ev_class, ev_base, buf, data, out, offsets, stack, e0):
+    """Write the JSON of events e0.. at out[offsets[e0]:], offsets[e + 1] after each; the
+    first event that does not fit is left unwritten and returned (n when all are done)."""
+    n = ev_class.shape[0]
+    o = offsets[e0]
+    for e in range(e0, n):
         pc = entry[ev_class[e]]
         if pc < 0:
             offsets[e + 1] = o
             continue
         base = ev_base[e]
-        out = _grow(out, o, 1)
+        if o + 1 > out.shape[0]:
+            return e
         out[o] = 123  # {
         o += 1
         members = 0
@@ -233,7 +239,8 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
                 break
             elif op == J_LIT:
                 m = ops[pc, 2]
-                out = _grow(out, o, m)
+                if o + m > out.shape[0]:
+                    return e
                 s = ops[pc, 1]
                 for j in range(m):
                     out[o + j] = lits[s + j]
@@ -241,7 +248,8 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
                 pc += 1
             elif op == J_KEY:
                 m = ops[pc, 2]
-                out = _grow(out, o, m + 1)
+                if o + (m + 1) > out.shape[0]:
+                    return e
                 if members:
                     out[o] = 44  # ,
                     o += 1
@@ -252,7 +260,8 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
                 o += m
                 pc += 1
             elif op == J_INT:
-                out = _grow(out, o, 21)
+                if o + 21 > out.shape[0]:
+                    return e
                 v = buf[base + ops[pc, 1]]
                 if v < 0:
                     out[o] = 45  # -
@@ -262,13 +271,15 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
                     o = _put_u64(out, o, np.uint64(v))
                 pc += 1
             elif op == J_U64:
-                out = _grow(out, o, 21)
+                if o + 21 > out.shape[0]:
+                    return e
                 o = _put_u64(out, o, np.uint64(buf[base + ops[pc, 1]]))
                 pc += 1
             elif op == J_STR:
                 s = buf[base + ops[pc, 1]]
                 m = buf[base + ops[pc, 1] + 1]
-                out = _grow(out, o, 6 * m + 2)
+                if o + (6 * m + 2) > out.shape[0]:
+                    return e
                 out[o] = 34
                 o += 1
                 o = put_json_string(data, s, s + m, out, o)
@@ -278,7 +289,8 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
             elif op == J_LIST:
                 start = buf[base + ops[pc, 1]]
                 count = buf[base + ops[pc, 1] + 1]
-                out = _grow(out, o, 2)
+                if o + 2 > out.shape[0]:
+                    return e
                 out[o] = 91  # [
                 o += 1
                 if count <= 0:
@@ -295,7 +307,8 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
             elif op == J_LIST_END:
                 begin = stack[sp - 3]
                 stack[sp - 2] -= 1
-                out = _grow(out, o, 1)
+                if o + 1 > out.shape[0]:
+                    return e
                 if stack[sp - 2] > 0:
                     out[o] = 44
                     o += 1
@@ -309,13 +322,17 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
                     pc += 1
             elif op == J_IFSEL:
                 if buf[base + ops[pc, 1]] != ops[pc, 2]:
-                    out, o = _put_null(out, o)
+                    if o + 4 > out.shape[0]:
+                        return e
+                    o = _put_null(out, o)
                     pc = ops[pc, 3]
                 else:
                     pc += 1
             elif op == J_IFOPT:
                 if buf[base + ops[pc, 1]] == 0:
-                    out, o = _put_null(out, o)
+                    if o + 4 > out.shape[0]:
+                        return e
+                    o = _put_null(out, o)
                     pc = ops[pc, 3]
                 else:
                     pc += 1
@@ -326,11 +343,12 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):
                     pc += 1
             else:
                 break
-        out = _grow(out, o, 1)
+        if o + 1 > out.shape[0]:
+            return e
         out[o] = 125  # }
         o += 1
         offsets[e + 1] = o
-    return offsets, out[:o]
+    return n
 
 
 # --- rows ---------------------------------------------------------------------------------
