@@ -1,8 +1,10 @@
 """Compiled scanning of JSON documents (one per line) for the paths a reader needs.
 
 One validating pass per document (RFC 8259 grammar: strings, escapes, numbers, literals,
-nesting; UTF-8 is checked per block by the caller) records, for each wanted path, the byte
-span of its value in the input buffer and what kind of value it is. The pass has two stages
+nesting; UTF-8 is checked per block by the caller) records, for each wanted path, its value
+(copied to a compact values buffer, with its span there) and what kind of value it is. The
+compiled scanning code allocates nothing (its callers do, with NumPy) and runs without
+numba's reference counting (swar.NO_REFCOUNT). The pass has two stages
 per 64-byte block, after simdjson (Langdale & Lemire): vector compares (swar.py) classify the
 block's bytes into masks, and 64-bit arithmetic on the masks finds escapes, the inside of
 strings and the block's tokens; the grammar walks the tokens only. No Python object is
@@ -235,8 +237,7 @@ def _copy_run(buf, a, n, out, o, roomy):
             store_u64(out, o + j + 8, load_u64(buf, a + j + 8))
             j += 16
     else:
-        for j in range(n):
-            out[o + j] = buf[a + j]
+        copy_bytes(buf, a, n, out, o)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -396,12 +397,7 @@ def _decode_string(buf, a, e, out, o, scratch):
     simple_only = True
     had_escape = False
     while pos < e:
-        # (_block_at, written out: as a call this loop measured ~15 % slower)
-        if pos + 64 <= len(buf):
-            src, at = buf, pos
-        else:
-            _pad_tail(buf, pos, scratch)
-            src, at = scratch, 0
+        src, at = _block_at(buf, pos, scratch)
         q, bs, ctrl, not_escapable, not_itself, u = string_classes(src, at)
         lim = ALL
         if e - pos < 64:
@@ -483,6 +479,18 @@ def _escapes_before(esc_base, esc_blk, k):
     if esc_base == U0 and esc_blk == U0:
         return U0
     return esc_base + popcount(esc_blk & ((U1 << np.uint64(k)) - U1))
+
+
+@nb.njit(inline="always", **NO_REFCOUNT)
+def _comma_after_value(buf, blk, tok, depth, st, cur_slot, cur_node):
+    """After a value, mode 1 — or, when the block's next token is the comma that follows it,
+    that comma taken in the same turn: mode 2 (a key) in an object, 0 (a value, nothing
+    wanted) in an array. Returns (tok, mode, cur_slot, cur_node)."""
+    if tok != U0 and depth > 0 and buf[blk + np.int64(trailing_zeros(tok))] == 44:
+        if st[4 * depth - 4]:
+            return tok & (tok - U1), 2, cur_slot, cur_node
+        return tok & (tok - U1), 0, -1, -1
+    return tok, 1, cur_slot, cur_node
 
 
 @nb.njit(**NO_REFCOUNT)
@@ -621,19 +629,7 @@ def _scan_one(buf, s, e, keys, trie, m, vs, ve, kind, st, out, o, env_slot, vals
             if cur_slot >= 0 and kind[cur_slot] == ABSENT:
                 _keep(buf, p + 1, q, vals, vo, vs, ve, cur_slot)
                 kind[cur_slot] = STR_ESC if esc else STR
-            mode = 1
-            if tok != U0 and depth > 0 and buf[blk + np.int64(trailing_zeros(tok))] == 44:
-                # the comma after it, when it is in this block: taken here (written out again
-                # after a number or literal: as one inline helper returning the state, the
-                # walk measured 7–14 % slower)
-                tok &= tok - U1
-                can_close = False
-                if st[4 * depth - 4]:
-                    mode = 2
-                else:
-                    cur_slot = -1
-                    cur_node = -1
-                    mode = 0
+            tok, mode, cur_slot, cur_node = _comma_after_value(buf, blk, tok, depth, st, cur_slot, cur_node)
             continue
         if mode == 2:
             if can_close and c == 125:  # {}
@@ -675,17 +671,7 @@ def _scan_one(buf, s, e, keys, trie, m, vs, ve, kind, st, out, o, env_slot, vals
             _keep(buf, p, q, vals, vo, vs, ve, cur_slot)
             kind[cur_slot] = NULL if is_null else SCALAR
         can_close = False
-        mode = 1
-        if tok != U0 and depth > 0 and buf[blk + np.int64(trailing_zeros(tok))] == 44:
-            # the comma after it, when it is in this block: taken here
-            tok &= tok - U1
-            can_close = False
-            if st[4 * depth - 4]:
-                mode = 2
-            else:
-                cur_slot = -1
-                cur_node = -1
-                mode = 0
+        tok, mode, cur_slot, cur_node = _comma_after_value(buf, blk, tok, depth, st, cur_slot, cur_node)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -829,34 +815,6 @@ def _unescape_into(buf, s, e, out, o):
             out[o + 3] = 0x80 | (cp & 0x3F)
             o += 4
     return o
-
-
-@nb.njit(cache=True, nogil=True)
-def unescape_spans(buf, starts, ends, kinds):
-    """Decoded text of string spans (kind STR/STR_ESC) packed into one buffer; the new
-    (start, end) per span (-1 where the kind is not a string)."""
-    n = len(starts)
-    total = 0
-    for i in range(n):
-        if kinds[i] == STR or kinds[i] == STR_ESC:
-            total += ends[i] - starts[i]  # decoding never makes text longer
-    out = np.empty(total, np.uint8)
-    ns = np.full(n, -1, np.int64)
-    ne = np.full(n, -1, np.int64)
-    o = 0
-    for i in range(n):
-        k = kinds[i]
-        if k == STR:
-            ns[i] = o
-            for j in range(starts[i], ends[i]):
-                out[o] = buf[j]
-                o += 1
-            ne[i] = o
-        elif k == STR_ESC:
-            ns[i] = o
-            o = _unescape_into(buf, starts[i], ends[i], out, o)
-            ne[i] = o
-    return out[:o], ns, ne
 
 
 @nb.njit(**NO_REFCOUNT)
@@ -1234,26 +1192,6 @@ def _starts_with(buf, s, prefix):
 
 
 @nb.njit(cache=True, nogil=True)
-def trim_spans(buf, starts, ends):
-    """The spans without leading/trailing JSON whitespace (start -1 stays -1)."""
-    n = len(starts)
-    s2 = starts.copy()
-    e2 = ends.copy()
-    for i in range(n):
-        s = starts[i]
-        if s < 0:
-            continue
-        e = ends[i]
-        while s < e and (buf[s] == 32 or buf[s] == 9 or buf[s] == 13 or buf[s] == 10):
-            s += 1
-        while e > s and (buf[e - 1] == 32 or buf[e - 1] == 9 or buf[e - 1] == 13 or buf[e - 1] == 10):
-            e -= 1
-        s2[i] = s
-        e2[i] = e
-    return s2, e2
-
-
-@nb.njit(cache=True, nogil=True)
 def instance_prefix(buf, starts, ends, kinds):
     """Span of the uuid in a message starting with oslo's "[instance: <36 hex/dash>]"."""
     n = len(starts)
@@ -1344,38 +1282,6 @@ def line_block_tables(f, chunk_bytes: int, block, progress):  # noqa: ANN001, AN
         progress(len(part))
         if table is not None:
             yield table
-
-
-@nb.njit(cache=True, nogil=True)
-def gather_documents(buf, starts, ends, valid, env_s, env_e, env_kind):
-    """The documents of valid lines packed end to end: a line's own text, or for an envelope
-    (env_kind a string) its decoded inner document. Returns (data, offsets[n + 1]); an invalid
-    line is empty."""
-    n = len(starts)
-    total = 0
-    for i in range(n):
-        if not valid[i]:
-            continue
-        if env_kind[i] == STR or env_kind[i] == STR_ESC:
-            total += env_e[i] - env_s[i]
-        else:
-            total += ends[i] - starts[i]
-    out = np.empty(total, np.uint8)
-    offsets = np.empty(n + 1, np.int64)
-    o = 0
-    for i in range(n):
-        offsets[i] = o
-        if not valid[i]:
-            continue
-        k = env_kind[i]
-        if k == STR_ESC:
-            o = _unescape_into(buf, env_s[i], env_e[i], out, o)
-        else:
-            s, e = (env_s[i], env_e[i]) if k == STR else (starts[i], ends[i])
-            copy_bytes(buf, s, e - s, out, o)
-            o += e - s
-    offsets[n] = o
-    return out[:o], offsets
 
 
 def utf8_or_replaced(data: bytes) -> tuple[bytes, bool]:

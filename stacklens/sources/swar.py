@@ -148,20 +148,6 @@ def popcount(typingctx, value):  # noqa: ANN001, ANN201
 
 
 @intrinsic
-def backslash_classes(typingctx, arr, idx):  # noqa: ANN001, ANN201
-    """Masks of arr[idx:idx + 64]: (backslash; bytes whose escape is the byte itself: " \\ /)."""
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        v = _load_block(context, builder, sig, args)
-
-        def eq(byte):  # noqa: ANN001, ANN202
-            return builder.icmp_unsigned("==", v, _splat(byte))
-        bs = eq(0x5C)
-        masks = [_mask_of(builder, bs), _mask_of(builder, bs, eq(0x22), eq(0x2F))]
-        return context.make_tuple(builder, sig.return_type, masks)
-    return types.UniTuple(types.uint64, 2)(arr, idx), codegen
-
-
-@intrinsic
 def byte_mask(typingctx, arr, idx, byte):  # noqa: ANN001, ANN201
     """Mask of the bytes of arr[idx:idx + 64] equal to `byte`."""
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
