@@ -1,13 +1,33 @@
-"""Multi-host synchronization on Trace Compass's synctraces (an scp between two VMs): packet
-matches (46, Trace Compass's count), and causality after sync, checked by a join written here
-over the synchronized event view."""
+"""Multi-host synchronization, checked against Trace Compass's own test expectations.
+
+Oracles:
+  * Trace Compass's unit tests of its fully incremental convex hull (SyncTest): the send /
+    receive timestamps below are their data, the alpha / beta / quality after each match their
+    expected values;
+  * Trace Compass's experiment test on synctraces (ExperimentSyncTest.testExperimentSync): the
+    transform of scp_src to scp_dest's clock, slope and offset to 34 significant digits, and
+    its match count (MatchAndSyncTest.testMatching: 46);
+  * causality after sync, by a join written here over the synchronized event view;
+  * the error bound away from the packets, recomputed here from the packets' timestamps (the
+    extreme separating lines, by brute force over every pair of packets) and Trace Compass's
+    expected transform.
+
+Trace Compass sources: github.com/eclipse-tracecompass/org.eclipse.tracecompass (read in the
+tracecompass/tracecompass mirror), files
+  TC_SYNC_TEST = tmf/org.eclipse.tracecompass.tmf.core.tests/src/org/eclipse/tracecompass/tmf/
+                 core/tests/synchronization/SyncTest.java (commit 3e70af79d75c)
+  TC_EXPERIMENT_SYNC_TEST = lttng/org.eclipse.tracecompass.lttng2.kernel.core.tests/src/org/
+                 eclipse/tracecompass/lttng2/kernel/core/tests/event/matchandsync/ExperimentSyncTest.java
+"""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,9 +36,63 @@ import pytest
 from conftest import PACKET_DELAYS, need_data
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
-from stacklens.sync.convex_hull import HullPair, solve
+from stacklens.sync.convex_hull import FullyIncrementalHull
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# TC_EXPERIMENT_SYNC_TEST, testExperimentSync: the transform Trace Compass computes for
+# SYNC_SRC (scp_src) while SYNC_DEST (scp_dest) is the identity:
+#   "TmfTimestampTransformLinearFast [ slope = 0.9999413783703139011056845831168394,
+#                                      offset = 79796507913179.33347660124688298171 ]"
+TC_SYNCTRACES_SLOPE = "0.9999413783703139011056845831168394"
+TC_SYNCTRACES_OFFSET = "79796507913179.33347660124688298171"
+
+# TC_SYNC_TEST, testFullyIncremental: addSyncMatch(sender, send ts, receiver, receive ts) in this
+# order, each followed by the expected "alpha … beta …" of syncAlgo.toString() (where the test
+# checks it) and getSynchronizationQuality(t1, t2). t1 sorts first: it is the reference.
+TC_FULLY_INCREMENTAL = [
+    (("t2", 1, "t1", 1), "1", "0", "INCOMPLETE"),
+    (("t1", 1, "t2", 3), "1", "0", "INCOMPLETE"),
+    (("t2", 2, "t1", 3), "1", "0.5", "APPROXIMATE"),
+    (("t1", 3, "t2", 5), "0.75", "1.25", "ACCURATE"),
+    (("t1", 4, "t2", 8), "0.75", "1.25", "ACCURATE"),
+    (("t2", 4, "t1", 5), "1.125", "0.875", "ACCURATE"),
+    (("t2", 4, "t1", 6), "1.125", "0.875", "ACCURATE"),
+    (("t1", 6, "t2", 7), "0.725", "1.275", "ACCURATE"),
+    # "Make the two hulls intersect, and make sure the last good formula is kept after failure"
+    (("t1", 7, "t2", 4), "0.375", "1.625", "ACCURATE"),
+    (("t2", 7, "t1", 3), "0.375", "1.625", "FAIL"),
+]
+# TC_SYNC_TEST, testOneHull: communication in one direction only
+TC_ONE_HULL = [
+    (("t1", 1, "t2", 3), None, None, "INCOMPLETE"),
+    (("t1", 2, "t2", 5), None, None, "INCOMPLETE"),
+    (("t1", 3, "t2", 5), None, None, "INCOMPLETE"),
+    (("t1", 4, "t2", 7), "1", "0", "INCOMPLETE"),
+]
+# TC_SYNC_TEST, testDisjoint: all of t1 → t2 before all of t2 → t1
+TC_DISJOINT = TC_ONE_HULL + [
+    (("t2", 7, "t1", 6), None, None, "APPROXIMATE"),
+    (("t2", 8, "t1", 6), None, None, "APPROXIMATE"),
+    (("t2", 10, "t1", 8), "1", "2.5", "APPROXIMATE"),
+]
+
+
+@pytest.mark.parametrize("steps", [TC_FULLY_INCREMENTAL, TC_ONE_HULL, TC_DISJOINT],
+                         ids=["testFullyIncremental", "testOneHull", "testDisjoint"])
+def test_trace_compass_sync_test_sequences(steps):
+    hull = FullyIncrementalHull()
+    assert hull.quality == "ABSENT"
+    for (sender, sent, receiver, received), alpha, beta, quality in steps:
+        if sender == "t1":  # the reference sent it
+            hull.add(True, sent, received)
+        else:
+            hull.add(False, received, sent)
+        assert hull.quality == quality, (sender, sent, receiver, received)
+        if alpha is not None:
+            assert (hull.alpha, hull.beta) == (Decimal(alpha), Decimal(beta)), (sender, sent, receiver, received)
+            assert f"alpha {hull.alpha} beta {hull.beta}" == f"alpha {alpha} beta {beta}"  # same digits as Java's
+    assert hull.matches == len(steps)
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +103,30 @@ def synctraces(tmp_path_factory) -> Store:
     return store
 
 
-def test_synctraces_matches_and_causality(synctraces):
-    before = synctraces.connect().execute(PACKET_DELAYS).fetchall()
-    assert len(before) == 46
-    assert min(d for _, _, d in before) < 0  # raw clocks: some packets "arrive before they leave"
+@pytest.fixture(scope="module")
+def synced(synctraces) -> dict:
+    """The `stacklens sync --json` report, run once on the module's store."""
     out = subprocess.run([sys.executable, "-m", "stacklens.cli", "sync", "--store", str(synctraces.root), "--json"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def _significant_digits(a: Decimal, b: Decimal) -> float:
+    return float("inf") if a == b else -float(abs((a - b) / b).log10())
+
+
+def test_synctraces_matches_and_causality(synctraces, synced):
+    # the join written here, over the raw clocks
+    raw = synctraces.connect().execute(PACKET_DELAYS.replace("ts,", "ts_raw AS ts,")).fetchall()
+    assert len(raw) == 46  # MatchAndSyncTest.testMatching
+    assert min(d for _, _, d in raw) < 0  # raw clocks: some packets "arrive before they leave"
+    report = synced
     assert sum(p["matches"] for p in report["packets"]) == 46
     hosts = {h["host"]: h for h in report["hosts"]}
     assert set(hosts) == {"VM1", "VM3"}
-    # the reference is the host whose trace clock uuid sorts first, read here from the
-    # metadata text itself
-    import re
+    # the reference is the host whose trace clock uuid sorts first (Trace Compass's host id),
+    # read here from the metadata text itself
     base = need_data("tracecompass", "synctraces")
     clock_uuid = {}
     for d, h in (("scp_src", "VM1"), ("scp_dest", "VM3")):
@@ -50,13 +134,90 @@ def test_synctraces_matches_and_causality(synctraces):
         clock = text[text.index("clock {"):]
         clock_uuid[h] = re.search(r'uuid = "([0-9a-f-]+)"', clock).group(1)
     reference = min(clock_uuid, key=clock_uuid.get)
+    assert reference == "VM3"  # SYNC_DEST gets the identity in ExperimentSyncTest
     assert hosts[reference]["quality"] == "reference"
-    other = next(h for h in hosts.values() if h["quality"] != "reference")
-    assert other["quality"] == "accurate" and other["accuracy_ns"] > 0
+    other = hosts["VM1"]
+    assert other["quality"] == "accurate" and other["hull_quality"] == "ACCURATE"
     after = synctraces.connect().execute(PACKET_DELAYS).fetchall()
     assert len(after) == 46
     bad = [row for row in after if row[2] <= 0]
     assert not bad, bad
+
+
+def test_synctraces_transform_is_trace_compass(synctraces, synced):
+    vm1 = next(h for h in synced["hosts"] if h["host"] == "VM1")
+    slope, offset = Decimal(vm1["slope_decimal"]), Decimal(vm1["offset_decimal"])
+    tc_slope, tc_offset = Decimal(TC_SYNCTRACES_SLOPE), Decimal(TC_SYNCTRACES_OFFSET)
+    assert _significant_digits(slope, tc_slope) >= 12
+    assert _significant_digits(offset, tc_offset) >= 12
+    assert (vm1["slope_decimal"], vm1["offset_decimal"]) == (TC_SYNCTRACES_SLOPE, TC_SYNCTRACES_OFFSET)  # all 34
+    # the transform as stored (integer offset + float drift) gives Trace Compass's times to the
+    # nanosecond over the whole trace
+    clock = synctraces.clocks()["VM1"]
+    first, last = synctraces.connect().execute(
+        "SELECT min(ts_raw), max(ts_raw) FROM events WHERE host = 'VM1'").fetchone()
+    for t in (first, (first + last) // 2, last):
+        expected = Fraction(tc_slope) * t + Fraction(tc_offset)
+        assert abs(clock.apply(t) - expected) <= 1
+
+
+def _extreme_lines(packets: list[tuple[str, int, int]]) -> tuple[Fraction, Fraction, Fraction, Fraction]:
+    """(a_min, b_min, a_max, b_max): the separating lines y = a x + b of extreme slopes, in the
+    plane x = VM3's clock, y = VM1's clock, by brute force over every line through one packet
+    of each direction (exact fractions, relative to a base)."""
+    x0 = min(x for _, x, _ in packets)
+    y0 = min(y for _, _, y in packets)
+    # VM1 → VM3: sent at y, received at x: VM1's clock at x is later than y (line above)
+    above = [(x - x0, y - y0) for d, x, y in packets if d == "VM1"]
+    # VM3 → VM1: sent at x, received at y: VM1's clock at x is earlier than y (line below)
+    below = [(x - x0, y - y0) for d, x, y in packets if d == "VM3"]
+    feasible = []
+    for px, py in above:
+        for qx, qy in below:
+            if px == qx:
+                continue
+            a = Fraction(qy - py, qx - px)
+            b = py - a * px
+            if all(a * x + b >= y for x, y in above) and all(a * x + b <= y for x, y in below):
+                feasible.append((a, b))
+    (a_lo, b_lo), (a_hi, b_hi) = min(feasible), max(feasible)
+    # back to absolute coordinates: y - y0 = a (x - x0) + b
+    return a_lo, b_lo + y0 - a_lo * x0, a_hi, b_hi + y0 - a_hi * x0
+
+
+def test_synctraces_error_bound_widens_to_the_trace_ends(synctraces, synced):
+    rows = synctraces.connect().execute("""
+        WITH o AS (SELECT host, ts_raw, fields->>'seq' s, fields->>'ack_seq' a, fields->>'flags' f
+                   FROM events WHERE name = 'inet_sock_local_out'),
+             i AS (SELECT host, ts_raw, fields->>'seq' s, fields->>'ack_seq' a, fields->>'flags' f
+                   FROM events WHERE name = 'inet_sock_local_in')
+        SELECT o.host, o.ts_raw, i.ts_raw FROM o JOIN i ON o.s = i.s AND o.a = i.a AND o.f = i.f
+        AND o.host <> i.host""").fetchall()
+    assert len(rows) == 46
+    # (sender, VM3's time, VM1's time)
+    packets = [(s, r, t) if s == "VM1" else (s, t, r) for s, t, r in rows]
+    a_min, b_min, a_max, b_max = _extreme_lines(packets)
+    (pair,) = synced["pairs"]
+    assert (pair["reference"], pair["other"]) == ("VM3", "VM1")
+    assert _significant_digits(Decimal(pair["alpha_min"]), Decimal(a_min.numerator) / a_min.denominator) >= 12
+    assert _significant_digits(Decimal(pair["alpha_max"]), Decimal(a_max.numerator) / a_max.denominator) >= 12
+
+    slope, offset = Fraction(Decimal(TC_SYNCTRACES_SLOPE)), Fraction(Decimal(TC_SYNCTRACES_OFFSET))
+
+    def error(t: int) -> Fraction:  # t on VM1's clock; the bound lines read as VM3's time of t
+        est = slope * t + offset
+        return max(abs(est - (t - b) / a) for a, b in ((a_min, b_min), (a_max, b_max)))
+
+    vm1_times = [t for _, _, t in packets]
+    first, last = synctraces.connect().execute(
+        "SELECT min(ts_raw), max(ts_raw) FROM events WHERE host = 'VM1'").fetchone()
+    inside = max(error(min(vm1_times)), error(max(vm1_times)))
+    ends = max(error(first), error(last))
+    assert ends > 100 * inside  # 0.12 s of packets in a 23 s trace
+    vm1 = next(h for h in synced["hosts"] if h["host"] == "VM1")
+    assert abs(vm1["accuracy_ns"] - ends) <= 1
+    assert abs(vm1["accuracy_window_ns"] - inside) <= 1
+    assert vm1["trace_span_ns"] == [first, last]
 
 
 def test_convex_hull_exact_at_1e18():
@@ -65,20 +226,19 @@ def test_convex_hull_exact_at_1e18():
     slope = Fraction(1_000_037, 1_000_000)
     offset = -2_345_678_901
     t0 = 1_700_000_000_000_000_000
-    pair = HullPair()
+    hull = FullyIncrementalHull()
     for k in range(200):
         t_other = t0 + k * 50_000_000 + rng.randrange(1_000_000)
         t_ref = slope * t_other + offset
         delay = 20_000 + rng.randrange(200_000)
         if k % 2:  # other → reference: received later on the reference clock
-            pair.add_above(t_other, int(t_ref) + delay)
+            hull.add(False, int(t_ref) + delay, t_other)
         else:  # reference → other: sent earlier on the reference clock
-            pair.add_below(t_other, int(t_ref) - delay)
-    r = solve(pair)
-    assert r.quality == "accurate"
-    lo, hi = r.slope_bounds
-    assert lo <= slope <= hi
-    for t in (t0, t0 + 10 * 10**9):
-        est = r.slope * (t - r.base[0]) + r.base[1] + r.intercept
-        assert abs(est - (slope * t + offset)) <= r.accuracy_ns
-    assert r.accuracy_ns < 40_000  # the minimum delay bounds the error from both sides
+            hull.add(True, int(t_ref) - delay, t_other)
+    assert hull.quality == "ACCURATE"
+    assert Fraction(hull.alpha_min) <= 1 / slope <= Fraction(hull.alpha_max)  # y = t_other as a function of t_ref
+    transform = hull.transform()
+    for t in (t0, t0 + 5 * 10**9, t0 + 10 * 10**9):
+        assert abs(transform.exact(t) - (slope * t + offset)) <= hull.error_bound(t)
+    assert hull.error_bound(t0) < 40_000  # the minimum delay bounds the error from both sides
+    assert hull.error_bound(t0 + 100 * 10**9) > hull.error_bound(t0 + 5 * 10**9)  # wider far from the packets

@@ -1,120 +1,224 @@
-"""Clock transforms between hosts: packet matching, then convex-hull synchronization.
+"""Clock transforms between hosts: packet matching, then Trace Compass's fully incremental
+convex-hull synchronization.
 
-`synchronize(store)` matches packets, solves every host pair that has matches, and chains the
-pairs outwards from the reference host (the one whose clock uuid sorts first; the host name
-when the sources carry no clock uuid) so every reachable host gets a transform to the
-reference clock. Hosts with no path to the reference are reported as failed, not guessed.
+`synchronize(store)` matches packets, feeds every host pair's matches to its hull in the order
+the matching completes them (the later of the two events, as an experiment reading both traces
+in time order sees them), and chains the usable pairs (ACCURATE or APPROXIMATE) outwards from
+the reference host, breadth first, as Trace Compass's spanning tree does:
+  * host ids are the trace clock uuids when every host has one (Trace Compass's host id for
+    LTTng traces), else the host names; a pair's reference is the id that sorts first;
+  * the reference of the whole set is the smallest id among the hosts of usable pairs;
+  * an edge from a pair's reference to its other host uses the pair's transform, the reverse
+    edge its inverse, and transforms compose in DECIMAL128 like TmfTimestampTransformLinear.
+Hosts with no path to the reference are reported as failed, not guessed.
+
+Accuracy: a pair's two bounding lines diverge away from the matched packets, so the error
+bound is evaluated at the ends of the host's own trace (`accuracy_ns`), not only over the
+window of the matched packets (`accuracy_window_ns`). Along a chain the bounds add up.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 import pyarrow as pa
 
 from stacklens.store.store import ClockTransform
-from stacklens.sync.convex_hull import HullPair, PairResult, solve
+from stacklens.sync.convex_hull import (ACCURATE, APPROXIMATE, FAIL, IDENTITY, INCOMPLETE,
+                                        FullyIncrementalHull, LinearTransform)
 from stacklens.sync.packets import matched_packets
 
 QUALITY_RANK = {"accurate": 0, "approximate": 1, "failed": 2}
 
 
 @dataclass
+class PairSync:
+    """One host pair's hull, with Trace Compass's statistics for it."""
+
+    reference: str  # the pair's reference host (smaller host id)
+    other: str
+    hull: FullyIncrementalHull
+    sent: dict[str, int] = field(default_factory=dict)  # packets sent by each host of the pair
+
+    def reason(self) -> str:
+        q = self.hull.quality
+        if q == INCOMPLETE:
+            return (f"packets in one direction only ({self.sent.get(self.reference, 0)} sent by {self.reference}, "
+                    f"{self.sent.get(self.other, 0)} by {self.other}): no slope nor offset can be bounded "
+                    "(Trace Compass: INCOMPLETE)")
+        if q == FAIL:
+            return ("the bounding lines cross: the matches are not consistent with two linear clocks, or some "
+                    "matches are wrong (Trace Compass: FAIL)")
+        if q == APPROXIMATE:
+            return ("one bounding line rests on a single packet: its slope is taken as 1, the bound is not "
+                    "guaranteed (Trace Compass: APPROXIMATE)")
+        return ""
+
+    def stats(self) -> dict[str, Any]:
+        h = self.hull
+        return {"reference": self.reference, "other": self.other, "quality": h.quality,
+                "alpha": str(h.alpha), "beta": str(h.beta),
+                "alpha_min": str(h.alpha_min), "alpha_max": str(h.alpha_max),
+                "slope_accuracy": float(h.slope_accuracy()),
+                "matches": h.matches, "accurate_matches": h.accurate_matches,
+                "upper_hull_points": len(h.upper), "lower_hull_points": len(h.lower)}
+
+
+@dataclass
 class HostSync:
     host: str
     reference: str
-    quality: str
-    slope: Fraction  # t_ref = slope * t + intercept (absolute, exact)
-    intercept: Fraction
+    quality: str  # accurate / approximate / failed
+    transform: LinearTransform  # t_ref = slope · t + offset (absolute ns, DECIMAL128 as Trace Compass)
     via: list[str]  # hosts between reference and this one
-    accuracy_ns: int | None
+    accuracy_ns: int | None  # error bound at the ends of this host's trace
+    accuracy_window_ns: int | None  # error bound over the matched packets' window
     matches: int
     reason: str = ""
+    hull_quality: str = ""  # Trace Compass's quality of the pair that reached (or failed) this host
+    slope_accuracy: float | None = None  # alpha_max - alpha_min of that pair (Trace Compass's "accuracy")
+    span: tuple[int, int] | None = None  # this host's first and last event (raw clock)
+    window: tuple[int, int] | None = None  # first and last matched packet on this host's clock
 
-    def transform(self, base_ns: int) -> ClockTransform:
-        # t + offset + (t - base) * drift with drift = slope - 1
-        offset = self.slope * base_ns + self.intercept - base_ns
+    @property
+    def slope(self) -> Decimal:
+        return self.transform.slope
+
+    @property
+    def offset(self) -> Decimal:
+        return self.transform.offset
+
+    def clock_transform(self, base_ns: int) -> ClockTransform:
+        # the store's form: t + offset + (t - base) * drift, drift = slope - 1
+        offset = Fraction(self.slope) * base_ns + Fraction(self.offset) - base_ns
         return ClockTransform(offset_ns=round(offset), drift=float(self.slope - 1), base_ns=base_ns,
                               quality=self.quality, reference=self.reference)
 
 
-def _pair(packets: list[dict], ref: str, other: str) -> PairResult:
-    hp = HullPair()
-    rows = [p for p in packets if {p["send_host"], p["recv_host"]} == {ref, other}]
-    rows.sort(key=lambda p: p["recv_ts"] if p["recv_host"] == other else p["send_ts"])
-    for p in rows:
-        if p["send_host"] == other:
-            hp.add_above(p["send_ts"], p["recv_ts"])  # received (ref clock) after sent
-        else:
-            hp.add_below(p["recv_ts"], p["send_ts"])  # sent (ref clock) before received
-    return solve(hp)
-
-
-def _reference(store, hosts: list[str]) -> str:
+def _host_ids(store, hosts: list[str]) -> dict[str, str]:
     uuids: dict[str, str] = {}
     for s in store.sources():
         u = s.get("clock_uuid")
         if u and s.get("host") in hosts:
             uuids.setdefault(s["host"], str(u))
     if len(uuids) == len(hosts):
-        return min(hosts, key=lambda h: (uuids[h], h))
-    return min(hosts)
+        return uuids
+    return {h: h for h in hosts}
 
 
-def synchronize(store) -> tuple[list[HostSync], pa.Table]:
-    """Per host its sync to the reference host, and the matched packets."""
+def _ceil(x: Fraction | None) -> int | None:
+    return None if x is None else math.ceil(x)
+
+
+def _edge_bound(pair: PairSync, towards_other: bool, times: tuple[int, int] | None) -> Fraction | None:
+    """The error bound of one edge's transform at the two ends of `times` (on the clock of the
+    host the edge transforms: the pair's other host if `towards_other`, else its reference).
+    The bound is the larger of two absolute values of linear functions of time, a convex
+    function: its maximum over an interval is at one of the ends."""
+    if times is None:
+        return None
+    f = pair.hull.error_bound if towards_other else pair.hull.error_bound_inverse
+    values = [f(t) for t in times]
+    return None if any(v is None for v in values) else max(values)
+
+
+def synchronize(store) -> tuple[list[HostSync], pa.Table, list[PairSync]]:
+    """Per host its sync to the reference host, the matched packets, and the pairs' hulls."""
     packets_table = matched_packets(store)
-    packets = packets_table.to_pylist()
     con = store.connect()
-    hosts = [r[0] for r in con.execute("SELECT DISTINCT host FROM events ORDER BY host").fetchall()]
+    spans = {h: (int(a), int(b)) for h, a, b in
+             con.execute("SELECT host, min(ts_raw), max(ts_raw) FROM events GROUP BY host ORDER BY host").fetchall()}
+    hosts = sorted(spans)
     if not hosts:
-        return [], packets_table
-    ref = _reference(store, hosts)
-    neighbours: dict[str, set[str]] = defaultdict(set)
-    counts: dict[frozenset, int] = defaultdict(int)
-    for p in packets:
-        neighbours[p["send_host"]].add(p["recv_host"])
-        neighbours[p["recv_host"]].add(p["send_host"])
-        counts[frozenset((p["send_host"], p["recv_host"]))] += 1
-    done: dict[str, HostSync] = {ref: HostSync(ref, ref, "accurate", Fraction(1), Fraction(0), [], 0, 0,
-                                               "reference")}
-    failures: dict[str, str] = {}
+        return [], packets_table, []
+    ids = _host_ids(store, hosts)
+    pairs: dict[frozenset, PairSync] = {}
+    # the order in which the matching completes each match: at the later of its two events
+    order = sorted(packets_table.to_pylist(), key=lambda p: (max(p["send_ts"], p["recv_ts"]), p["send_ts"]))
+    for p in order:
+        s, r = p["send_host"], p["recv_host"]
+        if s == r or s not in ids or r not in ids:
+            continue
+        key = frozenset((s, r))
+        if key not in pairs:
+            ref, other = sorted((s, r), key=lambda h: (ids[h], h))
+            pairs[key] = PairSync(ref, other, FullyIncrementalHull())
+        pair = pairs[key]
+        pair.sent[s] = pair.sent.get(s, 0) + 1
+        if s == pair.reference:
+            pair.hull.add(True, p["send_ts"], p["recv_ts"])
+        else:
+            pair.hull.add(False, p["recv_ts"], p["send_ts"])
+
+    usable = [p for p in pairs.values() if p.hull.usable]
+    in_tree = {h for p in usable for h in (p.reference, p.other)}
+    ref = min(in_tree or hosts, key=lambda h: (ids[h], h))
+    neighbours: dict[str, list[PairSync]] = defaultdict(list)
+    for p in usable:
+        neighbours[p.reference].append(p)
+        neighbours[p.other].append(p)
+
+    def window(pair: PairSync, host: str) -> tuple[int, int] | None:
+        """The span of the pair's matched packets on `host`'s clock."""
+        return pair.hull.y_range if host == pair.other else pair.hull.x_range
+
+    done: dict[str, HostSync] = {ref: HostSync(ref, ref, "accurate", IDENTITY, [], 0, 0, 0, "reference",
+                                               span=spans[ref])}
     queue = deque([ref])
     while queue:
         cur = queue.popleft()
-        for nxt in sorted(neighbours[cur]):
+        for pair in sorted(neighbours[cur], key=lambda p: ids[p.other if p.reference == cur else p.reference]):
+            nxt = pair.other if pair.reference == cur else pair.reference
             if nxt in done:
                 continue
-            r = _pair(packets, cur, nxt)
-            if r.quality == "failed":
-                failures[nxt] = f"with {cur}: {r.reason}"
-                continue
-            # pair: t_cur = s (t - bx) + by + c  →  absolute: s t + (by + c - s bx); then to ref
-            s = r.slope
-            k = r.base[1] + r.intercept - s * r.base[0]
+            towards_other = nxt == pair.other
+            edge = pair.hull.transform() if towards_other else pair.hull.transform().inverse()
             up = done[cur]
-            worst = max(r.quality, up.quality, key=QUALITY_RANK.get)
-            acc = None if r.accuracy_ns is None else r.accuracy_ns + (up.accuracy_ns or 0)
-            done[nxt] = HostSync(nxt, ref, worst, up.slope * s, up.slope * k + up.intercept,
-                                 up.via + ([cur] if cur != ref else []), acc,
-                                 counts[frozenset((cur, nxt))], r.reason)
-            failures.pop(nxt, None)
+            total = edge if cur == ref else up.transform.compose(edge)
+            quality = "accurate" if pair.hull.quality == ACCURATE else "approximate"
+            worst = max(quality, up.quality, key=QUALITY_RANK.get)
+            trace_bound = _edge_bound(pair, towards_other, spans[nxt])
+            window_bound = _edge_bound(pair, towards_other, window(pair, nxt))
+            if trace_bound is not None and up.accuracy_ns is not None:
+                trace_bound += up.accuracy_ns
+            else:
+                trace_bound = None
+            if window_bound is not None and up.accuracy_window_ns is not None:
+                window_bound += up.accuracy_window_ns
+            else:
+                window_bound = None
+            done[nxt] = HostSync(nxt, ref, worst, total, up.via + ([cur] if cur != ref else []),
+                                 _ceil(trace_bound), _ceil(window_bound), pair.hull.matches, pair.reason(),
+                                 pair.hull.quality, float(pair.hull.slope_accuracy()), spans[nxt], window(pair, nxt))
             queue.append(nxt)
-    out = [done[h] if h in done else
-           HostSync(h, ref, "failed", Fraction(1), Fraction(0), [], None, 0,
-                    failures.get(h, "no packets matched with any synchronized host"))
-           for h in hosts]
-    return out, packets_table
+
+    out = []
+    for h in hosts:
+        if h in done:
+            out.append(done[h])
+            continue
+        mine = [p for p in pairs.values() if h in (p.reference, p.other)]
+        if mine:
+            worst = max(mine, key=lambda p: p.hull.matches)
+            peer = worst.other if worst.reference == h else worst.reference
+            reason = (f"with {peer}: {worst.reason()}" if not worst.hull.usable else
+                      f"its pairs do not connect to {ref}")
+            out.append(HostSync(h, ref, "failed", IDENTITY, [], None, None, worst.hull.matches, reason,
+                                worst.hull.quality, None, spans[h], window(worst, h)))
+        else:
+            out.append(HostSync(h, ref, "failed", IDENTITY, [], None, None, 0,
+                                "no packets matched with any other host", "ABSENT", None, spans[h], None))
+    return out, packets_table, sorted(pairs.values(), key=lambda p: (p.reference, p.other))
 
 
 def sync_store(store) -> dict[str, Any]:
     """Synchronize and store the transforms (Store.set_clocks); returns the report."""
-    results, packets = synchronize(store)
-    con = store.connect()
-    spans = dict(con.execute("SELECT host, min(ts_raw) FROM events GROUP BY host").fetchall())
+    results, packets, pairs = synchronize(store)
     transforms: dict[str, ClockTransform] = {}
     for r in results:
         if r.host == r.reference:
@@ -122,17 +226,25 @@ def sync_store(store) -> dict[str, Any]:
         elif r.quality == "failed":
             transforms[r.host] = ClockTransform(quality="failed", reference=r.reference)
         else:
-            transforms[r.host] = r.transform(int(spans[r.host]))
+            transforms[r.host] = r.clock_transform(r.span[0])
     store.set_clocks(transforms)
-    pairs = defaultdict(int)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
     for p in packets.to_pylist():
-        pairs[(p["send_host"], p["recv_host"])] += 1
+        counts[(p["send_host"], p["recv_host"])] += 1
     return {
         "reference": results[0].reference if results else None,
-        "packets": [{"send_host": a, "recv_host": b, "matches": n} for (a, b), n in sorted(pairs.items())],
+        "packets": [{"send_host": a, "recv_host": b, "matches": n} for (a, b), n in sorted(counts.items())],
+        "pairs": [p.stats() for p in pairs],
         "hosts": [{"host": r.host, "quality": "reference" if r.host == r.reference else r.quality,
-                   "slope": float(r.slope), "drift_ppm": float((r.slope - 1) * 10**6),
+                   "hull_quality": r.hull_quality,
+                   "slope": float(r.slope), "offset": float(r.offset),
+                   "slope_decimal": str(r.slope), "offset_decimal": str(r.offset),
+                   "drift_ppm": float((r.slope - 1) * 10**6),
                    "offset_ns": transforms[r.host].offset_ns, "base_ns": transforms[r.host].base_ns,
-                   "accuracy_ns": r.accuracy_ns, "matches": r.matches, "via": r.via, "reason": r.reason}
+                   "accuracy_ns": r.accuracy_ns, "accuracy_window_ns": r.accuracy_window_ns,
+                   "slope_accuracy": r.slope_accuracy,
+                   "trace_span_ns": list(r.span) if r.span else None,
+                   "packet_window_ns": list(r.window) if r.window else None,
+                   "matches": r.matches, "via": r.via, "reason": r.reason}
                   for r in results],
     }

@@ -1,157 +1,230 @@
-"""Fully incremental convex-hull synchronization (Duda et al.; Jabbarifar & Dagenais; the
-algorithm Trace Compass uses), in exact integer / rational arithmetic.
+"""Fully incremental convex-hull synchronization of one host pair, computed the way Trace
+Compass does it (Jabbarifar, Dagenais & Shameli-Sendi, "Streaming Mode Incremental Clock
+Synchronization"; Trace Compass's SyncAlgorithmFullyIncremental), so that the slope and
+offset agree with Trace Compass's to the last of its 34 digits.
 
-For a host pair (reference R, other O) we look for t_R = a * t_O + b. In the plane
-x = O's clock, y = R's clock:
-  * a packet O → R (sent at x, received at y) must arrive after it left: the line passes
-    *below* the point (a * x + b <= y): these points form the upper set;
-  * a packet R → O (sent at y, received at x): the line passes *above* (a * x + b >= y):
-    the lower set.
-Points come in time order; each set keeps only its useful hull (lower hull of the upper set,
-upper hull of the lower set), updated incrementally with a monotone chain. The lines that
-separate both hulls with extreme slopes (a_min and a_max) bound every possible transform;
-the result is their mean line (feasible: the feasible set is convex), and the vertical gap
-between the two bounds over the observed span is the accuracy bound.
+The plane: x = the pair's reference clock, y = the other host's clock. The reference of a pair
+is the host whose id sorts first (Trace Compass: the trace's host id, i.e. its clock uuid).
+  * a packet other → reference gives the point (x = received, y = sent): the "upper" list;
+  * a packet reference → other gives the point (x = sent, y = received): the "lower" list.
+Each list keeps only the hull points that can still bound a line, pruned incrementally as
+matches arrive in the order the matching completes them. Two lines are maintained, each
+through one point of each list: Lmin (minimum slope, its last point from the upper list) and
+Lmax (maximum slope, its last point from the lower list). The estimate is their bisector *in
+this plane*: y = alpha·x + beta with alpha = (alpha_max + alpha_min) / 2 and beta =
+(beta_min + beta_max) / 2, and the transform of the other host's clock to the reference's is
+its inverse, t_ref = t / alpha - beta / alpha. Averaging the slopes of the inverted lines
+instead (t_ref as a function of t) gives a different line; this is the one Trace Compass uses.
 
-Timestamps are near 10^18 ns, where float64 has a 128 ns step: everything is done on
-integers relative to a base, with `fractions.Fraction` for slopes.
+Arithmetic is Java's BigDecimal with MathContext.DECIMAL128 where Trace Compass rounds (34
+significant digits, half-even: slopes, the slope × timestamp products, the halvings, the
+inversion) and exact elsewhere (sums, differences), reproduced with `decimal` contexts.
+Cross products are exact Python integers; Trace Compass computes them in 64-bit longs, which
+agree while |Δx·Δy| < 2^63 (hull points less than ~3 s apart on both clocks) and wrap beyond.
+
+Quality, as Trace Compass names it: ABSENT (no match), INCOMPLETE (packets in one direction
+only: no transform), APPROXIMATE (one of the two lines has a single point: its slope is taken
+as 1), ACCURATE (both lines defined and alpha_max > alpha_min), FAIL (the lines cross: the
+matches are not consistent with linear clocks; the last good estimate is kept, not used).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from fractions import Fraction
 
-Point = tuple[int, int]
+DECIMAL128 = Context(prec=34, rounding=ROUND_HALF_EVEN)  # java.math.MathContext.DECIMAL128
+EXACT = Context(prec=1000)  # sums and differences of values of at most ~60 digits: exact
+
+ABSENT, INCOMPLETE, APPROXIMATE, ACCURATE, FAIL = "ABSENT", "INCOMPLETE", "APPROXIMATE", "ACCURATE", "FAIL"
+ONE = Decimal(1)
 
 
-def _cross(o: Point, a: Point, b: Point) -> int:
-    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+class SyncPoint:
+    """One matched packet in the plane (x = reference clock, y = other clock). Compared by
+    identity, as Trace Compass's list look-ups do: two packets with the same times are two
+    points."""
+
+    __slots__ = ("x", "y")
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def cross(self, a: SyncPoint, b: SyncPoint) -> int:
+        """> 0 when (self, a, b) turn counter-clockwise, < 0 clockwise, 0 aligned."""
+        return (a.x - self.x) * (b.y - self.y) - (a.y - self.y) * (b.x - self.x)
+
+    def slope_from(self, p1: SyncPoint | None) -> Decimal:
+        """The slope of the line through p1 and this point; 1 when p1 is missing or vertical."""
+        if p1 is None or self.x == p1.x:
+            return ONE
+        return DECIMAL128.divide(Decimal(self.y - p1.y), Decimal(self.x - p1.x))
+
+    def intercept(self, slope: Decimal) -> Decimal:
+        """y at x = 0 of the line of this slope through this point (the product rounded to 34
+        digits, the difference exact)."""
+        return EXACT.subtract(Decimal(self.y), DECIMAL128.multiply(slope, Decimal(self.x)))
+
+    def __repr__(self) -> str:
+        return f"({self.x}, {self.y})"
 
 
-@dataclass
-class HullPair:
-    """The two incremental hulls for one host pair (coordinates relative to `base`)."""
-
-    base: Point | None = None
-    upper_set_hull: list[Point] = field(default_factory=list)  # lower hull of the "line below" points
-    lower_set_hull: list[Point] = field(default_factory=list)  # upper hull of the "line above" points
-    upper_count: int = 0
-    lower_count: int = 0
-    x_min: int | None = None
-    x_max: int | None = None
-
-    def _rel(self, x: int, y: int) -> Point:
-        if self.base is None:
-            self.base = (x, y)
-        self.x_min = x if self.x_min is None else min(self.x_min, x)
-        self.x_max = x if self.x_max is None else max(self.x_max, x)
-        return (x - self.base[0], y - self.base[1])
-
-    def add_above(self, x: int, y: int) -> None:
-        """A point the line must pass below or through (packet other → reference)."""
-        self.upper_count += 1
-        _insert(self.upper_set_hull, self._rel(x, y), keep_lower=True)
-
-    def add_below(self, x: int, y: int) -> None:
-        """A point the line must pass above or through (packet reference → other)."""
-        self.lower_count += 1
-        _insert(self.lower_set_hull, self._rel(x, y), keep_lower=False)
+def _index(points: list[SyncPoint], p: SyncPoint | None) -> int:
+    return next((i for i, q in enumerate(points) if q is p), -1)
 
 
-def _insert(hull: list[Point], p: Point, keep_lower: bool) -> None:
-    # Points arrive nearly sorted by x; an out-of-order point rebuilds the chain (rare).
-    if hull and p[0] < hull[-1][0]:
-        pts = sorted(hull + [p])
-        hull.clear()
-        for q in pts:
-            _push(hull, q, keep_lower)
-        return
-    _push(hull, p, keep_lower)
+@dataclass(frozen=True)
+class LinearTransform:
+    """t_ref = slope · t + offset, in BigDecimal DECIMAL128 terms (Trace Compass's
+    TmfTimestampTransformLinear: composition and inversion round as it does)."""
+
+    slope: Decimal
+    offset: Decimal
+
+    def compose(self, inner: LinearTransform) -> LinearTransform:
+        """self ∘ inner: t ↦ self(inner(t))."""
+        return LinearTransform(DECIMAL128.multiply(self.slope, inner.slope),
+                               EXACT.add(DECIMAL128.multiply(self.slope, inner.offset), self.offset))
+
+    def inverse(self) -> LinearTransform:
+        return LinearTransform(DECIMAL128.divide(ONE, self.slope),
+                               DECIMAL128.divide(EXACT.minus(self.offset), self.slope))
+
+    def exact(self, t: int) -> Fraction:
+        return Fraction(self.slope) * t + Fraction(self.offset)
 
 
-def _push(hull: list[Point], p: Point, keep_lower: bool) -> None:
-    if hull and hull[-1][0] == p[0]:
-        # same x: keep the tighter point only
-        if (p[1] < hull[-1][1]) == keep_lower:
-            hull.pop()
+IDENTITY = LinearTransform(ONE, Decimal(0))
+
+
+class FullyIncrementalHull:
+    """The synchronization of one host pair, fed one match at a time."""
+
+    def __init__(self) -> None:
+        self.upper: list[SyncPoint] = []  # packets other → reference (x received, y sent)
+        self.lower: list[SyncPoint] = []  # packets reference → other (x sent, y received)
+        self.lmin: list[SyncPoint | None] = [None, None]  # the minimum-slope line's two points
+        self.lmax: list[SyncPoint | None] = [None, None]  # the maximum-slope line's two points
+        self.alpha_min = self.alpha_max = self.alpha = ONE
+        self.beta_max = self.beta_min = self.beta = Decimal(0)
+        self.quality = ABSENT
+        self.matches = 0
+        self.accurate_matches = 0  # matches that changed the hull (Trace Compass's "nbacc")
+        self.x_range: tuple[int, int] | None = None  # reference-clock span of the matches
+        self.y_range: tuple[int, int] | None = None  # other-clock span of the matches
+
+    def add(self, from_reference: bool, ref_ts: int, other_ts: int) -> None:
+        """One matched packet: sent by the reference host (received by the other) or the
+        reverse; `ref_ts` / `other_ts` are its two timestamps on each host's clock."""
+        self.matches += 1
+        self.x_range = (ref_ts, ref_ts) if self.x_range is None else \
+            (min(self.x_range[0], ref_ts), max(self.x_range[1], ref_ts))
+        self.y_range = (other_ts, other_ts) if self.y_range is None else \
+            (min(self.y_range[0], other_ts), max(self.y_range[1], other_ts))
+        p = SyncPoint(ref_ts, other_ts)
+        if from_reference:
+            bound, other_bound, line, other_line, sign = self.lower, self.upper, self.lmax, self.lmin, -1
         else:
-            return
-    while len(hull) >= 2:
-        c = _cross(hull[-2], hull[-1], p)
-        if (c <= 0) if keep_lower else (c >= 0):
-            hull.pop()
-        else:
+            bound, other_bound, line, other_line, sign = self.upper, self.lower, self.lmin, self.lmax, 1
+        qualifies = line[0] is None or line[1] is None or p.cross(line[0], line[1]) * sign > 0
+        if qualifies:
+            # the point tightens its hull: drop the points it makes useless, and it becomes
+            # the line's latest point
+            self.accurate_matches += 1
+            while len(bound) >= 2 and p.cross(bound[-2], bound[-1]) * sign > 0:
+                bound.pop()
+            bound.append(p)
+            line[1] = p
+        self._adjust(line, other_bound, sign)
+        if other_line[1] is not None and _index(bound, other_line[0]) < 0:
+            # the other line's anchor was pruned from this hull: find its new one
+            self._adjust(other_line, bound, -sign)
+        if qualifies:
+            self._estimate()
+
+    @staticmethod
+    def _adjust(line: list[SyncPoint | None], other_bound: list[SyncPoint], sign: int) -> None:
+        """Rotate the line around its latest point to its anchor on the other hull: walk the
+        other hull from the current anchor while the next point gives a tighter line."""
+        anchor: SyncPoint | None = None
+        i = max(0, _index(other_bound, line[0]))
+        while i < len(other_bound) - 1:
+            anchor, nxt = other_bound[i], other_bound[i + 1]
+            if anchor.cross(nxt, line[1]) * sign > 0:
+                if nxt.x < line[1].x:
+                    i += 1
+                    continue
+                line[0] = None
+            else:
+                line[0] = anchor
             break
-    hull.append(p)
+        if line[0] is None:
+            line[0] = anchor
+        if line[0] is not None and line[0].x > line[1].x:
+            line[0] = None
 
+    def _estimate(self) -> None:
+        if self.lmax[0] is not None or self.lmin[0] is not None:
+            if self.quality == FAIL:
+                return  # after a failure the last good estimate stays
+            alpha_max = self.lmax[1].slope_from(self.lmax[0])
+            alpha_min = self.lmin[1].slope_from(self.lmin[0])
+            if self.lmax[0] is None or self.lmin[0] is None:
+                quality = APPROXIMATE
+            elif alpha_max > alpha_min:
+                quality = ACCURATE
+            else:
+                quality = FAIL  # the lines cross
+            if quality != FAIL:
+                self.alpha_max, self.alpha_min = alpha_max, alpha_min
+                self.beta_min = self.lmax[1].intercept(alpha_max)
+                self.beta_max = self.lmin[1].intercept(alpha_min)
+                self.alpha = DECIMAL128.divide(EXACT.add(alpha_max, alpha_min), Decimal(2))
+                self.beta = DECIMAL128.divide(EXACT.add(self.beta_min, self.beta_max), Decimal(2))
+            self.quality = quality
+        elif (self.lmax[0] is None and self.lmin[1] is None) or (self.lmax[1] is None and self.lmin[0] is None):
+            self.quality = INCOMPLETE
 
-@dataclass
-class Line:
-    slope: Fraction
-    intercept: Fraction  # relative to the pair's base
+    # ---- results -------------------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        """Whether Trace Compass would use this pair to synchronize (its spanning tree takes
+        ACCURATE and APPROXIMATE pairs only)."""
+        return self.quality in (ACCURATE, APPROXIMATE)
 
-    def at(self, x: int) -> Fraction:
-        return self.slope * x + self.intercept
+    def transform(self) -> LinearTransform:
+        """The other host's clock → the reference's: the inverse of y = alpha x + beta."""
+        return LinearTransform(self.alpha, self.beta).inverse()
 
+    def slope_accuracy(self) -> Decimal:
+        """alpha_max - alpha_min: what Trace Compass reports as the pair's accuracy."""
+        return EXACT.subtract(self.alpha_max, self.alpha_min)
 
-def _feasible(line: Line, above: list[Point], below: list[Point]) -> bool:
-    return all(line.at(x) <= y for x, y in above) and all(line.at(x) >= y for x, y in below)
+    def bound_lines(self) -> tuple[LinearTransform, LinearTransform] | None:
+        """The two bounding lines Lmax and Lmin, each y = a·x + b (reference clock → other
+        clock); None unless both rest on two points (ACCURATE)."""
+        if self.quality != ACCURATE:
+            return None
+        return (LinearTransform(self.alpha_max, self.beta_min), LinearTransform(self.alpha_min, self.beta_max))
 
+    def error_bound(self, t_other: int) -> Fraction | None:
+        """How far, on the reference clock, the transform of `t_other` may be from the truth
+        if the truth lies between the two bounding lines: the larger distance from the
+        transform to either line, at that time. The lines diverge away from the matched
+        packets, so this grows towards a trace's ends. None unless ACCURATE."""
+        lines = self.bound_lines()
+        if lines is None:
+            return None
+        est = self.transform().exact(t_other)
+        # a bound line y = a x + b, read as the reference time of other time t: x = (t - b) / a
+        return max(abs(est - (t_other - Fraction(l.offset)) / Fraction(l.slope)) for l in lines)
 
-def _through(p: Point, q: Point) -> Line | None:
-    if p[0] == q[0]:
-        return None
-    slope = Fraction(q[1] - p[1], q[0] - p[0])
-    return Line(slope, p[1] - slope * p[0])
-
-
-@dataclass
-class PairResult:
-    quality: str  # accurate / approximate / failed
-    slope: Fraction
-    intercept: Fraction  # t_R = slope * (t_O - base_x) + base_y + intercept
-    base: Point
-    slope_bounds: tuple[Fraction, Fraction] | None
-    accuracy_ns: int | None
-    matches: tuple[int, int]  # (other → reference, reference → other)
-    reason: str = ""
-
-
-def solve(pair: HullPair) -> PairResult:
-    """The transform for one pair from its hulls."""
-    above, below = pair.upper_set_hull, pair.lower_set_hull
-    counts = (pair.upper_count, pair.lower_count)
-    base = pair.base or (0, 0)
-    if not above and not below:
-        return PairResult("failed", Fraction(1), Fraction(0), base, None, None, counts, "no matched packets")
-    if not above or not below:
-        # one direction only: a bound on one side. Keep slope 1 and put the line just
-        # through the tightest point: the causal order of the packets is guaranteed, the
-        # offset is a bound rather than an estimate.
-        pts = above or below
-        pick = min if above else max
-        offset = pick(Fraction(y - x) for x, y in pts)
-        return PairResult("approximate", Fraction(1), offset, base, None, None, counts,
-                          "packets in one direction only: offset bounded on one side, no drift")
-    # extreme separating lines pass through one vertex of each hull
-    candidates: list[Line] = []
-    for p in above:
-        for q in below:
-            line = _through(p, q)
-            if line is not None and _feasible(line, above, below):
-                candidates.append(line)
-    if not candidates:
-        return PairResult("failed", Fraction(1), Fraction(0), base, None, None, counts,
-                          "no line separates the packets: the clocks are not linear, or the matches are wrong")
-    lo = min(candidates, key=lambda l: l.slope)
-    hi = max(candidates, key=lambda l: l.slope)
-    if lo.slope == hi.slope and len(above) + len(below) < 4:
-        quality = "approximate"
-    else:
-        quality = "accurate"
-    mean = Line((lo.slope + hi.slope) / 2, (lo.intercept + hi.intercept) / 2)
-    x0, x1 = pair.x_min - base[0], pair.x_max - base[0]
-    gap = max(abs(hi.at(x0) - lo.at(x0)), abs(hi.at(x1) - lo.at(x1)))
-    return PairResult(quality, mean.slope, mean.intercept, base, (lo.slope, hi.slope),
-                      int(gap / 2) + 1, counts)
+    def error_bound_inverse(self, t_ref: int) -> Fraction | None:
+        """The same for the inverse transform (reference → other, used when a chain of pairs
+        goes from a pair's other host to its reference), on the other host's clock."""
+        lines = self.bound_lines()
+        if lines is None:
+            return None
+        est = self.transform().inverse().exact(t_ref)
+        return max(abs(est - l.exact(t_ref)) for l in lines)

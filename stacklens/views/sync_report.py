@@ -20,11 +20,27 @@ def run_sync(store_path: str, json_out: bool) -> None:
     console.print(f"reference clock: [bold]{report['reference']}[/]")
     print_table(["sent on", "received on", "matched packets"],
                 [[p["send_host"], p["recv_host"], p["matches"]] for p in report["packets"]], right=["matched packets"])
-    print_table(["host", "quality", "offset", "drift", "accuracy", "matches", "note"],
-                [[h["host"], h["quality"], fmt_duration(h["offset_ns"]), f"{h['drift_ppm']:+.3f} ppm",
-                  fmt_duration(h["accuracy_ns"]) if h["accuracy_ns"] is not None else "-", h["matches"],
+    if report["pairs"]:
+        print_table(["reference", "other", "hull quality", "matches", "hull points (up/low)", "slope accuracy"],
+                    [[p["reference"], p["other"], p["quality"], f"{p['matches']} ({p['accurate_matches']} accurate)",
+                      f"{p['upper_hull_points']}/{p['lower_hull_points']}", f"{p['slope_accuracy']:.3g}"]
+                     for p in report["pairs"]], title="host pairs (Trace Compass's fully incremental convex hull)",
+                    right=["matches", "hull points (up/low)", "slope accuracy"])
+    print_table(["host", "quality", "t_ref = slope · t + offset", "drift", "error (packets)", "error (trace ends)",
+                 "matches", "note"],
+                [[h["host"], h["quality"]] + (["", "-", "-", "-"] if h["quality"] == "reference" else [
+                  "" if h["quality"] == "failed" else f"{h['slope_decimal']} · t + {h['offset_decimal']} ns",
+                  f"{h['drift_ppm']:+.3f} ppm",
+                  f"±{fmt_duration(h['accuracy_window_ns'])}" if h["accuracy_window_ns"] is not None else "-",
+                  f"±{fmt_duration(h['accuracy_ns'])}" if h["accuracy_ns"] is not None else "-"]) + [h["matches"],
                   (f"via {', '.join(h['via'])}; " if h["via"] else "") + (h["reason"] if h["quality"] != "reference" else "")]
-                 for h in report["hosts"]], right=["offset", "drift", "accuracy", "matches"])
+                 for h in report["hosts"]], right=["drift", "error (packets)", "error (trace ends)", "matches"])
+    wide = [h for h in report["hosts"] if h["accuracy_ns"] and h["accuracy_window_ns"] is not None
+            and h["accuracy_ns"] > 2 * h["accuracy_window_ns"]]
+    for h in wide:
+        console.print(f"{h['host']}: the bounds diverge away from the matched packets "
+                      f"(±{fmt_duration(h['accuracy_window_ns'])} over them, ±{fmt_duration(h['accuracy_ns'])} at the "
+                      "trace's ends): trace traffic between the hosts over the whole recording for a tighter sync")
     console.print("transforms stored: every query now returns synchronized timestamps")
 
 
