@@ -57,6 +57,16 @@ def _ms(ns: int | float | None) -> str:
     return "?" if ns is None else f"{ns / 1e6:.0f} ms" if ns < 10e9 else f"{ns / 1e9:.1f} s"
 
 
+def _duration(ns: int | float | None) -> str:
+    """A duration in the unit that keeps three significant digits (s, ms or µs)."""
+    if ns is None:
+        return "?"
+    for unit, scale in (("s", 1e9), ("ms", 1e6)):
+        if abs(ns) >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns / 1e3:.3g} µs"
+
+
 # ---- QEMU live migration ----------------------------------------------------------------------
 @rule
 def migration_not_converging(ctx: Context) -> list[Finding]:
@@ -468,6 +478,9 @@ def _causality_violations(ctx: Context) -> list[Finding]:
 
 @rule
 def clock_sync(ctx: Context) -> list[Finding]:
+    """Causality violations under the stored clocks, hosts that could not be synchronized, and
+    synchronized hosts whose error bound is too wide where it is widest: at the ends of their
+    trace (the convex hull's bounding lines diverge away from the matched packets)."""
     from stacklens.sync import synchronize
     out = _causality_violations(ctx)
     clocks = ctx.store.clocks()
@@ -483,17 +496,35 @@ def clock_sync(ctx: Context) -> list[Finding]:
         acc = d.accuracy_ns if d else None
         if h not in bad and (acc is None or acc < POOR_ACCURACY_NS):
             continue
-        what = {"failed": "could not be synchronized", "approximate": "is only approximately synchronized"}.get(
-            c.quality, f"is synchronized to ±{_ms(acc)}")
+        ev = [Evidence("number", "matched packets", d.matches if d else None, None, h, "kernel")]
+        if c.quality in ("failed", "approximate"):
+            what = {"failed": "could not be synchronized", "approximate": "is only approximately synchronized"}[c.quality]
+            statement = (f"Host {h}'s clock {what} with {c.reference}"
+                         + (f" ({d.matches} matched packets; {d.reason})" if d and d.reason else
+                            f" ({d.matches} matched packets)" if d else "") + "; cross-host orderings may be wrong.")
+            action = "trace the TCP traffic between the hosts (inet_sock_local_in/out) over a longer period, or fix NTP/PTP"
+            ev.append(Evidence("number", "error bound at the trace's ends", acc, "ns", h, "kernel"))
+        else:
+            span, window = d.span, d.window
+            statement = (f"Host {h}'s clock is synchronized with {c.reference} to ±{_duration(acc)} at the ends of its "
+                         f"trace but ±{_duration(d.accuracy_window_ns)} over the {d.matches} matched packets: they cover "
+                         f"{_duration(window[1] - window[0])} of its {_duration(span[1] - span[0])}, and the clock's drift is "
+                         f"known only within {d.slope_accuracy * 1e6:.0f} ppm, so cross-host orderings far from "
+                         "the packets may be wrong.")
+            action = ("trace TCP traffic between the hosts throughout the recording (inet_sock_local_in/out), so that "
+                      "matched packets bound the drift over the whole trace; or fix NTP/PTP")
+            ev += [Evidence("number", "error bound at the trace's ends", acc, "ns", h, "kernel",
+                            c.apply(span[0]), c.apply(span[1])),
+                   Evidence("number", "error bound over the matched packets", d.accuracy_window_ns, "ns", h, "kernel",
+                            c.apply(window[0]), c.apply(window[1])),
+                   Evidence("number", "slope uncertainty (Trace Compass's accuracy)", round(d.slope_accuracy * 1e6, 3),
+                            "ppm", h, "kernel"),
+                   Evidence("interval", "matched packets (on this host)", None, None, h, "kernel",
+                            c.apply(window[0]), c.apply(window[1])),
+                   Evidence("interval", "trace", None, None, h, "kernel", c.apply(span[0]), c.apply(span[1]))]
         out.append(Finding(
-            "clock_sync", "warning" if c.quality == "failed" else "info",
-            f"Host {h}'s clock {what} with {c.reference}"
-            + (f" ({d.matches} matched packets; {d.reason})" if d and d.reason else
-               f" ({d.matches} matched packets)" if d else "") + "; cross-host orderings may be wrong.",
-            "trace the TCP traffic between the hosts (inet_sock_local_in/out) over a longer period, or fix NTP/PTP",
-            [Evidence("number", "matched packets", d.matches if d else None, None, h, "kernel"),
-             Evidence("number", "accuracy bound", acc, "ns", h, "kernel")],
-            {"host": h}, score=float(acc or 0)))
+            "clock_sync", "warning" if c.quality == "failed" or (acc or 0) >= POOR_ACCURACY_NS else "info",
+            statement, action, ev, {"host": h}, score=float(acc or 0)))
     return out
 
 
