@@ -242,3 +242,61 @@ def test_convex_hull_exact_at_1e18():
         assert abs(transform.exact(t) - (slope * t + offset)) <= hull.error_bound(t)
     assert hull.error_bound(t0) < 40_000  # the minimum delay bounds the error from both sides
     assert hull.error_bound(t0 + 100 * 10**9) > hull.error_bound(t0 + 5 * 10**9)  # wider far from the packets
+
+
+def test_chain_through_a_middle_host_with_known_clocks(tmp_path):
+    """Three hosts with known clocks (no recording has three hosts of which two never talk:
+    the packets are generated here, their times from the clocks below). a ↔ c and c ↔ b talk,
+    a and b never do: b is reached through c, and since b's id sorts before c's, b is that
+    pair's reference and the edge c → b is the inverse of the pair's transform."""
+    import pyarrow as pa
+    rng = random.Random(11)
+    t0 = 1_700_000_000_000_000_000
+    clocks = {"a": (Fraction(1), 0),  # host clock = slope · true time + offset
+              "c": (Fraction(1_000_050, 1_000_000), 3_000_000_000),
+              "b": (Fraction(999_980, 1_000_000), -7_000_000_000)}
+
+    def read(host: str, true_ns: Fraction) -> int:
+        s, o = clocks[host]
+        return int(s * true_ns + o)
+
+    rows: dict[str, list[tuple[int, str, dict]]] = {h: [] for h in clocks}
+    seq = 0
+    for pair in (("a", "c"), ("c", "b")):
+        for k in range(60):
+            sender, receiver = pair if k % 2 else pair[::-1]
+            true_sent = Fraction(t0 + k * 100_000_000 + rng.randrange(10_000_000))
+            true_received = true_sent + 30_000 + rng.randrange(300_000)
+            seq += 1
+            key = {"seq": seq, "ack_seq": 1, "flags": 16}
+            rows[sender].append((read(sender, true_sent), "inet_sock_local_out", key))
+            rows[receiver].append((read(receiver, true_received), "inet_sock_local_in", key))
+    store = Store(tmp_path / "s", create=True)
+    for host, events in rows.items():
+        # one event at each end of a longer recording: the bound is read there
+        events += [(read(host, Fraction(t0 - 5 * 10**9)), "sched_switch", {}),
+                   (read(host, Fraction(t0 + 15 * 10**9)), "sched_switch", {})]
+        events.sort()
+        w = store.writer(f"synthetic-{host}")
+        w.write(pa.table({"ts": [t for t, _, _ in events], "name": [n for _, n, _ in events],
+                          "fields": [json.dumps(f) for _, _, f in events],
+                          "pos": list(range(len(events)))}),
+                host=host, layer="kernel", source="synthetic")
+        w.commit({"path": host, "format": "synthetic", "host": host, "layer": "kernel"})
+    from stacklens.sync import sync_store
+    report = sync_store(store)
+    hosts = {h["host"]: h for h in report["hosts"]}
+    assert report["reference"] == "a"
+    assert {(p["reference"], p["other"]) for p in report["pairs"]} == {("a", "c"), ("b", "c")}
+    assert hosts["b"]["via"] == ["c"] and hosts["b"]["quality"] == "accurate"
+    for host in ("b", "c"):
+        h = hosts[host]
+        s, o = clocks[host]
+        slope, offset = Fraction(Decimal(h["slope_decimal"])), Fraction(Decimal(h["offset_decimal"]))
+        stored = store.clocks()[host]
+        assert h["accuracy_window_ns"] < h["accuracy_ns"]
+        for true_ns in (t0 - 5 * 10**9, t0 + 3 * 10**9, t0 + 15 * 10**9):
+            t = read(host, Fraction(true_ns))
+            truth = Fraction(t - o) / s  # a's clock is the true time
+            assert abs(slope * t + offset - truth) <= h["accuracy_ns"] + 1
+            assert abs(stored.apply(t) - truth) <= h["accuracy_ns"] + 2
