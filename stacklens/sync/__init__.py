@@ -26,6 +26,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from stacklens.store.store import ClockTransform
@@ -139,9 +140,13 @@ def synchronize(store) -> tuple[list[HostSync], pa.Table, list[PairSync]]:
     ids = _host_ids(store, hosts)
     pairs: dict[frozenset, PairSync] = {}
     # the order in which the matching completes each match: at the later of its two events
-    order = sorted(packets_table.to_pylist(), key=lambda p: (max(p["send_ts"], p["recv_ts"]), p["send_ts"]))
-    for p in order:
-        s, r = p["send_host"], p["recv_host"]
+    send_ts = packets_table.column("send_ts").to_numpy().astype(np.int64)
+    recv_ts = packets_table.column("recv_ts").to_numpy().astype(np.int64)
+    order = np.lexsort((send_ts, np.maximum(send_ts, recv_ts)))
+    senders = packets_table.column("send_host").to_pylist()
+    receivers = packets_table.column("recv_host").to_pylist()
+    for i in order.tolist():
+        s, r = senders[i], receivers[i]
         if s == r or s not in ids or r not in ids:
             continue
         key = frozenset((s, r))
@@ -151,9 +156,9 @@ def synchronize(store) -> tuple[list[HostSync], pa.Table, list[PairSync]]:
         pair = pairs[key]
         pair.sent[s] = pair.sent.get(s, 0) + 1
         if s == pair.reference:
-            pair.hull.add(True, p["send_ts"], p["recv_ts"])
+            pair.hull.add(True, int(send_ts[i]), int(recv_ts[i]))
         else:
-            pair.hull.add(False, p["recv_ts"], p["send_ts"])
+            pair.hull.add(False, int(recv_ts[i]), int(send_ts[i]))
 
     usable = [p for p in pairs.values() if p.hull.usable]
     in_tree = {h for p in usable for h in (p.reference, p.other)}
