@@ -300,3 +300,16 @@ def test_chain_through_a_middle_host_with_known_clocks(tmp_path):
             truth = Fraction(t - o) / s  # a's clock is the true time
             assert abs(slope * t + offset - truth) <= h["accuracy_ns"] + 1
             assert abs(stored.apply(t) - truth) <= h["accuracy_ns"] + 2
+
+
+def test_composition_order_is_trace_compass():
+    """TsTransformTest.testComposition (tmf.core.tests, synchronization/TsTransformTest.java):
+    f = (slope 2, offset 3), g = (1.5, 8); f∘g(100) = 319, g∘f(100) = 312 (Java's longValue
+    truncates 312.5). Chains compose in this order: the reference's transform ∘ the edge's."""
+    from stacklens.sync.convex_hull import IDENTITY, LinearTransform
+    f = LinearTransform(Decimal("2.0"), Decimal(3))
+    g = LinearTransform(Decimal("1.5"), Decimal(8))
+    assert int(f.compose(g).exact(100)) == 319
+    assert int(g.compose(f).exact(100)) == 312
+    assert f.compose(IDENTITY).exact(100) == IDENTITY.compose(f).exact(100) == 203
+    assert f.inverse().compose(f).exact(100) == 100
