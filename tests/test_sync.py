@@ -23,6 +23,7 @@ tracecompass/tracecompass mirror), files
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -218,6 +219,14 @@ def test_synctraces_error_bound_widens_to_the_trace_ends(synctraces, synced):
     assert abs(vm1["accuracy_ns"] - ends) <= 1
     assert abs(vm1["accuracy_window_ns"] - inside) <= 1
     assert vm1["trace_span_ns"] == [first, last]
+    # the text output shows Trace Compass's transform and both bounds
+    text = subprocess.run([sys.executable, "-m", "stacklens.cli", "sync", "--store", str(synctraces.root)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "COLUMNS": "120"})
+    assert text.returncode == 0, text.stderr
+    assert f"VM1: t_VM3 = {TC_SYNCTRACES_SLOPE} · t + {TC_SYNCTRACES_OFFSET} ns" in text.stdout
+    assert f"±{vm1['accuracy_ns'] / 1e6:.3f} ms" in text.stdout  # ±44.187 ms
+    assert f"±{vm1['accuracy_window_ns'] / 1e3:.3f} µs" in text.stdout  # ±171.983 µs
 
 
 def test_convex_hull_exact_at_1e18():

@@ -26,15 +26,19 @@ def run_sync(store_path: str, json_out: bool) -> None:
                       f"{p['upper_hull_points']}/{p['lower_hull_points']}", f"{p['slope_accuracy']:.3g}"]
                      for p in report["pairs"]], title="host pairs (Trace Compass's fully incremental convex hull)",
                     right=["matches", "hull points (up/low)", "slope accuracy"])
-    print_table(["host", "quality", "t_ref = slope · t + offset", "drift", "error (packets)", "error (trace ends)",
+    print_table(["host", "quality", "offset at first event", "drift", "error (packets)", "error (trace ends)",
                  "matches", "note"],
-                [[h["host"], h["quality"]] + (["", "-", "-", "-"] if h["quality"] == "reference" else [
-                  "" if h["quality"] == "failed" else f"{h['slope_decimal']} · t + {h['offset_decimal']} ns",
-                  f"{h['drift_ppm']:+.3f} ppm",
+                [[h["host"], h["quality"]] + (["-", "-", "-", "-"] if h["quality"] in ("reference", "failed") else [
+                  fmt_duration(h["offset_ns"]), f"{h['drift_ppm']:+.3f} ppm",
                   f"±{fmt_duration(h['accuracy_window_ns'])}" if h["accuracy_window_ns"] is not None else "-",
                   f"±{fmt_duration(h['accuracy_ns'])}" if h["accuracy_ns"] is not None else "-"]) + [h["matches"],
                   (f"via {', '.join(h['via'])}; " if h["via"] else "") + (h["reason"] if h["quality"] != "reference" else "")]
-                 for h in report["hosts"]], right=["drift", "error (packets)", "error (trace ends)", "matches"])
+                 for h in report["hosts"]],
+                right=["offset at first event", "drift", "error (packets)", "error (trace ends)", "matches"])
+    for h in report["hosts"]:
+        if h["quality"] not in ("reference", "failed"):
+            console.print(f"{h['host']}: t_{report['reference']} = {h['slope_decimal']} · t + {h['offset_decimal']} ns",
+                          soft_wrap=True, highlight=False)
     wide = [h for h in report["hosts"] if h["accuracy_ns"] and h["accuracy_window_ns"] is not None
             and h["accuracy_ns"] > 2 * h["accuracy_window_ns"]]
     for h in wide:
