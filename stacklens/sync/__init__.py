@@ -14,7 +14,8 @@ Hosts with no path to the reference are reported as failed, not guessed.
 
 Accuracy: a pair's two bounding lines diverge away from the matched packets, so the error
 bound is evaluated at the ends of the host's own trace (`accuracy_ns`), not only over the
-window of the matched packets (`accuracy_window_ns`). Along a chain the bounds add up.
+window of the matched packets (`accuracy_window_ns`). Along a chain the bounds add up, each
+edge's taken where the host's times fall on that edge's clock.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -112,20 +113,31 @@ def _host_ids(store, hosts: list[str]) -> dict[str, str]:
     return {h: h for h in hosts}
 
 
-def _ceil(x: Fraction | None) -> int | None:
-    return None if x is None else math.ceil(x)
+Bound = Callable[[int], "Fraction | None"]
 
 
-def _edge_bound(pair: PairSync, towards_other: bool, times: tuple[int, int] | None) -> Fraction | None:
-    """The error bound of one edge's transform at the two ends of `times` (on the clock of the
-    host the edge transforms: the pair's other host if `towards_other`, else its reference).
-    The bound is the larger of two absolute values of linear functions of time, a convex
-    function: its maximum over an interval is at one of the ends."""
+def _chain_bound(pair: PairSync, towards_other: bool, edge: LinearTransform, upstream: Bound) -> Bound:
+    """The error bound, at a time of the host an edge transforms, of the chain reference ← … ←
+    this edge: the edge's own bound there plus the upstream chain's bound at the image of that
+    time on the upstream host's clock. Each term is convex in time (a maximum of absolute values
+    of affine functions, composed with an increasing affine map), so the sum's maximum over an
+    interval is at one of its ends."""
+    own = pair.hull.error_bound if towards_other else pair.hull.error_bound_inverse
+
+    def bound(t: int) -> Fraction | None:
+        e = own(t)
+        if e is None:
+            return None
+        up = upstream(math.floor(edge.exact(t)))
+        return None if up is None else e + up
+    return bound
+
+
+def _max_at_ends(bound: Bound, times: tuple[int, int] | None) -> int | None:
     if times is None:
         return None
-    f = pair.hull.error_bound if towards_other else pair.hull.error_bound_inverse
-    values = [f(t) for t in times]
-    return None if any(v is None for v in values) else max(values)
+    values = [bound(t) for t in times]
+    return None if any(v is None for v in values) else math.ceil(max(values))
 
 
 def synchronize(store) -> tuple[list[HostSync], pa.Table, list[PairSync]]:
@@ -174,6 +186,7 @@ def synchronize(store) -> tuple[list[HostSync], pa.Table, list[PairSync]]:
 
     done: dict[str, HostSync] = {ref: HostSync(ref, ref, "accurate", IDENTITY, [], 0, 0, 0, "reference",
                                                span=spans[ref])}
+    bounds: dict[str, Bound] = {ref: lambda t: Fraction(0)}
     queue = deque([ref])
     while queue:
         cur = queue.popleft()
@@ -187,19 +200,11 @@ def synchronize(store) -> tuple[list[HostSync], pa.Table, list[PairSync]]:
             total = edge if cur == ref else up.transform.compose(edge)
             quality = "accurate" if pair.hull.quality == ACCURATE else "approximate"
             worst = max(quality, up.quality, key=QUALITY_RANK.get)
-            trace_bound = _edge_bound(pair, towards_other, spans[nxt])
-            window_bound = _edge_bound(pair, towards_other, window(pair, nxt))
-            if trace_bound is not None and up.accuracy_ns is not None:
-                trace_bound += up.accuracy_ns
-            else:
-                trace_bound = None
-            if window_bound is not None and up.accuracy_window_ns is not None:
-                window_bound += up.accuracy_window_ns
-            else:
-                window_bound = None
+            bounds[nxt] = _chain_bound(pair, towards_other, edge, bounds[cur])
             done[nxt] = HostSync(nxt, ref, worst, total, up.via + ([cur] if cur != ref else []),
-                                 _ceil(trace_bound), _ceil(window_bound), pair.hull.matches, pair.reason(),
-                                 pair.hull.quality, float(pair.hull.slope_accuracy()), spans[nxt], window(pair, nxt))
+                                 _max_at_ends(bounds[nxt], spans[nxt]), _max_at_ends(bounds[nxt], window(pair, nxt)),
+                                 pair.hull.matches, pair.reason(), pair.hull.quality,
+                                 float(pair.hull.slope_accuracy()), spans[nxt], window(pair, nxt))
             queue.append(nxt)
 
     out = []
