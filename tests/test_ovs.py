@@ -214,8 +214,44 @@ def test_ovs_cli_json_and_png(ovs_store, tmp_path):
     assert sum(k["paths"].values()) == k["tagged_packets"]
     assert sum(body["histograms"]["upcall_ns"]["counts"]) == k["latency"]["upcall_ns"]["n"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    meta = Image.open(png).text  # the tEXt chunks matplotlib wrote
+    assert "latency" in meta["Title"]
+    panels = json.loads(meta["Description"])["panels"]
+    assert {p["stage"]: p["packets"] for p in panels} == {
+        k: v["n"] for k, v in k["latency"].items() if v["n"]}
     res = CliRunner().invoke(app, ["ovs", "--store", str(ovs_store.root)])
     assert res.exit_code == 0 and "upcall" in res.output
+
+
+def test_ovs_latency_figure_shares_bins_and_counts_babeltrace2_packets(ovs_store, bt2_events):
+    """The histogram figure: one panel per stage, titled and labelled with units, log x axis,
+    the same bins in every panel, and per panel as many packets as the babeltrace2 oracle
+    finds with that stage latency."""
+    import numpy as np
+    from stacklens.analyses.ovs_report import STAGE_COLUMNS, stage_latencies
+    from stacklens.models.ovs import packet_paths
+    from stacklens.views.figures import close, ovs_latency_figure
+    lat = stage_latencies(packet_paths(ovs_store.connect()))
+    fig = ovs_latency_figure({c: (STAGE_COLUMNS[c], lat[c]) for c in STAGE_COLUMNS})
+    try:
+        expected = _oracle_packets(bt2_events)
+        axes = fig.axes
+        assert [ax.get_title() for ax in axes] == list(STAGE_COLUMNS.values())
+        assert fig._suptitle.get_text().startswith("Open vSwitch")
+        assert "µs" in axes[-1].get_xlabel() and all(ax.get_ylabel() == "packets" for ax in axes)
+        assert all(ax.get_xscale() == "log" for ax in axes)
+        lefts = [tuple(np.round([b.get_x() for b in ax.patches], 9)) for ax in axes]
+        assert len(set(lefts)) == 1 and len(lefts[0]) >= 5  # shared bins
+        for ax, col in zip(axes, STAGE_COLUMNS):
+            n = sum(1 for p in expected if p[col] is not None and p[col] > 0)
+            assert sum(b.get_height() for b in ax.patches) == n > 0, col
+            med = np.median([p[col] for p in expected if p[col] is not None and p[col] > 0])
+            legend = [t.get_text() for t in ax.get_legend().get_texts()]
+            assert legend[0] == f"{n} packets" and legend[1].startswith("median ")
+            assert float(ax.lines[0].get_xdata()[0]) == pytest.approx(med / 1000)
+    finally:
+        close(fig)
 
 
 def test_bad_sample_lines_are_skipped_and_reported(network_lab, tmp_path):

@@ -12,7 +12,8 @@ from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, p
 
 def show_ovs(store_path: str, json_out: bool, png: Path | None = None, host: str | None = None,
              bin_s: float = 1.0) -> int:
-    from stacklens.analyses.ovs_report import histogram_lines, histograms_png, live_report, stage_histograms, thesis_report
+    from stacklens.analyses.ovs_report import (STAGE_COLUMNS, histogram_lines, live_report, stage_histograms,
+                                              stage_latencies, thesis_report)
     from stacklens.store import Store
     con = Store(store_path).connect()
     thesis = thesis_report(con, host, bin_ns=int(bin_s * 1e9))
@@ -20,7 +21,9 @@ def show_ovs(store_path: str, json_out: bool, png: Path | None = None, host: str
     packets = thesis.pop("_packets", None)
     hists = stage_histograms(packets) if packets is not None else {}
     if png is not None and hists:
-        histograms_png(hists, png)
+        from stacklens.views.figures import close, ovs_latency_figure
+        lat = stage_latencies(packets)
+        close(ovs_latency_figure({c: (STAGE_COLUMNS[c], lat[c]) for c in STAGE_COLUMNS}, png))
     if json_out:
         emit_json({"datapath_kprobes": thesis or None, "netdev_statistics": live or None,
                    "histograms": {k: {"edges_ns": e.tolist(), "counts": c.tolist()} for k, (e, c) in hists.items()},
