@@ -200,26 +200,23 @@ def test_perfetto_export_is_well_formed(bundles, stores, tmp_path):
 
 
 def test_otlp_spans_of_a_request(bundles, stores):
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from google.protobuf import json_format
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
     from stacklens.analyses.explain import explain_request
-    from stacklens.views.export import otel_spans
+    from stacklens.views.otlp import traces_data
     lab = _lab(bundles["interference"])
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    n = otel_spans(explain_request(stores["interference"], lab["request_id"]), provider)
-    spans = exporter.get_finished_spans()
-    assert len(spans) == n
-    assert len({s.context.trace_id for s in spans}) == 1
-    ids = {s.context.span_id for s in spans}
-    roots = [s for s in spans if s.parent is None]
-    assert len(roots) == 1 and roots[0].name == f"request {lab['request_id']}"
-    assert all(s.parent.span_id in ids for s in spans if s.parent is not None)
+    doc = traces_data([explain_request(stores["interference"], lab["request_id"])])
+    json_format.Parse(json.dumps(doc), TracesData())  # the protocol's own schema
+    spans = [sp for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for sp in ss["spans"]]
+    assert len({s["traceId"] for s in spans}) == 1
+    ids = {s["spanId"] for s in spans}
+    roots = [s for s in spans if "parentSpanId" not in s]
+    assert len(roots) == 1 and roots[0]["name"] == f"request {lab['request_id']}"
+    assert all(s["parentSpanId"] in ids for s in spans if "parentSpanId" in s)
     # every Nova step the lab notified (".start" lines of the bundle) is a span with its times
     starts = [json.loads(l) for l in (bundles["interference"] / "control" / "notifications.jsonl").read_text().splitlines()
               if '.start"' in l]
-    tasks = [s for s in spans if s.attributes.get("stacklens.kind") == "span" and s.name.startswith("instance.")]
-    assert {s.name for s in tasks} == {m["event_type"].rsplit(".", 1)[0] for m in starts}
-    assert all(s.end_time >= s.start_time for s in spans)
+    kind = lambda s: next(a["value"]["stringValue"] for a in s["attributes"] if a["key"] == "stacklens.kind")  # noqa: E731
+    tasks = [s for s in spans if kind(s) == "span" and s["name"].startswith("instance.")]
+    assert {s["name"] for s in tasks} == {m["event_type"].rsplit(".", 1)[0] for m in starts}
+    assert all(int(s["endTimeUnixNano"]) >= int(s["startTimeUnixNano"]) for s in spans)

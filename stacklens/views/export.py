@@ -6,9 +6,8 @@ Spans that may overlap on one track (service tasks of one worker, migration roun
 steps, thread intervals) are async events (`ph` b/e with a shared `id` and `cat`), which the
 viewers stack instead of mis-nesting; point events are instants (`ph` i). Times are µs.
 
-OTLP: a request's tree (stacklens.analyses.explain) becomes one trace of nested spans with
-their real start/end times, through opentelemetry-sdk — any SpanExporter can receive them
-(the OTLP exporters, or the SDK's in-memory one in the tests).
+OTLP: a request's (or a VM's) tree becomes one trace in OTLP's own encoding (OTLP/JSON to a
+file, OTLP/HTTP protobuf to a collector): see stacklens.views.otlp.
 """
 
 from __future__ import annotations
@@ -103,39 +102,16 @@ def store_trees(store) -> list[Node]:
     return roots
 
 
-def otel_spans(root: Node, tracer_provider) -> int:
-    """Emit `root` and its descendants as one trace of nested spans; returns the span count.
-    Nodes without a start take their parent's start (and are instantaneous)."""
-    from opentelemetry import trace
-    tracer = tracer_provider.get_tracer("stacklens")
-    count = 0
-
-    def emit(n: Node, parent_ctx, parent_start: int | None) -> None:
-        nonlocal count
-        start = n.start if n.start is not None else parent_start
-        end = n.end if n.end is not None else start
-        attrs = {k: v for k, v in _plain(n.attrs).items() if v is not None}
-        attrs.update({"stacklens.layer": n.layer, "stacklens.kind": n.kind})
-        if n.host:
-            attrs["host.name"] = n.host
-        span = tracer.start_span(n.label, context=parent_ctx, start_time=start, attributes=attrs)
-        count += 1
-        ctx = trace.set_span_in_context(span)
-        for c in n.children:
-            emit(c, ctx, start)
-        span.end(end_time=end)
-
-    emit(root, None, root.start)
-    return count
-
-
 def register(app: typer.Typer) -> None:
     from stacklens.cli import DEFAULT_STORE, JsonOpt
 
     @app.command()
     def export(store: str = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory."),
                perfetto: Optional[Path] = typer.Option(None, help="Write Chrome/Perfetto trace-event JSON here."),
-               otlp: Optional[Path] = typer.Option(None, help="Write the request's OpenTelemetry spans (JSON lines) here."),
+               otlp: Optional[Path] = typer.Option(None, help="Write OTLP/JSON (TracesData) of the request or VM here."),
+               otlp_endpoint: Optional[str] = typer.Option(None, "--otlp-endpoint",
+                                                           help="Send the spans as OTLP/HTTP protobuf to this collector "
+                                                                "(http://host:4318; /v1/traces is appended)."),
                request: Optional[str] = typer.Option(None, "--request", help="Only this request."),
                vm: Optional[str] = typer.Option(None, "--vm", help="Only this VM."),
                json_out: bool = JsonOpt) -> None:
@@ -143,10 +119,10 @@ def register(app: typer.Typer) -> None:
         from stacklens.analyses.explain import explain_request, explain_vm
         from stacklens.store import Store
         from stacklens.views.terminal import console, emit_json
-        if perfetto is None and otlp is None:
-            raise StacklensError("export: give --perfetto FILE and/or --otlp FILE")
-        if otlp is not None and not request:
-            raise StacklensError("export: --otlp exports a request flow; give --request ID")
+        if perfetto is None and otlp is None and otlp_endpoint is None:
+            raise StacklensError("export: give --perfetto FILE, --otlp FILE and/or --otlp-endpoint URL")
+        if (otlp is not None or otlp_endpoint) and not (request or vm):
+            raise StacklensError("export: OTLP exports one trace: give --request ID or --vm NAME")
         s = Store(store)
         if request:
             roots = [explain_request(s, request)]
@@ -160,19 +136,38 @@ def register(app: typer.Typer) -> None:
             perfetto.parent.mkdir(parents=True, exist_ok=True)
             perfetto.write_text(json.dumps(doc, default=str))
             result["perfetto"] = {"path": str(perfetto), "events": len(doc["traceEvents"])}
-        if otlp is not None:
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-            from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-            exporter = InMemorySpanExporter()
-            provider = TracerProvider()
-            provider.add_span_processor(SimpleSpanProcessor(exporter))
-            n = otel_spans(roots[0], provider)
-            otlp.parent.mkdir(parents=True, exist_ok=True)
-            otlp.write_text("".join(json.dumps(json.loads(sp.to_json())) + "\n" for sp in exporter.get_finished_spans()))
-            result["otlp"] = {"path": str(otlp), "spans": n}
+        if otlp is not None or otlp_endpoint:
+            from stacklens.views.otlp import send_otlp_http, span_count, traces_data
+            doc = traces_data(roots)
+            if otlp is not None:
+                otlp.parent.mkdir(parents=True, exist_ok=True)
+                otlp.write_text(json.dumps(doc))
+                result["otlp"] = {"path": str(otlp), "spans": span_count(doc),
+                                  "services": sorted({_resource_service(r) for r in doc["resourceSpans"]})}
+            if otlp_endpoint:
+                result["otlp_http"] = send_otlp_http(doc, otlp_endpoint)
         if json_out:
             emit_json(result)
         else:
-            for k, v in result.items():
-                console.print(f"{k}: {v}")
+            _say_written(result, console)
+
+
+def _resource_service(rs: dict[str, Any]) -> str:
+    return next(a["value"]["stringValue"] for a in rs["resource"]["attributes"] if a["key"] == "service.name")
+
+
+def _say_written(result: dict[str, Any], console) -> None:
+    """One line per output: where it went and what it holds."""
+    if "perfetto" in result:
+        p = result["perfetto"]
+        counts = ", ".join(f"{n:,} {k}" for k, n in p.get("by_kind", {}).items() if n)
+        console.print(f"wrote {p['path']}: {p['events']:,} trace events (Chrome/Perfetto JSON)"
+                      + (f" — {counts}" if counts else ""), highlight=False)
+    if "otlp" in result:
+        o = result["otlp"]
+        console.print(f"wrote {o['path']}: {o['spans']:,} spans (OTLP/JSON TracesData) from "
+                      f"{', '.join(o['services'])}", highlight=False)
+    if "otlp_http" in result:
+        h = result["otlp_http"]
+        console.print(f"sent {h['spans']:,} spans to {h['url']}: HTTP {h['http_status']}, "
+                      f"{h['rejected_spans']} rejected", highlight=False)

@@ -1,0 +1,175 @@
+"""Exports checked by their formats' own consumers and rules, with counts from the raw data.
+
+* OTLP/JSON parsed by opentelemetry-proto's `TracesData` (google.protobuf.json_format), and
+  OTLP/HTTP received by a real HTTP server started here that decodes the protobuf body with
+  opentelemetry-proto's `ExportTraceServiceRequest` (the collector's own decoder). The spans'
+  services, times and RPC hops are compared with the RabbitMQ firehose dump read here with
+  plain regular expressions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_data
+
+REQ = "req-ba9ff601-04cc-4889-810f-812f73e1f7dc"
+
+
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+    from stacklens.cli import _register_commands, app
+    if "export" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        _register_commands()
+    return CliRunner().invoke(app, args)
+
+
+@pytest.fixture(scope="module")
+def rabbit_store(tmp_path_factory):
+    from stacklens.store import Store
+    from stacklens.store.ingest import ingest
+    dump = need_data("thesis", "rabbitmq-dump")
+    store = Store(tmp_path_factory.mktemp("rabbit") / "store", create=True)
+    ingest(store, [dump])
+    return store, dump
+
+
+def _dump_oracle(dump: Path) -> dict:
+    """From the raw firehose XML: the request's RPC messages (those with a method) and its
+    notifications (event_type, publisher, time)."""
+    import datetime as dt
+    rpcs, notes = 0, []
+    for f in dump.glob("*.xml"):
+        events = f.read_text().split("<event>")[1:]
+        if f.name == "notifications.info.xml":
+            for e in events:
+                grab = lambda tag: re.search(rf"<{tag}>\s*([^<]+?)\s*</{tag}>", e).group(1)  # noqa: E731
+                t = dt.datetime.strptime(grab("timestamp"), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=dt.timezone.utc)
+                notes.append((grab("event_type"), grab("publisher_id"),
+                              int(t.timestamp()) * 10**9 + t.microsecond * 1000))
+        elif not f.name.startswith("reply_"):
+            rpcs += sum(1 for e in events if REQ in e and "<method>" in e)
+    return {"rpcs": rpcs, "notifications": notes}
+
+
+def _check_otlp_json(doc: dict, oracle: dict) -> None:
+    from google.protobuf import json_format
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+    parsed = json_format.Parse(json.dumps(doc), TracesData())  # raises on any schema violation
+    assert len(parsed.resource_spans) == len(doc["resourceSpans"]) > 1
+    spans, services = [], {}
+    for rs in doc["resourceSpans"]:
+        attrs = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
+        svc = attrs["service.name"]["stringValue"]
+        assert svc != "unknown_service:python"
+        for ss in rs["scopeSpans"]:
+            assert ss["scope"]["name"] == "stacklens"
+            for sp in ss["spans"]:
+                services[sp["spanId"]] = svc
+                spans.append(sp)
+    # OTLP/JSON encoding rules: hex ids of 16/8 bytes, ns times as decimal strings,
+    # attributes as key/value lists, enums as integers
+    assert len({sp["traceId"] for sp in spans}) == 1
+    for sp in spans:
+        assert re.fullmatch(r"[0-9a-f]{32}", sp["traceId"]) and re.fullmatch(r"[0-9a-f]{16}", sp["spanId"])
+        assert isinstance(sp["startTimeUnixNano"], str) and sp["startTimeUnixNano"].isdigit()
+        assert int(sp["endTimeUnixNano"]) >= int(sp["startTimeUnixNano"]) > 10**18
+        assert isinstance(sp["kind"], int) and all(set(a) == {"key", "value"} for a in sp["attributes"])
+        for a in sp["attributes"]:
+            if "intValue" in a["value"]:
+                assert isinstance(a["value"]["intValue"], str)
+        if "parentSpanId" in sp:
+            assert sp["parentSpanId"] in services
+    assert sum(1 for sp in spans if "parentSpanId" not in sp) == 1
+    # each task of the dump's notifications is a span of the service that published it,
+    # with the times of its .start and .end notifications
+    notes = oracle["notifications"]
+    by_name = {sp["name"]: sp for sp in spans}
+    for et, pub, ts in notes:
+        if et.endswith(".start"):
+            task = et[: -len(".start")]
+            end = next(t for e, p, t in notes if e == f"{task}.end" and p == pub)
+            sp = by_name[task]
+            assert (int(sp["startTimeUnixNano"]), int(sp["endTimeUnixNano"])) == (ts, end)
+            assert services[sp["spanId"]] == "nova-" + pub.split(".")[0]
+            assert sp["status"]["code"] == 1  # STATUS_CODE_OK
+    # one span per RPC message of the request, as a client (call) or producer (cast) span
+    hops = [sp for sp in spans if sp["name"].startswith("RPC ")]
+    assert len(hops) == oracle["rpcs"] > 0
+    assert {sp["kind"] for sp in hops} == {3, 4}
+    assert {"nova-api", "nova-conductor", "nova-scheduler", "nova-compute"} <= set(services.values())
+
+
+def test_otlp_json_file_parses_as_traces_data(rabbit_store, tmp_path):
+    store, dump = rabbit_store
+    out = tmp_path / "req.otlp.json"
+    res = _cli(["export", "--store", str(store.root), "--request", REQ, "--otlp", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    _check_otlp_json(doc, _dump_oracle(dump))
+    n = sum(len(ss["spans"]) for rs in doc["resourceSpans"] for ss in rs["scopeSpans"])
+    assert res.output.startswith(f"wrote {out}: {n} spans (OTLP/JSON")
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver: decodes POST /v1/traces with opentelemetry-proto."""
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
+                                                                              ExportTraceServiceResponse)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path != "/v1/traces" or self.headers["Content-Type"] != "application/x-protobuf":
+            self.send_error(404 if self.path != "/v1/traces" else 415)
+            return
+        self.received.append(ExportTraceServiceRequest.FromString(body))
+        answer = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_otlp_http_to_a_local_receiver(rabbit_store, tmp_path):
+    store, dump = rabbit_store
+    server = HTTPServer(("127.0.0.1", 0), _Collector)
+    _Collector.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        out = tmp_path / "req.json"
+        res = _cli(["export", "--store", str(store.root), "--request", REQ, "--otlp", str(out),
+                    "--otlp-endpoint", url, "--json"])
+        assert res.exit_code == 0, res.output
+        sent = json.loads(res.output)["otlp_http"]
+        assert sent["http_status"] == 200 and sent["rejected_spans"] == 0 and sent["url"] == url + "/v1/traces"
+        # a port nobody listens on: a one-line error, not a traceback
+        bad = _cli(["export", "--store", str(store.root), "--request", REQ, "--otlp-endpoint", "http://127.0.0.1:9"])
+        from stacklens.errors import StacklensError
+        assert bad.exit_code != 0 and isinstance(bad.exception, StacklensError)
+        assert "127.0.0.1:9/v1/traces" in str(bad.exception)
+    finally:
+        server.shutdown()
+        server.server_close()
+    [req] = _Collector.received
+    doc = json.loads(out.read_text())
+    spans = [sp for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans]
+    assert len(spans) == sent["spans"] == sum(len(ss["spans"]) for rs in doc["resourceSpans"] for ss in rs["scopeSpans"])
+    # the protobuf carries the ids' bytes (16 and 8), the same as the file's hex
+    file_ids = {sp["spanId"] for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for sp in ss["spans"]}
+    assert all(len(sp.trace_id) == 16 and len(sp.span_id) == 8 for sp in spans)
+    assert {sp.span_id.hex() for sp in spans} == file_ids
+    services = {a.value.string_value for rs in req.resource_spans for a in rs.resource.attributes
+                if a.key == "service.name"}
+    assert {"nova-api", "nova-scheduler", "nova-compute"} <= services
