@@ -173,3 +173,136 @@ def test_otlp_http_to_a_local_receiver(rabbit_store, tmp_path):
     services = {a.value.string_value for rs in req.resource_spans for a in rs.resource.attributes
                 if a.key == "service.name"}
     assert {"nova-api", "nova-scheduler", "nova-compute"} <= services
+
+
+# ---- Chrome / Perfetto trace-event JSON ------------------------------------------------------
+# No Perfetto trace processor can run here (the PyPI `perfetto` package only downloads its
+# trace_processor_shell from Google's servers; neither PyPI, npm nor Debian ship one), so the
+# export is checked against the trace-event format's rules and its events counted against
+# the store (DuckDB) and the raw data (babeltrace2, the firehose XML).
+
+def _perfetto(store_root: Path, out: Path, *extra: str) -> dict:
+    res = _cli(["export", "--store", str(store_root), "--perfetto", str(out), *extra])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert res.output.startswith(f"wrote {out}: {len(doc['traceEvents']):,} trace events")
+    return doc
+
+
+def _rules(doc: dict) -> None:
+    from stacklens.views.perfetto import check_trace_events
+    evs = doc["traceEvents"]
+    assert check_trace_events(evs) == []
+    procs = {e["pid"] for e in evs if e["ph"] == "M" and e["name"] == "process_name"}
+    threads = {(e["pid"], e["tid"]) for e in evs if e["ph"] == "M" and e["name"] == "thread_name"}
+    for e in evs:
+        if e["ph"] in ("X", "s", "f"):
+            assert e["pid"] in procs and (e["pid"], e["tid"]) in threads, e  # every track is named
+        if e["ph"] == "C":
+            assert e["pid"] in procs and all(isinstance(v, float) for v in e["args"].values())
+
+
+@pytest.fixture(scope="module")
+def many_threads_store(tmp_path_factory):
+    from stacklens.store import Store
+    from stacklens.store.ingest import ingest
+    trace = need_data("tracecompass", "many-threads")
+    store = Store(tmp_path_factory.mktemp("mt") / "store", create=True)
+    ingest(store, [trace])
+    return store
+
+
+def test_perfetto_kernel_only_store(many_threads_store, tmp_path):
+    """A kernel-only store: one track per CPU with a slice per thread that ran there (as
+    many as DuckDB counts switches to a non-idle thread per CPU, plus the thread already
+    running at the trace start), processes and threads named, thread states, CPU usage."""
+    doc = _perfetto(many_threads_store.root, tmp_path / "mt.json")
+    _rules(doc)
+    evs = doc["traceEvents"]
+    con = many_threads_store.connect()
+    start = con.execute("SELECT min(ts) FROM events").fetchall()[0][0]
+    oracle = dict(con.execute("""
+        WITH sw AS (SELECT cpu, ts, CAST(fields->>'next_tid' AS BIGINT) AS next_tid,
+                           CAST(fields->>'prev_tid' AS BIGINT) AS prev_tid,
+                           row_number() OVER (PARTITION BY cpu ORDER BY ts, pos) AS k
+                    FROM events WHERE name = 'sched_switch')
+        SELECT cpu, count(*) FILTER (WHERE next_tid <> 0)
+                    + count(*) FILTER (WHERE k = 1 AND prev_tid <> 0 AND ts > ?)
+        FROM sw GROUP BY cpu""", [start]).fetchall())
+    assert len(oracle) == 8  # the trace's 8 CPUs
+    cpu_pid = next(e["pid"] for e in evs if e["ph"] == "M" and e["name"] == "process_name"
+                   and e["args"]["name"].endswith(" CPUs"))
+    cpu_tid = {int(e["args"]["name"].split()[1]): e["tid"] for e in evs
+               if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == cpu_pid}
+    per_cpu = {c: sum(1 for e in evs if e["ph"] == "X" and e["pid"] == cpu_pid and e["tid"] == t)
+               for c, t in cpu_tid.items()}
+    assert per_cpu == oracle
+    # every thread the trace switched to has a named track of thread states
+    switched = {r[0] for r in con.execute(
+        "SELECT DISTINCT CAST(fields->>'next_tid' AS BIGINT) FROM events WHERE name = 'sched_switch'").fetchall()} - {0}
+    state_tracks = {e["tid"] for e in evs if e["ph"] == "X" and e["cat"] == "thread_state"}
+    assert switched <= state_tracks
+    assert {e["name"] for e in evs if e.get("cat") == "thread_state"} >= {"running", "runnable", "blocked"}
+    usage = [e["args"]["busy"] for e in evs if e["ph"] == "C" and e["cat"] == "cpu_usage"]
+    assert len(usage) > 100 and all(0 <= u <= 100.001 for u in usage) and max(usage) > 0
+
+
+@pytest.fixture(scope="module")
+def thesis_store(tmp_path_factory):
+    from stacklens.store import Store
+    from stacklens.store.ingest import ingest
+    paths = [need_data("thesis", d) for d in ("nova", "cinder", "rabbitmq-dump")]
+    store = Store(tmp_path_factory.mktemp("thesis") / "store", create=True)
+    ingest(store, paths)
+    return store, paths
+
+
+def test_perfetto_tasks_requests_and_rpc_flows(thesis_store, tmp_path):
+    """Tasks: one slice per `.start` record (babeltrace2 over the thesis traces, regular
+    expressions over the firehose notifications); one flow arrow per RPC message of a
+    request in the firehose dump, each from its caller's track to the callee's."""
+    import subprocess
+    from tests.conftest import need_program
+    store, (nova, cinder, dump) = thesis_store
+    doc = _perfetto(store.root, tmp_path / "thesis.json")
+    _rules(doc)
+    evs = doc["traceEvents"]
+    bt = need_program("babeltrace2")
+    starts = 0
+    for trace in (nova, cinder):
+        text = subprocess.run([bt, str(trace)], capture_output=True, text=True, timeout=60, check=True).stdout
+        starts += len(re.findall(r"lttng_trace:\{\\?'event_type\\?':\\?'?[\w.]+\.start\b", text))
+    notes = _dump_oracle(dump)["notifications"]
+    starts += sum(1 for et, _, _ in notes if et.endswith(".start"))
+    assert starts == 12
+    assert sum(1 for e in evs if e["ph"] == "X" and e["cat"] == "task") == starts
+    rpcs = 0
+    for f in dump.glob("*.xml"):
+        if not f.name.startswith(("reply_", "notifications")):
+            rpcs += sum(1 for e in f.read_text().split("<event>")[1:]
+                        if "<method>" in e and re.search(r"<_context_request_id>\s*req-", e))
+    flows_s = [e for e in evs if e["ph"] == "s"]
+    assert len(flows_s) == rpcs == 79
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"}
+    ends = {e["id"]: e for e in evs if e["ph"] == "f"}
+    assert all(names[(s["pid"], s["tid"])] != names[(ends[s["id"]]["pid"], ends[s["id"]]["tid"])] for s in flows_s)
+    procs = {e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "process_name"}
+    assert f"request {REQ}" in procs and {"VM vm-26009", "VM vm-13960"} <= procs
+    # the request's spans keep the notifications' times, relative to origin_ns; this store
+    # spans 2015 and 2016 (thesis traces and the dump): µs resolution, said in otherData
+    t0 = next(t for et, _, t in notes if et == "compute.instance.create.start")
+    t1 = next(t for et, _, t in notes if et == "compute.instance.create.end")
+
+    def check_create(d: dict, resolution: int) -> None:
+        assert d["otherData"]["resolution_ns"] == resolution
+        origin = int(d["otherData"]["origin_ns"])
+        c = next(e for e in d["traceEvents"] if e["ph"] == "X" and e.get("cat") == "request"
+                 and e["name"] == "compute.instance.create")
+        assert (round(c["ts"] * 1000) + origin) // resolution == t0 // resolution
+        assert abs(round(c["dur"] * 1000) - (t1 - t0)) < resolution
+    check_create(doc, 1000)
+    # one request only: its RPC messages, its span times to the ns
+    one = _perfetto(store.root, tmp_path / "one.json", "--request", REQ)
+    _rules(one)
+    assert sum(1 for e in one["traceEvents"] if e["ph"] == "s") == _dump_oracle(dump)["rpcs"]
+    check_create(one, 1)

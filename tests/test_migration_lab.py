@@ -282,6 +282,27 @@ def test_dirty_pages_figure(lab):
         close(fig)
 
 
+def test_perfetto_migration_stages(lab, tmp_path):
+    """The normal run in the trace-event export: a slice per round (QMP's dirty-sync-count -
+    1), a dirty-pages counter per round, stop&copy lasting what the raw QEMU logs say (source
+    vCPUs stopped → destination running, µs stamps), the trace-event rules kept."""
+    from stacklens.views.perfetto import check_trace_events, perfetto_trace
+    bundle, _, store, _ = lab["normal"]
+    doc = perfetto_trace(store)
+    evs = doc["traceEvents"]
+    assert check_trace_events(evs) == []
+    mig = [e for e in evs if e["ph"] == "X" and e.get("cat") == "migration"]
+    rounds = [e for e in mig if e["name"].startswith(("round ", "precopy"))]
+    assert len(rounds) == _qmp_final(bundle)["ram"]["dirty-sync-count"] - 1
+    counters = [e for e in evs if e["ph"] == "C" and e.get("cat") == "dirty_pages"]
+    assert len(counters) == len(rounds) + 1 and counters[-1]["args"]["pages"] == 0
+    [stop] = [e for e in mig if e["name"].startswith("stop&copy")]
+    down_ns = _vm_state_ns(bundle, "dst", 1) - _vm_state_ns(bundle, "src", 0)
+    assert abs(stop["dur"] * 1000 - down_ns) <= 1000  # the logs stamp µs
+    procs = [e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "process_name"]
+    assert any(p.startswith("migration ") and "lab-src → lab-dst" in p for p in procs)
+
+
 def _taskset_cpus(pid: int) -> dict[int, str]:
     """{tid: CPU list} of every thread of `pid`, as taskset(1) reports it (an oracle outside
     the lab's own /proc reading)."""
