@@ -303,6 +303,29 @@ def test_perfetto_migration_stages(lab, tmp_path):
     assert any(p.startswith("migration ") and "lab-src → lab-dst" in p for p in procs)
 
 
+def test_threads_and_preemption_by_part_of_a_name(lab):
+    """`--proc qemu` (no %) finds the QEMU threads the lab read from /proc; a name found
+    nowhere is a one-line error, not empty tables."""
+    import sys
+    bundle, _, store, _ = lab["normal"]
+    lab_json = json.loads((bundle / "lab.json").read_text())
+    src = {t["tid"] for p in lab_json["processes"] if p["host"] == "lab-src" for t in p["threads"]}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "stacklens.cli", *args, "--store", str(store.root)],
+                              capture_output=True, text=True, timeout=120)
+    done = run("threads", "--proc", "qemu", "--json")
+    assert done.returncode == 0, done.stderr
+    [host] = [h for h in json.loads(done.stdout)["hosts"] if h["host"] == "lab-src"]
+    assert src <= {t["tid"] for t in host["threads"]}
+    done = run("preemption", "--proc", "qemu", "--json")
+    assert done.returncode == 0, done.stderr
+    [host] = [h for h in json.loads(done.stdout)["hosts"] if h["host"] == "lab-src"]
+    assert src <= {t["tid"] for t in host["threads"]}
+    done = run("threads", "--proc", "no-such-thread")
+    assert done.returncode == 2 and done.stderr.startswith("stacklens: error: no thread or process named")
+
+
 def _taskset_cpus(pid: int) -> dict[int, str]:
     """{tid: CPU list} of every thread of `pid`, as taskset(1) reports it (an oracle outside
     the lab's own /proc reading)."""

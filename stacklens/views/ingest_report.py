@@ -13,7 +13,8 @@ from stacklens.views.terminal import console, emit_json, err_console, print_tabl
 
 def run_ingest(store: Store, paths: list[Path], host: str | None, tz: str | None,
                json_out: bool) -> int:
-    """Ingest and report; returns the exit code (1 if any part was rejected)."""
+    """Ingest and report; returns the exit code: 1 if any part was rejected, or if nothing
+    was ingested (every part rejected or not recognised), else 0."""
     from stacklens.sources.bundle import discover
     from stacklens.store.ingest import part_size
 
@@ -35,6 +36,12 @@ def run_ingest(store: Store, paths: list[Path], host: str | None, tz: str | None
         _print(results)
     for r in rejected:
         err_console.print(f"stacklens: rejected {r.path}: {r.message}", markup=False, highlight=False)
+    if not any(r.status in ("ingested", "already") for r in results):
+        err_console.print(f"stacklens: nothing ingested from {', '.join(str(p) for p in paths)}: "
+                          f"{len(rejected)} part(s) rejected, "
+                          f"{sum(r.status == 'unrecognised' for r in results)} not recognised",
+                          markup=False, highlight=False, soft_wrap=True)
+        return 1
     return 1 if rejected else 0
 
 
