@@ -77,7 +77,7 @@ def migration_not_converging(ctx: Context) -> list[Finding]:
             rates = (f": the guest dirtied {a.dirty_rate_pps:,.0f} pages/s while {a.transfer_rate_pps:,.0f} pages/s"
                      f" were sent ({a.dirty_rate_pps / a.transfer_rate_pps:.1f}x)")
         for r in a.rounds[-3:]:
-            ev.append(Evidence("interval", f"round {r.index}: {r.dirty_pages} dirty pages", r.dirty_pages, "pages",
+            ev.append(Evidence("interval", f"round {r.index}: dirty pages", r.dirty_pages, "pages",
                                a.source_host, "virt", r.start, r.end, {"vm": a.vm}))
         ev.append(Evidence("number", "throttle events", a.throttle_events, None, a.source_host, "virt",
                            ref={"vm": a.vm}))
