@@ -224,6 +224,22 @@ def test_ovs_cli_json_and_png(ovs_store, tmp_path):
     assert res.exit_code == 0 and "upcall" in res.output
 
 
+def test_ovs_text_prints_the_fast_and_slow_path_medians(ovs_store, bt2_events):
+    import statistics
+    from typer.testing import CliRunner
+    from stacklens.cli import _register_commands, app
+    from stacklens.views.terminal import fmt_duration
+    if "ovs" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        _register_commands()
+    res = CliRunner().invoke(app, ["ovs", "--store", str(ovs_store.root)])
+    assert res.exit_code == 0, res.output
+    packets = _oracle_packets(bt2_events)  # babeltrace2's text, followed tag by tag here
+    for label, paths in (("fast path (no upcall)", ("fast", "fast_flood")), ("slow path (upcall)", ("slow", "slow_flood"))):
+        lat = [p["latency_ns"] for p in packets if p["path"] in paths and p["latency_ns"] is not None]
+        assert f"{label}: median receive → send {fmt_duration(statistics.median(lat))} over {len(lat)} packets" \
+            in res.output
+
+
 def test_ovs_latency_figure_shares_bins_and_counts_babeltrace2_packets(ovs_store, bt2_events):
     """The histogram figure: one panel per stage, titled and labelled with units, log x axis,
     the same bins in every panel, and per panel as many packets as the babeltrace2 oracle
@@ -300,3 +316,41 @@ def test_network_lab_diagnosed_as_upcall_storm(network_lab):
     # either side of the sample)
     assert abs(sum(got.values()) - burst.value) <= 2
     assert f.action
+
+
+def test_diagnose_kprobe_upcalls_lost_and_bursts(ovs_store, bt2_events):
+    """The diagnosis over the datapath kprobes: lost upcalls and upcall bursts, both counted
+    here from babeltrace2's text (packets followed by tag; upcall_start per 1 s bin)."""
+    import statistics
+    from stacklens.diagnose.rules import diagnose_store
+    findings = {f.rule: f for f in diagnose_store(ovs_store)}
+    packets = _oracle_packets(bt2_events)
+    lost = [p for p in packets if p["path"] == "upcall_lost"]
+    upcalled = [p for p in packets if p["stages"]["upcall_start"]]
+    f = findings["ovs_lost_upcalls"]
+    assert f.subject["lost"] == len(lost) > 0 and f.subject["upcalls"] == len(upcalled)
+    assert f.statement.startswith(f"{len(lost)} of the {len(upcalled)} upcalls")
+    examples = [e for e in f.evidence if e.kind == "event"]
+    assert {e.ref["tag"] for e in examples} <= {p["tag"] for p in lost} and examples
+    assert all(e.start == p["stages"]["upcall_start"][0] for e in examples for p in lost if p["tag"] == e.ref["tag"])
+    # bursts: runs of 1 s bins with at least max(3, 4 x median) upcall_start events
+    starts = sorted(ts for ts, stage, _ in bt2_events if stage == "upcall_start")
+    first = starts[0] // 10**9 * 10**9
+    counts = [0] * ((starts[-1] - first) // 10**9 + 1)
+    for ts in starts:
+        counts[(ts - first) // 10**9] += 1
+    threshold = max(3, 4 * statistics.median(counts))
+    runs, i = [], 0
+    while i < len(counts):
+        if counts[i] >= threshold:
+            j = i
+            while j + 1 < len(counts) and counts[j + 1] >= threshold:
+                j += 1
+            runs.append((first + i * 10**9, first + (j + 1) * 10**9, sum(counts[i:j + 1])))
+            i = j + 1
+        else:
+            i += 1
+    b = findings["ovs_upcall_bursts"]
+    assert b.subject["bursts"] == len(runs) > 0 and b.subject["upcalls"] == sum(n for *_, n in runs)
+    shown = {(e.start, e.end, e.value) for e in b.evidence if e.kind == "interval"}
+    assert shown <= set(runs) and len(shown) == min(len(runs), 5)

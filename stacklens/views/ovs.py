@@ -54,6 +54,10 @@ def _show_thesis(r: dict, hists: dict, histogram_lines) -> None:
                 [[p["proto"], p["packets"], p["slow"], p["flood"], fmt_duration(p["median_latency_ns"]),
                   fmt_duration(p["median_upcall_ns"])] for p in r["per_protocol"]],
                 right=["packets", "slow", "flood", "median latency", "median upcall"])
+    for kind, q in (("fast path (no upcall)", r["fast_latency"]), ("slow path (upcall)", r["slow_latency"])):
+        if q.get("n"):
+            console.print(f"{kind}: median receive → send {fmt_duration(q['p50'])} over {q['n']} packets "
+                          f"(p90 {fmt_duration(q['p90'])}, max {fmt_duration(q['max'])})", highlight=False)
     print_table(["stage", "n", "min", "median", "p90", "max"],
                 [[s["label"], s["n"], fmt_duration(s.get("min")), fmt_duration(s.get("p50")),
                   fmt_duration(s.get("p90")), fmt_duration(s.get("max"))] for s in r["latency"].values()],
