@@ -151,3 +151,27 @@ def test_parse_time():
     assert parse_time("2017-05-16T00:00:00.008") == 1494892800008000000
     assert parse_time("2017-05-16 02:00:00.008+02:00") == 1494892800008000000
     assert parse_time(None) is None
+
+
+NO_JSON = {"demo", "dump", "agent", "ui"}  # the README names these four
+
+
+def test_every_reading_command_takes_json():
+    """What the README says about --json, checked against the registered commands."""
+    import typer.main
+    from stacklens.cli import _register_commands, app
+    if "ovs" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        _register_commands()
+    without = set()
+
+    def walk(c, prefix=""):
+        if hasattr(c, "commands"):
+            for n, sub in c.commands.items():
+                walk(sub, f"{prefix}{n} ")
+        elif not any("--json" in p.opts for p in c.params):
+            without.add(prefix.strip())
+    walk(typer.main.get_command(app))
+    assert without == NO_JSON
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    para = readme[readme.index("takes `--json`"):][:400]
+    assert all(f"`{c}`" in para for c in NO_JSON)
