@@ -68,6 +68,9 @@ def dirty_pages_figure(attempts: list[MigrationAttempt], path: Path | None = Non
             down = fmt_duration(a.downtime_ns) if a.downtime_ns is not None else "?"
             ax.axvline(xs, color=colour, linestyle="--", linewidth=1.5,
                        label=f"stop&copy of {a.vm}: guest-visible downtime {down}")
+            ax.annotate(f"stop&copy {down}", (xs, 0.5), xycoords=("data", "axes fraction"), xytext=(-6, 0),
+                        textcoords="offset points", rotation=90, ha="center", va="center", fontsize="small",
+                        color=colour)
     if groups:
         ax.set_xticks(range(n_rounds), ["precopy" if i == 0 else str(i) for i in range(n_rounds)])
         ax.set_xlim(-0.6, n_rounds + 0.1)

@@ -358,9 +358,13 @@ def perfetto_trace(store, request: str | None = None, vm: str | None = None) -> 
     con = shared_connection(store)
     b = TraceBuilder()
     names: set[str] = set()
+    if request is not None and not con.execute("SELECT count(*) FROM events WHERE request_id = ?",
+                                                [request]).fetchall()[0][0]:
+        from stacklens.errors import StacklensError
+        raise StacklensError(f"no request {request!r} in the store")
     if vm is not None:
         from stacklens.models.correlation import resolve_vm
-        names = {n for n in resolve_vm(con, vm) if n}
+        names = {vm} | {n for n in resolve_vm(con, vm) if n}  # the key itself, whatever the resolution finds
     tasks = service_tasks(con).to_pylist()
     if request is not None:
         tasks = [t for t in tasks if t["request_id"] == request]
@@ -397,6 +401,9 @@ def perfetto_trace(store, request: str | None = None, vm: str | None = None) -> 
             if vm_tids is not None and host not in vm_tids:
                 continue
             add_kernel(b, store, host, i, None if vm_tids is None else vm_tids[host])
+    if vm is not None and not any(e["cat"] in ("task", "vm_state", "migration") for e in b.events if "cat" in e):
+        from stacklens.errors import StacklensError
+        raise StacklensError(f"no VM {vm!r} in the store (no tasks, states or migrations name it)")
     return b.document()
 
 
