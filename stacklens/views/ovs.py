@@ -39,6 +39,8 @@ def show_ovs(store_path: str, json_out: bool, png: Path | None = None, host: str
         _show_live(live)
     if png is not None and hists:
         console.print(f"latency histograms: {png}")
+    elif png is not None:
+        console.print(f"no per-packet datapath latencies (kprobe events) in the store: {png} not written")
     return 0
 
 
