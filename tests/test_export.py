@@ -245,6 +245,17 @@ def test_perfetto_kernel_only_store(many_threads_store, tmp_path):
     assert {e["name"] for e in evs if e.get("cat") == "thread_state"} >= {"running", "runnable", "blocked"}
     usage = [e["args"]["busy"] for e in evs if e["ph"] == "C" and e["cat"] == "cpu_usage"]
     assert len(usage) > 100 and all(0 <= u <= 100.001 for u in usage) and max(usage) > 0
+    # equal bins: their mean is the whole trace's busy share, summed here from the switches
+    end = con.execute("SELECT max(ts) FROM events").fetchall()[0][0]
+    busy = con.execute("""
+        WITH sw AS (SELECT cpu, ts, CAST(fields->>'next_tid' AS BIGINT) AS next_tid,
+                           CAST(fields->>'prev_tid' AS BIGINT) AS prev_tid,
+                           lead(ts) OVER (PARTITION BY cpu ORDER BY ts, pos) AS nxt,
+                           row_number() OVER (PARTITION BY cpu ORDER BY ts, pos) AS k
+                    FROM events WHERE name = 'sched_switch')
+        SELECT sum(CASE WHEN next_tid <> 0 THEN coalesce(nxt, ?) - ts ELSE 0 END)
+             + sum(CASE WHEN k = 1 AND prev_tid <> 0 THEN ts - ? ELSE 0 END) FROM sw""", [end, start]).fetchall()[0][0]
+    assert sum(usage) / len(usage) == pytest.approx(100 * busy / ((end - start) * 8), abs=0.01)
 
 
 @pytest.fixture(scope="module")
