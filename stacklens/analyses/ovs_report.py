@@ -4,7 +4,6 @@ slow-path share before/after a reconfiguration, slow packets named by their VMs.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import duckdb
 import numpy as np
