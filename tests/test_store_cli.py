@@ -104,7 +104,7 @@ def test_missing_store_is_one_line(tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not a trace\n")
     r = cli("ingest", str(junk), "--store", str(tmp_path / "s2"), check=False)
-    assert r.returncode == 1 and "nothing ingested" in r.stderr and "1 not recognised" in r.stderr
+    assert r.returncode == 1 and "nothing ingested" in r.stderr and "1 part(s) not recognised" in r.stderr
 
 
 def test_bundle_toml_names_hosts(tmp_path):

@@ -36,13 +36,15 @@ def run_ingest(store: Store, paths: list[Path], host: str | None, tz: str | None
         _print(results)
     for r in rejected:
         err_console.print(f"stacklens: rejected {r.path}: {r.message}", markup=False, highlight=False)
+    if rejected:
+        return 1
     if not any(r.status in ("ingested", "already") for r in results):
+        # (rejections were named above, one line each)
         err_console.print(f"stacklens: nothing ingested from {', '.join(str(p) for p in paths)}: "
-                          f"{len(rejected)} part(s) rejected, "
-                          f"{sum(r.status == 'unrecognised' for r in results)} not recognised",
+                          f"{sum(r.status == 'unrecognised' for r in results)} part(s) not recognised",
                           markup=False, highlight=False, soft_wrap=True)
         return 1
-    return 1 if rejected else 0
+    return 0
 
 
 def _print(results: list[PartResult]) -> None:
