@@ -58,11 +58,13 @@ def events(store: str = StoreOpt,
            from_: Optional[str] = typer.Option(None, "--from", help="Start: ISO time (UTC) or ns."),
            to: Optional[str] = typer.Option(None, "--to", help="End (exclusive): ISO time or ns."),
            limit: int = typer.Option(50, help="Rows at most (0: all)."),
+           fields: Optional[str] = typer.Option(None, "--fields",
+                                                help="Also print these fields as key=value (comma list, or 'all')."),
            json_out: bool = JsonOpt) -> None:
-    """Events in time order, filtered."""
+    """Events in time order, filtered: one line per event with its message."""
     from stacklens.views.events import show_events
     show_events(_store(store), name=name, host=host, layer=layer, request=request,
-                start=parse_time(from_), end=parse_time(to), limit=limit, json_out=json_out)
+                start=parse_time(from_), end=parse_time(to), limit=limit, json_out=json_out, fields=fields)
 
 
 @app.command()

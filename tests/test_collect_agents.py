@@ -113,6 +113,16 @@ token = "{token2}"
             assert bad["crashes"] == 2 and bad["restarts"] == 1 and bad["exit_code"] != 0
             assert "no_such_option" in bad["log_tail"]
             assert t["proc"]["state"] == "running"
+        # `client status` says why: the last line the tracer wrote to its log on disk
+        shown = subprocess.run([sys.executable, "-m", "stacklens.cli", "client", "--agents", str(agents_file),
+                                "status"], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        for node in ("node1", "node2"):
+            log = (tmp_path / node / "run" / "notifications.log").read_text()
+            last = [ln.strip() for ln in log.splitlines() if ln.strip()][-1]
+            assert "no_such_option" in last
+            line = next(ln for ln in shown.stdout.splitlines() if ln.startswith(f"{node} notifications crashed"))
+            assert line.endswith(": " + last[:300]), line
 
         stopped = client.stop(agents, ["proc"])
         assert {r["state"] for r in stopped} == {"stopped"}

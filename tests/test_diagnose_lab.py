@@ -178,48 +178,37 @@ def test_perfetto_export_is_well_formed(bundles, stores, tmp_path):
     assert done.returncode == 0, done.stderr
     doc = json.loads(out.read_text())
     evs = doc["traceEvents"]
+    from stacklens.views.perfetto import check_trace_events
+    assert check_trace_events(evs) == []  # ph/ts/pid/tid, X nesting per track, flows paired
     procs = {e["pid"]: e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "process_name"}
-    assert len(procs) == len(set(procs.values()))  # one process per host
-    assert {"lab-src", "lab-dst"} <= set(procs.values())
-    opened: dict[tuple, dict] = {}
-    for e in evs:
-        assert e["ph"] in ("M", "b", "e", "i")
-        if e["ph"] == "M":
-            continue
-        assert e["pid"] in procs and isinstance(e["ts"], (int, float))
-        key = (e["cat"], e["id"], e["pid"]) if e["ph"] in "be" else None
-        if e["ph"] == "b":
-            assert key not in opened
-            opened[key] = e
-        elif e["ph"] == "e":
-            b = opened.pop(key)
-            assert b["name"] == e["name"] and e["ts"] >= b["ts"]
-    assert not opened
-    rounds = [e for e in evs if e["ph"] == "b" and e["args"].get("kind") == "round"]
+    assert "lab-src CPUs" in procs.values()
+    # the lab's QEMU threads (tids read from /proc by the lab) have thread-state tracks
+    src_tids = {t["tid"] for p in lab["processes"] if p["host"] == "lab-src" for t in p["threads"]}
+    state_tids = {e["tid"] for e in evs if e["ph"] == "X" and e.get("cat") == "thread_state"}
+    assert src_tids & state_tids
+    rounds = [e for e in evs if e["ph"] == "X" and e.get("cat") == "migration"
+              and (e["name"].startswith("round ") or e["name"].startswith("precopy"))]
     assert len(rounds) == lab["query_migrate"]["ram"]["dirty-sync-count"] - 1
 
 
 def test_otlp_spans_of_a_request(bundles, stores):
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from google.protobuf import json_format
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
     from stacklens.analyses.explain import explain_request
-    from stacklens.views.export import otel_spans
+    from stacklens.views.otlp import traces_data
     lab = _lab(bundles["interference"])
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    n = otel_spans(explain_request(stores["interference"], lab["request_id"]), provider)
-    spans = exporter.get_finished_spans()
-    assert len(spans) == n
-    assert len({s.context.trace_id for s in spans}) == 1
-    ids = {s.context.span_id for s in spans}
-    roots = [s for s in spans if s.parent is None]
-    assert len(roots) == 1 and roots[0].name == f"request {lab['request_id']}"
-    assert all(s.parent.span_id in ids for s in spans if s.parent is not None)
+    doc = traces_data([explain_request(stores["interference"], lab["request_id"])])
+    json_format.Parse(json.dumps(doc), TracesData())  # the protocol's own schema
+    spans = [sp for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for sp in ss["spans"]]
+    assert len({s["traceId"] for s in spans}) == 1
+    ids = {s["spanId"] for s in spans}
+    roots = [s for s in spans if "parentSpanId" not in s]
+    assert len(roots) == 1 and roots[0]["name"] == f"request {lab['request_id']}"
+    assert all(s["parentSpanId"] in ids for s in spans if "parentSpanId" in s)
     # every Nova step the lab notified (".start" lines of the bundle) is a span with its times
     starts = [json.loads(l) for l in (bundles["interference"] / "control" / "notifications.jsonl").read_text().splitlines()
               if '.start"' in l]
-    tasks = [s for s in spans if s.attributes.get("stacklens.kind") == "span" and s.name.startswith("instance.")]
-    assert {s.name for s in tasks} == {m["event_type"].rsplit(".", 1)[0] for m in starts}
-    assert all(s.end_time >= s.start_time for s in spans)
+    kind = lambda s: next(a["value"]["stringValue"] for a in s["attributes"] if a["key"] == "stacklens.kind")  # noqa: E731
+    tasks = [s for s in spans if kind(s) == "span" and s["name"].startswith("instance.")]
+    assert {s["name"] for s in tasks} == {m["event_type"].rsplit(".", 1)[0] for m in starts}
+    assert all(int(s["endTimeUnixNano"]) >= int(s["startTimeUnixNano"]) for s in spans)

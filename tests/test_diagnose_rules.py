@@ -100,6 +100,16 @@ def test_slow_scheduling_from_notification_times(scheduled):
         assert iv.end - iv.start == durations[key]
     # Nova's default-sized threshold: 2 ms requests are not slow
     assert not _by_rule(_diagnose(st), "scheduling_slow")
+    # the terminal/HTML evidence line: the duration once, in the unit that suits it, as the
+    # notifications' own difference formats (no "2242000 ns" next to "+2.242 ms", no 0.000)
+    from stacklens.views.diagnose import _evidence_text
+    for f in found:
+        key = f.subject["instance"] if f.subject["instance"] in durations else f.subject["request_id"]
+        text = _evidence_text(f.evidence[0])
+        d = durations[key]
+        want = f"{d / 1e9:.3f} s" if d >= 1e9 else f"{d / 1e6:.3f} ms" if d >= 1e6 else f"{d / 1e3:.3f} µs"
+        assert text.count(want) == 1 and text.endswith(f" +{want}]"), text
+        assert not re.search(r"\d{4,} ns|0\.000 ", text), text
 
 
 # ---- errors with their request flow -----------------------------------------------------------

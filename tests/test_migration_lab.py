@@ -241,6 +241,89 @@ def test_migrations_cli_json_and_png(lab, tmp_path):
     assert m["verdict"] == "not converging" and m["rolled_back"]
     assert m["syncs"] == qmp["ram"]["dirty-sync-count"] + _syncs_after(lab["stressed"][0], qmp["_received_ns"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    meta = Image.open(png).text  # tEXt chunks written with the figure
+    assert meta["Title"] == "Dirty pages per migration round"
+    [drawn] = json.loads(meta["Description"])["migrations"]
+    assert len(drawn["rounds"]) == m["syncs"] - 1 and "not converging" in drawn["label"]
+
+
+def _qmp_vm(bundle: Path) -> str:
+    """The VM's name from the lab's QMP record file name (qemu-NAME.qmp.jsonl)."""
+    [path] = (bundle / "src").glob("*.qmp.jsonl")
+    return path.name[len("qemu-"):-len(".qmp.jsonl")]
+
+
+def test_dirty_pages_figure(lab):
+    """The figure of both runs: title, units, log scale, one bar per round (QMP's
+    dirty-sync-count - 1), the small rounds visible, a legend naming each VM and verdict,
+    stop&copy marked for the converged one only."""
+    from stacklens.views.figures import close, dirty_pages_figure
+    normal, stressed = lab["normal"][0], lab["stressed"][0]
+    attempts = _attempts(lab["normal"][2]) + _attempts(lab["stressed"][2])
+    fig = dirty_pages_figure(attempts)
+    try:
+        [ax] = fig.axes
+        assert ax.get_title() and "pages" in ax.get_ylabel() and "round" in ax.get_xlabel()
+        assert ax.get_yscale() == "log" and ax.get_ylim()[0] < 1  # a 1-page round shows
+        n_qmp = _qmp_final(normal)["ram"]["dirty-sync-count"]
+        q = _qmp_final(stressed)
+        s_qmp = q["ram"]["dirty-sync-count"] + _syncs_after(stressed, q["_received_ns"])
+        bars = [[b for b in ax.patches if b.get_gid() == f"round-{g}"] for g in range(2)]
+        assert [len(b) for b in bars] == [n_qmp - 1, s_qmp - 1]
+        assert all(b.get_height() > ax.get_ylim()[0] for group in bars for b in group)
+        texts = [t.get_text() for t in fig.legends[0].get_texts()]
+        vm_n, vm_s = _qmp_vm(normal), _qmp_vm(stressed)
+        assert any(vm_n in t and t.endswith(": converged") for t in texts), texts
+        assert any(vm_s in t and "not converging" in t for t in texts), texts
+        stops = [t for t in texts if t.startswith("stop&copy")]
+        assert len(stops) == 1 and vm_n in stops[0] and " ms" in stops[0]
+    finally:
+        close(fig)
+
+
+def test_perfetto_migration_stages(lab, tmp_path):
+    """The normal run in the trace-event export: a slice per round (QMP's dirty-sync-count -
+    1), a dirty-pages counter per round, stop&copy lasting what the raw QEMU logs say (source
+    vCPUs stopped → destination running, µs stamps), the trace-event rules kept."""
+    from stacklens.views.perfetto import check_trace_events, perfetto_trace
+    bundle, _, store, _ = lab["normal"]
+    doc = perfetto_trace(store)
+    evs = doc["traceEvents"]
+    assert check_trace_events(evs) == []
+    mig = [e for e in evs if e["ph"] == "X" and e.get("cat") == "migration"]
+    rounds = [e for e in mig if e["name"].startswith(("round ", "precopy"))]
+    assert len(rounds) == _qmp_final(bundle)["ram"]["dirty-sync-count"] - 1
+    counters = [e for e in evs if e["ph"] == "C" and e.get("cat") == "dirty_pages"]
+    assert len(counters) == len(rounds) + 1 and counters[-1]["args"]["pages"] == 0
+    [stop] = [e for e in mig if e["name"].startswith("stop&copy")]
+    down_ns = _vm_state_ns(bundle, "dst", 1) - _vm_state_ns(bundle, "src", 0)
+    assert abs(stop["dur"] * 1000 - down_ns) <= 1000  # the logs stamp µs
+    procs = [e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "process_name"]
+    assert any(p.startswith("migration ") and "lab-src → lab-dst" in p for p in procs)
+
+
+def test_threads_and_preemption_by_part_of_a_name(lab):
+    """`--proc qemu` (no %) finds the QEMU threads the lab read from /proc; a name found
+    nowhere is a one-line error, not empty tables."""
+    import sys
+    bundle, _, store, _ = lab["normal"]
+    lab_json = json.loads((bundle / "lab.json").read_text())
+    src = {t["tid"] for p in lab_json["processes"] if p["host"] == "lab-src" for t in p["threads"]}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "stacklens.cli", *args, "--store", str(store.root)],
+                              capture_output=True, text=True, timeout=120)
+    done = run("threads", "--proc", "qemu", "--json")
+    assert done.returncode == 0, done.stderr
+    [host] = [h for h in json.loads(done.stdout)["hosts"] if h["host"] == "lab-src"]
+    assert src <= {t["tid"] for t in host["threads"]}
+    done = run("preemption", "--proc", "qemu", "--json")
+    assert done.returncode == 0, done.stderr
+    [host] = [h for h in json.loads(done.stdout)["hosts"] if h["host"] == "lab-src"]
+    assert src <= {t["tid"] for t in host["threads"]}
+    done = run("threads", "--proc", "no-such-thread")
+    assert done.returncode == 2 and done.stderr.startswith("stacklens: error: no thread or process named")
 
 
 def _taskset_cpus(pid: int) -> dict[int, str]:

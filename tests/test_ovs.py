@@ -214,8 +214,60 @@ def test_ovs_cli_json_and_png(ovs_store, tmp_path):
     assert sum(k["paths"].values()) == k["tagged_packets"]
     assert sum(body["histograms"]["upcall_ns"]["counts"]) == k["latency"]["upcall_ns"]["n"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    meta = Image.open(png).text  # the tEXt chunks matplotlib wrote
+    assert "latency" in meta["Title"]
+    panels = json.loads(meta["Description"])["panels"]
+    assert {p["stage"]: p["packets"] for p in panels} == {
+        k: v["n"] for k, v in k["latency"].items() if v["n"]}
     res = CliRunner().invoke(app, ["ovs", "--store", str(ovs_store.root)])
     assert res.exit_code == 0 and "upcall" in res.output
+
+
+def test_ovs_text_prints_the_fast_and_slow_path_medians(ovs_store, bt2_events):
+    import statistics
+    from typer.testing import CliRunner
+    from stacklens.cli import _register_commands, app
+    from stacklens.views.terminal import fmt_duration
+    if "ovs" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        _register_commands()
+    res = CliRunner().invoke(app, ["ovs", "--store", str(ovs_store.root)])
+    assert res.exit_code == 0, res.output
+    packets = _oracle_packets(bt2_events)  # babeltrace2's text, followed tag by tag here
+    for label, paths in (("fast path (no upcall)", ("fast", "fast_flood")), ("slow path (upcall)", ("slow", "slow_flood"))):
+        lat = [p["latency_ns"] for p in packets if p["path"] in paths and p["latency_ns"] is not None]
+        assert f"{label}: median receive → send {fmt_duration(statistics.median(lat))} over {len(lat)} packets" \
+            in res.output
+
+
+def test_ovs_latency_figure_shares_bins_and_counts_babeltrace2_packets(ovs_store, bt2_events):
+    """The histogram figure: one panel per stage, titled and labelled with units, log x axis,
+    the same bins in every panel, and per panel as many packets as the babeltrace2 oracle
+    finds with that stage latency."""
+    import numpy as np
+    from stacklens.analyses.ovs_report import STAGE_COLUMNS, stage_latencies
+    from stacklens.models.ovs import packet_paths
+    from stacklens.views.figures import close, ovs_latency_figure
+    lat = stage_latencies(packet_paths(ovs_store.connect()))
+    fig = ovs_latency_figure({c: (STAGE_COLUMNS[c], lat[c]) for c in STAGE_COLUMNS})
+    try:
+        expected = _oracle_packets(bt2_events)
+        axes = fig.axes
+        assert [ax.get_title() for ax in axes] == list(STAGE_COLUMNS.values())
+        assert fig._suptitle.get_text().startswith("Open vSwitch")
+        assert "µs" in axes[-1].get_xlabel() and all(ax.get_ylabel() == "packets" for ax in axes)
+        assert all(ax.get_xscale() == "log" for ax in axes)
+        lefts = [tuple(np.round([b.get_x() for b in ax.patches], 9)) for ax in axes]
+        assert len(set(lefts)) == 1 and len(lefts[0]) >= 5  # shared bins
+        for ax, col in zip(axes, STAGE_COLUMNS):
+            n = sum(1 for p in expected if p[col] is not None and p[col] > 0)
+            assert sum(b.get_height() for b in ax.patches) == n > 0, col
+            med = np.median([p[col] for p in expected if p[col] is not None and p[col] > 0])
+            legend = [t.get_text() for t in ax.get_legend().get_texts()]
+            assert legend[0] == f"{n} packets" and legend[1].startswith("median ")
+            assert float(ax.lines[0].get_xdata()[0]) == pytest.approx(med / 1000)
+    finally:
+        close(fig)
 
 
 def test_bad_sample_lines_are_skipped_and_reported(network_lab, tmp_path):
@@ -264,3 +316,41 @@ def test_network_lab_diagnosed_as_upcall_storm(network_lab):
     # either side of the sample)
     assert abs(sum(got.values()) - burst.value) <= 2
     assert f.action
+
+
+def test_diagnose_kprobe_upcalls_lost_and_bursts(ovs_store, bt2_events):
+    """The diagnosis over the datapath kprobes: lost upcalls and upcall bursts, both counted
+    here from babeltrace2's text (packets followed by tag; upcall_start per 1 s bin)."""
+    import statistics
+    from stacklens.diagnose.rules import diagnose_store
+    findings = {f.rule: f for f in diagnose_store(ovs_store)}
+    packets = _oracle_packets(bt2_events)
+    lost = [p for p in packets if p["path"] == "upcall_lost"]
+    upcalled = [p for p in packets if p["stages"]["upcall_start"]]
+    f = findings["ovs_lost_upcalls"]
+    assert f.subject["lost"] == len(lost) > 0 and f.subject["upcalls"] == len(upcalled)
+    assert f.statement.startswith(f"{len(lost)} of the {len(upcalled)} upcalls")
+    examples = [e for e in f.evidence if e.kind == "event"]
+    assert {e.ref["tag"] for e in examples} <= {p["tag"] for p in lost} and examples
+    assert all(e.start == p["stages"]["upcall_start"][0] for e in examples for p in lost if p["tag"] == e.ref["tag"])
+    # bursts: runs of 1 s bins with at least max(3, 4 x median) upcall_start events
+    starts = sorted(ts for ts, stage, _ in bt2_events if stage == "upcall_start")
+    first = starts[0] // 10**9 * 10**9
+    counts = [0] * ((starts[-1] - first) // 10**9 + 1)
+    for ts in starts:
+        counts[(ts - first) // 10**9] += 1
+    threshold = max(3, 4 * statistics.median(counts))
+    runs, i = [], 0
+    while i < len(counts):
+        if counts[i] >= threshold:
+            j = i
+            while j + 1 < len(counts) and counts[j + 1] >= threshold:
+                j += 1
+            runs.append((first + i * 10**9, first + (j + 1) * 10**9, sum(counts[i:j + 1])))
+            i = j + 1
+        else:
+            i += 1
+    b = findings["ovs_upcall_bursts"]
+    assert b.subject["bursts"] == len(runs) > 0 and b.subject["upcalls"] == sum(n for *_, n in runs)
+    shown = {(e.start, e.end, e.value) for e in b.evidence if e.kind == "interval"}
+    assert shown <= set(runs) and len(shown) == min(len(runs), 5)

@@ -70,9 +70,25 @@ def test_events_filters(loghub_store):
     assert cli("events", "--store", str(loghub_store), "--limit", "2").stdout.count("nova") >= 2
 
 
+def test_events_one_line_each_with_the_message(loghub_store):
+    """Text output: one line per event carrying loghub's own parse of the line (Content),
+    and the fields asked for with --fields (Level)."""
+    rows = oracle_rows()
+    out = cli("events", "--store", str(loghub_store), "--limit", "0").stdout.splitlines()
+    assert len(out) == len(rows) == 2000
+    contents = Counter(" ".join(o["Content"].split()) for o in rows)
+    got = Counter(line.split("  ", 1)[1] for line in out)
+    assert got == contents
+    out = cli("events", "--store", str(loghub_store), "--limit", "0", "--fields", "level").stdout.splitlines()
+    assert Counter(line.rsplit(" level=", 1)[1] for line in out) == Counter(o["Level"] for o in rows)
+
+
 def test_sql_csv_and_errors(loghub_store):
     out = cli("sql", "--store", str(loghub_store), "--csv", "SELECT count(*) AS n FROM events").stdout
     assert out.splitlines() == ["n", "2000"]
+    raw = subprocess.run([sys.executable, "-m", "stacklens.cli", "sql", "--store", str(loghub_store), "--csv",
+                          "SELECT 'a' AS x, 'b\nc' AS y"], capture_output=True).stdout
+    assert raw == b'x,y\na,"b\nc"\n'  # Unix line ends, quoting as RFC 4180 says
     bad = cli("sql", "--store", str(loghub_store), "SELECT nope FROM nowhere", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.count("\n") == 1 and "nowhere" in bad.stderr
@@ -84,6 +100,11 @@ def test_missing_store_is_one_line(tmp_path):
     r = cli("ingest", str(tmp_path / "missing.log"), "--store", str(tmp_path / "s"), check=False)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "s").exists()  # nothing created for a mistyped path
+    # parts that are all unrecognised (or all rejected): nothing ingested is a failure
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a trace\n")
+    r = cli("ingest", str(junk), "--store", str(tmp_path / "s2"), check=False)
+    assert r.returncode == 1 and "nothing ingested" in r.stderr and "1 part(s) not recognised" in r.stderr
 
 
 def test_bundle_toml_names_hosts(tmp_path):
@@ -130,3 +151,27 @@ def test_parse_time():
     assert parse_time("2017-05-16T00:00:00.008") == 1494892800008000000
     assert parse_time("2017-05-16 02:00:00.008+02:00") == 1494892800008000000
     assert parse_time(None) is None
+
+
+NO_JSON = {"demo", "dump", "agent", "ui"}  # the README names these four
+
+
+def test_every_reading_command_takes_json():
+    """What the README says about --json, checked against the registered commands."""
+    import typer.main
+    from stacklens.cli import _register_commands, app
+    if "ovs" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        _register_commands()
+    without = set()
+
+    def walk(c, prefix=""):
+        if hasattr(c, "commands"):
+            for n, sub in c.commands.items():
+                walk(sub, f"{prefix}{n} ")
+        elif not any("--json" in p.opts for p in c.params):
+            without.add(prefix.strip())
+    walk(typer.main.get_command(app))
+    assert without == NO_JSON
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    para = readme[readme.index("takes `--json`"):][:400]
+    assert all(f"`{c}`" in para for c in NO_JSON)

@@ -229,9 +229,10 @@ def explain_request(store, request_id: str) -> Node:
     for s in flow.spans:
         k = (s["host"], s["service"] or s["worker"])
         if k not in by_host:
-            by_host[k] = root.add(Node(f"{k[1]} on {k[0]}", "app", "service", k[0]))
+            by_host[k] = root.add(Node(f"{k[1]} on {k[0]}", "app", "service", k[0], attrs={"service": k[1]}))
         by_host[k].add(Node(s["task"], "app", "span", s["host"], s["start_ts"], s["end_ts"],
-                            {"worker": s["worker"], "outcome": s["outcome"], "instance": s["instance"],
+                            {"worker": s["worker"], "service": s["service"], "outcome": s["outcome"],
+                             "instance": s["instance"],
                              "duration_ns": s["duration_ns"]}))
     for h in flow.hops:
         root.add(Node(f"RPC {h['kind']} {h['method']} → {h['topic']}", "app", "hop", h.get("host"), h["ts"], None,

@@ -1,13 +1,7 @@
 """Migration figures from the migration model: per-attempt summary rows and the dirty-pages
-curve (terminal bars and a PNG written with NumPy + zlib, no plotting library needed)."""
+curve as terminal bars (the PNG figure is drawn by stacklens.views.figures)."""
 
 from __future__ import annotations
-
-import struct
-import zlib
-from pathlib import Path
-
-import numpy as np
 
 from stacklens.models.migration import MigrationAttempt
 
@@ -57,37 +51,3 @@ def dirty_curve_text(a: MigrationAttempt, width: int = 50) -> list[str]:
         label = "precopy" if r.index == 0 else f"round {r.index}"
         lines.append(f"{label:>9} {r.dirty_pages:>8} │{bar}")
     return lines
-
-
-def dirty_curve_png(attempts: list[MigrationAttempt], path: Path, width: int = 640, height: int = 320) -> Path:
-    """Dirty pages per round of each attempt as bar groups, side by side, in a PNG."""
-    img = np.full((height, width, 3), 255, dtype=np.uint8)
-    colours = [(33, 102, 172), (214, 96, 77), (77, 146, 33), (118, 42, 131)]
-    margin = 20
-    img[height - margin, margin:width - margin] = 0  # x axis
-    img[margin:height - margin, margin] = 0  # y axis
-    groups = [a for a in attempts if a.rounds]
-    if groups:
-        top = max(r.dirty_pages for a in groups for r in a.rounds) or 1
-        slot = (width - 3 * margin) / len(groups)
-        for g, a in enumerate(groups):
-            colour = colours[g % len(colours)]
-            bar_w = max(1, int(slot / (len(a.rounds) + 1)))
-            for i, r in enumerate(a.rounds):
-                x0 = int(2 * margin + g * slot + i * bar_w)
-                h = int((height - 2 * margin) * r.dirty_pages / top)
-                img[height - margin - h:height - margin, x0:x0 + max(1, bar_w - 2)] = colour
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_png(img))
-    return path
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))

@@ -1,16 +1,14 @@
-"""Open vSwitch figures from the OvS models: path shares, stage latency histograms (terminal
-bars and PNG through the NumPy + zlib writer of migration_report), upcall rate and bursts,
+"""Open vSwitch figures from the OvS models: path shares, stage latency histograms on shared
+log-spaced bins (terminal bars here; the PNG is drawn by stacklens.views.figures), upcall rate and bursts,
 slow-path share before/after a reconfiguration, slow packets named by their VMs."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from stacklens.analyses.migration_report import _png
 from stacklens.models import ovs
 
 STAGE_COLUMNS = {"latency_ns": "receive → first send", "to_upcall_ns": "receive → upcall_start",
@@ -54,16 +52,16 @@ def rate_bins(ts: np.ndarray, bin_ns: int) -> tuple[np.ndarray, np.ndarray]:
     return start + (np.arange(counts.size, dtype=np.int64) + 1) * bin_ns, counts
 
 
-def log_histogram(values_ns: np.ndarray, bins_per_decade: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of `values_ns` in log-spaced bins; returns (edges in ns, counts)."""
-    v = np.asarray([x for x in values_ns if x is not None and x > 0], dtype=np.float64)
-    if v.size == 0:
-        return np.empty(0), np.empty(0, np.int64)
-    lo = np.floor(np.log10(v.min()) * bins_per_decade) / bins_per_decade
-    hi = np.ceil(np.log10(v.max()) * bins_per_decade + 1e-9) / bins_per_decade
-    edges = 10 ** np.arange(lo, hi + 1e-9 + 1 / bins_per_decade, 1 / bins_per_decade)
-    counts, _ = np.histogram(v, bins=edges)
-    return edges, counts
+def shared_log_bins(values: dict[str, np.ndarray], bins_per_decade: int = 4) -> np.ndarray:
+    """One set of log-spaced bin edges (ns) covering every series' positive values, so that
+    histograms of different stages compare bin by bin."""
+    pos = [v[v > 0] for v in values.values() if len(v)]
+    pos = [v for v in pos if v.size]
+    if not pos:
+        return np.empty(0)
+    lo = np.floor(np.log10(min(float(v.min()) for v in pos)) * bins_per_decade) / bins_per_decade
+    hi = np.ceil(np.log10(max(float(v.max()) for v in pos)) * bins_per_decade + 1e-9) / bins_per_decade
+    return 10 ** np.arange(lo, hi + 1e-9 + 1 / bins_per_decade, 1 / bins_per_decade)
 
 
 def histogram_lines(edges: np.ndarray, counts: np.ndarray, width: int = 40) -> list[str]:
@@ -71,29 +69,6 @@ def histogram_lines(edges: np.ndarray, counts: np.ndarray, width: int = 40) -> l
     top = int(counts.max()) if counts.size else 0
     return [f"{fmt_duration(edges[i]):>10} – {fmt_duration(edges[i + 1]):<10} {int(c):>5} │"
             + "█" * (round(width * c / top) if top else 0) for i, c in enumerate(counts)]
-
-
-def histograms_png(hists: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
-                   width: int = 640, panel_h: int = 120) -> Path:
-    """One bar panel per stage histogram (log-spaced bins, left to right), stacked vertically."""
-    panels = [(k, e, c) for k, (e, c) in hists.items() if c.size]
-    height = max(1, len(panels)) * panel_h
-    img = np.full((height, width, 3), 255, dtype=np.uint8)
-    colours = [(33, 102, 172), (214, 96, 77), (77, 146, 33), (118, 42, 131)]
-    margin = 12
-    for n, (_, edges, counts) in enumerate(panels):
-        y0, y1 = n * panel_h + margin, (n + 1) * panel_h - margin
-        img[y1, margin:width - margin] = 0
-        img[y0:y1, margin] = 0
-        top = counts.max() or 1
-        slot = (width - 3 * margin) / counts.size
-        for i, c in enumerate(counts):
-            h = int((y1 - y0) * c / top)
-            x0 = int(2 * margin + i * slot)
-            img[y1 - h:y1, x0:x0 + max(1, int(slot) - 2)] = colours[n % len(colours)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_png(img))
-    return path
 
 
 def thesis_report(con: duckdb.DuckDBPyConnection, host: str | None = None, bin_ns: int = 1_000_000_000) -> dict:
@@ -187,5 +162,19 @@ def _quantiles(v: list) -> dict:
             "max": float(a.max()), "mean": float(a.mean())}
 
 
+def stage_latencies(packets: pa.Table) -> dict[str, np.ndarray]:
+    """{stage column: the positive latencies (ns) of the packets that went through it}."""
+    out = {}
+    for col in STAGE_COLUMNS:
+        v = packets.column(col).to_numpy(zero_copy_only=False)
+        v = np.asarray(v[~np.isnan(v.astype(float))] if v.dtype.kind == "f" else v, dtype=np.float64)
+        out[col] = v[v > 0]
+    return out
+
+
 def stage_histograms(packets: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {col: log_histogram(packets.column(col).to_pylist()) for col in STAGE_COLUMNS}
+    """Counts per stage on one set of log-spaced bins shared by every stage (edges in ns)."""
+    lat = stage_latencies(packets)
+    edges = shared_log_bins(lat)
+    return {col: (edges, np.histogram(v, bins=edges)[0] if edges.size else np.empty(0, np.int64))
+            for col, v in lat.items()}

@@ -93,6 +93,21 @@ class AgentConfig:
             raise StacklensError(f"{path}: bad [agent] option: {e}") from None
 
 
+def crash_reason(exit_code: int | None, log_tail: str) -> str:
+    """Why a tracer died, in one line: the last line its log ends with (a Python traceback
+    ends with `Type: message`), else the signal or exit code."""
+    import signal
+    lines = [ln.strip() for ln in log_tail.splitlines() if ln.strip()]
+    if lines:
+        return lines[-1][:300]
+    if exit_code is not None and exit_code < 0:
+        try:
+            return f"killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            return f"killed by signal {-exit_code}"
+    return f"exit code {exit_code}" if exit_code is not None else "unknown"
+
+
 @dataclass
 class Worker:
     name: str
@@ -207,6 +222,7 @@ class Agent:
                      "segments": len(sealed_segments(self.tracer_dir(w.name)))}
                 if w.crashes:
                     s["log_tail"] = self.log_tail(w.name)
+                    s["reason"] = crash_reason(w.exit_code, s["log_tail"])
                 out[w.name] = s
         return {"host": self.cfg.host, "pid": os.getpid(), "tracers": out}
 

@@ -87,7 +87,7 @@ def migration_not_converging(ctx: Context) -> list[Finding]:
             rates = (f": the guest dirtied {a.dirty_rate_pps:,.0f} pages/s while {a.transfer_rate_pps:,.0f} pages/s"
                      f" were sent ({a.dirty_rate_pps / a.transfer_rate_pps:.1f}x)")
         for r in a.rounds[-3:]:
-            ev.append(Evidence("interval", f"round {r.index}: {r.dirty_pages} dirty pages", r.dirty_pages, "pages",
+            ev.append(Evidence("interval", f"round {r.index}: dirty pages", r.dirty_pages, "pages",
                                a.source_host, "virt", r.start, r.end, {"vm": a.vm}))
         ev.append(Evidence("number", "throttle events", a.throttle_events, None, a.source_host, "virt",
                            ref={"vm": a.vm}))
@@ -373,6 +373,81 @@ def ovs_upcall_storm(ctx: Context) -> list[Finding]:
                 "changes); raise the flow limit or the revalidator timing if flows are evicted",
                 ev, {"host": dp["host"], "datapath": dp["datapath"], "command": c["command"],
                      "vms": sorted({vm for vm, _ in by_vm})}, score=float(burst["total"])))
+    return out
+
+
+# ---- OvS datapath kprobes (thesis addons_lttng_ovs_*) -------------------------------------------
+LOST_UPCALL_EXAMPLES = 5
+BURST_EXAMPLES = 5
+
+
+@rule
+def ovs_kprobe_upcalls(ctx: Context) -> list[Finding]:
+    """Over the per-packet datapath events (not ovs-appctl samples): upcalls that never came
+    back (upcall_start, no upcall_end, nothing sent: the packet died on the slow path), and
+    bursts of upcalls (1 s bins at least max(3, 4 x the median bin))."""
+    import numpy as np
+    from stacklens.analyses.ovs_report import thesis_report
+    from stacklens.views.terminal import fmt_duration
+    rep = thesis_report(ctx.con)
+    if not rep:
+        return []
+    packets = rep["_packets"]
+    out = []
+    for host in sorted(set(packets.column("host").to_pylist())):
+        r = thesis_report(ctx.con, host) if len(set(packets.column("host").to_pylist())) > 1 else rep
+        pk = [p for p in r["_packets"].to_pylist()]
+        ev_counts = r["events"]
+        lost = [p for p in pk if p["path"] == "upcall_lost"]
+        upcalled = [p for p in pk if p["upcall_start_ts"] is not None]
+        if lost:
+            ev = [Evidence("number", "upcall_start events", ev_counts["upcall_start"], None, host, "net"),
+                  Evidence("number", "upcall_end events", ev_counts["upcall_end"], None, host, "net"),
+                  Evidence("number", "packets whose upcall never ended and that were never sent", len(lost),
+                           "packets", host, "net", min(p["receive_ts"] or p["upcall_start_ts"] for p in lost),
+                           max(p["upcall_start_ts"] for p in lost))]
+            for p in sorted(lost, key=lambda p: p["upcall_start_ts"])[:LOST_UPCALL_EXAMPLES]:
+                ev.append(Evidence("event", f"{p['proto'] or 'packet'} tag {p['tag']}: upcall started, no answer",
+                                   None, None, host, "net", p["upcall_start_ts"], None, {"tag": p["tag"]}))
+            share = len(lost) / len(upcalled) if upcalled else 1.0
+            out.append(Finding(
+                "ovs_lost_upcalls", "warning",
+                f"{len(lost)} of the {len(upcalled)} upcalls of tagged packets on {host} ({share:.0%}) never came back "
+                f"from ovs-vswitchd: "
+                f"the datapath recorded upcall_start but no upcall_end and never sent the packet.",
+                "look at ovs-vswitchd's handler threads (CPU, `ovs-appctl upcall/show`), the datapath's `lost` "
+                "counter (`ovs-appctl dpctl/show`) and the netlink socket buffers; install flows proactively so "
+                "fewer packets need an upcall",
+                ev, {"host": host, "lost": len(lost), "upcalls": len(upcalled)}, score=float(len(lost))))
+        bursts = r["upcall_bursts"]
+        if bursts:
+            bin_ns = r["upcall_rate"]["bin_ns"]
+            per_bin = np.array([b["upcalls"] for b in r["upcall_rate"]["bins"]])
+            ev = [Evidence("number", f"median upcalls per {fmt_duration(bin_ns)}", round(float(np.median(per_bin)), 1),
+                           None, host, "net")]
+            inside = []
+            for b in sorted(bursts, key=lambda b: -b["total"]):
+                lo, hi = b["start"] - bin_ns, b["end"]  # a bin's end names it
+                inside += [p["upcall_ns"] for p in upcalled if lo <= p["upcall_start_ts"] < hi and p["upcall_ns"]]
+            for b in sorted(bursts, key=lambda b: -b["total"])[:BURST_EXAMPLES]:
+                ev.append(Evidence("interval", f"upcall burst (peak {b['peak']} per bin)", b["total"], "upcalls",
+                                   host, "net", b["start"] - bin_ns, b["end"]))
+            outside = [p["upcall_ns"] for p in upcalled if p["upcall_ns"] and not any(
+                b["start"] - bin_ns <= p["upcall_start_ts"] < b["end"] for b in bursts)]
+            if inside and outside:
+                ev.append(Evidence("number", "median upcall latency in the bursts", float(np.median(inside)), "ns",
+                                   host, "net"))
+                ev.append(Evidence("number", "median upcall latency outside them", float(np.median(outside)), "ns",
+                                   host, "net"))
+            total = sum(b["total"] for b in bursts)
+            out.append(Finding(
+                "ovs_upcall_bursts", "info" if total < 10 else "warning",
+                f"{len(bursts)} burst(s) of upcalls on {host}: {total} of {ev_counts['upcall_start']} upcalls came in "
+                f"bins of at least {bursts[0]['threshold']:g} per {fmt_duration(bin_ns)} (the median bin has "
+                f"{np.median(per_bin):g}).",
+                "find what sent the new flows at those times (the packets' protocols and ports in `stacklens ovs`); "
+                "bursts of misses follow flow-table flushes, revalidation and new traffic patterns",
+                ev, {"host": host, "bursts": len(bursts), "upcalls": total}, score=float(total)))
     return out
 
 

@@ -291,11 +291,15 @@ class KernelModel:
             FROM running WHERE "end" > $1 AND start < $2 GROUP BY cpu ORDER BY cpu""", params=[lo, hi]).to_arrow_table()
 
     def thread_tids(self, proc: str) -> list[int]:
-        """Threads whose own name or process name matches `proc` (SQL LIKE, case-insensitive)."""
+        """Threads whose own name or process name matches `proc`, case-insensitive: a SQL LIKE
+        pattern when it holds a `%`, else a part of the name (`qemu` finds qemu-system-x86_64;
+        `_` is then a plain character, as in live_migration)."""
         self._need("threads")
+        if "%" not in proc:
+            proc = "%" + proc.replace("\\", "\\\\").replace("_", "\\_") + "%"
         rows = self.con.execute(
-            "SELECT DISTINCT tid FROM threads WHERE name ILIKE $1 OR process ILIKE $1 "
-            "UNION SELECT DISTINCT tid FROM names WHERE name ILIKE $1", [proc]).fetchall()
+            "SELECT DISTINCT tid FROM threads WHERE name ILIKE $1 ESCAPE '\\' OR process ILIKE $1 ESCAPE '\\' "
+            "UNION SELECT DISTINCT tid FROM names WHERE name ILIKE $1 ESCAPE '\\'", [proc]).fetchall()
         return sorted(r[0] for r in rows if r[0] != 0)
 
     def preemption(self, tids: list[int], start: int | None = None, end: int | None = None) -> pa.Table:

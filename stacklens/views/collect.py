@@ -55,6 +55,11 @@ def register(app: typer.Typer) -> None:
                  t["crashes"], t["segments"]) for s in result for name, t in s["tracers"].items()]
         print_table(["agent", "host", "tracer", "state", "pid", "exit", "restarts", "crashes", "segments"],
                     rows, title="agents")
+        for s in result:
+            for name, t in s["tracers"].items():
+                if t.get("crashes"):
+                    console.print(f"{s['agent']} {name} {t['state']} (exit {t['exit_code']}, {t['crashes']} crash(es)): "
+                                  f"{t.get('reason') or 'no reason logged'}", markup=False, highlight=False, soft_wrap=True)
 
     @client_app.command()
     def pull(ctx: typer.Context, store: str = typer.Option(DEFAULT_STORE, "--store", "-s"),

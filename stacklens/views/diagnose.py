@@ -38,12 +38,29 @@ def diagnose_path(path: Path | None, store_dir: str | None, **thresholds: int):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+DURATION_UNITS = {"ns": 1, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def evidence_value(e) -> str:
+    """An evidence value in words: durations in the unit that suits them (as the interval
+    beside them is), counts with thousands separators, other values with their unit."""
+    if e.value is None:
+        return ""
+    if e.unit in DURATION_UNITS and isinstance(e.value, (int, float)):
+        return fmt_duration(e.value * DURATION_UNITS[e.unit])
+    v = f"{e.value:,}" if isinstance(e.value, int) and not isinstance(e.value, bool) else str(e.value)
+    return f"{v} {e.unit}" if e.unit else v
+
+
 def _evidence_text(e) -> str:
-    v = "" if e.value is None else f" = {e.value}{' ' + e.unit if e.unit else ''}"
-    when = f" [{fmt_ts(e.start)}" + (f" +{fmt_duration(e.end - e.start)}" if e.end is not None and e.start is not None else "") + "]" \
-        if e.start is not None else ""
+    span = e.end - e.start if e.end is not None and e.start is not None else None
+    v = evidence_value(e)
+    if span and e.unit in DURATION_UNITS and isinstance(e.value, (int, float)) \
+            and abs(e.value * DURATION_UNITS[e.unit] - span) < 1000:
+        v = ""  # the interval's own duration, shown once beside its start
+    when = (f" [{fmt_ts(e.start)}" + (f" +{fmt_duration(span)}" if span else "") + "]") if e.start is not None else ""
     where = f" @{e.host}" if e.host else ""
-    return f"{e.label}{v}{where}{when}"
+    return f"{e.label}{' = ' + v if v else ''}{where}{when}"
 
 
 def print_findings(findings) -> None:

@@ -13,7 +13,8 @@ from stacklens.views.terminal import console, emit_json, err_console, print_tabl
 
 def run_ingest(store: Store, paths: list[Path], host: str | None, tz: str | None,
                json_out: bool) -> int:
-    """Ingest and report; returns the exit code (1 if any part was rejected)."""
+    """Ingest and report; returns the exit code: 1 if any part was rejected, or if nothing
+    was ingested (every part rejected or not recognised), else 0."""
     from stacklens.sources.bundle import discover
     from stacklens.store.ingest import part_size
 
@@ -35,7 +36,15 @@ def run_ingest(store: Store, paths: list[Path], host: str | None, tz: str | None
         _print(results)
     for r in rejected:
         err_console.print(f"stacklens: rejected {r.path}: {r.message}", markup=False, highlight=False)
-    return 1 if rejected else 0
+    if rejected:
+        return 1
+    if not any(r.status in ("ingested", "already") for r in results):
+        # (rejections were named above, one line each)
+        err_console.print(f"stacklens: nothing ingested from {', '.join(str(p) for p in paths)}: "
+                          f"{sum(r.status == 'unrecognised' for r in results)} part(s) not recognised",
+                          markup=False, highlight=False, soft_wrap=True)
+        return 1
+    return 0
 
 
 def _print(results: list[PartResult]) -> None:

@@ -85,10 +85,17 @@ def show_threads(store: str, host: str | None, tid: int | None, proc: str | None
         out.append({"host": m.host, "threads": _rows(pa.Table.from_pylist(rows), limit) if rows else [],
                     "states": states.to_pylist() if tids is not None else None,
                     "names": m.name_changes().to_pylist() if tids is not None else None})
+    if proc and not any(h["threads"] for h in out):
+        from stacklens.errors import StacklensError
+        raise StacklensError(f"no thread or process named {proc!r} on "
+                             f"{'host' if len(out) == 1 else 'hosts'} {', '.join(h['host'] for h in out)}")
     if json_out:
         emit_json({"hosts": out})
         return
     for h in out:
+        if not h["threads"]:
+            console.print(f"[bold]{h['host']}[/]: no thread" + (f" or process named {proc!r}" if proc else "s"))
+            continue
         console.print(f"[bold]{h['host']}[/]: {len(h['threads'])} thread(s) shown")
         cols = ["running", "runnable", "blocked", "io_wait"]
         print_table(["tid", "pid", "thread", "process"] + cols,

@@ -11,7 +11,7 @@ from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, p
 
 
 def show_migrations(store_path: str, json_out: bool, png: Path | None = None) -> int:
-    from stacklens.analyses.migration_report import attempt_summary, dirty_curve_png, dirty_curve_text
+    from stacklens.analyses.migration_report import attempt_summary, dirty_curve_text
     from stacklens.models.migration import migration_attempts
     from stacklens.store import Store
     from stacklens.models.migration import migration_preemptors
@@ -19,7 +19,8 @@ def show_migrations(store_path: str, json_out: bool, png: Path | None = None) ->
     attempts = migration_attempts(store.connect())
     preemptors = {id(a): migration_preemptors(store, a) for a in attempts}
     if png is not None:
-        dirty_curve_png(attempts, png)
+        from stacklens.views.figures import close, dirty_pages_figure
+        close(dirty_pages_figure(attempts, png))
     if json_out:
         emit_json({"migrations": [attempt_summary(a) | {"preemptors": [
             {"tid": p.tid, "name": p.name, "vm": p.vm, "role": p.role, "ms": round(p.ns / 1e6, 3)}

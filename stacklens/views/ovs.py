@@ -12,7 +12,8 @@ from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, p
 
 def show_ovs(store_path: str, json_out: bool, png: Path | None = None, host: str | None = None,
              bin_s: float = 1.0) -> int:
-    from stacklens.analyses.ovs_report import histogram_lines, histograms_png, live_report, stage_histograms, thesis_report
+    from stacklens.analyses.ovs_report import (STAGE_COLUMNS, histogram_lines, live_report, stage_histograms,
+                                              stage_latencies, thesis_report)
     from stacklens.store import Store
     con = Store(store_path).connect()
     thesis = thesis_report(con, host, bin_ns=int(bin_s * 1e9))
@@ -20,7 +21,9 @@ def show_ovs(store_path: str, json_out: bool, png: Path | None = None, host: str
     packets = thesis.pop("_packets", None)
     hists = stage_histograms(packets) if packets is not None else {}
     if png is not None and hists:
-        histograms_png(hists, png)
+        from stacklens.views.figures import close, ovs_latency_figure
+        lat = stage_latencies(packets)
+        close(ovs_latency_figure({c: (STAGE_COLUMNS[c], lat[c]) for c in STAGE_COLUMNS}, png))
     if json_out:
         emit_json({"datapath_kprobes": thesis or None, "netdev_statistics": live or None,
                    "histograms": {k: {"edges_ns": e.tolist(), "counts": c.tolist()} for k, (e, c) in hists.items()},
@@ -36,6 +39,8 @@ def show_ovs(store_path: str, json_out: bool, png: Path | None = None, host: str
         _show_live(live)
     if png is not None and hists:
         console.print(f"latency histograms: {png}")
+    elif png is not None:
+        console.print(f"no per-packet datapath latencies (kprobe events) in the store: {png} not written")
     return 0
 
 
@@ -51,6 +56,10 @@ def _show_thesis(r: dict, hists: dict, histogram_lines) -> None:
                 [[p["proto"], p["packets"], p["slow"], p["flood"], fmt_duration(p["median_latency_ns"]),
                   fmt_duration(p["median_upcall_ns"])] for p in r["per_protocol"]],
                 right=["packets", "slow", "flood", "median latency", "median upcall"])
+    for kind, q in (("fast path (no upcall)", r["fast_latency"]), ("slow path (upcall)", r["slow_latency"])):
+        if q.get("n"):
+            console.print(f"{kind}: median receive → send {fmt_duration(q['p50'])} over {q['n']} packets "
+                          f"(p90 {fmt_duration(q['p90'])}, max {fmt_duration(q['max'])})", highlight=False)
     print_table(["stage", "n", "min", "median", "p90", "max"],
                 [[s["label"], s["n"], fmt_duration(s.get("min")), fmt_duration(s.get("p50")),
                   fmt_duration(s.get("p90")), fmt_duration(s.get("max"))] for s in r["latency"].values()],

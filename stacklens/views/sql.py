@@ -29,7 +29,7 @@ def run_sql(store: Store, query: str, csv: bool = False, json_out: bool = False)
     if json_out:
         emit_json([dict(zip(cols, r)) for r in rows])
     elif csv:
-        w = csv_mod.writer(sys.stdout)
+        w = csv_mod.writer(sys.stdout, lineterminator="\n")  # Unix line ends (the module's default is \r\n)
         w.writerow(cols)
         w.writerows(rows)
     else:

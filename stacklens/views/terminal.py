@@ -31,8 +31,14 @@ def fmt_ts(ns: int | None) -> str:
 
 
 def fmt_duration(ns: int | float | None) -> str:
+    """A duration in the unit that suits it: s, ms, µs with 3 decimals, whole ns below 1 µs,
+    and `0 s` for nothing (never `0.000 µs`)."""
     if ns is None:
         return "-"
+    if ns == 0:
+        return "0 s"
+    if abs(ns) < 1000:
+        return f"{ns:.0f} ns"
     s = ns / 1e9
     if abs(s) >= 1:
         return f"{s:.3f} s"
