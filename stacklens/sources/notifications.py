@@ -28,7 +28,7 @@ import pyarrow as pa
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
-    ABSENT, NULL, BufferPool, PathTrie, document_lines, has_prefix, line_block_tables, parse_timestamps, text_columns, utf8_or_replaced)
+    ABSENT, NULL, OUT_OF_RANGE, BufferPool, PathTrie, document_lines, has_prefix, line_block_tables, parse_timestamps, text_columns, utf8_or_replaced)
 
 # What a notification line looks like in its first bytes (bare or wrapped).
 _LINE_HINT = re.compile(rb'^\s*\{.*"(?:event_type|oslo\.message)"\s*:', re.S)
@@ -121,15 +121,25 @@ class NotificationReader(Reader):
             return None, len(starts)
         if len(rows) < len(starts):
             vs, ve, kind = vs[:, rows], ve[:, rows], kind[:, rows]
-        # the first timestamp slot that parses (the later ones only where the earlier did not)
+        # the first timestamp slot that parses (the later ones only where the earlier did not);
+        # a time that parses but does not fit int64 ns ends the search: that row is skipped
         ts, has_ts = parse_timestamps(big, vs[TIMESTAMP], ve[TIMESTAMP], kind[TIMESTAMP])
+        out_of_range = ~has_ts & (ts == OUT_OF_RANGE)
         for slot in TS_SLOTS[1:]:
-            if has_ts.all():
+            if (has_ts | out_of_range).all():
                 break
-            t, ok = parse_timestamps(big, vs[slot], ve[slot], np.where(has_ts, ABSENT, kind[slot]))
+            t, ok = parse_timestamps(big, vs[slot], ve[slot], np.where(has_ts | out_of_range, ABSENT, kind[slot]))
             ts = np.where(ok, t, ts)
             has_ts |= ok
+            out_of_range |= ~ok & (t == OUT_OF_RANGE)
         pos = rows + first_line
+        if out_of_range.any():
+            self.report.skip_out_of_range(pos[out_of_range])
+            sel = np.flatnonzero(~out_of_range)
+            rows, ts, has_ts, pos = rows[sel], ts[sel], has_ts[sel], pos[sel]
+            vs, ve, kind = vs[:, sel], ve[:, sel], kind[:, sel]
+            if not len(rows):
+                return None, len(starts)
         if not has_ts.all():
             missing = int((~has_ts).sum())
             if fallback_ts is not None:

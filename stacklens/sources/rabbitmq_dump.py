@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
+from stacklens.sources.timefmt import fits_int64
 
 _TOKEN = re.compile(r"<(/?)([A-Za-z_][\w.\-:]*)>|([^<]+)")
 _TS = re.compile(r"^(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?")
@@ -108,6 +109,9 @@ class RabbitDumpReader(Reader):
             if ts is None:
                 self.report.skip(r["pos"])
                 continue
+            if not fits_int64(ts):
+                self.report.skip_out_of_range([r["pos"]])
+                continue
             fields = dict(m)
             fields["kind"] = kind
             fields["routing_key"] = rk
@@ -120,7 +124,7 @@ class RabbitDumpReader(Reader):
             out["request_id"].append(m.get("_context_request_id"))
             out["instance"].append(instance)
             out["fields"].append(json.dumps(fields))
-        if self.report.skipped:
+        if self.report.skipped > self.report.out_of_range:
             self.report.notes.append("messages without any timestamp (replies to unknown calls) skipped")
         self.report.rows = len(out["ts"])
         if out["ts"]:
@@ -179,7 +183,8 @@ def _leaf(s: str) -> Any:
 
 
 def epoch_ns(text: Any) -> int | None:
-    """`2015-09-16 15:24:28.485549` / `2015-09-16T15:24:20.967704` (UTC) → ns since the epoch."""
+    """`2015-09-16 15:24:28.485549` / `2015-09-16T15:24:20.967704` (UTC) → ns since the epoch
+    (a Python integer: the reader checks it fits int64)."""
     if not isinstance(text, str):
         return None
     m = _TS.match(text.strip())
