@@ -125,13 +125,14 @@ def _walk(p: Path, config: BundleConfig | None, out: list[Part],
         if (p / BUNDLE_FILE).exists() and (config is None or config.root != p):
             config = BundleConfig.load(p)
         children = [c for c in sorted(p.iterdir()) if not c.name.startswith(".") and c.name != BUNDLE_FILE]
-        # a directory holding a FIFO, socket or device is not tried as one part (a trace
-        # directory's reader would open it): its entries are walked one by one instead
-        if not any(_special(c) for c in children):
-            reader = recognise(p)
-            if reader is not None:
-                out.append(_part(p, reader, config))
-                return
+        reader = recognise(p)  # directory readers open regular files only
+        if reader is not None:
+            out.append(_part(p, reader, config))
+            for child in children:  # what the part's reader passes over is said
+                kind = _special(child)
+                if kind:
+                    out.append(_rejected(child, f"{kind} inside {p.name}/: not read", config))
+            return
         for child in children:
             _walk(child, config, out, walked)
     elif stat.S_ISREG(st.st_mode):
@@ -140,11 +141,12 @@ def _walk(p: Path, config: BundleConfig | None, out: list[Part],
         out.append(_rejected(p, f"{special_kind(st.st_mode)}: not read (only files and directories are)", config))
 
 
-def _special(p: Path) -> bool:
+def _special(p: Path) -> str | None:
     try:
-        return special_kind(p.stat().st_mode) is not None
+        mode = p.stat().st_mode
     except OSError:
-        return False
+        return None
+    return None if stat.S_ISDIR(mode) else special_kind(mode)
 
 
 def _rejected(p: Path, problem: str, config: BundleConfig | None) -> Part:

@@ -45,7 +45,7 @@ class RabbitDumpReader(Reader):
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
-        files = sorted(path.glob("*.xml"))
+        files = _xml_files(path)
         if not files or any(p.is_dir() for p in path.iterdir() if not p.name.startswith(".")):
             return False
         for f in files[:3]:
@@ -60,7 +60,7 @@ class RabbitDumpReader(Reader):
     def tables(self) -> Iterator[pa.Table]:
         rows: list[dict[str, Any]] = []
         pos = 0
-        for f in sorted(self.path.glob("*.xml")):
+        for f in _xml_files(self.path):
             try:
                 text = f.read_text("utf-8", "replace")
             except OSError as e:
@@ -133,6 +133,11 @@ class RabbitDumpReader(Reader):
                             "request_id": pa.array(out["request_id"], pa.string()),
                             "instance": pa.array(out["instance"], pa.string()),
                             "fields": out["fields"]})
+
+
+def _xml_files(path: Path) -> list[Path]:
+    """The dump's files: regular files only (a FIFO named *.xml would block the reader)."""
+    return sorted(p for p in path.glob("*.xml") if p.is_file())
 
 
 def parse_elements(text: str) -> Any:
