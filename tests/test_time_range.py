@@ -77,8 +77,9 @@ def test_oslo_log_text(tmp_path, tz):
     edge = {}
     if tz == "-04:00":  # in range as written, out of it once moved to UTC
         far[1500] = "2262-04-11 23:00:00.000"
-    if tz == "UTC":  # the last representable millisecond: kept
+    if tz == "UTC":  # the last representable millisecond, a fraction of 25 digits: kept
         edge[1700] = "2262-04-11 23:47:16.854"
+        edge[1800] = "2017-05-16 01:02:03.1234567890123456789012345"
     date = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}")
     for i, new in {**far, **edge}.items():
         lines[i - 1], n = date.subn(new, lines[i - 1], count=1)

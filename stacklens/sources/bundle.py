@@ -118,8 +118,8 @@ def _walk(p: Path, config: BundleConfig | None, out: list[Part],
     if stat.S_ISDIR(st.st_mode):
         key = (st.st_dev, st.st_ino)
         if key in walked:
-            out.append(_rejected(p, f"a link to {walked[key]}, already walked (a directory cycle): not read again",
-                                 config))
+            out.append(_rejected(p, f"the same directory as {walked[key]}, already walked (a link back, or a "
+                                    "directory cycle): not read again", config))
             return
         walked[key] = p
         if (p / BUNDLE_FILE).exists() and (config is None or config.root != p):
