@@ -403,3 +403,19 @@ def test_times_out_of_int64_ns_range_are_skipped_not_wrapped(lab, tmp_path):
         if reader_cls is QmpReader:  # the VM name / uuid from replies: the same replies remain
             assert {r["procname"] for r in got} == {r["procname"] for r in clean}
         assert_kept_and_reported(got, reader, clean, picks)
+
+
+def test_lab_record_out_of_int64_ns_range_is_rejected_in_one_line(lab, tmp_path):
+    """The run's own record with a start time no int64 ns holds: the part is rejected with the
+    reason (its one row cannot be placed), not wrapped to another date."""
+    from stacklens.errors import SourceError
+    from stacklens.sources.base import ReadOptions
+    from stacklens.sources.lab_config import LabConfigReader
+    bundle, *_ = lab["normal"]
+    doc = json.loads((bundle / "lab.json").read_text())
+    for key, value in (("started_ns", 1 << 63), ("processes_ns", -(1 << 63) - 1)):
+        path = tmp_path / "lab.json"
+        path.write_text(json.dumps(dict(doc, **{key: value})))
+        with pytest.raises(SourceError) as e:
+            list(LabConfigReader(path, ReadOptions()).tables())
+        assert "outside the int64-ns range" in e.value.problem and "\n" not in e.value.problem

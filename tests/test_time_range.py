@@ -200,3 +200,18 @@ def test_collect_samples_from_the_proc_sampler(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     got, reader = rows_of(CollectSampleReader, path)
     assert_kept_and_reported(got, reader, clean, list(far))
+
+
+def test_column_wise_text_times_at_and_past_the_ends():
+    """The column-wise parser behind QEMU's -msg lines: null past the ends (also once moved
+    from a local zone to UTC), the ns of Python's calendar inside them."""
+    import pyarrow as pa
+    from stacklens.sources.timefmt import local_to_epoch_ns
+    cases = [("2262-04-11", "23:47:16.854775807", "UTC", INT64_MAX), ("2262-04-11", "23:47:16.854775808", "UTC", None),
+             ("1677-09-21", "00:12:43.145224192", "UTC", INT64_MIN), ("1677-09-21", "00:12:43.145224191", "UTC", None),
+             ("9999-12-31", "23:59:59", "UTC", None), ("0001-01-01", "00:00:00", "UTC", None),
+             ("2262-04-11", "23:00:00", "-04:00", None), ("2262-04-11", "23:00:00", "+04:00", utc_ns("2262-04-11T19:00:00")),
+             ("2026-11-21", "15:10:26.121107", "UTC", utc_ns("2026-11-21T15:10:26.121107"))]
+    for date, time_, tz, expected in cases:
+        got = local_to_epoch_ns(pa.array([date]), pa.array([time_]), tz).to_pylist()
+        assert got == [expected], (date, time_, tz)
