@@ -5,9 +5,9 @@ rarely called, the tracers do the work in their own processes. Every request nee
 `Authorization: Bearer TOKEN` (compared in constant time) or gets 401; a malformed
 Content-Length gets 400 before any body is read; TLS when `tls_cert`/`tls_key` are configured
 (each connection's handshake in the event loop, given up after asyncio's 60 s: a silent
-client stalls no other); 127.0.0.1
-unless `listen` says otherwise. Tracers come from the fixed registry (`tracers.TRACERS`) with their
-options from the config file only; a request names a tracer, never a command.
+client stalls no other); 127.0.0.1 unless `listen` says otherwise. Tracers come from the fixed
+registry (`tracers.TRACERS`) with their options from the config file only; a request names a
+tracer, never a command.
 
 API (JSON):
   GET  /v1/status                         host, tracers (state, pid, exit code, restarts, log tail)
