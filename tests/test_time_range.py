@@ -215,3 +215,31 @@ def test_column_wise_text_times_at_and_past_the_ends():
     for date, time_, tz, expected in cases:
         got = local_to_epoch_ns(pa.array([date]), pa.array([time_]), tz).to_pylist()
         assert got == [expected], (date, time_, tz)
+
+
+def test_oslo_log_record_with_traceback_goes_whole(tmp_path):
+    """Real oslo.log output (tests/programs/oslo_log_writer.py): two exception records — each a
+    header and its traceback lines, all with the record's time — moved out of range are
+    skipped whole (no traceback line left behind as a record of its own, none folded into the
+    record before); the other records are as the untouched file gives them."""
+    pytest.importorskip("oslo_log")
+    from stacklens.sources.oslo_log import OsloLogReader
+    log = tmp_path / "clean" / "nova-compute.log"
+    log.parent.mkdir()
+    subprocess.run([sys.executable, str(ROOT / "tests" / "programs" / "oslo_log_writer.py"), str(log)],
+                   check=True, timeout=60, capture_output=True, cwd=ROOT / "tests" / "programs")
+    clean, _ = rows_of(OsloLogReader, log)
+    lines = log.read_text().split("\n")
+    errors = [r for r in clean if json.loads(r["fields"])["level"] == "ERROR"]
+    assert len(errors) == 2 and all("Traceback" in json.loads(r["fields"])["message"] for r in errors)
+    starts = [r["pos"] for r in clean]
+    far = {errors[0]["pos"]: "9999-12-31 23:59:59.999", errors[1]["pos"]: "1600-01-01 00:00:00.000"}
+    for first, new in far.items():
+        end = next((p for p in starts if p > first), len(lines) + 1)
+        for i in range(first, end):  # the record's header and every line after it
+            if re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ", lines[i - 1]):
+                lines[i - 1] = new + lines[i - 1][23:]
+    path = tmp_path / "nova-compute.log"
+    path.write_text("\n".join(lines))
+    got, reader = rows_of(OsloLogReader, path)
+    assert_kept_and_reported(got, reader, clean, list(far))
