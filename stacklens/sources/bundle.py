@@ -124,7 +124,11 @@ def _walk(p: Path, config: BundleConfig | None, out: list[Part],
         walked[key] = p
         if (p / BUNDLE_FILE).exists() and (config is None or config.root != p):
             config = BundleConfig.load(p)
-        children = [c for c in sorted(p.iterdir()) if not c.name.startswith(".") and c.name != BUNDLE_FILE]
+        try:
+            children = [c for c in sorted(p.iterdir()) if not c.name.startswith(".") and c.name != BUNDLE_FILE]
+        except OSError as e:
+            out.append(_rejected(p, f"a directory that cannot be listed ({e.strerror}): not read", config))
+            return
         reader = recognise(p)  # directory readers open regular files only
         if reader is not None:
             out.append(_part(p, reader, config))
