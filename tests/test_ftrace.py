@@ -188,3 +188,29 @@ def test_trace_cmd_report_is_read(recording, tmp_path):
     assert set(rows) == set(lines) and all(v is not None for v in rows.values())
     lo, hi = marker_window(theirs.con)
     assert theirs.cpu_by_thread(lo, hi).num_rows > 3
+
+
+def test_times_out_of_int64_ns_range_are_skipped_not_wrapped(recording, tmp_path):
+    """Issue 15: lines of the real recording whose time no int64 ns holds — alone (20 digits of
+    seconds) or once the recorder's clock offset is added — are skipped and reported by line;
+    every other line gives exactly the row the untouched file gives."""
+    import re
+    from stacklens.sources.base import ReadOptions
+    src = recording["trace"]
+    clean = [r for t in FtraceReader(src, ReadOptions()).tables() for r in t.to_pylist()]
+    lines = src.read_text().split("\n")
+    stamp = re.compile(r"(\]\s+(?:\S+\s+)?)(\d+)\.(\d+):")
+    stamped = [i for i, ln in enumerate(lines, start=1) if stamp.search(ln) and "stacklens_clock" not in ln]
+    assert len(stamped) > 100
+    # 7.5e9 s alone fits int64 ns; the UTC offset of the marker (~1.8e18 ns) takes it past
+    news = {stamped[5]: "99999999999999999999", stamped[len(stamped) // 2]: "9300000000",
+            stamped[-3]: "7500000000"}
+    for i, sec in news.items():
+        lines[i - 1] = stamp.sub(lambda m: f"{m.group(1)}{sec}.{m.group(3)}:", lines[i - 1], count=1)
+    path = tmp_path / "trace.txt"
+    path.write_text("\n".join(lines))
+    reader = FtraceReader(path, ReadOptions())
+    got = [r for t in reader.tables() for r in t.to_pylist()]
+    assert got == [r for r in clean if r["pos"] + 1 not in news]  # (pos counts lines from 0)
+    assert reader.report.bad_positions == sorted(news) and reader.report.skipped == len(news)
+    assert reader.report.out_of_range == len(news)

@@ -454,3 +454,51 @@ def test_control_plane_through_rabbitmq(tmp_path):
     [a] = _attempts(store)
     assert {s.name for s in a.nova_steps} >= {"pre", "post", "post_dest"} and a.request_id == result.request_id
 
+
+
+def test_times_out_of_int64_ns_range_are_skipped_not_wrapped(lab, tmp_path):
+    """Issue 15: trace lines and QMP messages of a real run whose times no int64 ns holds
+    (epoch seconds 9999999999 / 253402300800, one µs past the end) are skipped and reported;
+    the other lines come out exactly as the untouched files give them."""
+    from stacklens.sources.qemu_trace import QemuTraceReader
+    from stacklens.sources.qmp import QmpReader
+    from tests.test_time_range import assert_kept_and_reported, rows_of
+    bundle, *_ = lab["normal"]
+    for pattern, reader_cls in (("*.trace.log", QemuTraceReader), ("*.qmp.jsonl", QmpReader)):
+        src = next((bundle / "src").glob(pattern))
+        clean, _ = rows_of(reader_cls, src)
+        lines = src.read_text().split("\n")
+        stamped = [i for i, ln in enumerate(lines, start=1) if re.search(r'@\d+\.\d{6}:|"seconds": \d+', ln)]
+        assert len(stamped) > 20
+        picks = [stamped[1], stamped[len(stamped) // 3], stamped[len(stamped) // 2], stamped[-2]]
+        news = ["9999999999", "253402300800", "9223372036", "999999999999"]  # 9223372036.85477[6+]: past the end
+        for i, new in zip(picks, news):
+            if reader_cls is QemuTraceReader:
+                lines[i - 1] = re.sub(r"@\d+\.\d{6}:", f"@{new}.{'999999' if new == '9223372036' else '000001'}:",
+                                      lines[i - 1], count=1)
+            else:
+                lines[i - 1] = re.sub(r'"seconds": \d+, "microseconds": \d+',
+                                      f'"seconds": {new}, "microseconds": {854776 if new == "9223372036" else 1}',
+                                      lines[i - 1], count=1)
+        path = tmp_path / src.name
+        path.write_text("\n".join(lines))
+        got, reader = rows_of(reader_cls, path)
+        if reader_cls is QmpReader:  # the VM name / uuid from replies: the same replies remain
+            assert {r["procname"] for r in got} == {r["procname"] for r in clean}
+        assert_kept_and_reported(got, reader, clean, picks)
+
+
+def test_lab_record_out_of_int64_ns_range_is_rejected_in_one_line(lab, tmp_path):
+    """The run's own record with a start time no int64 ns holds: the part is rejected with the
+    reason (its one row cannot be placed), not wrapped to another date."""
+    from stacklens.errors import SourceError
+    from stacklens.sources.base import ReadOptions
+    from stacklens.sources.lab_config import LabConfigReader
+    bundle, *_ = lab["normal"]
+    doc = json.loads((bundle / "lab.json").read_text())
+    for key, value in (("started_ns", 1 << 63), ("processes_ns", -(1 << 63) - 1)):
+        path = tmp_path / "lab.json"
+        path.write_text(json.dumps(dict(doc, **{key: value})))
+        with pytest.raises(SourceError) as e:
+            list(LabConfigReader(path, ReadOptions()).tables())
+        assert "outside the int64-ns range" in e.value.problem and "\n" not in e.value.problem

@@ -354,3 +354,37 @@ def test_diagnose_kprobe_upcalls_lost_and_bursts(ovs_store, bt2_events):
     assert b.subject["bursts"] == len(runs) > 0 and b.subject["upcalls"] == sum(n for *_, n in runs)
     shown = {(e.start, e.end, e.value) for e in b.evidence if e.kind == "interval"}
     assert shown <= set(runs) and len(shown) == min(len(runs), 5)
+
+
+def test_sample_times_out_of_int64_ns_range_are_skipped(network_lab, tmp_path):
+    """Issue 15: samples (and log records) of the real lab whose time no int64 ns holds are
+    skipped and reported by line; the other lines give exactly the rows of the untouched file."""
+    import re
+    from stacklens.sources.ovs_stats import OvsLogReader, OvsStatsReader
+    from tests.test_time_range import assert_kept_and_reported, rows_of
+    *_, out = network_lab
+    src = out / "ovs" / "ovs-stats.jsonl"
+    clean, _ = rows_of(OvsStatsReader, src)
+    lines = src.read_text().split("\n")
+    assert len([ln for ln in lines if ln]) >= 4
+    news = {2: "9223372036854775808", 3: "-9223372036854775809", len([ln for ln in lines if ln]): "10" * 20}
+    for i, new in news.items():
+        lines[i - 1], n = re.subn(r'"ovs_sample_ns": -?\d+', f'"ovs_sample_ns": {new}', lines[i - 1], count=1)
+        assert n == 1
+    path = tmp_path / "ovs-stats.jsonl"
+    path.write_text("\n".join(lines))
+    got, reader = rows_of(OvsStatsReader, path)
+    assert_kept_and_reported(got, reader, clean, list(news))
+    logs = [p for p in out.rglob("*") if p.is_file() and OvsLogReader.sniff(p, p.read_bytes()[:16384])]
+    assert logs
+    clean, _ = rows_of(OvsLogReader, logs[0])
+    lines = logs[0].read_text().split("\n")
+    heads = [i for i, ln in enumerate(lines, start=1) if re.match(r"^\d{4}-\d\d-\d\dT", ln)]
+    news = {heads[1]: "9999", heads[len(heads) // 2]: "1600", heads[-1]: "2263"}
+    for i, year in news.items():
+        lines[i - 1] = year + lines[i - 1][4:]
+    path = tmp_path / logs[0].name
+    path.write_text("\n".join(lines))
+    got, reader = rows_of(OvsLogReader, path)
+    # a record's continuation lines go with it
+    assert_kept_and_reported(got, reader, clean, list(news))

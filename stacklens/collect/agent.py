@@ -1,10 +1,13 @@
 """`stacklens agent --config FILE`: one per node, an authenticated HTTP API over its tracers.
 
-stdlib only (http.server, threads): the API is small and rarely called, the tracers do the
-work in their own processes. Every request needs `Authorization: Bearer TOKEN` (compared in
-constant time) or gets 401; TLS when `tls_cert`/`tls_key` are configured; 127.0.0.1 unless
-`listen` says otherwise. Tracers come from the fixed registry (`tracers.TRACERS`) with their
-options from the config file only; a request names a tracer, never a command.
+The project's ASGI stack (starlette, served by uvicorn — as the web UI): the API is small and
+rarely called, the tracers do the work in their own processes. Every request needs
+`Authorization: Bearer TOKEN` (compared in constant time) or gets 401; a malformed
+Content-Length gets 400 before any body is read; TLS when `tls_cert`/`tls_key` are configured
+(each connection's handshake in the event loop, given up after asyncio's 60 s: a silent
+client stalls no other); 127.0.0.1 unless `listen` says otherwise. Tracers come from the fixed
+registry (`tracers.TRACERS`) with their options from the config file only; a request names a
+tracer, never a command.
 
 API (JSON):
   GET  /v1/status                         host, tracers (state, pid, exit code, restarts, log tail)
@@ -27,6 +30,7 @@ Config (TOML):
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -38,11 +42,16 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, Iterator
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stacklens.collect.config import load_toml
 from stacklens.collect.segments import sealed_segments
@@ -245,94 +254,136 @@ class Agent:
                 w.close()
 
 
-def make_handler(agent: Agent):
-    token = agent.cfg.token.encode()
+# A Content-Length longer than this many digits is no length this agent takes (a 400): the
+# longest body taken is MAX_SHIP_BYTES (more is a 413, answered before any of it is read).
+MAX_LENGTH_DIGITS = 18
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "stacklens-agent"
-        protocol_version = "HTTP/1.1"
 
-        def log_message(self, fmt, *args):  # quiet: the agent log is for tracers
-            pass
+def _error(code: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=code)
 
-        def _send(self, code: int, body: Any, ctype: str = "application/json") -> None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
-        def _authorised(self) -> bool:
-            auth = self.headers.get("Authorization", "")
-            given = auth[7:].encode() if auth.startswith("Bearer ") else b""
-            if hmac.compare_digest(given, token):
-                return True
-            self._send(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"})
-            return False
+class Guard:
+    """ASGI middleware in front of every route: a malformed Content-Length is a 400 and a
+    request without the agent's bearer token a 401, both before any of the body is read.
+    (uvicorn's own parser already answers 400 to most malformed lengths; this covers what it
+    lets through, e.g. lengths too long to be meant.)"""
 
-        def _parts(self) -> list[str]:
-            return [unquote(p) for p in self.path.split("?")[0].strip("/").split("/")]
+    def __init__(self, app: ASGIApp, token: bytes) -> None:
+        self.app = app
+        self.token = token
 
-        def do_GET(self):
-            if not self._authorised():
-                return
-            parts = self._parts()
-            if parts == ["v1", "status"]:
-                return self._send(200, agent.status())
-            if parts == ["v1", "segments"]:
-                return self._send(200, agent.segments())
-            listed = {*TRACERS, *(d for d, _, _ in SHIPPED.values())}
-            if len(parts) == 4 and parts[:2] == ["v1", "segments"] and parts[2] in listed:
-                name = parts[3]
-                seg = agent.tracer_dir(parts[2]) / name
-                # only a sealed segment of that tracer, by its plain name (no path tricks)
-                if "/" not in name and seg in sealed_segments(agent.tracer_dir(parts[2])):
-                    return self._send(200, seg.read_bytes(), "application/octet-stream")
-            self._send(404, {"error": f"no such resource: {self.path}"})
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])  # (lower-case names); a repeated header: the last
+        lengths = [v for k, v in scope["headers"] if k == b"content-length"]
+        if lengths and (len(set(lengths)) > 1 or not lengths[0].isdigit() or len(lengths[0]) > MAX_LENGTH_DIGITS):
+            shown = b", ".join(lengths).decode("latin-1")[:40]
+            return await _error(400, f"bad Content-Length {shown!r}: a length in bytes is expected")(scope, receive, send)
+        auth = headers.get(b"authorization", b"")
+        given = auth[7:] if auth.startswith(b"Bearer ") else b""
+        if not hmac.compare_digest(given, self.token):
+            return await _error(401, "missing or wrong token")(scope, receive, send)
+        await self.app(scope, receive, send)
 
-        def do_POST(self):
-            if not self._authorised():
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            parts = self._parts()
-            if len(parts) == 3 and parts[:2] == ["v1", "ship"] and parts[2] in SHIPPED:
-                if length > MAX_SHIP_BYTES:
-                    return self._send(413, {"error": f"at most {MAX_SHIP_BYTES} bytes per request"})
-                n = agent.ship(parts[2], self.rfile.read(length))
-                return self._send(200, {"lines": n})
-            if length:
-                self.rfile.read(length)  # nothing else is taken from a body
-            if len(parts) == 4 and parts[:2] == ["v1", "tracers"] and parts[3] in ("start", "stop"):
-                name = parts[2]
-                if name not in TRACERS:
-                    return self._send(404, {"error": f"unknown tracer {name!r}; known: {', '.join(TRACERS)}"})
-                w = agent.start(name) if parts[3] == "start" else agent.stop(name)
-                return self._send(200, {"tracer": name, "state": w.state})
-            self._send(404, {"error": f"no such resource: {self.path}"})
 
-    return Handler
+def make_app(agent: Agent) -> Starlette:
+    """The agent's HTTP API (see the module docstring) as an ASGI app."""
+    listed = {*TRACERS, *(d for d, _, _ in SHIPPED.values())}
+
+    def status(request: Request) -> Response:
+        return JSONResponse(agent.status())
+
+    def segments(request: Request) -> Response:
+        return JSONResponse(agent.segments())
+
+    def segment(request: Request) -> Response:
+        tracer, name = request.path_params["tracer"], request.path_params["name"]
+        if tracer in listed:
+            seg = agent.tracer_dir(tracer) / name
+            # only a sealed segment of that tracer, by its plain name (no path tricks)
+            if "/" not in name and seg in sealed_segments(agent.tracer_dir(tracer)):
+                return Response(seg.read_bytes(), media_type="application/octet-stream")
+        return _error(404, f"no such resource: {request.url.path}")
+
+    def tracer_action(request: Request) -> Response:
+        name, action = request.path_params["name"], request.path_params["action"]
+        if action not in ("start", "stop"):
+            return _error(404, f"no such resource: {request.url.path}")
+        if name not in TRACERS:
+            return _error(404, f"unknown tracer {name!r}; known: {', '.join(TRACERS)}")
+        w = agent.start(name) if action == "start" else agent.stop(name)
+        return JSONResponse({"tracer": name, "state": w.state})
+
+    async def ship(request: Request) -> Response:
+        kind = request.path_params["kind"]
+        if kind not in SHIPPED:
+            return _error(404, f"no such resource: {request.url.path}")
+        too_big = _error(413, f"at most {MAX_SHIP_BYTES} bytes per request")
+        if int(request.headers.get("content-length") or 0) > MAX_SHIP_BYTES:
+            return too_big  # answered before the body is read
+        body = bytearray()
+        async for chunk in request.stream():  # (a chunked body has no length up front)
+            body += chunk
+            if len(body) > MAX_SHIP_BYTES:
+                return too_big
+        n = await run_in_threadpool(agent.ship, kind, bytes(body))
+        return JSONResponse({"lines": n})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        code = getattr(exc, "status_code", 404)
+        return _error(code, f"no such resource: {request.method} {request.url.path}")
+
+    routes = [Route("/v1/status", status), Route("/v1/segments", segments),
+              Route("/v1/segments/{tracer}/{name:path}", segment),  # (a name with "/" is refused)
+              Route("/v1/tracers/{name:path}/{action}", tracer_action, methods=["POST"]),
+              Route("/v1/ship/{kind}", ship, methods=["POST"])]
+    return Starlette(routes=routes, middleware=[Middleware(Guard, token=agent.cfg.token.encode())],
+                     exception_handlers={404: not_found, 405: not_found})
 
 
 def serve(config_path: Path, ready_file: Path | None = None) -> None:
+    """Run the agent until SIGTERM/SIGINT: uvicorn serves the API (TLS handshakes and request
+    parsing per connection in its event loop, so a silent or slow client holds up no other);
+    the tracers are stopped on the way out."""
+    import uvicorn
     cfg = AgentConfig.load(config_path)
-    agent = Agent(cfg)
-    server = ThreadingHTTPServer((cfg.listen, cfg.port), make_handler(agent))
-    server.daemon_threads = True
-    if cfg.tls_cert:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=agent.watch, daemon=True).start()
-
-    def shutdown(*_):
-        threading.Thread(target=server.shutdown, daemon=True).start()
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    if ready_file:
-        ready_file.write_text(str(server.server_address[1]))
+    if cfg.tls_cert:  # a bad certificate or key is said in one line, before anything starts
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise StacklensError(f"{config_path}: tls_cert/tls_key cannot be used: {e}") from None
     try:
-        server.serve_forever(poll_interval=0.2)
+        family = socket.AF_INET6 if ":" in cfg.listen else socket.AF_INET
+        sock = socket.create_server((cfg.listen, cfg.port), family=family)
+    except OSError as e:
+        raise StacklensError(f"cannot listen on {cfg.listen}:{cfg.port}: {e.strerror or e}") from None
+    agent = Agent(cfg)
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # SIGTERM/SIGINT stop the agent: a graceful exit (status 0) once the tracers are
+            # stopped, not the signal raised again as uvicorn does after its own shutdown
+            def stop(sig: int, frame: Any) -> None:
+                self.force_exit = self.should_exit and sig == signal.SIGINT
+                self.should_exit = True
+            before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                yield
+            finally:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+
+    server = Server(uvicorn.Config(
+        make_app(agent), log_level="warning", access_log=False, lifespan="off", ssl_certfile=cfg.tls_cert,
+        ssl_keyfile=cfg.tls_key, timeout_keep_alive=5, timeout_graceful_shutdown=5))
+    threading.Thread(target=agent.watch, daemon=True).start()
+    if ready_file:
+        ready_file.write_text(str(sock.getsockname()[1]))
+    try:
+        server.run(sockets=[sock])  # (handles SIGTERM and SIGINT: a graceful stop)
     finally:
         agent.close()
-        server.server_close()
+        sock.close()

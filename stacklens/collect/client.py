@@ -92,8 +92,15 @@ def pull(agents: list[AgentRef], store_root: str, spool: Path | None = None) -> 
     spool = Path(spool) if spool else Path(store_root) / "collected"
     report: dict[str, Any] = {"agents": {}}
     for a in agents:
-        fetched, paths = 0, []
-        for seg in a.json("GET", "/v1/segments"):
+        fetched, paths, refused = 0, [], []
+        listing = a.json("GET", "/v1/segments")
+        if not isinstance(listing, list):
+            raise StacklensError(f"agent {a.name} ({a.url}): /v1/segments is not a list")
+        for seg in listing:
+            problem = segment_problem(seg)
+            if problem:  # the agent's answer names where we write: only plain names, kept in the spool
+                refused.append({"path": f"{a.name}: {str(seg)[:200]}", "status": "refused", "message": problem})
+                continue
             local = spool / a.name / seg["tracer"] / seg["name"]
             if not (local.exists() and local.stat().st_size == seg["size"]):
                 data = a.request("GET", f"/v1/segments/{quote(seg['tracer'], safe='')}/{quote(seg['name'], safe='')}")
@@ -110,10 +117,41 @@ def pull(agents: list[AgentRef], store_root: str, spool: Path | None = None) -> 
             "segments": len(paths), "fetched": fetched,
             "ingested": sum(1 for r in results if r.status == "ingested"),
             "rows": sum(r.rows for r in results),
-            "problems": [r.to_dict() for r in results if r.status in ("rejected", "unrecognised")]}
+            "problems": refused + [r.to_dict() for r in results if r.status in ("rejected", "unrecognised")]}
     from stacklens.diagnose.package_versions import version_findings
     report["findings"] = version_findings(store) if _has_events(store) else []
     return report
+
+
+def plain_name(name: Any) -> str | None:
+    """Why `name` (from an agent's answer) cannot be one file or directory name, or None."""
+    if not isinstance(name, str) or not name:
+        return "not a name"
+    if "\0" in name:
+        return "a NUL byte in the name"
+    if "/" in name or "\\" in name:
+        return "a path separator in the name"
+    if name in (".", ".."):
+        return f"{name!r} is not a file name"
+    if name.startswith("."):
+        return "a hidden name (the spool's own temporary files start with '.')"
+    return None
+
+
+def segment_problem(seg: Any) -> str | None:
+    """Why an entry of an agent's segment list cannot be fetched into the spool, or None:
+    the agent's answer names the files written, so tracer and segment must be plain names
+    (no absolute path, '..', separator or NUL) and the size a count of bytes."""
+    if not isinstance(seg, dict):
+        return "not a segment entry (an object with tracer, name, size)"
+    for key in ("tracer", "name"):
+        why = plain_name(seg.get(key))
+        if why:
+            return f"refused segment {key} {str(seg.get(key))[:80]!r}: {why}"
+    size = seg.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"refused segment {seg['name']!r}: size {str(size)[:40]!r} is not a byte count"
+    return None
 
 
 CTF_CHUNK_SUFFIX = ".ctf.tar"  # the LTTng tracer's segments: one archived trace chunk each

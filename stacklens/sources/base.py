@@ -13,7 +13,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, ClassVar, Iterator
+from typing import BinaryIO, Callable, ClassVar, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -48,11 +48,31 @@ class SourceReport:
     notes: list[str] = field(default_factory=list)
     host_hint: str | None = None  # a host name found in the data itself (e.g. CTF env)
     meta: dict = field(default_factory=dict)  # facts for the source's manifest (clock uuid, …)
+    out_of_range: int = 0  # records skipped because their timestamp does not fit int64 ns
 
     def skip(self, position: int, count: int = 1) -> None:
         self.skipped += count
         if len(self.bad_positions) < MAX_BAD_POSITIONS:
             self.bad_positions.append(position)
+
+    def skip_out_of_range(self, positions: "Sequence[int] | np.ndarray") -> None:
+        """Skip the records at `positions` whose timestamp does not fit int64 ns (years
+        before 1678 or after 2261): counted with the other bad records, and one note says
+        how many were out of range."""
+        n = len(positions)
+        if not n:
+            return
+        for p in positions[:MAX_BAD_POSITIONS]:
+            self.skip(int(p))
+        self.skipped += max(0, n - MAX_BAD_POSITIONS)
+        from stacklens.sources.timefmt import NS_RANGE_TEXT
+        old = f"{self.out_of_range} record(s) with a timestamp {NS_RANGE_TEXT} skipped"
+        self.out_of_range += n
+        note = f"{self.out_of_range} record(s) with a timestamp {NS_RANGE_TEXT} skipped"
+        if old in self.notes:
+            self.notes[self.notes.index(old)] = note
+        else:
+            self.notes.append(note)
 
     def summary(self, unit: str = "line") -> str | None:
         if not self.skipped:

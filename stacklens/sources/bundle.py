@@ -15,12 +15,17 @@ Parts are recognised by content (registry.recognise), not by file name.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Iterator
 
-from stacklens.errors import StacklensError
+import pyarrow as pa
+
+from stacklens.errors import SourceError, StacklensError
 from stacklens.sources.base import Reader
 from stacklens.sources.registry import recognise
 
@@ -67,13 +72,21 @@ class BundleConfig:
 
 
 def discover(paths: list[Path]) -> list[Part]:
-    """Every part under `paths`, with its reader (or None) and its bundle settings."""
+    """Every part under `paths`, with its reader (or None) and its bundle settings.
+
+    Symbolic links are followed, each directory walked once: a link back to a directory
+    already walked (a cycle, or a second way to the same one) is reported as a rejected part
+    and the walk goes on. FIFOs, sockets and devices are rejected parts too, never opened
+    (a FIFO would block the reader, a device never ends)."""
     found: list[Part] = []
+    walked: dict[tuple[int, int], Path] = {}  # (st_dev, st_ino) of each directory walked → its path
     for p in paths:
         if not p.exists():
+            if p.is_symlink():
+                raise StacklensError(f"{p}: a symbolic link to nothing (or a link loop)")
             raise StacklensError(f"{p}: no such file or directory")
         config = _nearest_config(p)
-        _walk(p, config, found)
+        _walk(p, config, found, walked)
     return found
 
 
@@ -85,20 +98,81 @@ def _nearest_config(p: Path) -> BundleConfig | None:
     return None
 
 
-def _walk(p: Path, config: BundleConfig | None, out: list[Part]) -> None:
-    if p.is_dir():
+def special_kind(mode: int) -> str | None:
+    """What a file of this st_mode is when it is neither a regular file nor a directory."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not a regular file"
+
+
+def _walk(p: Path, config: BundleConfig | None, out: list[Part],
+          walked: dict[tuple[int, int], Path]) -> None:
+    try:
+        st = p.stat()  # follows a link (once: the target's own links are met as they come)
+    except OSError as e:
+        kind = "a symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+        out.append(_rejected(p, f"{kind}: not read", config))
+        return
+    if stat.S_ISDIR(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        if key in walked:
+            out.append(_rejected(p, f"the same directory as {walked[key]}, already walked (a link back, or a "
+                                    "directory cycle): not read again", config))
+            return
+        walked[key] = p
         if (p / BUNDLE_FILE).exists() and (config is None or config.root != p):
             config = BundleConfig.load(p)
-        reader = recognise(p)
+        try:
+            children = [c for c in sorted(p.iterdir()) if not c.name.startswith(".") and c.name != BUNDLE_FILE]
+        except OSError as e:
+            out.append(_rejected(p, f"a directory that cannot be listed ({e.strerror}): not read", config))
+            return
+        reader = recognise(p)  # directory readers open regular files only
         if reader is not None:
             out.append(_part(p, reader, config))
+            for child in children:  # what the part's reader passes over is said
+                kind = _special(child)
+                if kind:
+                    out.append(_rejected(child, f"{kind} inside {p.name}/: not read", config))
             return
-        for child in sorted(p.iterdir()):
-            if child.name.startswith(".") or child.name == BUNDLE_FILE:
-                continue
-            _walk(child, config, out)
-    elif p.is_file():
+        for child in children:
+            _walk(child, config, out, walked)
+    elif stat.S_ISREG(st.st_mode):
         out.append(_part(p, recognise(p), config))
+    else:
+        out.append(_rejected(p, f"{special_kind(st.st_mode)}: not read (only files and directories are)", config))
+
+
+def _special(p: Path) -> str | None:
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISDIR(mode) else special_kind(mode)
+
+
+def _rejected(p: Path, problem: str, config: BundleConfig | None) -> Part:
+    """A part that is reported as rejected, with `problem`, and never opened."""
+    return _part(p, type("NotRead", (NotRead,), {"problem": problem}), config)
+
+
+class NotRead(Reader):
+    """Stands for a path that is not read (a device, a FIFO, a link back into the walk): the
+    ingest reports it as rejected with the reason, as for any part that cannot be read."""
+
+    format = "not read"
+    layer = "app"
+    problem: ClassVar[str] = "not read"  # set per rejected path (a subclass each)
+
+    @classmethod
+    def sniff(cls, path: Path, head: bytes) -> bool:
+        return False
+
+    def tables(self) -> Iterator[pa.Table]:
+        raise SourceError(self.path, self.problem)
+        yield  # a generator, so that the error comes when the rows are asked for
 
 
 def _part(p: Path, reader: type[Reader] | None, config: BundleConfig | None) -> Part:

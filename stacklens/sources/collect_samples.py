@@ -29,6 +29,11 @@ FROM (SELECT pos, line, json_extract_string(line, ['$.ts', '$.stacklens', '$.pid
 WHERE TRY_CAST(v[1] AS BIGINT) IS NOT NULL AND v[2] IS NOT NULL
 ORDER BY pos
 """
+# Lines whose ts is a number that does not fit int64 ns: skipped as out of range.
+FAR_SQL = """
+SELECT pos FROM (SELECT pos, json_extract_string(line, '$.ts') AS t FROM lines WHERE json_valid(line))
+WHERE regexp_full_match(t, '-?[0-9]+') AND TRY_CAST(t AS BIGINT) IS NULL ORDER BY pos
+"""
 
 
 class CollectSampleReader(Reader):
@@ -55,7 +60,9 @@ class CollectSampleReader(Reader):
         con.register("lines", table)
         out = con.sql(SQL).to_arrow_table()
         bad = pc.invert(pc.is_in(table.column("pos"), out.column("pos")))
-        for p in table.column("pos").filter(bad).to_pylist():
+        far = con.sql(FAR_SQL).to_arrow_table().column("pos")  # a number no int64 ns holds
+        self.report.skip_out_of_range(far.to_pylist())
+        for p in table.column("pos").filter(pc.and_(bad, pc.invert(pc.is_in(table.column("pos"), far)))).to_pylist():
             self.report.skip(p)
         out = out.set_column(out.schema.get_field_index("pid"), "pid", out.column("pid"))
         self.report.rows += out.num_rows

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader, json_objects
+from stacklens.sources.timefmt import fits_int64
 
 LINE = re.compile(
     r"^\s*(?:(?P<buffer>[\w.-]+):\s+)?(?P<comm>.*?)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
@@ -92,6 +93,9 @@ class FtraceReader(Reader):
                         self.report.notes.append(f"line {pos + 1}: {line.strip()}")
                     else:
                         self.report.skip(pos + 1)
+                    continue
+                if not fits_int64(int(m.group("sec")) * 1_000_000_000 + int(m.group("frac").ljust(9, "0")) + offset):
+                    self.report.skip_out_of_range([pos + 1])  # (or a marker offset that takes it out)
                     continue
                 batch.append((pos, m))
                 if len(batch) >= BATCH_LINES:

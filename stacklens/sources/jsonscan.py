@@ -33,7 +33,7 @@ import pyarrow as pa
 from stacklens.sources.swar import (HAS_COMPRESS, NO_REFCOUNT, byte_mask, compress_block, copy_bytes,
                                     escape_classes, json_classes, load_u64, popcount, store_u64,
                                     string_classes, trailing_zeros)
-from stacklens.sources.textscan import (days_from_civil, json_string_len, parse_digits, parse_fraction,
+from stacklens.sources.textscan import (NS_MAX_SECONDS, days_from_civil, fits_ns, json_string_len, parse_digits, parse_fraction,
                                         put_json_string, uuid_chars, valid_date)
 
 # Value kinds recorded per slot.
@@ -1054,9 +1054,16 @@ def json_members(buf: np.ndarray, members: dict[str, tuple]) -> pa.Array:
     return arr.cast(pa.string())
 
 
+# The value a timestamp parser leaves, with ok False, where the text is a time that does not
+# fit int64 ns (before 1677-09-21 or after 2262-04-11): the reader skips and reports it. (Any
+# int64 is a valid time, so the value says it only where ok is False; elsewhere there it is 0.)
+OUT_OF_RANGE = -1
+
+
 def _values_parser(kernel):  # noqa: ANN001, ANN202
     """parse(buf, starts, ends, kinds) -> (values, ok) around a compiled kernel that fills
-    arrays allocated here (so that it runs without reference counting)."""
+    arrays allocated here (so that it runs without reference counting). A timestamp parser
+    leaves OUT_OF_RANGE in `values` (and False in ok) where a time parsed but does not fit int64 ns."""
     def parse(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = np.zeros(len(starts), np.int64)
         ok = np.zeros(len(starts), np.bool_)
@@ -1109,8 +1116,11 @@ def _parse_timestamps(buf, starts, ends, kinds, out, ok):
                 q = e
             else:
                 continue
-        days = days_from_civil(y, mo, d)
-        out[i] = (((days * 24 + hh) * 60 + mi) * 60 + ss - off) * 1_000_000_000 + frac
+        secs = ((days_from_civil(y, mo, d) * 24 + hh) * 60 + mi) * 60 + ss - off
+        if not fits_ns(secs, frac):
+            out[i] = OUT_OF_RANGE
+            continue
+        out[i] = secs * 1_000_000_000 + frac
         ok[i] = True
 
 
@@ -1130,8 +1140,11 @@ def _parse_epoch_seconds(buf, starts, ends, kinds, out, ok):
         e = ends[i]
         whole = 0
         q = p
-        while q < e and 48 <= buf[q] <= 57 and q - p < 12:
-            whole = whole * 10 + (buf[q] - 48)
+        while q < e and 48 <= buf[q] <= 57:
+            if q - p < 12:  # more digits than that are out of range anyway (no overflow here)
+                whole = whole * 10 + (buf[q] - 48)
+            else:
+                whole = NS_MAX_SECONDS + 1
             q += 1
         if q == p:
             continue
@@ -1141,6 +1154,9 @@ def _parse_epoch_seconds(buf, starts, ends, kinds, out, ok):
             if nd == 0:
                 continue
         if q != e:
+            continue
+        if not fits_ns(whole, frac):
+            out[i] = OUT_OF_RANGE
             continue
         out[i] = whole * 1_000_000_000 + frac
         ok[i] = True

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader, json_objects
+from stacklens.sources.timefmt import NS_RANGE_TEXT, fits_int64
 
 KEYS = (b'"scenario"', b'"parameters"', b'"processes"')
 
@@ -44,8 +45,11 @@ class LabConfigReader(Reader):
         try:
             lab = json.loads(data)
             started = int(lab["started_ns"])
-        except (ValueError, KeyError, TypeError) as e:
+            at = int(lab.get("processes_ns") or started)
+        except (ValueError, KeyError, TypeError, OverflowError) as e:
             raise SourceError(self.path, f"not a complete lab record ({type(e).__name__}: {e})") from None
+        if not (fits_int64(started) and fits_int64(at)):
+            raise SourceError(self.path, f"started_ns/processes_ns {NS_RANGE_TEXT}")
         self.options.progress(len(data))
         run = {k: lab.get(k) for k in ("scenario", "status", "request_id", "wall_s", "cpus", "notes")}
         run["parameters"] = lab.get("parameters", {})
@@ -54,7 +58,6 @@ class LabConfigReader(Reader):
                 "procname": [lab.get("vm")], "instance": [lab.get("instance")],
                 "fields": [json.dumps(run)], "pos": [0]}
         threads = {"role": [], "host": [], "comm": [], "cpus_allowed": []}
-        at = int(lab.get("processes_ns") or started)
         for i, proc in enumerate(lab.get("processes") or []):
             try:
                 pid, vm, role, host = int(proc["pid"]), proc["vm"], proc["role"], proc["host"]

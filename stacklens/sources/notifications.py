@@ -28,7 +28,7 @@ import pyarrow as pa
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
-    ABSENT, NULL, BufferPool, PathTrie, document_lines, has_prefix, line_block_tables, parse_timestamps, text_columns, utf8_or_replaced)
+    ABSENT, NULL, OUT_OF_RANGE, BufferPool, PathTrie, document_lines, has_prefix, line_block_tables, parse_timestamps, text_columns, utf8_or_replaced)
 
 # What a notification line looks like in its first bytes (bare or wrapped).
 _LINE_HINT = re.compile(rb'^\s*\{.*"(?:event_type|oslo\.message)"\s*:', re.S)
@@ -121,15 +121,25 @@ class NotificationReader(Reader):
             return None, len(starts)
         if len(rows) < len(starts):
             vs, ve, kind = vs[:, rows], ve[:, rows], kind[:, rows]
-        # the first timestamp slot that parses (the later ones only where the earlier did not)
+        # the first timestamp slot that parses (the later ones only where the earlier did not);
+        # a time that parses but does not fit int64 ns ends the search: that row is skipped
         ts, has_ts = parse_timestamps(big, vs[TIMESTAMP], ve[TIMESTAMP], kind[TIMESTAMP])
+        out_of_range = ~has_ts & (ts == OUT_OF_RANGE)
         for slot in TS_SLOTS[1:]:
-            if has_ts.all():
+            if (has_ts | out_of_range).all():
                 break
-            t, ok = parse_timestamps(big, vs[slot], ve[slot], np.where(has_ts, ABSENT, kind[slot]))
+            t, ok = parse_timestamps(big, vs[slot], ve[slot], np.where(has_ts | out_of_range, ABSENT, kind[slot]))
             ts = np.where(ok, t, ts)
             has_ts |= ok
+            out_of_range |= ~ok & (t == OUT_OF_RANGE)
         pos = rows + first_line
+        if out_of_range.any():
+            self.report.skip_out_of_range(pos[out_of_range])
+            sel = np.flatnonzero(~out_of_range)
+            rows, ts, has_ts, pos = rows[sel], ts[sel], has_ts[sel], pos[sel]
+            vs, ve, kind = vs[:, sel], ve[:, sel], kind[:, sel]
+            if not len(rows):
+                return None, len(starts)
         if not has_ts.all():
             missing = int((~has_ts).sum())
             if fallback_ts is not None:
@@ -221,26 +231,47 @@ def _is_json_object(line: bytes) -> bool:
         return False
 
 
-def resolve_refs(node: Any, base: Path, depth: int = 0) -> Any:
+def resolve_refs(node: Any, base: Path, depth: int = 0, root: Path | None = None) -> Any:
     """Replace every `{"$ref": "file.json#", k: v…}` by the referenced document with the
-    sibling keys merged over it (recursively for nested objects), as Nova's sample tests do."""
+    sibling keys merged over it (recursively for nested objects), as Nova's sample tests do.
+
+    A reference resolves only to a regular file inside `root` (the sample's own directory
+    tree, `base` at the first call; links resolved first): an absolute name, `..` out of it,
+    a link leading out or a FIFO/device is refused with a one-line reason."""
+    if root is None:
+        root = base.resolve()
     if depth > 20:
         raise SourceError(base, "$ref nesting deeper than 20 (a cycle?)")
     if isinstance(node, list):
-        return [resolve_refs(x, base, depth) for x in node]
+        return [resolve_refs(x, base, depth, root) for x in node]
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
         ref = str(node["$ref"]).split("#", 1)[0]
-        target = (base / ref)
+        target = _ref_target(base, ref, root, node["$ref"])
         try:
             loaded = json.loads(target.read_text())
         except (OSError, ValueError) as e:
             raise SourceError(target, f"cannot resolve $ref {node['$ref']!r}: {e}") from None
-        resolved = resolve_refs(loaded, target.parent, depth + 1)
-        overrides = {k: resolve_refs(v, base, depth) for k, v in node.items() if k != "$ref"}
+        resolved = resolve_refs(loaded, target.parent, depth + 1, root)
+        overrides = {k: resolve_refs(v, base, depth, root) for k, v in node.items() if k != "$ref"}
         return _merge(resolved, overrides)
-    return {k: resolve_refs(v, base, depth) for k, v in node.items()}
+    return {k: resolve_refs(v, base, depth, root) for k, v in node.items()}
+
+
+def _ref_target(base: Path, ref: str, root: Path, given: Any) -> Path:
+    """The file a `$ref` names, if it is a regular file inside `root`; else SourceError."""
+    if not ref or "\0" in ref:
+        raise SourceError(base, f"$ref {given!r}: not a file name")
+    try:
+        target = (base / ref).resolve(strict=True)
+    except (OSError, RuntimeError) as e:  # missing, or a link loop
+        raise SourceError(base / ref, f"cannot resolve $ref {given!r}: {getattr(e, 'strerror', None) or e}") from None
+    if not target.is_relative_to(root):
+        raise SourceError(base, f"$ref {given!r} leads outside the sample's directory {root}: refused")
+    if not target.is_file():  # a FIFO would block, a device never ends
+        raise SourceError(target, f"$ref {given!r}: not a regular file: refused")
+    return target
 
 
 def _merge(base: Any, over: Any) -> Any:

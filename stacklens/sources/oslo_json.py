@@ -20,7 +20,7 @@ import pyarrow as pa
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.jsonscan import (
-    ABSENT, AS_INT, AS_RAW, AS_STRING, NULL, PathTrie, coalesce, document_lines, has_prefix, instance_prefix, json_members,
+    ABSENT, AS_INT, AS_RAW, AS_STRING, NULL, OUT_OF_RANGE, PathTrie, coalesce, document_lines, has_prefix, instance_prefix, json_members,
     line_block_tables, parse_epoch_seconds, parse_ints, text_column, utf8_or_replaced)
 
 _HINT = re.compile(rb'^\s*\{.*"(?:levelname|funcname)"\s*:.*"created"\s*:', re.S)
@@ -82,7 +82,9 @@ class OsloJsonLogReader(Reader):
         created, has_created = parse_epoch_seconds(vals, vs[_S["created"]], ve[_S["created"]], kind[_S["created"]])
         name = _S["name"]
         keep = valid & has_created & (kind[name] != ABSENT) & (kind[name] != NULL)
-        bad = np.flatnonzero(~keep & (starts != ends)) + first_line
+        out_of_range = valid & ~has_created & (created == OUT_OF_RANGE)  # a time, but none int64 ns can hold
+        self.report.skip_out_of_range(np.flatnonzero(out_of_range) + first_line)
+        bad = np.flatnonzero(~keep & ~out_of_range & (starts != ends)) + first_line
         for p in bad[:MAX_REPORTED]:
             self.report.skip(int(p))
         if len(bad) > MAX_REPORTED:

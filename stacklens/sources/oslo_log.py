@@ -29,7 +29,7 @@ from stacklens.sources.oslo_scan import (
     PREFIX, PROJECT, REQ, USER, same_record_as_previous, scan_headers)
 from stacklens.sources.jsonscan import json_members
 from stacklens.sources.textscan import find_byte, line_bounds, string_column
-from stacklens.sources.timefmt import tz_offset_seconds
+from stacklens.sources.timefmt import MAX_ZONE_OFFSET_NS, shift_fits, tz_offset_seconds
 
 LEVELS = "TRACE|DEBUG|INFO|AUDIT|WARNING|WARN|ERROR|CRITICAL|FATAL"
 
@@ -122,7 +122,7 @@ class OsloLogReader(Reader):
         buf = np.frombuffer(data, np.uint8)
         starts, ends = line_bounds(buf)
         n = len(starts)
-        is_header, ts, pid, level, off = _scan(buf, starts, ends)
+        is_header, ts, pid, level, off, ts_ok = _scan(buf, starts, ends)
 
         # Lines without a header are few: classify only those (blank, continuation, bad).
         other = np.flatnonzero(~is_header)
@@ -201,8 +201,9 @@ class OsloLogReader(Reader):
             "level": sl["level"], "logger": sl["logger"], "global_request_id": sl["global_request_id"],
             "user": sl["user"], "project": sl["project"], "message": (msg_s, msg_e), "file": file_slice,
         })
+        utc, in_range = self._to_utc(ts[rec], ts_ok[rec])
         table = pa.table({
-            "ts": self._to_utc(ts[rec]),
+            "ts": utc,
             "name": string_column(big, *sl["logger"]),
             "pid": pa.array(pid[rec], pa.int64()),
             "procname": string_column(big, *proc),
@@ -212,19 +213,28 @@ class OsloLogReader(Reader):
             "pos": pa.array(rec + first_line, pa.int64()),
         })
         assert table.num_rows == m
+        if not in_range.all():  # a record (with its continuation lines) that has no int64 ns
+            self.report.skip_out_of_range(rec[~in_range] + first_line)
+            table = table.filter(pa.array(in_range))
         return table, n
 
-    def _to_utc(self, local_ns: np.ndarray) -> pa.Array:
+    def _to_utc(self, local_ns: np.ndarray, ok: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+        """UTC ns of the local times `local_ns`, and which of them fit int64 ns (`ok` says
+        which local ones did; the shift to UTC may still leave the range)."""
         offset = tz_offset_seconds(self.options.tz)
         if offset is not None:
-            return pa.array(local_ns - offset * 1_000_000_000, pa.int64())
-        naive = pa.array(local_ns, pa.timestamp("ns"))
+            ok = ok & shift_fits(local_ns, offset * 1_000_000_000)
+            return pa.array(np.where(ok, local_ns, 0) - offset * 1_000_000_000, pa.int64()), ok
+        # a named zone moves a time by at most a day: times within that of the ends of the
+        # range are skipped rather than risk the conversion leaving it
+        ok = ok & shift_fits(local_ns, MAX_ZONE_OFFSET_NS) & shift_fits(local_ns, -MAX_ZONE_OFFSET_NS)
+        naive = pa.array(np.where(ok, local_ns, 0), pa.timestamp("ns"))
         try:
             aware = pc.assume_timezone(naive, timezone=self.options.tz, ambiguous="earliest",
                                        nonexistent="earliest")
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise StacklensError(f"unknown time zone {self.options.tz!r}: {e}") from None
-        return pc.cast(pc.cast(aware, pa.timestamp("ns")), pa.int64())
+        return pc.cast(pc.cast(aware, pa.timestamp("ns")), pa.int64()), ok
 
 
 def _last_record_start(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> int:
@@ -235,7 +245,7 @@ def _last_record_start(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) ->
     hi = len(starts)
     while hi > 0:
         lo = max(0, hi - window)
-        valid, _, _, _, off = _scan(buf, starts[lo:hi], ends[lo:hi])
+        valid, _, _, _, off, _ = _scan(buf, starts[lo:hi], ends[lo:hi])
         heads = np.flatnonzero(valid & (off[CTX, 0] >= 0))
         if len(heads):
             return lo + int(heads[-1])

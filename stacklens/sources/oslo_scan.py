@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from stacklens.sources.textscan import days_from_civil, parse_digits, parse_fraction, uuid_chars, valid_date
+from stacklens.sources.textscan import days_from_civil, fits_ns, parse_digits, parse_fraction, uuid_chars, valid_date
 
 # Field slots in the offsets matrix.
 PREFIX, LEVEL, LOGGER, CTX, REQ, GREQ, USER, PROJECT, MSG, INSTANCE = range(10)
@@ -39,9 +39,11 @@ def _is_placeholder(buf, s, e):
 
 @nb.njit(cache=True, nogil=True)
 def scan_headers(buf, starts, ends, level_bytes, level_lens):
-    """Per line: valid header?, ts (ns, local), pid, level index, offsets[NSLOTS, 2]."""
+    """Per line: valid header?, ts (ns, local), pid, level index, offsets[NSLOTS, 2], and
+    whether ts fits int64 ns (where it does not, ts holds the seconds, for folding only)."""
     n = len(starts)
     valid = np.zeros(n, np.bool_)
+    ts_ok = np.ones(n, np.bool_)
     ts = np.zeros(n, np.int64)
     pid = np.zeros(n, np.int64)
     level = np.full(n, -1, np.int64)
@@ -131,8 +133,12 @@ def scan_headers(buf, starts, ends, level_bytes, level_lens):
         off[2, 0, i] = p
         off[2, 1, i] = q
         p = q + 1 if q < e else e
-        ts[i] = ((days_from_civil(y, mo, d) * 24 + hh) * 60 + mi) * 60 * 1_000_000_000 \
-            + ss * 1_000_000_000 + frac
+        secs = ((days_from_civil(y, mo, d) * 24 + hh) * 60 + mi) * 60 + ss
+        if fits_ns(secs, frac):
+            ts[i] = secs * 1_000_000_000 + frac
+        else:  # years before 1678 or after 2261: no int64 ns (the reader skips the record)
+            ts[i] = secs
+            ts_ok[i] = False
         valid[i] = True
         # context bracket, unless the message starts with oslo's "[instance: …]"
         msg = p
@@ -183,7 +189,7 @@ def scan_headers(buf, starts, ends, level_bytes, level_lens):
             if uuid_chars(buf, msg + 11, msg + 47):
                 off[9, 0, i] = msg + 11
                 off[9, 1, i] = msg + 47
-    return valid, ts, pid, level, off
+    return valid, ts, pid, level, off, ts_ok
 
 
 @nb.njit(cache=True, nogil=True)

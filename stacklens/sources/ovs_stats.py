@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
+from stacklens.sources.timefmt import fits_int64
 
 _DP_HEAD = re.compile(r"^(\S+@\S+):$")
 _LOOKUPS = re.compile(r"lookups: hit:(\d+) missed:(\d+) lost:(\d+)")
@@ -78,8 +79,12 @@ class OvsStatsReader(Reader):
             try:
                 msg = json.loads(raw)
                 t = int(msg["ovs_sample_ns"])
-            except (ValueError, KeyError, TypeError):
+                issued = int(msg.get("issued_ns", t)) if msg.get("command") else t
+            except (ValueError, KeyError, TypeError, OverflowError):
                 self.report.skip(i)
+                continue
+            if not (fits_int64(t) and fits_int64(issued)):
+                self.report.skip_out_of_range([i])
                 continue
             appctl = msg.get("appctl") or {}
             if "dpctl/show" in appctl:
@@ -95,7 +100,7 @@ class OvsStatsReader(Reader):
             if "coverage/show" in appctl:
                 add(t, "ovs_coverage", parse_coverage(appctl["coverage/show"]), i)
             if msg.get("command"):  # a reconfiguration the sampler issued (e.g. revalidator/purge)
-                add(int(msg.get("issued_ns", t)), "ovs_command", {"command": str(msg["command"])}, i)
+                add(issued, "ovs_command", {"command": str(msg["command"])}, i)
             for row in msg.get("interfaces") or []:
                 add(t, "ovs_interface", row, i)
         self.options.progress(len(data))
@@ -154,6 +159,7 @@ def parse_coverage(text: str) -> dict:
     return {m.group(1): int(m.group(2)) for line in text.splitlines() if (m := _COVERAGE.match(line))}
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?)Z\|(\d+)\|(\w+)\|(EMER|ERR|WARN|INFO|DBG)\|(.*)$")
 _KEY_ITEMS = {
     "in_port": re.compile(r"in_port\(([^)]*)\)"),
@@ -181,21 +187,27 @@ class OvsLogReader(Reader):
         except OSError as e:
             raise SourceError(self.path, f"cannot read: {e.strerror}") from None
         records: list[list] = []  # [ts, module, level, message, line number]
+        dropped = False  # the record being continued was skipped: its continuation lines go too
         for i, raw in enumerate(data.split(b"\n"), start=1):
             m = _LOG_LINE.match(raw)
             if m:
+                dropped = True
                 try:
                     t = dt.datetime.fromisoformat(m.group(1).decode()).replace(tzinfo=dt.timezone.utc)
                 except ValueError:
                     self.report.skip(i)
                     continue
-                ns = int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+                ns = (t - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+                if not fits_int64(ns):
+                    self.report.skip_out_of_range([i])
+                    continue
+                dropped = False
                 records.append([ns, m.group(3).decode(), m.group(4).decode(),
                                 m.group(5).decode("utf-8", "replace"), i])
             elif raw.strip():
-                if records:  # a continuation line (flow keys, packet dumps)
+                if records and not dropped:  # a continuation line (flow keys, packet dumps)
                     records[-1][3] += "\n" + raw.decode("utf-8", "replace")
-                else:
+                elif not dropped:
                     self.report.skip(i)
         self.options.progress(len(data))
         if not records:

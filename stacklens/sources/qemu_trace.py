@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader, json_objects
-from stacklens.sources.timefmt import local_to_epoch_ns
+from stacklens.sources.timefmt import local_to_epoch_ns, seconds_fit_ns
 
 TRACE_LINE = r"^(?P<tid>\d+)@(?P<sec>\d{1,12})\.(?P<usec>\d{6}):(?P<event>[A-Za-z_][\w]*)(?: (?P<args>.*))?$"
 MESSAGE_LINE = (r"^(?P<date>\d{4}-\d\d-\d\d)T(?P<time>\d\d:\d\d:\d\d(?:\.\d{1,9})?)Z "
@@ -106,11 +106,18 @@ class QemuTraceReader(Reader):
         for i in np.flatnonzero(bad):
             self.report.skip(first_line + int(i))
         out = []
-        if is_trace.any():
-            keep = pa.array(is_trace)
-            t = trace.filter(keep)
+        trace_lines = np.flatnonzero(is_trace)
+        if len(trace_lines):
+            t = trace.filter(pa.array(is_trace))
             sec = pc.cast(t.field("sec"), pa.int64())
             usec = pc.cast(t.field("usec"), pa.int64())
+            # seconds of up to 12 digits: the range is checked before the product (never wrapped)
+            fit = seconds_fit_ns(sec.to_numpy(), usec.to_numpy() * 1000)
+            if not fit.all():
+                self.report.skip_out_of_range(trace_lines[~fit] + first_line)
+                trace_lines, t = trace_lines[fit], t.filter(pa.array(fit))
+                sec, usec = sec.filter(pa.array(fit)), usec.filter(pa.array(fit))
+        if len(trace_lines):
             ts = pc.add(pc.multiply(sec, 1_000_000_000), pc.multiply(usec, 1000))
             name = t.field("event")
             args = pc.if_else(t.field("args").is_valid(), pc.utf8_rtrim_whitespace(t.field("args")), "")
@@ -124,7 +131,7 @@ class QemuTraceReader(Reader):
                 "ts": ts, "name": name, "tid": pc.cast(t.field("tid"), pa.int64()),
                 "procname": pa.repeat(pa.scalar(vm, pa.string()), len(t)),
                 "fields": fields,
-                "pos": pa.array(np.flatnonzero(is_trace) + first_line, type=pa.int64()),
+                "pos": pa.array(trace_lines + first_line, type=pa.int64()),
             }))
         if is_msg.any():
             m = msg.filter(pa.array(is_msg))

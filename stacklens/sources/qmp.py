@@ -25,6 +25,7 @@ import pyarrow as pa
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
 from stacklens.sources.qemu_trace import vm_from_filename
+from stacklens.sources.timefmt import fits_int64
 
 NULL_UUID = "00000000-0000-0000-0000-000000000000"
 
@@ -76,9 +77,15 @@ class QmpReader(Reader):
             try:
                 msg = json.loads(raw)
                 stamp = msg["timestamp"]
-                t = int(stamp["seconds"]) * 1_000_000_000 + int(stamp["microseconds"]) * 1000
-            except (ValueError, KeyError, TypeError):
+                usec = int(stamp["microseconds"])
+                t = int(stamp["seconds"]) * 1_000_000_000 + usec * 1000
+                if not 0 <= usec < 1_000_000:
+                    raise ValueError("microseconds")
+            except (ValueError, KeyError, TypeError, OverflowError):
                 self.report.skip(i)
+                continue
+            if not fits_int64(t):
+                self.report.skip_out_of_range([i])
                 continue
             if "event" in msg:
                 name, body = str(msg["event"]), msg.get("data", {})

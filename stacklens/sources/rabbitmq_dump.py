@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from stacklens.errors import SourceError
 from stacklens.sources.base import Reader
+from stacklens.sources.timefmt import fits_int64
 
 _TOKEN = re.compile(r"<(/?)([A-Za-z_][\w.\-:]*)>|([^<]+)")
 _TS = re.compile(r"^(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?")
@@ -44,7 +45,7 @@ class RabbitDumpReader(Reader):
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
-        files = sorted(path.glob("*.xml"))
+        files = _xml_files(path)
         if not files or any(p.is_dir() for p in path.iterdir() if not p.name.startswith(".")):
             return False
         for f in files[:3]:
@@ -59,7 +60,7 @@ class RabbitDumpReader(Reader):
     def tables(self) -> Iterator[pa.Table]:
         rows: list[dict[str, Any]] = []
         pos = 0
-        for f in sorted(self.path.glob("*.xml")):
+        for f in _xml_files(self.path):
             try:
                 text = f.read_text("utf-8", "replace")
             except OSError as e:
@@ -108,6 +109,9 @@ class RabbitDumpReader(Reader):
             if ts is None:
                 self.report.skip(r["pos"])
                 continue
+            if not fits_int64(ts):
+                self.report.skip_out_of_range([r["pos"]])
+                continue
             fields = dict(m)
             fields["kind"] = kind
             fields["routing_key"] = rk
@@ -120,7 +124,7 @@ class RabbitDumpReader(Reader):
             out["request_id"].append(m.get("_context_request_id"))
             out["instance"].append(instance)
             out["fields"].append(json.dumps(fields))
-        if self.report.skipped:
+        if self.report.skipped > self.report.out_of_range:
             self.report.notes.append("messages without any timestamp (replies to unknown calls) skipped")
         self.report.rows = len(out["ts"])
         if out["ts"]:
@@ -129,6 +133,11 @@ class RabbitDumpReader(Reader):
                             "request_id": pa.array(out["request_id"], pa.string()),
                             "instance": pa.array(out["instance"], pa.string()),
                             "fields": out["fields"]})
+
+
+def _xml_files(path: Path) -> list[Path]:
+    """The dump's files: regular files only (a FIFO named *.xml would block the reader)."""
+    return sorted(p for p in path.glob("*.xml") if p.is_file())
 
 
 def parse_elements(text: str) -> Any:
@@ -179,7 +188,8 @@ def _leaf(s: str) -> Any:
 
 
 def epoch_ns(text: Any) -> int | None:
-    """`2015-09-16 15:24:28.485549` / `2015-09-16T15:24:20.967704` (UTC) → ns since the epoch."""
+    """`2015-09-16 15:24:28.485549` / `2015-09-16T15:24:20.967704` (UTC) → ns since the epoch
+    (a Python integer: the reader checks it fits int64)."""
     if not isinstance(text, str):
         return None
     m = _TS.match(text.strip())

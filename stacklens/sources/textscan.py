@@ -49,6 +49,25 @@ def valid_date(y: int, m: int, d: int) -> bool:
     return not (m == 2 and d == 29 and not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)))
 
 
+# int64 ns since the epoch spans 1677-09-21T00:12:43.145224192Z … 2262-04-11T23:47:16.854775807Z:
+# the whole seconds at each end and the nanoseconds allowed in them.
+NS_MAX_SECONDS, NS_MAX_FRAC = 9_223_372_036, 854_775_807
+NS_MIN_SECONDS, NS_MIN_FRAC = -9_223_372_037, 145_224_192
+
+
+@nb.njit(**NO_REFCOUNT)
+def fits_ns(seconds: int, frac: int) -> bool:
+    """Does `seconds` since the epoch plus `frac` ns (0 <= frac < 10^9) fit int64 ns?
+    (A timestamp outside is skipped and reported by its reader, never wrapped.)"""
+    if NS_MIN_SECONDS < seconds < NS_MAX_SECONDS:
+        return True
+    if seconds == NS_MAX_SECONDS:
+        return frac <= NS_MAX_FRAC
+    if seconds == NS_MIN_SECONDS:
+        return frac >= NS_MIN_FRAC
+    return False
+
+
 @nb.njit(**NO_REFCOUNT)
 def parse_fraction(buf: np.ndarray, q: int, e: int) -> tuple[int, int, int]:
     """The decimal digits at buf[q:e] as a fraction of a second: (ns, end offset, digits

@@ -73,6 +73,9 @@ def register(app: typer.Typer) -> None:
         print_table(["agent", "segments", "fetched", "ingested", "rows", "problems"],
                     [(n, a["segments"], a["fetched"], a["ingested"], a["rows"], len(a["problems"]))
                      for n, a in report["agents"].items()], title="pull")
+        for a in report["agents"].values():  # what was refused or rejected, and why
+            for p in a["problems"]:
+                console.print(f"{p['status']}: {p['path']}: {p.get('message') or ''}", markup=False, highlight=False)
         for f in report["findings"]:
             if f["finding"] == "package_version_skew":
                 where = ", ".join(f"{h} {v}" for h, v in f["hosts"].items())

@@ -15,10 +15,12 @@ def run_ingest(store: Store, paths: list[Path], host: str | None, tz: str | None
                json_out: bool) -> int:
     """Ingest and report; returns the exit code: 1 if any part was rejected, or if nothing
     was ingested (every part rejected or not recognised), else 0."""
-    from stacklens.sources.bundle import discover
+    from stacklens.sources.bundle import NotRead, discover
     from stacklens.store.ingest import part_size
 
-    total = sum(part_size(p.path) for p in discover(paths) if p.reader is not None)
+    # (parts that are not read — devices, FIFOs, links back — have no size to show)
+    total = sum(part_size(p.path) for p in discover(paths)
+                if p.reader is not None and not issubclass(p.reader, NotRead))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), console=err_console, transient=True,
                   disable=not err_console.is_terminal) as bar:
