@@ -102,7 +102,7 @@ def test_absurd_window_parameters_get_400_never_500(server):
 def test_int64_extremes_answer_with_data_or_empty(server, store):
     # the whole int64 range is a legal (if absurd) window: answered, with the store's tasks in it
     with duckdb.connect() as con:
-        n_tasks_events = con.execute(f"SELECT count(*) FROM read_parquet('{store}/**/*.parquet', union_by_name=true) "
+        n_tasks_events = con.execute(f"SELECT count(*) FROM read_parquet('{store}/events/**/*.parquet', union_by_name=true) "
                                      "WHERE layer = 'app'").fetchall()[0][0]
     assert n_tasks_events > 0
     for view in ("vm_states", "tasks", "requests", "migration", "ovs", "kernel", "resources"):

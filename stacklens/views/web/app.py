@@ -65,11 +65,13 @@ def int_param(q: Request, name: str, lo: int = INT64_MIN, hi: int = INT64_MAX) -
     return n
 
 
-def window_params(q: Request) -> tuple[int | None, int | None]:
+def window_params(q: Request, *, closed: bool = False) -> tuple[int | None, int | None]:
+    """start and end, both or neither; start < end (start <= end for a closed window: the
+    events at one instant)."""
     start, end = int_param(q, "start"), int_param(q, "end")
     if (start is None) != (end is None):
         raise BadParam("parameters 'start' and 'end' go together")
-    if start is not None and start >= end:
+    if start is not None and (start > end if closed else start >= end):
         raise BadParam(f"window start {start} is not before end {end}")
     return start, end
 
@@ -166,6 +168,9 @@ def create_app(store, *, bind: str = "127.0.0.1", port: int | None = None, token
             return JSONResponse({"error": f"no file {name!r}"}, status_code=404)
         return FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
 
+    async def favicon(_: Request) -> Response:
+        return Response(status_code=204)
+
     async def summary(_: Request) -> Response:
         return await _off_loop(data.summary, "the summary")
 
@@ -188,7 +193,7 @@ def create_app(store, *, bind: str = "127.0.0.1", port: int | None = None, token
 
     async def events(q: Request) -> Response:
         try:
-            start, end = window_params(q)
+            start, end = window_params(q, closed=True)
             if start is None:
                 raise BadParam("parameters 'start' and 'end' are required")
             tid = int_param(q, "tid")
@@ -211,7 +216,7 @@ def create_app(store, *, bind: str = "127.0.0.1", port: int | None = None, token
     app = Starlette(routes=[
         Route("/", index), Route("/static/{name}", static), Route("/api/summary", summary),
         Route("/api/findings", findings), Route("/api/view/{name}", view), Route("/api/events", events),
-        Route("/api/explain", explain),
+        Route("/api/explain", explain), Route("/favicon.ico", favicon),
     ])
     return Guard(app, allowed_hosts=allowed, port=port, token=token)
 

@@ -49,7 +49,13 @@ class WebData:
     def findings(self) -> list[dict[str, Any]]:
         def build():
             from stacklens.diagnose.rules import diagnose_store
-            return [f.to_dict() for f in diagnose_store(self.store)]
+            out = [f.to_dict() for f in diagnose_store(self.store)]
+            for f in out:  # epoch ns exceed JavaScript's 53-bit numbers: as strings
+                for d in [f, *f.get("evidence", [])]:
+                    for k in ("start", "end"):
+                        if isinstance(d.get(k), int):
+                            d[k] = str(d[k])
+            return out
         return self._cached("findings", build)
 
     def explain(self, vm: str | None, request: str | None) -> dict[str, Any]:
@@ -234,7 +240,7 @@ class WebData:
             if t0 is None:
                 return {"bars": [], "series": [], "start": None}
             lo, hi = t0, max(t1 + 1, t0 + 1)
-        bucket = max(1, (hi - lo) // px)
+        bucket = nice_bucket(max(1, (hi - lo) // px))
         rows = con.execute("""SELECT path, ($1 + ((receive_ts - $1) // $3) * $3) AS b, count(*) FROM p
                               WHERE receive_ts >= $1 AND receive_ts < $2 GROUP BY ALL ORDER BY b""",
                            [lo, hi, bucket]).fetchall()
@@ -504,7 +510,7 @@ class WebData:
 
 DENSITY_BASE_NS = 1_000_000  # 1 ms buckets: 600 k per host and layer for ten minutes of trace
 DENSITY_MIN_RATIO = 64
-KERNEL_THREAD_LANES = 60  # thread lanes per page of the kernel view (plus CPU and IRQ lanes)
+KERNEL_THREAD_LANES = 50  # thread lanes per page of the kernel view (plus CPU and IRQ lanes)
 THREAD_STATES = ("running", "runnable", "blocked", "io_wait")
 STATE_LABELS = {"running": "running", "runnable": "runnable (preempted: waiting for CPU)",
                 "blocked": "blocked (sleeping)", "io_wait": "blocked on I/O (uninterruptible)"}
@@ -515,3 +521,13 @@ VIEW_NOUNS = {"vm_states": "VM state changes", "tasks": "service tasks", "reques
 
 class BadParam(ValueError):
     """A request parameter that cannot be used: the web app answers 400 with this message."""
+
+
+def nice_bucket(ns: int) -> int:
+    """The 1-2-5 × 10^k ns at or above ns: histogram bins that read (100 ms, not 96.554 ms)."""
+    k = 1
+    while True:
+        for m in (1, 2, 5):
+            if m * k >= ns:
+                return m * k
+        k *= 10
