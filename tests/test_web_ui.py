@@ -266,11 +266,13 @@ def test_shared_data_kernel_hosts_events_cursors_url(shared_store, browser_facto
 
     # two time cursors: the delta shown is the time between the two clicked pixels
     page.click("#cursor-mode")
-    xa = page.evaluate("(() => { const a = document.getElementById('chart')._fullLayout.xaxis;"
-                       " return {off: a._offset, len: a._length, r0: a.range[0], r1: a.range[1]}; })()")
+    page.evaluate("window.scrollTo(0, 0); document.getElementById('chartscroll').scrollTo(0, 0)")
+    xa = page.evaluate("(() => { const l = document.getElementById('chart')._fullLayout, a = l.xaxis;"
+                       " return {off: a._offset, len: a._length, r0: a.range[0], r1: a.range[1], top: l.yaxis._offset};"
+                       " })()")
     box = page.locator("#chart").bounding_box()
     f = page.evaluate("state.axis.f")
-    y = box["y"] + 200
+    y = box["y"] + xa["top"] + 30
     x1, x2 = box["x"] + xa["off"] + xa["len"] * 0.25, box["x"] + xa["off"] + xa["len"] * 0.75
     page.mouse.click(x1, y)
     page.wait_for_function(READY)
@@ -278,7 +280,7 @@ def test_shared_data_kernel_hosts_events_cursors_url(shared_store, browser_facto
     page.wait_for_function("document.getElementById('cursors').dataset.delta")
     delta = int(page.get_attribute("#cursors", "data-delta"))
     expected = (xa["r1"] - xa["r0"]) * 0.5 * f
-    assert abs(delta - expected) <= 0.01 * expected, (delta, expected)
+    assert abs(delta - expected) <= 0.01 * expected, (delta, expected, xa, x1, x2, y, box, page.evaluate("[state.cursors.map(String), String(state.axis.origin), state.axis.f, String(state.start), String(state.end)]"))
     assert re.search(r"Δ\(B−A\) = [\d.]+ " + UNIT, page.inner_text("#cursors"))
     page.wait_for_function(READY)
     page.click("#cursor-mode")

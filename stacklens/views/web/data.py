@@ -155,7 +155,12 @@ class WebData:
     def _view_vm_states(self, lo, hi, px, **_):
         def build():
             from stacklens.models.vm_states import vm_state_timeline
+            from stacklens.models.correlation import vm_identities
             rows = vm_state_timeline(self.con).to_pylist()
+            # lanes by VM name: a uuid-only record borrows the name another source gives it
+            names = {r["instance"]: r["vm"] for r in vm_identities(self.con).to_pylist() if r["vm"]}
+            for r in rows:
+                r["vmname"] = r["vmname"] or names.get(r["vm"])
             out = []
             for r, nxt in zip(rows, rows[1:] + [None]):
                 same = nxt is not None and nxt["vm"] == r["vm"]

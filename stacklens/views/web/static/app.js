@@ -119,7 +119,7 @@ async function draw() {
     traces.push({type: "bar", orientation: "h",
       name: esc(isCpu ? "on CPU (colour = thread)" : (STATE_NAMES[g.state] || (state.view === "vm_states" ? "VM " : "") + g.state))
         + (g.faded ? " (not selected)" : ""),
-      legendgroup: g.state, y: bars.map(b => esc(b.lane)), base: bars.map(b => xOf(b.s)),
+      legendgroup: g.state, showlegend: !g.faded || !groups[g.state], y: bars.map(b => esc(b.lane)), base: bars.map(b => xOf(b.s)),
       x: bars.map(b => Math.max(xOf(b.e) - xOf(b.s), minW)), width: THIN.has(g.state) ? 0.35 : 0.8,
       marker: {color: isCpu ? bars.map(b => threadColour(b.tid)) : (STATE_COLOURS[g.state] || "#607d8b"),
         opacity: g.faded ? 0.18 : 0.95, line: {width: g.state === "stop&copy" ? 2 : 0, color: "#000"}},
@@ -152,7 +152,8 @@ async function draw() {
       hoverinfo: "text"});
   }
   const empty = !d.bars.length && !(d.series || []).some(s => s.x.length);
-  const height = d.bars.length ? Math.max(560, lanes.length * 18 + 140) * (d.series?.length ? 1.4 : 1) : 560;
+  // lanes of 18 px; with a dirty-pages panel under them, everything within the visible box
+  const height = !d.bars.length ? 560 : (d.series || []).length ? 610 : Math.max(560, lanes.length * 18 + 140);
   chart.style.height = height + "px";
   // bars: the time axis on top (lanes scroll below it, as in Trace Compass), legend above it
   const hasSeries = d.bars.length > 0 && (d.series || []).some(s => s.x.length);
@@ -165,7 +166,8 @@ async function draw() {
       automargin: true, showline: true, mirror: true},
     yaxis: d.bars.length ? {automargin: true, type: "category", domain: hasSeries ? [0.38, 1] : [0, 1], categoryorder: "array", categoryarray: lanes.map(esc).reverse(),
       title: {text: laneTitle()}, visible: !empty}
-      : {title: {text: esc(yTitle)}, visible: !empty, rangemode: "tozero", automargin: true},
+      : {title: {text: esc(yTitle)}, visible: !empty, rangemode: "tozero", automargin: true,
+         ...(yTitle === "VMs on the host" ? {dtick: 1, tickformat: "d"} : {})},
     // dirty pages per round: a panel of its own under the lanes, log scale (rounds span decades)
     yaxis2: {domain: [0, 0.3], anchor: "x", type: "log", title: {text: "dirty pages (log)"}, automargin: true},
     shapes, dragmode: state.cursorMode ? false : "zoom", hovermode: "closest",
@@ -173,7 +175,7 @@ async function draw() {
       font: {size: 18, color: "#555"}}] : []};
   document.getElementById("viewtitle").textContent = VIEW_TITLES[state.view] + (d.host ? " — host " + d.host : "")
     + (state.view === "kernel" && d.bars.length ? " (lanes: CPUs and their interrupts, then threads as process [pid] › thread (tid))" : "");
-  await Plotly.react(chart, traces, layout, {responsive: true, scrollZoom: true, displaylogo: false});
+  await Plotly.react(chart, traces, layout, {responsive: true, scrollZoom: true, displaylogo: false, displayModeBar: false});
   bindChart(chart);
   pager(d);
   document.getElementById("status").textContent = (d.message ? d.message + " — " : "")
