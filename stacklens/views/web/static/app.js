@@ -130,8 +130,8 @@ async function draw() {
   if (state.view === "requests") traces.push(...hopArrows(d.bars, xOf));
   const shapes = [];
   for (const b of d.bars) if (b.state === "stop&copy")  // stop&copy: the VM is paused, highlighted over all lanes
-    shapes.push({type: "rect", xref: "x", yref: "paper", x0: xOf(b.s), x1: Math.max(xOf(b.e), xOf(b.s) + minW), y0: 0, y1: 1,
-      fillcolor: "rgba(213,0,0,0.12)", line: {width: 0}, layer: "below"});
+    shapes.push({type: "rect", xref: "x", yref: "paper", x0: xOf(b.s), x1: Math.max(xOf(b.e), xOf(b.s) + 3 * minW), y0: 0, y1: 1,
+      fillcolor: "rgba(213,0,0,0.22)", line: {width: 0}, layer: "below"});
   for (const [i, c] of state.cursors.entries())
     shapes.push({type: "line", xref: "x", yref: "paper", x0: ax.x(c), x1: ax.x(c), y0: 0, y1: 1,
       line: {color: "#6a1b9a", width: 2, dash: i ? "dash" : "solid"}});
