@@ -276,6 +276,7 @@ def test_shared_data_kernel_hosts_events_cursors_url(shared_store, browser_facto
     x1, x2 = box["x"] + xa["off"] + xa["len"] * 0.25, box["x"] + xa["off"] + xa["len"] * 0.75
     page.mouse.click(x1, y)
     page.wait_for_function(READY)
+    page.wait_for_timeout(600)  # two separate clicks, not a double click
     page.mouse.click(x2, y)
     page.wait_for_function("document.getElementById('cursors').dataset.delta")
     delta = int(page.get_attribute("#cursors", "data-delta"))

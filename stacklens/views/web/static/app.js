@@ -83,7 +83,10 @@ function threadColour(tid) {  // a stable, distinct colour per thread (golden-an
 async function draw() {
   const chart = document.getElementById("chart");
   chart.dataset.ready = "0";
-  const q = new URLSearchParams({px: String(chart.clientWidth || 1000)});
+  // level of detail from the plot's own width (the lanes' labels take ~300 px); the kernel
+  // view at 2 px per bucket: thousands of SVG bars are what makes a browser slow
+  const plotPx = Math.max(100, (chart.clientWidth || 1300) - 300);
+  const q = new URLSearchParams({px: String(state.view === "kernel" ? Math.round(plotPx / 2) : plotPx)});
   if (state.start != null) { q.set("start", state.start); q.set("end", state.end); }
   if (state.view === "kernel") { if (state.host) q.set("host", state.host); q.set("offset", state.offset); }
   document.getElementById("host-box").style.display = state.view === "kernel" ? "" : "none";
@@ -155,6 +158,7 @@ async function draw() {
   // lanes of 18 px; with a dirty-pages panel under them, everything within the visible box
   const height = !d.bars.length ? 560 : (d.series || []).length ? 610 : Math.max(560, lanes.length * 18 + 140);
   chart.style.height = height + "px";
+  document.getElementById("cursorlayer").style.height = height + "px";
   // bars: the time axis on top (lanes scroll below it, as in Trace Compass), legend above it
   const hasSeries = d.bars.length > 0 && (d.series || []).some(s => s.x.length);
   const top = d.bars.length > 0, packets = (d.series || []).some(s => s.unit === "packets");
@@ -170,7 +174,7 @@ async function draw() {
          ...(yTitle === "VMs on the host" ? {dtick: 1, tickformat: "d"} : {})},
     // dirty pages per round: a panel of its own under the lanes, log scale (rounds span decades)
     yaxis2: {domain: [0, 0.3], anchor: "x", type: "log", title: {text: "dirty pages (log)"}, automargin: true},
-    shapes, dragmode: state.cursorMode ? false : "zoom", hovermode: "closest",
+    shapes, dragmode: "zoom", hovermode: "closest",
     annotations: empty ? [{text: esc(d.message || "no data"), xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false,
       font: {size: 18, color: "#555"}}] : []};
   document.getElementById("viewtitle").textContent = VIEW_TITLES[state.view] + (d.host ? " — host " + d.host : "")
@@ -245,13 +249,17 @@ function bindChart(chart) {
     const b = state.last.bars[p.customdata]; if (!b) return;
     clickBar(b).catch(showError);
   });
-  chart.addEventListener("click", ev => {  // time cursors: in cursor mode, or shift-click
-    if (!(state.cursorMode || ev.shiftKey) || !state.axis) return;
+  // time cursors: shift-click on the plot, or in cursor mode a transparent layer over the
+  // chart takes the clicks (Plotly never sees them: no zoom, no double-click reset)
+  const cursorAt = ev => {
+    if (!state.axis) return;
     const xa = chart._fullLayout.xaxis, box = chart.getBoundingClientRect();
     const px = ev.clientX - box.left - xa._offset;
     if (px < 0 || px > xa._length) return;
     setCursor(state.axis.ns(xa.p2l(px)));
-  }, true);
+  };
+  chart.addEventListener("click", ev => { if (ev.shiftKey) cursorAt(ev); }, true);
+  document.getElementById("cursorlayer").addEventListener("click", ev => { ev.stopPropagation(); cursorAt(ev); });
 }
 let pending = null;
 function redraw() { document.getElementById("chart").dataset.ready = "0"; clearTimeout(pending); pending = setTimeout(() => draw().catch(showError), 60); }
@@ -424,7 +432,7 @@ async function main() {
   document.getElementById("reset").onclick = () => { state.start = state.end = null; draw(); };
   const cm = document.getElementById("cursor-mode");
   cm.onclick = () => { state.cursorMode = !state.cursorMode; cm.classList.toggle("on", state.cursorMode);
-    Plotly.relayout("chart", {dragmode: state.cursorMode ? false : "zoom"}); };
+    document.getElementById("cursorlayer").style.display = state.cursorMode ? "block" : "none"; };
   document.getElementById("origin-at-cursor").onclick = () => { state.origin = state.cursors.length ? state.cursors[0] : null; draw(); };
   document.getElementById("copy-link").onclick = () => { saveUrl(); navigator.clipboard?.writeText(location.href).catch(() => {}); };
   let filterTimer = null;
