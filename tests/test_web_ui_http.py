@@ -160,7 +160,7 @@ def test_token_and_allowed_names(store):
         status, _, _ = request(port, "/api/summary", {"Authorization": "Bearer " + token})
         assert status == 200
         status, headers, _ = request(port, "/?token=" + token)
-        assert status == 200
+        assert status == 303 and headers["location"] == "/"  # the token leaves the address bar
         cookie = headers["set-cookie"].split(";")[0]
         assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
         status, _, _ = request(port, "/api/summary", {"Cookie": cookie})

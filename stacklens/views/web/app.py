@@ -126,6 +126,11 @@ class Guard:
                                     status_code=401)
                 return await resp(scope, receive, send)
 
+        if set_cookie and scope["path"] == "/":  # the token leaves the address bar (and history)
+            resp = Response(status_code=303, headers={
+                "location": "/", "set-cookie": f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"})
+            return await resp(scope, receive, send)
+
         async def send_with_cookie(message) -> None:
             if set_cookie and message["type"] == "http.response.start":
                 cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
@@ -148,6 +153,9 @@ async def _off_loop(fn: Callable[[], Any], what: str) -> Response:
         return JSONResponse({"error": str(e)}, status_code=400)
     except StacklensError as e:
         return JSONResponse({"error": str(e)}, status_code=404)
+    except Exception as e:  # a bug, not bad input: one line for the browser, not a traceback page
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return JSONResponse({"error": f"internal error in {what}: {type(e).__name__}: {first}"}, status_code=500)
     return JSONResponse(result)
 
 
