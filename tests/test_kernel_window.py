@@ -73,7 +73,7 @@ def test_kernel_view_level_of_detail_and_row_cap(many_threads):
     out = data.view("kernel", model.span.start, model.span.end, px)
     bars = out["bars"]
     cpu_lanes = {b["lane"] for b in bars if b["state"] == "cpu"}
-    thread_lanes = {b["lane"] for b in bars if b["state"] != "cpu"}
+    thread_lanes = {b["lane"] for b in bars if b["state"] not in ("cpu", "irq", "softirq")}  # IRQ lanes are per CPU
     assert len(cpu_lanes) == 8 and 0 < len(thread_lanes) <= KERNEL_THREAD_LANES
     # at most one merged bar per lane, state and pixel, plus the intervals longer than a pixel
     bucket = (model.span.end - model.span.start) // px

@@ -40,13 +40,22 @@ class WebData:
             vms = vm_identities(self.con).to_pylist()
             reqs = [r[0] for r in self.con.execute(
                 "SELECT request_id FROM events WHERE request_id IS NOT NULL GROUP BY 1 ORDER BY min(ts) LIMIT 500").fetchall()]
-            return {"t0": t0, "t1": t1, "events": n, "hosts": hosts, "vms": vms, "requests": reqs, "views": list(VIEWS)}
+            from stacklens.models.kernel import kernel_hosts
+            khosts = self._cached("khosts", lambda: kernel_hosts(self.store))
+            return {"t0": t0, "t1": t1, "t0_str": str(t0), "t1_str": str(t1), "events": n, "hosts": hosts,
+                    "kernel_hosts": khosts, "vms": vms, "requests": reqs, "views": list(VIEWS)}
         return self._cached("summary", build)
 
     def findings(self) -> list[dict[str, Any]]:
         def build():
             from stacklens.diagnose.rules import diagnose_store
-            return [f.to_dict() for f in diagnose_store(self.store)]
+            out = [f.to_dict() for f in diagnose_store(self.store)]
+            for f in out:  # epoch ns exceed JavaScript's 53-bit numbers: as strings
+                for d in [f, *f.get("evidence", [])]:
+                    for k in ("start", "end"):
+                        if isinstance(d.get(k), int):
+                            d[k] = str(d[k])
+            return out
         return self._cached("findings", build)
 
     def explain(self, vm: str | None, request: str | None) -> dict[str, Any]:
@@ -56,165 +65,267 @@ class WebData:
                                           else explain_vm(self.store, vm)).to_dict())
 
     # ---- views -------------------------------------------------------------------------------
-    def view(self, name: str, start: int | None, end: int | None, px: int = 1000) -> dict[str, Any]:
-        s = self.summary()
-        lo = s["t0"] if start is None else start
-        hi = s["t1"] if end is None else end
+    def view(self, name: str, start: int | None, end: int | None, px: int = 1000, *,
+             host: str | None = None, offset: int = 0) -> dict[str, Any]:
+        """The view's bars/series in [start, end) (ns; None: the view's own extent, not the
+        store's — a store may hold traces years apart). Times are absolute ns."""
+        if name not in VIEWS:
+            raise BadParam(f"unknown view {name!r}")
         px = max(50, min(int(px), 4000))
-        out = getattr(self, f"_view_{name}")(lo, hi, px)
-        out.update({"view": name, "start": lo, "end": hi, "px": px})
+        if start is not None:  # keep window arithmetic (start - lo, bucket) far from int64 overflow
+            s = self.summary()
+            margin = max((s["t1"] or 0) - (s["t0"] or 0), 10**12)
+            start, end = max(start, (s["t0"] or 0) - margin), min(end, (s["t1"] or 0) + margin)
+            if start >= end:
+                return {"view": name, "px": px, "bars": [], "series": [], "start": start, "end": start + 1,
+                        "message": "this window is outside the store's time range"}
+        out = getattr(self, f"_view_{name}")(start, end, px, host=host, offset=offset)
+        out.setdefault("series", [])
+        out.update({"view": name, "px": px})
+        if out.get("start") is None:
+            out["start"], out["end"] = self._extent(out)
+        if out["end"] <= out["start"]:
+            out["end"] = out["start"] + 1
+        if not out["bars"] and not any(s["x"] for s in out["series"]):
+            out.setdefault("message", f"no {VIEW_NOUNS[name]} in this window" if start is not None
+                           else f"no {VIEW_NOUNS[name]} in this store")
         return out
 
-    def _bars_in(self, table: pa.Table, lo: int, hi: int, px: int) -> list[dict]:
-        """Rows (lane, start, end, label, layer, vm, request_id, tid) in the window with LOD."""
-        bucket = max(1, (hi - lo) // px)
+    def _extent(self, out: dict) -> tuple[int, int]:
+        xs = [b["start"] for b in out["bars"]] + [x for s in out["series"] for x in s["x"]]
+        ys = [b["end"] for b in out["bars"]] + [x for s in out["series"] for x in s["x"]]
+        if xs:
+            return min(xs), max(ys)
+        s = self.summary()
+        return s["t0"] or 0, s["t1"] or 1
+
+    def view_json(self, name: str, start: int | None, end: int | None, px: int = 1000, *,
+                  host: str | None = None, offset: int = 0) -> dict[str, Any]:
+        """view() for the browser: JavaScript numbers hold 53 bits, epoch ns need 61, so the
+        absolute times travel as strings (origin, start, end) and every bar and point as an
+        offset from `origin` (exact below 104 days, which a window with detail always is)."""
+        out = self.view(name, start, end, px, host=host, offset=offset)
+        origin = out["start"]
+        for b in out["bars"]:
+            b["s"], b["e"] = b.pop("start") - origin, b.pop("end") - origin
+        for s in out["series"]:
+            s["x"] = [x - origin for x in s["x"]]
+        for k in ("start", "end", "extent_start", "extent_end"):
+            if out.get(k) is not None:
+                out[k] = str(out[k])
+        out["origin"] = str(origin)
+        return out
+
+    def _bars_in(self, table: pa.Table, lo: int | None, hi: int | None, px: int) -> dict[str, Any]:
+        """Rows (lane, start, end, label, state, layer, vm, request_id, tid, host) in the window
+        with level of detail; lo/hi None: the table's own extent."""
         con = duckdb.connect()
         con.register("t", table)
+        t0, t1 = con.execute('SELECT min(start), max(coalesce("end", start)) FROM t').fetchall()[0]
+        if lo is None:
+            if t0 is None:
+                return {"bars": [], "start": None}
+            lo, hi = t0, max(t1, t0 + 1)
+            pad = max((hi - lo) // 50, 1)
+            lo, hi = lo - pad, hi + pad
+        bucket = max(1, (hi - lo) // px)
         rows = con.execute("""
             WITH w AS (SELECT *, coalesce("end", start) AS e FROM t WHERE start < $2 AND coalesce("end", start) >= $1),
             big AS (SELECT * FROM w WHERE e - start >= $3),
             small AS (  -- sub-pixel intervals: one bar per lane and pixel, labelled by the longest
-              SELECT lane, min(start) AS start, max(e) AS e, arg_max(label, e - start) AS label, any_value(layer) AS layer,
+              SELECT lane, min(start) AS start, max(e) AS e, arg_max(label, e - start) AS label,
+                     arg_max(state, e - start) AS state, any_value(layer) AS layer,
                      arg_max(vm, e - start) AS vm, arg_max(request_id, e - start) AS request_id,
-                     arg_max(tid, e - start) AS tid, count(*) AS merged
+                     arg_max(tid, e - start) AS tid, arg_max(host, e - start) AS host, count(*) AS merged
               FROM w WHERE e - start < $3 GROUP BY lane, (start - $1) // $3)
-            SELECT lane, start, e, label, layer, vm, request_id, tid, 1 FROM big
-            UNION ALL SELECT lane, start, e, label, layer, vm, request_id, tid, merged FROM small
+            SELECT lane, start, e, label, state, layer, vm, request_id, tid, host, 1 FROM big
+            UNION ALL SELECT lane, start, e, label, state, layer, vm, request_id, tid, host, merged FROM small
             ORDER BY lane, start""", [lo, hi, bucket]).fetchall()
-        return [{"lane": r[0], "start": r[1], "end": r[2], "label": r[3], "layer": r[4], "vm": r[5],
-                 "request_id": r[6], "tid": r[7], "merged": r[8]} for r in rows]
+        bars = [{"lane": r[0], "start": r[1], "end": r[2], "label": r[3], "state": r[4], "layer": r[5], "vm": r[6],
+                 "request_id": r[7], "tid": r[8], "host": r[9], "merged": r[10]} for r in rows]
+        return {"bars": bars, "start": lo, "end": hi, "extent_start": t0, "extent_end": t1}
 
     @staticmethod
     def _table(rows: list[dict]) -> pa.Table:
         schema = pa.schema([("lane", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("label", pa.string()),
-                            ("layer", pa.string()), ("vm", pa.string()), ("request_id", pa.string()), ("tid", pa.int64())])
-        return pa.Table.from_pylist(rows, schema=schema)
+                            ("state", pa.string()), ("layer", pa.string()), ("vm", pa.string()),
+                            ("request_id", pa.string()), ("tid", pa.int64()), ("host", pa.string())])
+        return pa.Table.from_pylist([{"state": None, "host": None, **r} for r in rows], schema=schema)
 
-    def _view_vm_states(self, lo, hi, px):
+    def _view_vm_states(self, lo, hi, px, **_):
         def build():
             from stacklens.models.vm_states import vm_state_timeline
+            from stacklens.models.correlation import vm_identities
             rows = vm_state_timeline(self.con).to_pylist()
-            end = self.summary()["t1"]
+            # lanes by VM name: a uuid-only record borrows the name another source gives it
+            names = {r["instance"]: r["vm"] for r in vm_identities(self.con).to_pylist() if r["vm"]}
+            for r in rows:
+                r["vmname"] = r["vmname"] or names.get(r["vm"])
             out = []
             for r, nxt in zip(rows, rows[1:] + [None]):
                 same = nxt is not None and nxt["vm"] == r["vm"]
-                out.append({"lane": f"{r['vmname'] or r['vm']}", "start": r["ts"], "end": nxt["ts"] if same else end,
-                            "label": f"{r['vm_state']}/{r['task_state'] or '-'} on {r['node']}", "layer": "app",
+                # the last state lasts until the VM's last event we know of, at least a second
+                end = nxt["ts"] if same else r["ts"] + 1_000_000_000
+                out.append({"lane": f"{r['vmname'] or r['vm']}", "start": r["ts"], "end": end,
+                            "label": f"{r['vm_state']} / {r['task_state'] or '-'} on {r['node'] or '?'}",
+                            "state": r["vm_state"] or "unknown", "layer": "app", "host": r["node"],
                             "vm": r["vmname"] or r["vm"], "request_id": r["request_id"], "tid": None})
             return self._table(out)
-        return {"bars": self._bars_in(self._cached("t:vm_states", build), lo, hi, px)}
+        return self._bars_in(self._cached("t:vm_states", build), lo, hi, px)
 
     def _tasks_table(self):
         from stacklens.models.service_tasks import service_tasks
         return service_tasks(self.con).to_pylist()
 
-    def _view_tasks(self, lo, hi, px):
+    def _view_tasks(self, lo, hi, px, **_):
         def build():
-            end = self.summary()["t1"]
-            return self._table([{"lane": f"{t['worker']}", "start": t["start_ts"], "end": t["end_ts"] or end,
-                                 "label": f"{t['task']} ({t['outcome']})", "layer": "app",
-                                 "vm": t["vmname"] or t["instance"], "request_id": t["request_id"], "tid": None}
+            return self._table([{"lane": f"{t['worker']}", "start": t["start_ts"], "end": t["end_ts"] or t["start_ts"],
+                                 "label": f"{t['task']} ({t['outcome']})", "state": t["outcome"], "layer": "app",
+                                 "host": t["host"], "vm": t["vmname"] or t["instance"], "request_id": t["request_id"],
+                                 "tid": None}
                                 for t in self._cached("tasks", self._tasks_table)])
-        return {"bars": self._bars_in(self._cached("t:tasks", build), lo, hi, px)}
+        return self._bars_in(self._cached("t:tasks", build), lo, hi, px)
 
-    def _view_requests(self, lo, hi, px):
+    def _view_requests(self, lo, hi, px, **_):
+        """One bar per hop (a task of a request on a host/service); the browser draws an
+        arrow from each hop to the next of the same request."""
         def build():
             rows = []
             for t in self._cached("tasks", self._tasks_table):
                 if t["request_id"]:
                     rows.append({"lane": f"{t['host']} / {t['service'] or t['worker']}", "start": t["start_ts"],
-                                 "end": t["end_ts"] or t["start_ts"], "label": f"{t['request_id']}: {t['task']}",
-                                 "layer": "app", "vm": t["vmname"] or t["instance"], "request_id": t["request_id"], "tid": None})
+                                 "end": t["end_ts"] or t["start_ts"], "label": f"{t['task']} ({t['outcome']})",
+                                 "state": t["outcome"], "layer": "app", "host": t["host"],
+                                 "vm": t["vmname"] or t["instance"], "request_id": t["request_id"], "tid": None})
             return self._table(rows)
-        return {"bars": self._bars_in(self._cached("t:requests", build), lo, hi, px)}
+        return self._bars_in(self._cached("t:requests", build), lo, hi, px)
 
     def _migrations(self):
         from stacklens.models.migration import migration_attempts
         return migration_attempts(self.con)
 
-    def _view_migration(self, lo, hi, px):
+    def _view_migration(self, lo, hi, px, **_):
         def build():
             rows, series = [], []
             for a in self._cached("migrations", self._migrations):
                 lane = f"{a.vm} {a.source_host}→{a.dest_host or '?'}"
-                rows.append({"lane": lane, "start": a.start, "end": a.end or a.start,
-                             "label": f"migration: {a.verdict} ({a.reason})", "layer": "virt", "vm": a.vm,
-                             "request_id": a.request_id, "tid": None})
+                common = {"layer": "virt", "vm": a.vm, "request_id": a.request_id, "tid": None, "host": a.source_host}
+                rows.append({"lane": lane, "start": a.start, "end": a.end or a.start, "state": "attempt",
+                             "label": f"migration: {a.verdict} ({a.reason})", **common})
                 for r in a.rounds:
                     rows.append({"lane": lane + " rounds", "start": r.start, "end": r.end,
-                                 "label": ("precopy" if r.index == 0 else f"round {r.index}") + f": {r.dirty_pages} dirty pages",
-                                 "layer": "virt", "vm": a.vm, "request_id": a.request_id, "tid": None})
+                                 "state": "precopy" if r.index == 0 else "round",
+                                 "label": ("precopy" if r.index == 0 else f"round {r.index}")
+                                 + f": {r.dirty_pages} dirty pages", **common})
                 if a.stop_copy_start is not None:
-                    rows.append({"lane": lane + " rounds", "start": a.stop_copy_start, "end": a.stop_copy_end or a.end,
-                                 "label": "stop&copy", "layer": "virt", "vm": a.vm, "request_id": a.request_id, "tid": None})
+                    rows.append({"lane": lane + " rounds", "start": a.stop_copy_start,
+                                 "end": a.stop_copy_end or a.end or a.stop_copy_start, "state": "stop&copy",
+                                 "label": "stop&copy" + (f" (downtime {a.downtime_ns / 1e6:.1f} ms)"
+                                                         if a.downtime_ns is not None else ""), **common})
                 for s in a.nova_steps:
                     if s.start is not None:
                         rows.append({"lane": lane + " nova", "start": s.start, "end": s.end or s.start,
-                                     "label": f"nova {s.name}", "layer": "app", "vm": a.vm, "request_id": s.request_id, "tid": None})
+                                     "state": "nova", "label": f"nova {s.name}",
+                                     **{**common, "layer": "app", "request_id": s.request_id}})
                 series.append({"name": f"dirty pages {a.vm}", "vm": a.vm, "x": [r.end for r in a.rounds],
-                               "y": [r.dirty_pages for r in a.rounds]})
+                               "y": [r.dirty_pages for r in a.rounds], "unit": "pages"})
             return self._table(rows), series
         table, series = self._cached("t:migration", build)
-        return {"bars": self._bars_in(table, lo, hi, px), "series": series}
+        out = self._bars_in(table, lo, hi, px)
+        out["series"] = [dict(s) for s in series]
+        return out
 
-    def _view_ovs(self, lo, hi, px):
-        bucket = max(1, (hi - lo) // px)
+    def _view_ovs(self, lo, hi, px, **_):
         from stacklens.models.ovs import packet_paths
         paths = self._cached("ovs_paths", lambda: packet_paths(self.con))
         con = duckdb.connect()
         con.register("p", paths)
+        if lo is None:
+            t0, t1 = con.execute("SELECT min(receive_ts), max(receive_ts) FROM p").fetchall()[0]
+            if t0 is None:
+                return {"bars": [], "series": [], "start": None}
+            lo, hi = t0, max(t1 + 1, t0 + 1)
+        bucket = nice_bucket(max(1, (hi - lo) // px))
         rows = con.execute("""SELECT path, ($1 + ((receive_ts - $1) // $3) * $3) AS b, count(*) FROM p
                               WHERE receive_ts >= $1 AND receive_ts < $2 GROUP BY ALL ORDER BY b""",
                            [lo, hi, bucket]).fetchall()
         series: dict[str, dict] = {}
         for path, b, n in rows:
-            s = series.setdefault(path, {"name": f"{path} packets", "x": [], "y": []})
+            s = series.setdefault(path, {"name": f"{path} packets", "x": [], "y": [], "unit": "packets"})
             s["x"].append(b)
             s["y"].append(n)
-        return {"bars": [], "series": list(series.values()), "bucket_ns": bucket}
+        return {"bars": [], "series": list(series.values()), "bucket_ns": bucket, "start": lo, "end": hi}
 
-    def _view_resources(self, lo, hi, px):
+    def _view_resources(self, lo, hi, px, **_):
         from stacklens.models.vm_states import resources_per_host
         rows = self._cached("resources", lambda: resources_per_host(self.con).to_pylist())
         series: dict[str, dict] = {}
         for r in rows:
-            s = series.setdefault(r["host"], {"name": f"VMs on {r['host']}", "x": [], "y": []})
+            if lo is not None and not lo <= r["ts"] < hi:
+                continue
+            s = series.setdefault(r["host"], {"name": f"VMs on {r['host']}", "x": [], "y": [], "unit": "VMs"})
             s["x"].append(r["ts"])
             s["y"].append(r["vms"])
-        return {"bars": [], "series": list(series.values())}
+        return {"bars": [], "series": list(series.values()), "start": lo, "end": hi}
 
-    def _view_kernel(self, lo, hi, px):
-        """Threads of VMs (state per tid, runnable = preempted) and what ran on each CPU, read
-        from the window only (models/kernel_window.py: the window's sched events plus a bounded
-        look-back), never the whole host's model. Without VM threads, the threads that ran most
-        in the window are shown; at most KERNEL_THREAD_LANES thread lanes."""
+    # ---- kernel ------------------------------------------------------------------------------
+    def kernel_window(self, host: str):
+        from stacklens.models.kernel_window import KernelWindow
+        return self._cached(f"kwindow:{host}", lambda: KernelWindow(self.store, host))
+
+    def _processes(self, host: str) -> dict[int, tuple[int, str | None]]:
+        """tid → (pid, process-side name) from the trace's own fork and state-dump events."""
+        def build():
+            kw = self.kernel_window(host)
+            rows = kw.con.execute("""
+                WITH f AS (
+                  SELECT TRY_CAST(fields->>'child_tid' AS BIGINT) AS tid, TRY_CAST(fields->>'child_pid' AS BIGINT) AS pid,
+                         fields->>'child_comm' AS comm, ts FROM events WHERE name = 'sched_process_fork'
+                  UNION ALL
+                  SELECT TRY_CAST(fields->>'tid' AS BIGINT), TRY_CAST(fields->>'pid' AS BIGINT), fields->>'name', ts
+                  FROM events WHERE name = 'lttng_statedump_process_state')
+                SELECT tid, arg_max(pid, ts), arg_max(comm, ts) FROM f WHERE tid IS NOT NULL GROUP BY tid""").fetchall()
+            return {int(t): (int(p) if p is not None else int(t), c) for t, p, c in rows}
+        return self._cached(f"procs:{host}", build)
+
+    def _view_kernel(self, lo, hi, px, host=None, offset=0):
+        """Threads (grouped by process: lanes ordered by pid, then tid) with their states —
+        running, preempted (runnable), blocked, blocked on I/O, in a system call — and what ran
+        on each CPU (coloured by thread) with its interrupts, read from the window only
+        (models/kernel_window.py). VM threads first when the store names them; at most
+        KERNEL_THREAD_LANES thread lanes per page (`offset` pages over all of them)."""
         from stacklens.errors import StacklensError
         from stacklens.models.correlation import vm_threads
         from stacklens.models.kernel import kernel_hosts
-        from stacklens.models.kernel_window import KernelWindow
         hosts = self._cached("khosts", lambda: kernel_hosts(self.store))
         if not hosts:
-            return {"bars": []}
-        host = hosts[0]
+            return {"bars": [], "host": None, "message": "no kernel events in this store"}
+        host = host or hosts[0]
+        if host not in hosts:
+            return {"bars": [], "host": host, "start": lo, "end": hi,
+                    "message": f"host {host!r} has no kernel events (kernel hosts: {', '.join(hosts)})"}
         try:
-            kw = self._cached(f"kwindow:{host}", lambda: KernelWindow(self.store, host))
-        except StacklensError:
-            return {"bars": []}
+            kw = self.kernel_window(host)
+        except StacklensError as e:
+            return {"bars": [], "host": host, "message": str(e)}
+        if lo is None:
+            lo, hi = kw.span_start, kw.span_end + 1
         named = self._cached("vmthreads", lambda: {r["tid"]: r for r in vm_threads(self.con).to_pylist()
                                                   if r["role"] or r["via"] != "lab.json"})
+        procs = self._processes(host)
         bucket = max(1, (hi - lo) // px)
         with self._lock:
             running = kw.running(lo, hi)
             # one in-memory connection for every kernel view (a new one costs ~17 ms)
             con = self._cached("kernel_view_con", duckdb.connect)
             con.register("running", running)
-            if named:
-                shown = sorted(named)[:KERNEL_THREAD_LANES]
-            else:
-                shown = [r[0] for r in con.execute(
-                    'SELECT tid FROM running WHERE tid <> 0 GROUP BY tid ORDER BY sum("end" - start) DESC, tid LIMIT $1',
-                    [KERNEL_THREAD_LANES]).fetchall()]
-            con.register("states", kw.thread_states(shown, lo, hi))
+            names = dict(con.execute('SELECT tid, arg_max(comm, "end" - start) FROM running GROUP BY tid').fetchall())
+            in_window = [r[0] for r in con.execute("SELECT DISTINCT tid FROM running WHERE tid <> 0").fetchall()]
+            # VM threads first, then every thread by (pid, tid): a process's threads side by side
+            order = sorted(set(in_window) | {t for t in named if t in in_window},
+                           key=lambda t: (t not in named, procs.get(t, (t, None))[0], t))
+            shown = order[offset:offset + KERNEL_THREAD_LANES]
+            con.register("states", kw.thread_states(shown, lo, hi, states=THREAD_STATES))
             # level of detail: intervals shorter than a pixel merge per lane and pixel (the bar
             # spans them, labelled by the longest); longer ones are returned as they are
             states = con.execute("""
@@ -226,22 +337,138 @@ class WebData:
                 FROM running WHERE tid <> 0
                 GROUP BY cpu, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
                 ORDER BY cpu, 4""", [lo, bucket]).fetchall()
-            names = dict(con.execute('SELECT tid, arg_max(comm, "end" - start) FROM running GROUP BY tid').fetchall())
-        bars = []
-        for tid, state, s, e, n in states:
+            syscalls, irqs = self._syscalls_irqs(kw, con, shown, lo, hi, bucket)
+        lanes_cpu = [f"CPU {c}" for c in sorted({r[0] for r in cpus} | set(kw.cpus))]
+
+        def thread_lane(tid: int) -> str:
             r = named.get(tid)
-            lane = (f"{r['vm']} {r['role'] or ''} {r['thread'] or ''} ({tid})" if r
-                    else f"{names.get(tid) or '?'} ({tid})")
-            bars.append({"lane": lane, "start": s, "end": e,
-                         "label": f"{state}" + (" (preempted: waiting for CPU)" if state == "runnable" else ""),
-                         "layer": "kernel", "state": state, "vm": r["vm"] if r else None, "request_id": None,
-                         "tid": tid, "merged": n})
+            if r:
+                return f"{r['vm']} {r['role'] or ''} {r['thread'] or ''} ({tid})"
+            pid, _ = procs.get(tid, (tid, None))
+            pname = names.get(pid) or procs.get(pid, (pid, None))[1] or "?"
+            return f"{pname} [{pid}] › {names.get(tid) or procs.get(tid, (0, '?'))[1] or '?'} ({tid})"
+        bars = []
+        for tid, st, s, e, n in states:
+            r = named.get(tid)
+            bars.append({"lane": thread_lane(tid), "start": s, "end": e, "label": STATE_LABELS.get(st, st),
+                         "layer": "kernel", "state": st, "vm": r["vm"] if r else None, "request_id": None,
+                         "tid": tid, "cpu": None, "host": host, "merged": n})
+        for tid, name, s, e, n in syscalls:
+            bars.append({"lane": thread_lane(tid), "start": s, "end": e, "label": f"system call {name}",
+                         "layer": "kernel", "state": "syscall", "vm": None, "request_id": None, "tid": tid,
+                         "cpu": None, "host": host, "merged": n})
         for cpu, tid, comm, s, e, n in cpus:
             r = named.get(tid)
             bars.append({"lane": f"CPU {cpu}", "start": s, "end": e,
                          "label": f"{comm} ({tid})" + (f" of {r['vm']}" if r else ""), "layer": "kernel",
-                         "state": "cpu", "vm": r["vm"] if r else None, "request_id": None, "tid": tid, "merged": n})
-        return {"bars": bars, "host": host}
+                         "state": "cpu", "vm": r["vm"] if r else None, "request_id": None, "tid": tid,
+                         "cpu": cpu, "host": host, "merged": n})
+        for cpu, kind, name, s, e, n in irqs:
+            bars.append({"lane": f"CPU {cpu} IRQ", "start": s, "end": e, "label": f"{kind} {name}",
+                         "layer": "kernel", "state": kind, "vm": None, "request_id": None, "tid": None,
+                         "cpu": cpu, "host": host, "merged": n})
+        irq_lanes = sorted({b["lane"] for b in bars if b["state"] in ("irq", "softirq")},
+                           key=lambda x: int(x.split()[1]))
+        lanes = [x for c in lanes_cpu for x in (c, c + " IRQ") if x in lanes_cpu or x in irq_lanes]
+        lanes += [thread_lane(t) for t in shown]
+        return {"bars": bars, "host": host, "start": lo, "end": hi, "lanes": lanes,
+                "threads_total": len(order), "offset": offset, "page": KERNEL_THREAD_LANES,
+                "extent_start": kw.span_start, "extent_end": kw.span_end}
+
+    @staticmethod
+    def _syscalls_irqs(kw, con, shown: list[int], lo: int, hi: int, bucket: int) -> tuple[list, list]:
+        """System calls of the shown threads (entry → that thread's next exit; the thread is who
+        ran on the event's CPU) and interrupts per CPU (entry → the CPU's next exit of that
+        kind), both level-of-detail merged per lane and pixel. Empty when the trace has none."""
+        ev = kw.con.sql(f"""
+            SELECT ts, cpu, name, coalesce(fields->>'name', fields->>'vec', fields->>'irq') AS what FROM events
+            WHERE ts >= {int(lo)} AND ts < {int(hi)} AND cpu IS NOT NULL AND (
+              name LIKE 'syscall\\_%' ESCAPE '\\' OR name LIKE 'sys\\_%' ESCAPE '\\' OR name = 'exit_syscall'
+              OR name IN ('irq_handler_entry', 'irq_handler_exit', 'softirq_entry', 'softirq_exit',
+                          'irq_softirq_entry', 'irq_softirq_exit'))""").to_arrow_table()
+        if not ev.num_rows:
+            return [], []
+        con.register("kev", ev)
+        con.register("shown", pa.table({"tid": pa.array(shown, pa.int64())}))
+        syscalls = con.execute("""
+            WITH s AS (SELECT kev.*, r.tid FROM kev ASOF JOIN running r ON kev.cpu = r.cpu AND kev.ts >= r.start
+                       WHERE kev.name NOT LIKE '%irq%' AND r.tid IN (SELECT tid FROM shown)),
+            p AS (SELECT tid, ts, name, lead(ts) OVER w AS nts, lead(name) OVER w AS nname FROM s
+                  WINDOW w AS (PARTITION BY tid ORDER BY ts)),
+            iv AS (SELECT tid, regexp_replace(name, '^(syscall_entry_|sys_)', '') AS call, ts AS start, nts AS "end"
+                   FROM p WHERE (name LIKE 'syscall\\_entry\\_%' ESCAPE '\\' OR (name LIKE 'sys\\_%' ESCAPE '\\'))
+                     AND (nname LIKE 'syscall\\_exit\\_%' ESCAPE '\\' OR nname = 'exit_syscall'))
+            SELECT tid, arg_max(call, "end" - start), min(start), max("end"), count(*) FROM iv
+            GROUP BY tid, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
+            ORDER BY tid, 3""", [lo, bucket]).fetchall()
+        irqs = con.execute("""
+            WITH k AS (SELECT cpu, ts, what, CASE WHEN name LIKE '%softirq%' THEN 'softirq' ELSE 'irq' END AS kind,
+                              name LIKE '%entry' AS entry FROM kev WHERE name LIKE '%irq%'),
+            p AS (SELECT *, lead(ts) OVER w AS nts, lead(entry) OVER w AS nentry FROM k
+                  WINDOW w AS (PARTITION BY cpu, kind ORDER BY ts)),
+            iv AS (SELECT cpu, kind, what, ts AS start, nts AS "end" FROM p WHERE entry AND NOT nentry)
+            SELECT cpu, kind, arg_max(what, "end" - start), min(start), max("end"), count(*) FROM iv
+            GROUP BY cpu, kind, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
+            ORDER BY cpu, 4""", [lo, bucket]).fetchall()
+        return syscalls, irqs
+
+    # ---- the events behind a bar -------------------------------------------------------------
+    def events(self, start: int, end: int, *, host: str | None = None, tid: int | None = None,
+               cpu: int | None = None, request_id: str | None = None, vm: str | None = None,
+               text: str | None = None, limit: int = 500) -> dict[str, Any]:
+        """The events in [start, end] (inclusive: a bar's closing event is at its end) matching
+        every filter given: host, cpu, a thread (its tid column, a sched field naming it, or —
+        on a kernel host — the events on a CPU while it ran there), a request, a VM (name or
+        instance), a text in the name or fields. The first `limit` by time, and the total."""
+        s = self.summary()
+        start, end = max(start, (s["t0"] or 0) - 1), min(end, (s["t1"] or 0) + 1)  # no overflow below
+        where, args = ["ts >= $start", "ts <= $end"], {"start": start, "end": end}
+        if host is not None:
+            where.append("host = $host")
+            args["host"] = host
+        if cpu is not None:
+            where.append("cpu = $cpu")
+            args["cpu"] = cpu
+        if request_id is not None:
+            where.append("request_id = $rid")
+            args["rid"] = request_id
+        if vm is not None:
+            where.append("(instance = $vm OR procname = $vm OR instance IN (SELECT instance FROM vm_ids WHERE vm = $vm))")
+            args["vm"] = vm
+        if text:
+            where.append("(name ILIKE $text ESCAPE '\\' OR fields ILIKE $text ESCAPE '\\')")
+            args["text"] = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        ran = None
+        if tid is not None:
+            args["tid"] = tid
+            mention = ("tid = $tid OR TRY_CAST(fields->>'prev_tid' AS BIGINT) = $tid OR "
+                       "TRY_CAST(fields->>'next_tid' AS BIGINT) = $tid OR TRY_CAST(fields->>'tid' AS BIGINT) = $tid")
+            if host is not None and host in self._cached("khosts", lambda: __import__(
+                    "stacklens.models.kernel", fromlist=["kernel_hosts"]).kernel_hosts(self.store)):
+                with self._lock:
+                    ran = self.kernel_window(host).running(start, end + 1)
+                where.append(f"({mention} OR EXISTS (SELECT 1 FROM ran WHERE ran.tid = $tid AND ran.cpu = e.cpu "
+                             "AND e.ts >= ran.start AND e.ts < ran.\"end\"))")
+            else:
+                where.append(f"({mention})")
+        sql_where = " AND ".join(where)
+        with self._lock:
+            con = self.con.cursor()
+            try:
+                from stacklens.models.correlation import vm_identities
+                if vm is not None:
+                    con.register("vm_ids", self._cached("vm_ids", lambda: vm_identities(self.con)))
+                if ran is not None:
+                    con.register("ran", ran)
+                total = con.execute(f"SELECT count(*) FROM events e WHERE {sql_where}", args).fetchall()[0][0]
+                rows = con.execute(f"""
+                    SELECT ts, host, layer, name, cpu, tid, procname, request_id, instance, left(fields, 400)
+                    FROM events e WHERE {sql_where} ORDER BY ts, src, pos LIMIT {int(limit)}""", args).fetchall()
+            finally:
+                con.close()
+        cols = ("ts", "host", "layer", "name", "cpu", "tid", "procname", "request_id", "instance", "fields")
+        return {"total": total, "limit": limit,
+                "rows": [{**dict(zip(cols, r)), "ts": str(r[0])} for r in rows]}
 
     # ---- events per host/layer and pixel in a window (the overview; bench/view_query.py) ----
     def _density_buckets(self) -> str:
@@ -288,4 +515,24 @@ class WebData:
 
 DENSITY_BASE_NS = 1_000_000  # 1 ms buckets: 600 k per host and layer for ten minutes of trace
 DENSITY_MIN_RATIO = 64
-KERNEL_THREAD_LANES = 40  # thread lanes the kernel view returns at most (plus one per CPU)
+KERNEL_THREAD_LANES = 50  # thread lanes per page of the kernel view (plus CPU and IRQ lanes)
+THREAD_STATES = ("running", "runnable", "blocked", "io_wait")
+STATE_LABELS = {"running": "running", "runnable": "runnable (preempted: waiting for CPU)",
+                "blocked": "blocked (sleeping)", "io_wait": "blocked on I/O (uninterruptible)"}
+VIEW_NOUNS = {"vm_states": "VM state changes", "tasks": "service tasks", "requests": "requests with ids",
+              "migration": "live migrations", "ovs": "OvS packets", "kernel": "kernel scheduling events",
+              "resources": "VM placement records"}
+
+
+class BadParam(ValueError):
+    """A request parameter that cannot be used: the web app answers 400 with this message."""
+
+
+def nice_bucket(ns: int) -> int:
+    """The 1-2-5 × 10^k ns at or above ns: histogram bins that read (100 ms, not 96.554 ms)."""
+    k = 1
+    while True:
+        for m in (1, 2, 5):
+            if m * k >= ns:
+                return m * k
+        k *= 10
