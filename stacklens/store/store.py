@@ -17,15 +17,16 @@ files to read from the manifests only, never from a directory listing, so rows n
 covers are invisible. A writer stages its files under tmp/<w>/ (each fsynced once written) and
 commits under the store's commit lock (an fcntl lock on store.lock, so writers in several
 processes serialise there):
+    0. (before the lock) the manifest, listing the files' final names, is written and fsynced
+       as tmp/<w>/manifest.json;
     1. if sources/<src>.json exists, another writer committed the same content: drop ours;
-    2. tmp/<w>/publish.json lists where the files go (fsynced with the staging directory);
-    3. each file is renamed to its place under events/ and lost/; those directories fsynced;
-    4. the manifest, written and fsynced as tmp/<w>/manifest.json, is renamed to
-       sources/<src>.json — the commit point — and sources/ is fsynced;
-    5. tmp/<w>/ and its lock are removed.
+    2. each file is renamed to its place under events/ and lost/; those directories fsynced;
+    3. tmp/<w>/manifest.json is renamed to sources/<src>.json — the commit point — and
+       sources/ is fsynced;
+    4. tmp/<w>/ and its lock are removed.
 A writer holds an fcntl lock on tmp/<w>.lock while it lives. Opening a store removes what dead
 writers left (their lock is free): the staging directory and, when the writer died between
-steps 3 and 4, the files publish.json names that no manifest lists. A live writer's files are
+steps 2 and 3, the files its staged manifest names (no committed manifest lists them). A live writer's files are
 never touched (its lock is held), and staging areas are created and cleaned under the commit
 lock, so a cleaner never sees a staging area before its writer has locked it.
 """
@@ -143,8 +144,14 @@ class Store:
             raise StacklensError(f"{self.root}: directory exists and is not a stacklens store")
         if not mark.exists():
             tmp = self.root / f".{STORE_MARK}.{os.getpid()}-{secrets.token_hex(4)}"
-            tmp.write_text(json.dumps({"version": STORE_VERSION}))
-            tmp.replace(mark)
+            try:
+                tmp.write_text(json.dumps({"version": STORE_VERSION}))
+                tmp.replace(mark)
+            except OSError as e:
+                _unlink(tmp)
+                if is_disk_full(e):
+                    raise StacklensError(f"{self.root}: disk full while creating the store") from None
+                raise
 
     # ---- locking and recovery -------------------------------------------------------------
     @contextmanager
@@ -211,17 +218,18 @@ class Store:
         return removed
 
     def _rollback(self, area: Path) -> list[str]:
-        """Delete the files a dead writer published (publish.json) unless its manifest, which
-        would list them, made it to sources/."""
+        """Delete the files a dead writer published: those its staged manifest lists (it is
+        written before any file is moved, and moved itself last) that the source's committed
+        manifest does not list."""
         try:
-            plan = json.loads((area / "publish.json").read_text())
+            plan = json.loads((area / "manifest.json").read_text())
         except (OSError, ValueError):
-            return []  # never got to publishing: nothing outside its staging area
+            return []  # never got to publishing, or got past its commit point
         manifest = self._read_manifest(self.root / "sources" / f"{plan['src']}.json")
         kept = set(_manifest_files(manifest)) if manifest else set()
         gone = []
-        for rel in plan["files"]:
-            if rel not in kept:
+        for rel in _manifest_files(plan):
+            if rel not in kept and (self.root / rel).exists():
                 _unlink(self.root / rel)
                 gone.append(rel)
         return gone
@@ -494,10 +502,6 @@ class SourceWriter:
                 self.duplicate = True
                 self.abort()
                 return existing
-            plan = self._area / "publish.json"
-            plan.write_text(json.dumps({"src": self.src, "files": [d for _, d, _ in self._staged]}))
-            fsync_path(plan)
-            fsync_path(self._area)
             dirs: set[Path] = set()
             for staged, dest, _ in self._staged:
                 target = root / dest
