@@ -100,8 +100,10 @@ def reingest_is_exact(root: Path, parts: list[Path], oracle: dict[str, int]) -> 
     assert sum(m["rows"] for m in committed(root)) == sum(oracle.values())
 
 
-def parquet_files(root: Path) -> set[str]:
-    return {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".parquet")}
+def published(root: Path) -> set[str]:
+    """Parquet files under events/ and lost/ (committed or not)."""
+    return {os.path.join(d, f) for sub in ("events", "lost") for d, _, fs in os.walk(root / sub)
+            for f in fs if f.endswith(".parquet")}
 
 
 def wait_for_store(proc: subprocess.Popen, root: Path) -> None:
@@ -111,16 +113,16 @@ def wait_for_store(proc: subprocess.Popen, root: Path) -> None:
 
 def test_kill9_during_ingest(parts, oracle, tmp_path):
     """kill -9 at random points (seeded): half at a random time within a clean run's duration,
-    half right after the n-th Parquet file appears (staged or published)."""
+    half as the n-th Parquet file is published."""
     t0 = time.monotonic()
     clean = start_ingest(parts, tmp_path / "timed")
     wait_for_store(clean, tmp_path / "timed")
     t_store = time.monotonic()
     assert clean.wait(timeout=120) == 0, clean.stderr.read()
     duration = time.monotonic() - t_store  # from the store's creation to the end
-    n_files = len(parquet_files(tmp_path / "timed"))
+    n_files = len(published(tmp_path / "timed"))
     rng = random.Random(SEED)
-    killed = dirty = answered = exact = 0
+    killed = dirty = orphaned = answered = exact = 0
     for i in range(KILL_TRIES):
         root = tmp_path / f"k{i}"
         proc = start_ingest(parts, root)
@@ -130,10 +132,10 @@ def test_kill9_during_ingest(parts, oracle, tmp_path):
                 proc.wait(timeout=rng.uniform(0, duration))
             except subprocess.TimeoutExpired:
                 pass
-        else:
-            nth, extra = rng.randint(1, n_files), rng.uniform(0, 0.01)
-            while proc.poll() is None and (not root.exists() or len(parquet_files(root)) < nth):
-                time.sleep(0.0005)
+        else:  # as the n-th file is published: often inside the commit, before the manifest
+            nth, extra = rng.randint(1, n_files), (0 if i % 4 == 1 else rng.uniform(0, 0.01))
+            while proc.poll() is None and len(published(root)) < nth:
+                time.sleep(0.0002)
             time.sleep(extra)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -142,13 +144,15 @@ def test_kill9_during_ingest(parts, oracle, tmp_path):
         proc.stderr.close()
         if not (root / "stacklens-store.json").exists():
             continue  # killed before the store existed: nothing to check
-        dirty += bool(leftovers(root))
+        left = leftovers(root)
+        dirty += bool(left)
+        orphaned += any(not p.startswith("tmp") for p in left)  # killed between publish and commit
         check_answers(root, oracle)
         answered += 1
         reingest_is_exact(root, parts, oracle)
         exact += 1
-    print(f"kill -9: {KILL_TRIES} tries, {killed} killed mid-ingest ({dirty} left staged or "
-          f"orphan files), {answered} stores answered "
+    print(f"kill -9: {KILL_TRIES} tries, {killed} killed mid-ingest ({dirty} left a staging area, "
+          f"{orphaned} of them published files without a manifest), {answered} stores answered "
           f"info/sql with exactly the committed parts' rows, {exact} exact after re-ingest")
     assert killed >= KILL_TRIES // 2  # most tries really interrupted an ingest
 
