@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stacklens.store import Store
 from stacklens.store.schema import EVENT_SCHEMA
@@ -44,8 +43,7 @@ def build(root: Path, n: int) -> Store:
     rng = np.random.default_rng(7)
     hosts = ["compute-1", "compute-2"]
     for h, host in enumerate(hosts):
-        d = root / "events" / f"host={host}" / "layer=kernel"
-        d.mkdir(parents=True)
+        writer = store.writer(f"bench{h}")  # files are visible once a manifest lists them
         per_host = n // len(hosts)
         ts_all = np.sort(rng.integers(T0, T0 + SPAN_NS, per_host, dtype=np.int64))
         for i in range(0, per_host, PER_FILE):
@@ -61,7 +59,8 @@ def build(root: Path, n: int) -> Store:
                 "fields": pa.array(['{"prev_state":"R"}'] * m), "src": pa.array([f"bench{h}"] * m).dictionary_encode(),
                 "pos": np.arange(i, i + m, dtype=np.int64)}
             table = pa.table({f.name: cols[f.name] for f in EVENT_SCHEMA if f.name in cols})
-            pq.write_table(table, d / f"bench{h}-{i // PER_FILE:05d}.parquet", row_group_size=131_072)
+            writer.write(table)
+        writer.commit({"path": "bench", "format": "ftrace", "host": host, "layer": "kernel"})
     return store
 
 

@@ -2,6 +2,8 @@
 
 Idempotent by content: a part's id is the hash of its bytes (of every file, for a trace
 directory); a part already in the store is skipped, so ingesting twice adds nothing.
+Each part is committed whole or not at all (see store.py); a full disk stops the ingest with
+StoreFullError and leaves the store as it was before that part.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from typing import Callable
 from stacklens.errors import SourceError, StacklensError
 from stacklens.sources.base import ReadOptions
 from stacklens.sources.bundle import Part, discover
-from stacklens.store.store import Store
+from stacklens.store.store import Store, is_disk_full
 
 HASH_CHUNK = 1 << 20
+
+
+class StoreFullError(StacklensError):
+    """The store's file system filled up during a part; that part was dropped whole."""
 
 
 @dataclass
@@ -94,9 +100,10 @@ def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,
         return PartResult(path, "already", fmt, src=src, message="already in the store")
     options = ReadOptions(host=host or part.host, tz=tz or part.tz, on_progress=progress)
     reader = part.reader(part.path, options)
-    writer = store.writer(src)
+    writer = None
     resolved_host: str | None = None
     try:
+        writer = store.writer(src)
         for table in reader.tables():
             if resolved_host is None:
                 resolved_host = options.host or reader.report.host_hint or "unknown"
@@ -112,27 +119,29 @@ def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,
         lost = reader.lost()
         if lost is not None and lost.num_rows:
             writer.write_lost(lost, host=resolved_host)
-    except SourceError as e:
-        writer.abort()
-        return PartResult(path, "rejected", fmt, message=e.problem)
-    except StacklensError as e:
-        writer.abort()
-        return PartResult(path, "rejected", fmt, message=str(e))
-    except (MemoryError, KeyboardInterrupt):
-        writer.abort()
-        raise
-    except Exception as e:  # a reader bug must not take the other parts down
-        writer.abort()
-        if os.environ.get("STACKLENS_DEBUG"):
+        rep = reader.report
+        record = writer.commit({
+            **rep.meta,
+            "path": path, "format": fmt, "host": resolved_host,
+            "layer": part.layer or reader.layer, "bytes": part_size(part.path),
+            "skipped": rep.skipped, "bad_positions": rep.bad_positions, "notes": rep.notes,
+        })
+    except BaseException as e:
+        if writer is not None:
+            writer.abort()
+        if is_disk_full(e):  # the store is as it was; the next parts would fail the same way
+            raise StoreFullError(f"{path}: disk full while writing the store; "
+                                 "nothing from this part was kept") from None
+        if isinstance(e, SourceError):
+            return PartResult(path, "rejected", fmt, message=e.problem)
+        if isinstance(e, StacklensError):
+            return PartResult(path, "rejected", fmt, message=str(e))
+        if not isinstance(e, Exception) or isinstance(e, MemoryError) or os.environ.get("STACKLENS_DEBUG"):
             raise
+        # a reader bug must not take the other parts down
         return PartResult(path, "rejected", fmt, message=f"internal error: {type(e).__name__}: {e}")
-    rep = reader.report
-    record = writer.commit({
-        **rep.meta,
-        "path": path, "format": fmt, "host": resolved_host,
-        "layer": part.layer or reader.layer, "bytes": part_size(part.path),
-        "skipped": rep.skipped, "bad_positions": rep.bad_positions, "notes": rep.notes,
-    })
+    if writer.duplicate:  # another process committed the same content meanwhile
+        return PartResult(path, "already", fmt, src=src, message="already in the store")
     return PartResult(path, "ingested", fmt, resolved_host, src, rows=record["rows"],
                       skipped=rep.skipped, lost=record["lost"], message=rep.summary(reader.unit),
                       notes=list(rep.notes))

@@ -1,27 +1,50 @@
 """The store on disk: Parquet partitioned by host and layer, queried through DuckDB.
 
 Layout of a store directory:
-    events/host=<h>/layer=<l>/<src>-<k>.parquet   rows of the common event table
-    lost/<src>.parquet                            lost (discarded) event records
-    sources/<src>.json                            one manifest per ingested source
-    clocks.json                                   per-host clock transforms (filled by sync)
+    events/host=<h>/layer=<l>/<src>-<w>-<k>.parquet   rows of the common event table
+    lost/<src>-<w>.parquet                            lost (discarded) event records
+    sources/<src>.json                                one manifest per ingested source
+    clocks.json                                       per-host clock transforms (filled by sync)
+    tmp/<w>/, tmp/<w>.lock                            a writer's staging area and its lock
+    store.lock                                        the commit lock
 
 A source is identified by the hash of its content (`src`), and each row by (src, pos): ingesting
-the same content again is recognised from its manifest and adds nothing. The manifest is
-written last, so a source whose ingest was interrupted has no manifest and its partial files
-are replaced on the next attempt.
+the same content again is recognised from its manifest and adds nothing. `<w>` names the writer
+(process id and a random token), so two writers never share a file name.
+
+Crash safety. The manifest commits a part: it lists the part's files, and readers take the
+files to read from the manifests only, never from a directory listing, so rows no manifest
+covers are invisible. A writer stages its files under tmp/<w>/ (each fsynced once written) and
+commits under the store's commit lock (an fcntl lock on store.lock, so writers in several
+processes serialise there):
+    0. (before the lock) the manifest, listing the files' final names, is written and fsynced
+       as tmp/<w>/manifest.json;
+    1. if sources/<src>.json exists, another writer committed the same content: drop ours;
+    2. each file is renamed to its place under events/ and lost/; those directories fsynced;
+    3. tmp/<w>/manifest.json is renamed to sources/<src>.json — the commit point — and
+       sources/ is fsynced;
+    4. tmp/<w>/ and its lock are removed.
+A writer holds an fcntl lock on tmp/<w>.lock while it lives. Opening a store removes what dead
+writers left (their lock is free): the staging directory and, when the writer died between
+steps 2 and 3, the files its staged manifest names (no committed manifest lists them). A live writer's files are
+never touched (its lock is held), and staging areas are created and cleaned under the commit
+lock, so a cleaner never sees a staging area before its writer has locked it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import secrets
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import quote
 
 import duckdb
@@ -34,10 +57,44 @@ from stacklens.store.schema import EVENT_SCHEMA, LOST_SCHEMA, conform
 
 STORE_MARK = "stacklens-store.json"
 STORE_VERSION = 1
+COMMIT_LOCK = "store.lock"
+STAGING = "tmp"
 ROWS_PER_FILE = 1_000_000
 ROW_GROUP = 131_072
 DICTIONARY_COLUMNS = ["host", "layer", "source", "name", "cpu", "pid", "tid", "procname",
                       "request_id", "instance", "src"]
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An OSError that means the file system (or the user's quota) is full. Arrow's own IO
+    errors carry the errno only in their message."""
+    if not isinstance(e, OSError):
+        return False
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by name (a directory: so the names in it are durable)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) * path.is_dir())
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_parquet(table: pa.Table, path: Path, **options: Any) -> None:
+    pq.write_table(table, path, **options)
+    fsync_path(path)  # in the writer's thread: overlaps with decoding the next batch
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -68,32 +125,139 @@ class Store:
                 if not self.root.exists():
                     raise StacklensError(f"{self.root}: no such store (run `stacklens ingest` first)")
                 raise StacklensError(f"{self.root}: not a stacklens store (no {STORE_MARK})")
-            if self.root.exists() and any(self.root.iterdir()):
-                raise StacklensError(f"{self.root}: directory exists and is not a stacklens store")
-            self.root.mkdir(parents=True, exist_ok=True)
-            mark.write_text(json.dumps({"version": STORE_VERSION}))
-        for sub in ("events", "lost", "sources"):
-            (self.root / sub).mkdir(exist_ok=True)
+            self._create(mark)
+        for sub in ("events", "lost", "sources", STAGING):
+            try:
+                (self.root / sub).mkdir(exist_ok=True)
+            except OSError:
+                if sub != STAGING:  # a read-only store without tmp/ still reads
+                    raise
+        self.recover()
+
+    def _create(self, mark: Path) -> None:
+        # Several processes may create the same store at once (parallel ingest): the mark is
+        # published by rename, and a directory holding only marks in the making is empty.
+        self.root.mkdir(parents=True, exist_ok=True)
+        others = [p for p in self.root.iterdir()
+                  if p.name != STORE_MARK and not p.name.startswith(f".{STORE_MARK}.")]
+        if others and not mark.exists():
+            raise StacklensError(f"{self.root}: directory exists and is not a stacklens store")
+        if not mark.exists():
+            tmp = self.root / f".{STORE_MARK}.{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                tmp.write_text(json.dumps({"version": STORE_VERSION}))
+                tmp.replace(mark)
+            except OSError as e:
+                _unlink(tmp)
+                if is_disk_full(e):
+                    raise StacklensError(f"{self.root}: disk full while creating the store") from None
+                raise
+
+    # ---- locking and recovery -------------------------------------------------------------
+    @contextmanager
+    def _commit_lock(self, blocking: bool = True) -> Iterator[bool]:
+        """The store's commit lock (fcntl, so it serialises processes); yields False when
+        `blocking` is off and another process holds it, or the store is read-only."""
+        try:
+            fd = os.open(self.root / COMMIT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            if blocking:
+                raise
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
+    def recover(self) -> list[str]:
+        """Remove what dead writers left: staging areas and files published by a commit that
+        did not reach its manifest. Skipped (returns []) while another process commits, or on
+        a read-only store: what is left is invisible to readers, and the next opener cleans it."""
+        staging = self.root / STAGING
+        try:
+            if not staging.is_dir() or not any(staging.iterdir()):
+                return []
+        except OSError:
+            return []
+        try:
+            with self._commit_lock(blocking=False) as locked:
+                return self._recover_locked() if locked else []
+        except OSError:
+            return []
+
+    def _recover_locked(self) -> list[str]:
+        """With the commit lock held: clean every staging area whose writer is dead."""
+        staging = self.root / STAGING
+        removed = []
+        tokens = {p.name[:-5] if p.name.endswith(".lock") else p.name for p in staging.iterdir()}
+        for token in sorted(tokens):
+            lock = staging / f"{token}.lock"
+            fd = None
+            if lock.exists():
+                try:
+                    fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except (BlockingIOError, FileNotFoundError):
+                    if fd is not None:
+                        os.close(fd)
+                    continue  # alive (or just cleaned by another process)
+            try:
+                removed += self._rollback(staging / token)
+                shutil.rmtree(staging / token, ignore_errors=True)
+                _unlink(lock)
+                removed.append(f"{STAGING}/{token}")
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return removed
+
+    def _rollback(self, area: Path) -> list[str]:
+        """Delete the files a dead writer published: those its staged manifest lists (it is
+        written before any file is moved, and moved itself last) that the source's committed
+        manifest does not list."""
+        try:
+            plan = json.loads((area / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return []  # never got to publishing, or got past its commit point
+        manifest = self._read_manifest(self.root / "sources" / f"{plan['src']}.json")
+        kept = set(_manifest_files(manifest)) if manifest else set()
+        gone = []
+        for rel in _manifest_files(plan):
+            if rel not in kept and (self.root / rel).exists():
+                _unlink(self.root / rel)
+                gone.append(rel)
+        return gone
 
     # ---- sources -------------------------------------------------------------------------
     def has_source(self, src: str) -> bool:
         return (self.root / "sources" / f"{src}.json").exists()
 
+    def _read_manifest(self, path: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise StacklensError(f"{path}: unreadable manifest ({e})") from None
+
     def sources(self) -> list[dict[str, Any]]:
+        """Every committed source's manifest (a snapshot: a part committed while this runs is
+        in it whole or not at all)."""
         out = []
         for p in sorted((self.root / "sources").glob("*.json")):
-            out.append(json.loads(p.read_text()))
+            m = self._read_manifest(p)
+            if m is not None:
+                out.append(m)
         return out
 
     def writer(self, src: str) -> "SourceWriter":
         return SourceWriter(self, src)
-
-    def _drop_partial(self, src: str) -> None:
-        for p in (self.root / "events").glob(f"*/*/{src}-*.parquet"):
-            p.unlink()
-        lost = self.root / "lost" / f"{src}.parquet"
-        if lost.exists():
-            lost.unlink()
 
     # ---- clocks --------------------------------------------------------------------------
     def clocks(self) -> dict[str, ClockTransform]:
@@ -105,27 +269,57 @@ class Store:
 
     def set_clocks(self, transforms: dict[str, ClockTransform]) -> None:
         data = {h: t.__dict__ for h, t in transforms.items()}
-        tmp = self.root / "clocks.json.tmp"
+        tmp = self.root / f"clocks.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(data, indent=1))
+        fsync_path(tmp)
         tmp.replace(self.root / "clocks.json")
 
     # ---- files ---------------------------------------------------------------------------
-    def event_files(self, host: str | None = None, layer: str | None = None) -> list[Path]:
+    def _files(self, sources: list[dict[str, Any]], host: str | None = None,
+               layer: str | None = None) -> list[Path]:
+        h = f"host={quote(host, safe='')}/" if host else None
+        l = f"/layer={quote(layer, safe='')}/" if layer else None
+        out = []
+        for s in sources:
+            for rel in _manifest_files(s):
+                if rel.startswith("events/") and (h is None or rel[7:].startswith(h)) \
+                        and (l is None or l in rel):
+                    out.append(self.root / rel)
+            if "files" not in s:  # a manifest written before manifests listed their files
+                out += self._legacy_files(s["src"], host, layer)
+        return sorted(set(out))
+
+    def _legacy_files(self, src: str, host: str | None, layer: str | None) -> list[Path]:
         h = f"host={quote(host, safe='')}" if host else "host=*"
-        l = f"layer={layer}" if layer else "layer=*"
-        return sorted((self.root / "events").glob(f"{h}/{l}/*.parquet"))
+        l = f"layer={quote(layer, safe='')}" if layer else "layer=*"
+        return list((self.root / "events").glob(f"{h}/{l}/{src}-*.parquet"))
+
+    def _lost_files(self, sources: list[dict[str, Any]]) -> list[Path]:
+        out = []
+        for s in sources:
+            if "files" in s:
+                out += [self.root / rel for rel in _manifest_files(s) if rel.startswith("lost/")]
+            elif (self.root / "lost" / f"{s['src']}.parquet").exists():
+                out.append(self.root / "lost" / f"{s['src']}.parquet")
+        return sorted(out)
+
+    def event_files(self, host: str | None = None, layer: str | None = None) -> list[Path]:
+        """The committed event files (those the manifests list)."""
+        return self._files(self.sources(), host, layer)
 
     def lost_files(self) -> list[Path]:
-        return sorted((self.root / "lost").glob("*.parquet"))
+        return self._lost_files(self.sources())
 
     # ---- queries -------------------------------------------------------------------------
     def connect(self, host: str | None = None, layer: str | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the views `events` (synchronized timestamps; raw ones in
         `ts_raw`), `events_raw`, `lost` and `sources`. `host`/`layer` restrict which
-        partitions are read at all."""
+        partitions are read at all. The views are one snapshot of the committed sources: an
+        ingest running meanwhile adds nothing to them, and never half a part."""
         con = duckdb.connect()
         con.execute("SET threads TO 2")
-        files = [str(p) for p in self.event_files(host, layer)]
+        srcs = self.sources()
+        files = [str(p) for p in self._files(srcs, host, layer)]
         if files:
             con.execute(f"CREATE VIEW events_raw AS SELECT * FROM read_parquet({_sql_list(files)})")
         else:
@@ -143,13 +337,12 @@ class Store:
                 " e.ts AS ts_raw FROM events_raw e LEFT JOIN _clocks c USING (host)")
         else:
             con.execute("CREATE VIEW events AS SELECT *, ts AS ts_raw FROM events_raw")
-        lost = [str(p) for p in self.lost_files()]
+        lost = [str(p) for p in self._lost_files(srcs)]
         if lost:
             con.execute(f"CREATE VIEW lost AS SELECT * FROM read_parquet({_sql_list(lost)})")
         else:
             con.register("_empty_lost", LOST_SCHEMA.empty_table())
             con.execute("CREATE VIEW lost AS SELECT * FROM _empty_lost")
-        srcs = self.sources()
         src_table = pa.Table.from_pylist(
             [{k: s.get(k) for k in ("src", "path", "format", "host", "layer", "rows", "skipped",
                                      "lost", "bytes", "ts_min", "ts_max", "ingested_at")}
@@ -158,6 +351,11 @@ class Store:
         con.register("_sources", src_table)
         con.execute("CREATE VIEW sources AS SELECT * FROM _sources")
         return con
+
+
+def _manifest_files(manifest: dict[str, Any]) -> list[str]:
+    """The store-relative paths of a manifest's files (events and lost)."""
+    return [f["path"] for f in manifest.get("files", ())]
 
 
 _SOURCES_SCHEMA = pa.schema([
@@ -173,23 +371,46 @@ def _sql_list(items: Iterable[str]) -> str:
 
 
 class SourceWriter:
-    """Writes one source's rows into the store; `commit` makes them visible to re-ingest."""
+    """Writes one source's rows into the store's staging area; `commit` publishes them (see the
+    module's docstring for the protocol), `abort` drops them. Safe with other writers, in this
+    process or others, on the same store — also of the same source: it is committed once, and
+    the later commits return the first one's manifest with `duplicate` set."""
 
     def __init__(self, store: Store, src: str) -> None:
         self.store = store
         self.src = src
+        self.token = f"{os.getpid()}-{secrets.token_hex(6)}"
         self.rows = 0
         self.ts_min: int | None = None
         self.ts_max: int | None = None
+        self.duplicate = False  # commit found the source committed by another writer
         self._buffers: dict[tuple[str, str], list[pa.Table]] = {}
         self._buffered: dict[tuple[str, str], int] = {}
         self._file_no = 0
         self._lost: list[pa.Table] = []
+        self._staged: list[tuple[Path, str, int]] = []  # (staged file, store-relative destination, rows)
+        self._published: list[Path] = []
+        self._done = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        staging = store.root / STAGING
+        self._area = staging / self.token
+        self._lock_path = staging / f"{self.token}.lock"
+        self._lock_fd: int | None = None
+        # Created under the commit lock so that no cleaner sees the area before it is locked.
+        with store._commit_lock():
+            store._recover_locked()
+            staging.mkdir(exist_ok=True)
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self._area.mkdir()
+            except BaseException:
+                self._release()
+                raise
         # Parquet encoding runs in one background thread (Arrow releases the GIL), overlapping
         # with the reader decoding the next batch.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stacklens-parquet")
-        self._pending: list[Future] = []
-        store._drop_partial(src)
 
     def write(self, table: pa.Table, **constants: object) -> None:
         """Add rows; `constants` fill columns the table lacks (host, layer, source, …)."""
@@ -228,14 +449,17 @@ class SourceWriter:
         if not tables:
             return
         host, layer = key
-        d = self.store.root / "events" / f"host={quote(host, safe='')}" / f"layer={quote(layer, safe='')}"
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"{self.src}-{self._file_no:05d}.parquet"
+        k = self._file_no
         self._file_no += 1
+        staged = self._area / f"{k:05d}.parquet"
+        table = pa.concat_tables(tables)
+        self._staged.append((staged, f"events/host={quote(host, safe='')}/layer={quote(layer, safe='')}/"
+                                     f"{self.src}-{self.token}-{k:05d}.parquet", table.num_rows))
         # Dictionary encoding only where values repeat: on near-unique columns (ts, pos,
         # fields) it costs time and makes files larger.
+        assert self._pool is not None
         self._pending.append(self._pool.submit(
-            pq.write_table, pa.concat_tables(tables), path, compression="zstd",
+            _write_parquet, table, staged, compression="zstd",
             row_group_size=ROW_GROUP, use_dictionary=DICTIONARY_COLUMNS))
         while len(self._pending) > 1:  # at most two files in flight: memory stays bounded
             self._pending.pop(0).result()
@@ -247,31 +471,88 @@ class SourceWriter:
             f.result()
 
     def commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Publish the rows; returns the source's manifest. On any error nothing of this
+        source is visible and the error is raised (call `abort` to clean up)."""
+        if self._done:
+            raise RuntimeError("writer already committed or aborted")
         for key in list(self._buffers):
             self._flush(key)
         self._wait()
-        self._pool.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown()
         lost_count = 0
         if self._lost:
             lost = pa.concat_tables(self._lost)
             lost_count = int(pc.sum(lost.column("count")).as_py() or 0)
-            pq.write_table(lost, self.store.root / "lost" / f"{self.src}.parquet")
+            staged = self._area / "lost.parquet"
+            _write_parquet(lost, staged)
+            self._staged.append((staged, f"lost/{self.src}-{self.token}.parquet", lost.num_rows))
         record = dict(manifest)
         record.update(src=self.src, rows=self.rows, lost=lost_count, ts_min=self.ts_min,
-                      ts_max=self.ts_max, ingested_at=time.time())
-        path = self.store.root / "sources" / f"{self.src}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
+                      ts_max=self.ts_max, ingested_at=time.time(),
+                      files=[{"path": dest, "rows": n} for _, dest, n in self._staged])
+        staged_manifest = self._area / "manifest.json"
+        staged_manifest.write_text(json.dumps(record, indent=1))
+        fsync_path(staged_manifest)
+        root = self.store.root
+        final = root / "sources" / f"{self.src}.json"
+        with self.store._commit_lock():
+            existing = self.store._read_manifest(final)
+            if existing is not None:  # another writer committed the same content first
+                self.duplicate = True
+                self.abort()
+                return existing
+            dirs: set[Path] = set()
+            for staged, dest, _ in self._staged:
+                target = root / dest
+                if not target.parent.is_dir():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    dirs.update((target.parent.parent, target.parent.parent.parent))
+                os.rename(staged, target)
+                self._published.append(target)
+                dirs.add(target.parent)
+            for d in sorted(dirs, key=lambda p: -len(p.parts)):  # new directories before their parents
+                fsync_path(d)
+            os.rename(staged_manifest, final)  # the commit point
+            self._done = True
+            self._published = []
+            try:
+                fsync_path(final.parent)
+            finally:
+                self._cleanup()
         return record
 
     def abort(self) -> None:
+        """Drop everything this writer wrote (nothing of it was visible). Idempotent."""
         self._buffers.clear()
         for f in self._pending:
             f.cancel()
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._pending = []
-        self.store._drop_partial(self.src)
+        if self._done:
+            return
+        self._done = True
+        for p in self._published:  # renamed before a failure in commit, never in a manifest
+            _unlink(p)
+        self._published = []
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self._area, ignore_errors=True)
+        _unlink(self._lock_path)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:  # a writer dropped without commit or abort: its lock goes
+        try:
+            self._release()
+        except Exception:
+            pass
 
 
 def remove_store(root: Path) -> None:
