@@ -16,7 +16,7 @@ from typing import Callable
 
 from stacklens.errors import SourceError, StacklensError
 from stacklens.sources.base import ReadOptions
-from stacklens.sources.bundle import Part, discover
+from stacklens.sources.bundle import NotRead, Part, discover
 from stacklens.store.store import Store, is_disk_full
 
 HASH_CHUNK = 1 << 20
@@ -92,6 +92,8 @@ def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,
     if part.reader is None:
         return PartResult(path, "unrecognised", message="not a recognised format")
     fmt = part.reader.format
+    if issubclass(part.reader, NotRead):  # a device, FIFO or link back: never opened nor hashed
+        return PartResult(path, "rejected", fmt, message=part.reader.problem)
     try:
         src = source_id(part.path)
     except OSError as e:
