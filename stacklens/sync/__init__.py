@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from stacklens.store.store import ClockTransform
 from stacklens.sync.convex_hull import HullPair, PairResult, solve
-from stacklens.sync.packets import matched_packets
+from stacklens.sync.packets import match_packets, matched_packets
 
 QUALITY_RANK = {"accurate": 0, "approximate": 1, "failed": 2}
 
@@ -64,12 +64,16 @@ def _reference(store, hosts: list[str]) -> str:
     return min(hosts)
 
 
-def synchronize(store) -> tuple[list[HostSync], pa.Table]:
-    """Per host its sync to the reference host, and the matched packets."""
-    packets_table = matched_packets(store)
+def synchronize(store, packets_table: pa.Table | None = None,
+                hosts: list[str] | None = None) -> tuple[list[HostSync], pa.Table]:
+    """Per host its sync to the reference host, and the matched packets (`packets_table` and
+    `hosts`: already known, e.g. from a cluster's per-host results)."""
+    if packets_table is None:
+        packets_table = matched_packets(store)
     packets = packets_table.to_pylist()
-    con = store.connect()
-    hosts = [r[0] for r in con.execute("SELECT DISTINCT host FROM events ORDER BY host").fetchall()]
+    if hosts is None:
+        con = store.connect()
+        hosts = [r[0] for r in con.execute("SELECT DISTINCT host FROM events ORDER BY host").fetchall()]
     if not hosts:
         return [], packets_table
     ref = _reference(store, hosts)
@@ -110,11 +114,15 @@ def synchronize(store) -> tuple[list[HostSync], pa.Table]:
     return out, packets_table
 
 
-def sync_store(store) -> dict[str, Any]:
-    """Synchronize and store the transforms (Store.set_clocks); returns the report."""
-    results, packets = synchronize(store)
-    con = store.connect()
-    spans = dict(con.execute("SELECT host, min(ts_raw) FROM events GROUP BY host").fetchall())
+def sync_store(store, net: pa.Table | None = None, spans: dict[str, int] | None = None) -> dict[str, Any]:
+    """Synchronize and store the transforms (Store.set_clocks); returns the report. `net` (the
+    hosts' net_events) and `spans` (host → first raw ts): built per host elsewhere (a cluster)."""
+    if net is not None and spans is not None:
+        results, packets = synchronize(store, match_packets(net), sorted(spans))
+    else:
+        results, packets = synchronize(store)
+        con = store.connect()
+        spans = dict(con.execute("SELECT host, min(ts_raw) FROM events GROUP BY host").fetchall())
     transforms: dict[str, ClockTransform] = {}
     for r in results:
         if r.host == r.reference:
