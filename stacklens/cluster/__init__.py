@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from stacklens.errors import StacklensError
 
 ENV = "STACKLENS_CLUSTER"
-CONNECT_TIMEOUT_S = 20
+CONNECT_TIMEOUT_S = 10
 
 _clients: dict[str, Any] = {}
 
