@@ -31,17 +31,10 @@ from typing import Any, Callable, Sequence
 
 from stacklens.errors import StacklensError
 
-ENV = "STACKLENS_CLUSTER"
+ENV = "STACKLENS_CLUSTER"  # read by the commands' --cluster option (stacklens.cli.ClusterOpt)
 CONNECT_TIMEOUT_S = 10
 
 _clients: dict[str, Any] = {}
-
-
-def address_from_env(address: str | None) -> str | None:
-    """The cluster address given on the command line, else STACKLENS_CLUSTER, else None."""
-    if address:
-        return address
-    return os.environ.get(ENV) or None
 
 
 def client(address: str):  # -> distributed.Client
@@ -131,5 +124,5 @@ def partition_hosts(store, layer: str | None = None) -> list[str]:
     return sorted(names)
 
 
-__all__ = ["ENV", "address_from_env", "client", "close", "gather", "partition_hosts", "per_host", "shared_path"]
+__all__ = ["ENV", "client", "close", "gather", "partition_hosts", "per_host", "shared_path"]
 
