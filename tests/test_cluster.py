@@ -200,23 +200,22 @@ def test_scheduler_and_worker_processes_equal_embedded(bundle, embedded, dask_pr
     assert cpu == embedded["analyses"]["cpu"]
 
 
-def test_worker_killed_mid_ingest(bundle, embedded, dask_processes, tmp_path):
-    """SIGKILL to the worker process running an ingest task: the nanny starts a new one, the
-    scheduler runs the lost task again, and the store ends as the embedded ingest left it."""
+def _ingest_killing_a_worker(address: str, store: Path, paths: list[Path]) -> dict:
+    """Run a cluster ingest in a thread and SIGKILL the worker process running one of its
+    tasks; {"parts": …} or {"error": …} when it is over."""
     from distributed import Client
 
     from stacklens.cluster.ingest import ingest_on_cluster
-    store = tmp_path / "store"
     result: dict = {}
 
     def run() -> None:
         try:
-            result["parts"] = ingest_on_cluster(dask_processes, Store(store, create=True), bundle)
-        except Exception as e:  # noqa: BLE001 - reported by the test below
+            result["parts"] = ingest_on_cluster(address, Store(store, create=True), paths)
+        except Exception as e:  # noqa: BLE001 - reported by the caller
             result["error"] = e
 
     t = threading.Thread(target=run)
-    with Client(dask_processes, timeout=30) as c:
+    with Client(address, timeout=30) as c:
         t.start()
         victim = None
         deadline = time.monotonic() + 120
@@ -230,20 +229,42 @@ def test_worker_killed_mid_ingest(bundle, embedded, dask_processes, tmp_path):
         pid = c.run(os.getpid, workers=[victim])[victim]
         os.kill(pid, signal.SIGKILL)
         t.join(timeout=240)
-        assert victim not in c.scheduler_info()["workers"]  # gone; the nanny started another
+        assert victim not in c.scheduler_info()["workers"]  # gone; its nanny starts another
     assert not t.is_alive()
-    print("outcome:", "error" if "error" in result else "finished", result.get("error", ""))
-    if "error" in result:  # the other allowed outcome: one clear line, nothing half-written
-        assert isinstance(result["error"], StacklensError) and "\n" not in str(result["error"])
-        committed = {s["src"] for s in Store(store).sources()}
-        assert {r[2] for r in rows(str(store))} <= committed
-        return
+    return result
+
+
+def test_worker_killed_mid_ingest(bundle, embedded, dask_processes, tmp_path):
+    """SIGKILL to the worker process running an ingest task: the nanny starts a new one, the
+    scheduler runs the lost task again, and the store ends as the embedded ingest left it."""
+    result = _ingest_killing_a_worker(dask_processes, tmp_path / "store", bundle)
+    assert "error" not in result, result["error"]  # the scheduler retries up to 3 deaths
     got = parts(result["parts"])
     for g, e in zip(got, embedded["parts"]):
         if g["status"] == "ingested" and g["message"] and "died before answering" in g["message"]:
             g["message"], e = None, {**e, "message": None}  # committed just before the kill
         assert g == e
-    assert rows(str(store)) == embedded["rows"]
+    assert rows(str(tmp_path / "store")) == embedded["rows"]
+
+
+def test_worker_killed_past_the_retries(bundle, embedded, local_cluster, tmp_path):
+    """With no retry allowed, the same kill fails the run in one line naming the part, and
+    nothing of that part stays in the store: every row there belongs to a committed source
+    and equals the embedded ingest's."""
+    from distributed import Client
+    with Client(local_cluster, timeout=30) as c:
+        c.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 0))
+        try:
+            result = _ingest_killing_a_worker(local_cluster, tmp_path / "store", bundle[3:])
+        finally:
+            c.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 3))
+    error = result.get("error")
+    assert isinstance(error, StacklensError), result
+    assert "ingest of" in str(error) and "died" in str(error) and "\n" not in str(error)
+    committed = {s["src"] for s in Store(tmp_path / "store").sources()}
+    left = rows(str(tmp_path / "store"))
+    assert {r[2] for r in left} <= committed
+    assert set(left) <= set(embedded["rows"])
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):

@@ -10,11 +10,15 @@ Two parts of one run with the same content (the same source id): the embedded in
 the first and finds the second already in the store. Here parts whose sizes collide are hashed
 first (on the workers); the later copies wait for a second wave, so they meet the first's
 commit just as they do in-process.
+
+A part whose task failed for good (its workers died more often than the scheduler retries)
+stops the run with one line naming it, after what its workers wrote for it is removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -53,17 +57,21 @@ def ingest_on_cluster(address: str, store: Store, paths: list[Path], host: str |
         if p.reader is None:  # nothing to read: reported as the embedded ingest does
             results[i] = ingest_part(store, p, host, tz)
 
+    run = uuid.uuid4().hex[:8]  # task keys unique to this run
     first_wave, later = _split_duplicates(c, [i for i, p in enumerate(parts) if p.reader is not None],
-                                          sent, sizes)
+                                          sent, sizes, run)
     for wave in (first_wave, later):
         if not wave:
             continue
-        futures = {c.submit(ingest_task, root, sent[i], host, tz, key=f"ingest-{i}-{_name(parts[i])}"): i
+        futures = {c.submit(ingest_task, root, sent[i], host, tz, key=f"ingest-{run}-{i}-{_name(parts[i])}"): i
                    for i in wave}
         try:
             for f in as_completed(list(futures), loop=c.loop):
                 if f.status == "finished" and on_done:
                     on_done(parts[futures[f]], sizes[futures[f]])
+            for f, i in futures.items():
+                if f.status != "finished":  # failed for good: leave nothing of it in the store
+                    _drop_uncommitted(store, sent[i])
             done = gather(list(futures), [str(parts[i].path) for i in futures.values()], "ingest of")
         finally:
             for f in futures:
@@ -78,7 +86,15 @@ def _name(part: Part) -> str:
     return part.path.name.replace(" ", "_")[:40]
 
 
-def _split_duplicates(c, indices: list[int], sent: list[Part], sizes: list[int]) -> tuple[list[int], set[int]]:
+def _drop_uncommitted(store: Store, part: Part) -> None:
+    """Remove what a part's dead workers wrote, unless one of them committed it."""
+    src = source_id(part.path)
+    if not store.has_source(src):
+        store.writer(src).abort()
+
+
+def _split_duplicates(c, indices: list[int], sent: list[Part], sizes: list[int],
+                      run: str) -> tuple[list[int], set[int]]:
     """(parts to run now, parts to run after them): a part with the same content as an earlier
     one of this run waits for it. Only parts whose sizes collide are hashed to find out."""
     by_size: dict[int, list[int]] = defaultdict(list)
@@ -87,7 +103,7 @@ def _split_duplicates(c, indices: list[int], sent: list[Part], sizes: list[int])
     suspects = [i for group in by_size.values() if len(group) > 1 for i in group]
     if not suspects:
         return indices, set()
-    futures = [c.submit(source_id_task, sent[i].path, key=f"source-id-{i}-{_name(sent[i])}") for i in suspects]
+    futures = [c.submit(source_id_task, sent[i].path, key=f"source-id-{run}-{i}-{_name(sent[i])}") for i in suspects]
     try:
         srcs = gather(futures, [str(sent[i].path) for i in suspects], "hashing of")
     finally:
