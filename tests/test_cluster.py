@@ -190,31 +190,19 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_scheduler_and_worker_processes_equal_embedded(bundle, embedded, dask_processes, tmp_path):
-    store = str(tmp_path / "store")
-    out = json.loads(_cli("ingest", *map(str, bundle), "--store", store, "--cluster", dask_processes, "--json").stdout)
-    assert out["parts"] == embedded["parts"]
-    assert rows(store) == embedded["rows"]
-    env = {**ENV, "STACKLENS_CLUSTER": dask_processes}  # the address from the environment
-    cpu = json.loads(_cli("cpu", "--store", store, "--by", "process", "--limit", "0", "--json", env=env).stdout)
-    assert cpu == embedded["analyses"]["cpu"]
-
-
-def _ingest_killing_a_worker(address: str, store: Path, paths: list[Path]) -> dict:
-    """Run a cluster ingest in a thread and SIGKILL the worker process running one of its
-    tasks; {"parts": …} or {"error": …} when it is over."""
+def _run_killing_a_worker(address: str, run) -> dict:  # noqa: ANN001
+    """Call `run()` in a thread and SIGKILL the worker process running one of its ingest
+    tasks; {"value": …} or {"error": …} when it is over."""
     from distributed import Client
-
-    from stacklens.cluster.ingest import ingest_on_cluster
     result: dict = {}
 
-    def run() -> None:
+    def target() -> None:
         try:
-            result["parts"] = ingest_on_cluster(address, Store(store, create=True), paths)
+            result["value"] = run()
         except Exception as e:  # noqa: BLE001 - reported by the caller
             result["error"] = e
 
-    t = threading.Thread(target=run)
+    t = threading.Thread(target=target)
     with Client(address, timeout=30) as c:
         t.start()
         victim = None
@@ -228,23 +216,29 @@ def _ingest_killing_a_worker(address: str, store: Path, paths: list[Path]) -> di
         assert victim is not None, "no ingest task seen running"
         pid = c.run(os.getpid, workers=[victim])[victim]
         os.kill(pid, signal.SIGKILL)
-        t.join(timeout=240)
+        t.join(timeout=300)
         assert victim not in c.scheduler_info()["workers"]  # gone; its nanny starts another
     assert not t.is_alive()
     return result
 
 
-def test_worker_killed_mid_ingest(bundle, embedded, dask_processes, tmp_path):
-    """SIGKILL to the worker process running an ingest task: the nanny starts a new one, the
-    scheduler runs the lost task again, and the store ends as the embedded ingest left it."""
-    result = _ingest_killing_a_worker(dask_processes, tmp_path / "store", bundle)
+def test_scheduler_and_worker_processes_survive_a_killed_worker(bundle, embedded, dask_processes, tmp_path):
+    """`stacklens ingest --cluster` on a `dask scheduler` + 2 `dask worker` processes, with
+    SIGKILL to the worker running one of its tasks: its nanny starts a new one, the scheduler
+    runs the lost task again, and the parts and the store end as the embedded ingest left them;
+    then `cpu` with the address from STACKLENS_CLUSTER equals the embedded `cpu`."""
+    store = str(tmp_path / "store")
+    result = _run_killing_a_worker(dask_processes, lambda: _cli(
+        "ingest", *map(str, bundle), "--store", store, "--cluster", dask_processes, "--json"))
     assert "error" not in result, result["error"]  # the scheduler retries up to 3 deaths
-    got = parts(result["parts"])
-    for g, e in zip(got, embedded["parts"]):
-        if g["status"] == "ingested" and g["message"] and "died before answering" in g["message"]:
-            g["message"], e = None, {**e, "message": None}  # committed just before the kill
-        assert g == e
-    assert rows(str(tmp_path / "store")) == embedded["rows"]
+    for got, want in zip(json.loads(result["value"].stdout)["parts"], embedded["parts"], strict=True):
+        if got["message"] and "died before answering" in got["message"]:
+            got["message"], want = None, {**want, "message": None}  # committed just before the kill
+        assert got == want
+    assert rows(store) == embedded["rows"]
+    env = {**ENV, "STACKLENS_CLUSTER": dask_processes}  # the address from the environment
+    cpu = json.loads(_cli("cpu", "--store", store, "--by", "process", "--limit", "0", "--json", env=env).stdout)
+    assert cpu == embedded["analyses"]["cpu"]
 
 
 def test_worker_killed_past_the_retries(bundle, embedded, local_cluster, tmp_path):
@@ -252,17 +246,21 @@ def test_worker_killed_past_the_retries(bundle, embedded, local_cluster, tmp_pat
     nothing of that part stays in the store: every row there belongs to a committed source
     and equals the embedded ingest's."""
     from distributed import Client
+
+    from stacklens.cluster.ingest import ingest_on_cluster
+    store = tmp_path / "store"
     with Client(local_cluster, timeout=30) as c:
         c.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 0))
         try:
-            result = _ingest_killing_a_worker(local_cluster, tmp_path / "store", bundle[3:])
+            result = _run_killing_a_worker(local_cluster, lambda: ingest_on_cluster(
+                local_cluster, Store(store, create=True), bundle[3:]))
         finally:
             c.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 3))
     error = result.get("error")
     assert isinstance(error, StacklensError), result
     assert "ingest of" in str(error) and "died" in str(error) and "\n" not in str(error)
-    committed = {s["src"] for s in Store(tmp_path / "store").sources()}
-    left = rows(str(tmp_path / "store"))
+    committed = {s["src"] for s in Store(store).sources()}
+    left = rows(str(store))
     assert {r[2] for r in left} <= committed
     assert set(left) <= set(embedded["rows"])
 
