@@ -145,6 +145,30 @@ def test_migrations_on_cluster(local_cluster, tmp_path):
     assert m["qmp_dirty_sync_count"] == m["syncs"]  # QEMU's own count (QMP) = the trace's syncs
 
 
+def test_ovs_datapath_statistics_on_cluster(local_cluster, tmp_path):
+    """`ovs` over two hosts: the thesis kprobe trace (controller) and a real ovs-vswitchd's
+    sampled statistics (the network lab, host lab-net): per-host models on the workers, the
+    reports over both on the client. Oracle beyond the embedded run: OvS's own miss counter."""
+    for prog in ("ovs-vswitchd", "ovsdb-server", "ovs-appctl", "ip"):
+        need_program(prog)
+    if os.geteuid() != 0:
+        pytest.skip("the network lab needs root (network namespaces)")
+    from stacklens.lab.network import run_network
+    from stacklens.views.ovs import show_ovs
+    run_network(tmp_path / "net")
+    lab = json.loads((tmp_path / "net" / "lab.json").read_text())
+    store = str(tmp_path / "store")
+    ingest(Store(store, create=True), [tmp_path / "net", need_data("thesis", "ovs-switch")])
+    embedded = _json(show_ovs, store, True, None, None, 1.0)
+    on_cluster = _json(show_ovs, store, True, None, None, 1.0, local_cluster)
+    for part in embedded:
+        assert on_cluster[part] == embedded[part], f"ovs {part}: the cluster's differs from the embedded one"
+    (dp,) = embedded["netdev_statistics"]["datapaths"]
+    # the datapath's miss count, as OvS's own dpif-netdev/pmd-stats-show gave it to the lab
+    assert dp["last"]["missed"] == lab["ovs_counters_end"]["miss_success"] + lab["ovs_counters_end"]["miss_failed"]
+    assert embedded["datapath_kprobes"]["events"]["vport_receive"] > 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -150,7 +150,7 @@ def thesis_report(con: duckdb.DuckDBPyConnection, host: str | None = None, bin_n
     slow = sum(by_path.get(k, 0) for k in ovs.SLOW_PATHS)
     per_proto = [dict(zip(("proto", "packets", "slow", "flood", "median_latency_ns", "median_upcall_ns"), r))
                  for r in d.sql("SELECT proto, count(*), count(*) FILTER (WHERE slow), count(*) FILTER (WHERE flood),"
-                                " median(latency_ns), median(upcall_ns) FROM p GROUP BY 1 ORDER BY 2 DESC").fetchall()]
+                                " median(latency_ns), median(upcall_ns) FROM p GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()]
     latency = {}
     for col, label in STAGE_COLUMNS.items():
         v = [x for x in packets.column(col).to_pylist() if x is not None]
@@ -211,7 +211,7 @@ def live_report(con: duckdb.DuckDBPyConnection, host: str | None = None, window_
     d = duckdb.connect()
     d.register("u", upcalls)
     out["upcalls_by_vm"] = [dict(zip(("src_vm", "dst_vm", "interface", "upcalls"), r)) for r in d.sql(
-        "SELECT src_vm, dst_vm, interface, count(*) FROM u GROUP BY ALL ORDER BY 4 DESC").fetchall()]
+        "SELECT src_vm, dst_vm, interface, count(*) FROM u GROUP BY ALL ORDER BY 4 DESC, 1 NULLS FIRST, 2 NULLS FIRST, 3 NULLS FIRST").fetchall()]
     out["ports"] = _model(con, host, models, "ports").to_pylist()
     return out
 
