@@ -19,6 +19,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 DEFAULT_STORE = os.environ.get("STACKLENS_STORE", "stacklens-store")
 StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory (env STACKLENS_STORE).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
+ClusterOpt = typer.Option(None, "--cluster", envvar="STACKLENS_CLUSTER", show_envvar=False,
+                          help="Dask scheduler address (tcp://HOST:PORT; env STACKLENS_CLUSTER): run the "
+                               "per-part / per-host work on its workers (the store must be on a shared filesystem).")
 
 
 def _store(path: str, create: bool = False):
@@ -31,13 +34,14 @@ def ingest(paths: list[Path] = typer.Argument(..., help="Trace bundles, trace di
            store: str = StoreOpt,
            host: Optional[str] = typer.Option(None, help="Host of every part (overrides bundle.toml)."),
            tz: Optional[str] = typer.Option(None, help="Time zone of text timestamps (UTC, +02:00, Europe/Paris)."),
+           cluster: Optional[str] = ClusterOpt,
            json_out: bool = JsonOpt) -> None:
     """Read every recognised part under PATHS into the store (idempotent)."""
     from stacklens.views.ingest_report import run_ingest
     for p in paths:
         if not p.exists():
             raise StacklensError(f"{p}: no such file or directory")
-    code = run_ingest(_store(store, create=True), paths, host=host, tz=tz, json_out=json_out)
+    code = run_ingest(_store(store, create=True), paths, host=host, tz=tz, json_out=json_out, cluster=cluster)
     raise typer.Exit(code)
 
 

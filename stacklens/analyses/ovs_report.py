@@ -8,6 +8,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute in merge_models
 
 from stacklens.models import ovs
 
@@ -71,12 +72,52 @@ def histogram_lines(edges: np.ndarray, counts: np.ndarray, width: int = 40) -> l
             + "█" * (round(width * c / top) if top else 0) for i, c in enumerate(counts)]
 
 
-def thesis_report(con: duckdb.DuckDBPyConnection, host: str | None = None, bin_ns: int = 1_000_000_000) -> dict:
-    """Per-packet analysis of the datapath kprobe events (empty dict when there are none)."""
-    counts = ovs.stage_counts(con, host)
+# The OvS models the reports are computed from, all per host (SQL partitioned or filtered by
+# host): a cluster worker builds them next to one host's partitions (host_models), the client
+# concatenates them (merge_models) and computes the reports' figures over every host.
+MODELS = {"counts": ovs.stage_counts, "packets": ovs.packet_paths, "untagged": ovs.untagged_share,
+          "upcalls": ovs.upcall_times, "series": ovs.datapath_series, "commands": ovs.reconfigurations,
+          "miss_upcalls": ovs.miss_upcalls, "ports": ovs.port_vms}
+# the order each table has when built over every host at once
+_MERGED_ORDER = {"commands": ["ts"], "miss_upcalls": ["ts"]}
+
+
+def host_models(con: duckdb.DuckDBPyConnection, host: str | None = None) -> dict:
+    """Every OvS model of `host` (of every host when None)."""
+    return {k: build(con, host) for k, build in MODELS.items()}
+
+
+def merge_models(parts: list[dict]) -> dict:
+    """One set of models from per-host ones given in host order: counts summed, tables
+    concatenated (re-sorted where the whole-store query orders by time alone)."""
+    if not parts:  # no host: both reports are empty
+        return {"counts": {s: 0 for s in ovs.STAGES}, "series": pa.table({})}
+    counts = {s: sum(p["counts"][s] for p in parts) for s in ovs.STAGES}
+    untagged = {k: sum(p["untagged"][k] for p in parts) for k in ("received", "untagged", "untagged_upcalls")}
+    untagged["share"] = untagged["untagged"] / untagged["received"] if untagged["received"] else None
+    out = {"counts": counts, "untagged": untagged}
+    for k in MODELS:
+        if k in out:
+            continue
+        t = pa.concat_tables([p[k] for p in parts], promote_options="permissive")
+        if k in _MERGED_ORDER and t.num_rows:
+            t = t.take(pa.compute.sort_indices(t, [(c, "ascending") for c in _MERGED_ORDER[k]]))
+        out[k] = t
+    return out
+
+
+def _model(con: duckdb.DuckDBPyConnection, host: str | None, models: dict | None, key: str):
+    return models[key] if models is not None else MODELS[key](con, host)
+
+
+def thesis_report(con: duckdb.DuckDBPyConnection, host: str | None = None, bin_ns: int = 1_000_000_000,
+                  models: dict | None = None) -> dict:
+    """Per-packet analysis of the datapath kprobe events (empty dict when there are none).
+    `models`: the OvS models already built (merge_models of a cluster's per-host ones)."""
+    counts = _model(con, host, models, "counts")
     if not any(counts.values()):
         return {}
-    packets = ovs.packet_paths(con, host)
+    packets = _model(con, host, models, "packets")
     d = duckdb.connect()
     d.register("p", packets)
     by_path = dict(d.sql("SELECT path, count(*) FROM p GROUP BY 1").fetchall())
@@ -84,19 +125,19 @@ def thesis_report(con: duckdb.DuckDBPyConnection, host: str | None = None, bin_n
     slow = sum(by_path.get(k, 0) for k in ovs.SLOW_PATHS)
     per_proto = [dict(zip(("proto", "packets", "slow", "flood", "median_latency_ns", "median_upcall_ns"), r))
                  for r in d.sql("SELECT proto, count(*), count(*) FILTER (WHERE slow), count(*) FILTER (WHERE flood),"
-                                " median(latency_ns), median(upcall_ns) FROM p GROUP BY 1 ORDER BY 2 DESC").fetchall()]
+                                " median(latency_ns), median(upcall_ns) FROM p GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()]
     latency = {}
     for col, label in STAGE_COLUMNS.items():
         v = [x for x in packets.column(col).to_pylist() if x is not None]
         latency[col] = {"label": label, "n": len(v), **_quantiles(v)}
     fast_lat = [r["latency_ns"] for r in packets.to_pylist() if r["path"] in ("fast", "fast_flood") and r["latency_ns"] is not None]
     slow_lat = [r["latency_ns"] for r in packets.to_pylist() if r["path"] in ("slow", "slow_flood") and r["latency_ns"] is not None]
-    up = ovs.upcall_times(con, host)
+    up = _model(con, host, models, "upcalls")
     ends, per_bin = rate_bins(up.column("ts").to_numpy(), bin_ns)
     return {
         "events": counts, "tagged_packets": tagged, "paths": {k: by_path.get(k, 0) for k in ovs.PATHS},
         "slow_path_share": slow / tagged if tagged else None,
-        "untagged": ovs.untagged_share(con, host), "per_protocol": per_proto, "latency": latency,
+        "untagged": _model(con, host, models, "untagged"), "per_protocol": per_proto, "latency": latency,
         "fast_latency": _quantiles(fast_lat), "slow_latency": _quantiles(slow_lat),
         "upcall_rate": {"bin_ns": bin_ns, "bins": [{"end": int(e), "upcalls": int(c)} for e, c in zip(ends, per_bin)]},
         "upcall_bursts": find_bursts(ends, per_bin, min_count=3),
@@ -104,15 +145,17 @@ def thesis_report(con: duckdb.DuckDBPyConnection, host: str | None = None, bin_n
     }
 
 
-def live_report(con: duckdb.DuckDBPyConnection, host: str | None = None, window_ns: int = 1_000_000_000) -> dict:
+def live_report(con: duckdb.DuckDBPyConnection, host: str | None = None, window_ns: int = 1_000_000_000,
+                models: dict | None = None) -> dict:
     """Sampled datapath statistics: miss series, bursts, slow-path share around reconfigurations,
-    miss upcalls named by their VMs (empty dict when there are no samples)."""
-    series = ovs.datapath_series(con, host)
+    miss upcalls named by their VMs (empty dict when there are no samples). `models`: as in
+    thesis_report."""
+    series = _model(con, host, models, "series")
     if series.num_rows == 0:
         return {}
     rows = series.to_pylist()
     out: dict = {"datapaths": []}
-    commands = ovs.reconfigurations(con, host).to_pylist()
+    commands = _model(con, host, models, "commands").to_pylist()
     for dp in sorted({r["datapath"] for r in rows}):
         s = [r for r in rows if r["datapath"] == dp]
         inc = [r for r in s if r["d_missed"] is not None]
@@ -138,13 +181,13 @@ def live_report(con: duckdb.DuckDBPyConnection, host: str | None = None, window_
                 "first_interval_after": _share(after[:1]),
                 "burst": next((b for b in entry["miss_bursts"] if b["end"] >= c["ts"]), None)})
         out["datapaths"].append(entry)
-    upcalls = ovs.miss_upcalls(con, host)
+    upcalls = _model(con, host, models, "miss_upcalls")
     out["miss_upcalls"] = upcalls.num_rows
     d = duckdb.connect()
     d.register("u", upcalls)
     out["upcalls_by_vm"] = [dict(zip(("src_vm", "dst_vm", "interface", "upcalls"), r)) for r in d.sql(
-        "SELECT src_vm, dst_vm, interface, count(*) FROM u GROUP BY ALL ORDER BY 4 DESC").fetchall()]
-    out["ports"] = ovs.port_vms(con, host).to_pylist()
+        "SELECT src_vm, dst_vm, interface, count(*) FROM u GROUP BY ALL ORDER BY 4 DESC, 1 NULLS FIRST, 2 NULLS FIRST, 3 NULLS FIRST").fetchall()]
+    out["ports"] = _model(con, host, models, "ports").to_pylist()
     return out
 
 

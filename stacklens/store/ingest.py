@@ -86,6 +86,12 @@ def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | N
     return results
 
 
+def ingest_part(store: Store, part: Part, host: str | None = None, tz: str | None = None,
+                progress: Callable[[int], None] | None = None) -> PartResult:
+    """Ingest one discovered part (what `ingest` does per part; a cluster worker runs it)."""
+    return _ingest_part(store, part, host, tz, progress or (lambda n: None))
+
+
 def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,
                  progress: Callable[[int], None]) -> PartResult:
     path = str(part.path)

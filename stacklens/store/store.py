@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stacklens.errors import StacklensError
+from stacklens.store.location import local_root
 from stacklens.store.schema import EVENT_SCHEMA, LOST_SCHEMA, conform
 
 STORE_MARK = "stacklens-store.json"
@@ -118,7 +119,7 @@ class Store:
     """A stacklens store directory."""
 
     def __init__(self, root: str | os.PathLike[str], create: bool = False) -> None:
-        self.root = Path(root)
+        self.root = local_root(root)  # a path or a file:// URL
         mark = self.root / STORE_MARK
         if not mark.exists():
             if not create:

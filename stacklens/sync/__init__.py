@@ -33,7 +33,7 @@ import pyarrow as pa
 from stacklens.store.store import ClockTransform
 from stacklens.sync.convex_hull import (ACCURATE, APPROXIMATE, FAIL, IDENTITY, INCOMPLETE,
                                         FullyIncrementalHull, LinearTransform)
-from stacklens.sync.packets import matched_packets
+from stacklens.sync.packets import match_packets, matched_packets
 
 QUALITY_RANK = {"accurate": 0, "approximate": 1, "failed": 2}
 
@@ -140,12 +140,17 @@ def _max_at_ends(bound: Bound, times: tuple[int, int] | None) -> int | None:
     return None if any(v is None for v in values) else math.ceil(max(values))
 
 
-def synchronize(store) -> tuple[list[HostSync], pa.Table, list[PairSync]]:
-    """Per host its sync to the reference host, the matched packets, and the pairs' hulls."""
-    packets_table = matched_packets(store)
-    con = store.connect()
-    spans = {h: (int(a), int(b)) for h, a, b in
-             con.execute("SELECT host, min(ts_raw), max(ts_raw) FROM events GROUP BY host ORDER BY host").fetchall()}
+def synchronize(store, packets_table: pa.Table | None = None, spans: dict[str, tuple[int, int]] | None = None
+                ) -> tuple[list[HostSync], pa.Table, list[PairSync]]:
+    """Per host its sync to the reference host, the matched packets, and the pairs' hulls.
+    `packets_table` and `spans` (host → first and last raw ts): already known, e.g. from a
+    cluster's per-host results."""
+    if packets_table is None:
+        packets_table = matched_packets(store)
+    if spans is None:
+        con = store.connect()
+        spans = {h: (int(a), int(b)) for h, a, b in
+                 con.execute("SELECT host, min(ts_raw), max(ts_raw) FROM events GROUP BY host ORDER BY host").fetchall()}
     hosts = sorted(spans)
     if not hosts:
         return [], packets_table, []
@@ -226,9 +231,13 @@ def synchronize(store) -> tuple[list[HostSync], pa.Table, list[PairSync]]:
     return out, packets_table, sorted(pairs.values(), key=lambda p: (p.reference, p.other))
 
 
-def sync_store(store) -> dict[str, Any]:
-    """Synchronize and store the transforms (Store.set_clocks); returns the report."""
-    results, packets, pairs = synchronize(store)
+def sync_store(store, net: pa.Table | None = None, spans: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Synchronize and store the transforms (Store.set_clocks); returns the report. `net` (the
+    hosts' net_events) and `spans` (host → first and last raw ts): built per host elsewhere (a cluster)."""
+    if net is not None and spans is not None:
+        results, packets, pairs = synchronize(store, match_packets(net), spans)
+    else:
+        results, packets, pairs = synchronize(store)
     transforms: dict[str, ClockTransform] = {}
     for r in results:
         if r.host == r.reference:

@@ -14,6 +14,7 @@ Timestamps are the raw host clocks (`ts_raw`): sync computes the transforms appl
 
 from __future__ import annotations
 
+import duckdb
 import pyarrow as pa
 
 PAIRS = [("inet_sock_local_out", "inet_sock_local_in"), ("net_dev_queue", "netif_receive_skb")]
@@ -30,12 +31,22 @@ def _key(prefix: str = "") -> str:
 
 def matched_packets(store) -> pa.Table:
     """send_host, recv_host, send_ts, recv_ts (raw clocks), seq, ack_seq, flags, kind."""
-    con = store.connect()
+    return match_packets(net_events(store.connect()))
+
+
+def net_events(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The send and receive events of the connection's hosts: host, ts (raw), name, seq,
+    ack_seq, flags. Per host (a cluster worker runs it over one host's partitions)."""
     names = [n for pair in PAIRS for n in pair]
-    con.execute(f"""
-        CREATE TEMP TABLE net AS
+    return con.sql(f"""
         SELECT host, ts_raw AS ts, name, {_key()}
-        FROM events WHERE name IN ({', '.join("'" + n + "'" for n in names)})""")
+        FROM events WHERE name IN ({', '.join("'" + n + "'" for n in names)})""").to_arrow_table()
+
+
+def match_packets(net: pa.Table) -> pa.Table:
+    """The packets of `net` (net_events of every host, concatenated) matched across hosts."""
+    con = duckdb.connect()
+    con.register("net", net)
     parts = []
     for send_name, recv_name in PAIRS:
         parts.append(f"""

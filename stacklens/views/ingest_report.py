@@ -12,9 +12,10 @@ from stacklens.views.terminal import console, emit_json, err_console, print_tabl
 
 
 def run_ingest(store: Store, paths: list[Path], host: str | None, tz: str | None,
-               json_out: bool) -> int:
+               json_out: bool, cluster: str | None = None) -> int:
     """Ingest and report; returns the exit code: 1 if any part was rejected, or if nothing
-    was ingested (every part rejected or not recognised), else 0."""
+    was ingested (every part rejected or not recognised), else 0. `cluster`: the address of a
+    Dask scheduler to run one task per part on (stacklens.cluster.ingest)."""
     from stacklens.sources.bundle import NotRead, discover
     from stacklens.store.ingest import part_size
 
@@ -29,8 +30,13 @@ def run_ingest(store: Store, paths: list[Path], host: str | None, tz: str | None
         def on_part(part, size):  # noqa: ANN001
             bar.update(task, description=f"{part.path.name[:40]}")
 
-        results = ingest(store, paths, host=host, tz=tz, on_part=on_part,
-                         on_progress=lambda n: bar.advance(task, n))
+        if cluster:
+            from stacklens.cluster.ingest import ingest_on_cluster
+            results = ingest_on_cluster(cluster, store, paths, host=host, tz=tz,
+                                        on_done=lambda part, size: bar.advance(task, size))
+        else:
+            results = ingest(store, paths, host=host, tz=tz, on_part=on_part,
+                             on_progress=lambda n: bar.advance(task, n))
     rejected = [r for r in results if r.status == "rejected"]
     if json_out:
         emit_json({"store": str(store.root), "parts": [r.to_dict() for r in results]})

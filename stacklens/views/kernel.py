@@ -10,15 +10,19 @@ import typer
 from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, print_table
 
 
-def _models(store_path: str, host: str | None, per_host: str | None = None):
-    """The kernel models of `host`, or of every host with kernel events. `per_host` names an
+def _hosts(store_path: str, host: str | None, per_host: str | None = None, cluster: str | None = None) -> list[str]:
+    """The hosts to analyse: `host`, or every host with kernel events. `per_host` names an
     option that only means something on one host (a tid): with several hosts and no --host,
     that is ambiguous and refused in one line naming the hosts."""
     from stacklens.errors import StacklensError
-    from stacklens.models.kernel import KernelModel, kernel_hosts
+    from stacklens.models.kernel import kernel_hosts
     from stacklens.store import Store
     store = Store(store_path)
-    hosts = kernel_hosts(store)
+    if cluster:  # from the partitions' names: the client reads no event
+        from stacklens.cluster import partition_hosts
+        hosts = partition_hosts(store, "kernel")
+    else:
+        hosts = kernel_hosts(store)
     if host is not None:
         if host not in hosts:
             raise StacklensError(f"host {host!r} has no kernel events (hosts with kernel events: {', '.join(hosts) or 'none'})")
@@ -28,7 +32,27 @@ def _models(store_path: str, host: str | None, per_host: str | None = None):
     if per_host and len(hosts) > 1:
         raise StacklensError(f"{per_host} is ambiguous: {store_path} holds kernel events of {len(hosts)} hosts "
                              f"({', '.join(hosts)}); choose one with --host")
-    return [KernelModel(store, h) for h in hosts]
+    return hosts
+
+
+def _models(store_path: str, host: str | None, per_host: str | None = None):
+    """The kernel models of `host`, or of every host with kernel events (see _hosts)."""
+    from stacklens.models.kernel import KernelModel
+    from stacklens.store import Store
+    store = Store(store_path)
+    return [KernelModel(store, h) for h in _hosts(store_path, host, per_host)]
+
+
+def _model(store_path: str, host: str):
+    from stacklens.models.kernel import KernelModel
+    from stacklens.store import Store
+    return KernelModel(Store(store_path), host)
+
+
+def _per_host(cluster: str | None, fn, store_path: str, hosts: list[str], *args) -> list[dict]:
+    """fn(store_path, host, *args) per host: in-process, or one task per host on the cluster."""
+    from stacklens.cluster import per_host
+    return per_host(cluster, fn, store_path, hosts, *args)
 
 
 def _rows(table: pa.Table, limit: int) -> list[dict]:
@@ -36,15 +60,19 @@ def _rows(table: pa.Table, limit: int) -> list[dict]:
     return rows if limit <= 0 else rows[:limit]
 
 
+def cpu_host(store: str, host: str, start: int | None, end: int | None, by: str, limit: int) -> dict:
+    """`cpu` of one host (a cluster task)."""
+    m = _model(store, host)
+    lo, hi = m._range(start, end)
+    per_cpu = m.cpu_by_cpu(lo, hi)
+    per = m.cpu_by_process(lo, hi) if by == "process" else m.cpu_by_thread(lo, hi)
+    return {"host": m.host, "start": lo, "end": hi, "cpus": per_cpu.to_pylist(),
+            by + "es" if by == "process" else "threads": _rows(per, limit)}
+
+
 def show_cpu(store: str, host: str | None, start: int | None, end: int | None, by: str, limit: int,
-             json_out: bool) -> None:
-    out = []
-    for m in _models(store, host):
-        lo, hi = m._range(start, end)
-        per_cpu = m.cpu_by_cpu(lo, hi)
-        per = m.cpu_by_process(lo, hi) if by == "process" else m.cpu_by_thread(lo, hi)
-        out.append({"host": m.host, "start": lo, "end": hi, "cpus": per_cpu.to_pylist(),
-                    by + "es" if by == "process" else "threads": _rows(per, limit)})
+             json_out: bool, cluster: str | None = None) -> None:
+    out = _per_host(cluster, cpu_host, store, _hosts(store, host, cluster=cluster), start, end, by, limit)
     if json_out:
         emit_json({"hosts": out})
         return
@@ -63,28 +91,34 @@ def show_cpu(store: str, host: str | None, start: int | None, end: int | None, b
                           fmt_duration(r["wait_cpu_ns"])] for r in h["threads"]], right=["cpu time", "wait for cpu"])
 
 
-def show_threads(store: str, host: str | None, tid: int | None, proc: str | None, limit: int, json_out: bool) -> None:
-    out = []
-    for m in _models(store, host, per_host=None if tid is None else f"--tid {tid}"):
-        tids = [tid] if tid is not None else (m.thread_tids(proc) if proc else None)
-        threads = m.threads()
-        states = m.thread_states()
-        if tids is not None:
-            keep = pa.array(tids, pa.int64())
-            import pyarrow.compute as pc
-            threads = threads.filter(pc.is_in(threads["tid"], keep))
-            states = states.filter(pc.is_in(states["tid"], keep))
-        summary = m.con.sql("""
-            SELECT tid, state, CAST(sum("end" - start) AS BIGINT) AS ns, count(*) AS intervals
-            FROM states GROUP BY ALL ORDER BY tid, state""").to_arrow_table()
-        by_tid: dict[int, dict] = {}
-        for r in summary.to_pylist():
-            by_tid.setdefault(r["tid"], {})[r["state"]] = r["ns"]
-        rows = [{**t, "time_in_state_ns": by_tid.get(t["tid"], {})} for t in threads.to_pylist()]
-        rows.sort(key=lambda t: (-(t["time_in_state_ns"].get("running") or 0), t["tid"]))
-        out.append({"host": m.host, "threads": _rows(pa.Table.from_pylist(rows), limit) if rows else [],
-                    "states": states.to_pylist() if tids is not None else None,
-                    "names": m.name_changes().to_pylist() if tids is not None else None})
+def threads_host(store: str, host: str, tid: int | None, proc: str | None, limit: int) -> dict:
+    """`threads` of one host (a cluster task)."""
+    m = _model(store, host)
+    tids = [tid] if tid is not None else (m.thread_tids(proc) if proc else None)
+    threads = m.threads()
+    states = m.thread_states()
+    if tids is not None:
+        keep = pa.array(tids, pa.int64())
+        import pyarrow.compute as pc
+        threads = threads.filter(pc.is_in(threads["tid"], keep))
+        states = states.filter(pc.is_in(states["tid"], keep))
+    summary = m.con.sql("""
+        SELECT tid, state, CAST(sum("end" - start) AS BIGINT) AS ns, count(*) AS intervals
+        FROM states GROUP BY ALL ORDER BY tid, state""").to_arrow_table()
+    by_tid: dict[int, dict] = {}
+    for r in summary.to_pylist():
+        by_tid.setdefault(r["tid"], {})[r["state"]] = r["ns"]
+    rows = [{**t, "time_in_state_ns": by_tid.get(t["tid"], {})} for t in threads.to_pylist()]
+    rows.sort(key=lambda t: (-(t["time_in_state_ns"].get("running") or 0), t["tid"]))
+    return {"host": m.host, "threads": _rows(pa.Table.from_pylist(rows), limit) if rows else [],
+            "states": states.to_pylist() if tids is not None else None,
+            "names": m.name_changes().to_pylist() if tids is not None else None}
+
+
+def show_threads(store: str, host: str | None, tid: int | None, proc: str | None, limit: int, json_out: bool,
+                 cluster: str | None = None) -> None:
+    hosts = _hosts(store, host, per_host=None if tid is None else f"--tid {tid}", cluster=cluster)
+    out = _per_host(cluster, threads_host, store, hosts, tid, proc, limit)
     if proc and not any(h["threads"] for h in out):
         from stacklens.errors import StacklensError
         raise StacklensError(f"no thread or process named {proc!r} on "
@@ -107,19 +141,22 @@ def show_threads(store: str, host: str | None, tid: int | None, proc: str | None
                          for s in h["states"][: limit if limit > 0 else None]], right=["duration"])
 
 
+def preemption_host(store: str, host: str, proc: str, start: int | None, end: int | None, limit: int) -> dict:
+    """`preemption` of one host (a cluster task)."""
+    m = _model(store, host)
+    tids = m.thread_tids(proc)
+    if not tids:
+        return {"host": m.host, "threads": [], "waited_ns": 0, "preemptors": []}
+    ranking = m.preemption(tids, start, end)
+    per_thread = m.cpu_by_thread(start, end).to_pylist()
+    mine = [t for t in per_thread if t["tid"] in set(tids)]
+    return {"host": m.host, "threads": mine, "waited_ns": sum(t["wait_cpu_ns"] for t in mine),
+            "preemptors": _rows(ranking, limit)}
+
+
 def show_preemption(store: str, host: str | None, proc: str, start: int | None, end: int | None, limit: int,
-                    json_out: bool) -> None:
-    out = []
-    for m in _models(store, host):
-        tids = m.thread_tids(proc)
-        if not tids:
-            out.append({"host": m.host, "threads": [], "waited_ns": 0, "preemptors": []})
-            continue
-        ranking = m.preemption(tids, start, end)
-        per_thread = m.cpu_by_thread(start, end).to_pylist()
-        mine = [t for t in per_thread if t["tid"] in set(tids)]
-        out.append({"host": m.host, "threads": mine, "waited_ns": sum(t["wait_cpu_ns"] for t in mine),
-                    "preemptors": _rows(ranking, limit)})
+                    json_out: bool, cluster: str | None = None) -> None:
+    out = _per_host(cluster, preemption_host, store, _hosts(store, host, cluster=cluster), proc, start, end, limit)
     if not any(h["threads"] for h in out):
         from stacklens.errors import StacklensError
         raise StacklensError(f"no thread or process named {proc!r} on "
@@ -211,7 +248,7 @@ def show_io(store: str, host: str | None, limit: int, json_out: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from stacklens.cli import DEFAULT_STORE, JsonOpt, parse_time
+    from stacklens.cli import DEFAULT_STORE, ClusterOpt, JsonOpt, parse_time
 
     StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory.")
     HostOpt = typer.Option(None, help="Only this host (default: every host with kernel events).")
@@ -222,27 +259,29 @@ def register(app: typer.Typer) -> None:
     def cpu(store: str = StoreOpt, host: Optional[str] = HostOpt, from_: Optional[str] = FromOpt,
             to: Optional[str] = ToOpt,
             by: str = typer.Option("thread", help="thread or process."),
-            limit: int = typer.Option(30, help="Rows at most (0: all)."), json_out: bool = JsonOpt) -> None:
+            limit: int = typer.Option(30, help="Rows at most (0: all)."), cluster: Optional[str] = ClusterOpt,
+            json_out: bool = JsonOpt) -> None:
         """CPU usage per CPU and per thread / process over a time range, with wait-for-CPU time."""
         if by not in ("thread", "process"):
             raise typer.BadParameter("--by is thread or process")
-        show_cpu(store, host, parse_time(from_), parse_time(to), by, limit, json_out)
+        show_cpu(store, host, parse_time(from_), parse_time(to), by, limit, json_out, cluster)
 
     @app.command()
     def threads(store: str = StoreOpt, host: Optional[str] = HostOpt,
                 tid: Optional[int] = typer.Option(None, help="One thread: also list its state intervals."),
                 proc: Optional[str] = typer.Option(None, help="Threads of processes named like this (SQL LIKE)."),
-                limit: int = typer.Option(50, help="Rows at most (0: all)."), json_out: bool = JsonOpt) -> None:
+                limit: int = typer.Option(50, help="Rows at most (0: all)."), cluster: Optional[str] = ClusterOpt,
+                json_out: bool = JsonOpt) -> None:
         """Threads with their process and time in each state (running, runnable, blocked, io_wait)."""
-        show_threads(store, host, tid, proc, limit, json_out)
+        show_threads(store, host, tid, proc, limit, json_out, cluster)
 
     @app.command()
     def preemption(proc: str = typer.Option(..., "--proc", help="Process or thread name (SQL LIKE, e.g. qemu%)."),
                    store: str = StoreOpt, host: Optional[str] = HostOpt, from_: Optional[str] = FromOpt,
                    to: Optional[str] = ToOpt, limit: int = typer.Option(20, help="Rows at most (0: all)."),
-                   json_out: bool = JsonOpt) -> None:
+                   cluster: Optional[str] = ClusterOpt, json_out: bool = JsonOpt) -> None:
         """Who ran on the CPU while the threads of PROC waited for it, ranked by time."""
-        show_preemption(store, host, proc, parse_time(from_), parse_time(to), limit, json_out)
+        show_preemption(store, host, proc, parse_time(from_), parse_time(to), limit, json_out, cluster)
 
     @app.command()
     def syscalls(store: str = StoreOpt, host: Optional[str] = HostOpt,

@@ -10,14 +10,30 @@ import typer
 from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, print_table
 
 
-def show_migrations(store_path: str, json_out: bool, png: Path | None = None) -> int:
+def preemptors_of_host(store_path: str, host: str, attempts: list) -> list[list]:
+    """The preemptors of the attempts whose source is `host` (a cluster task: the kernel model
+    of that host is built on the worker)."""
+    from stacklens.models.migration import migration_preemptors
+    from stacklens.store import Store
+    store = Store(store_path)
+    return [migration_preemptors(store, a) for a in attempts if a.source_host == host]
+
+
+def show_migrations(store_path: str, json_out: bool, png: Path | None = None, cluster: str | None = None) -> int:
     from stacklens.analyses.migration_report import attempt_summary, dirty_curve_text
     from stacklens.models.migration import migration_attempts
     from stacklens.store import Store
     from stacklens.models.migration import migration_preemptors
     store = Store(store_path)
     attempts = migration_attempts(store.connect())
-    preemptors = {id(a): migration_preemptors(store, a) for a in attempts}
+    if cluster:  # the attempts (across hosts) here, each source host's preemption on a worker
+        from stacklens.cluster import per_host
+        hosts = sorted({a.source_host for a in attempts})
+        found = dict(zip(hosts, per_host(cluster, preemptors_of_host, store_path, hosts, attempts)))
+        mine = {h: iter(found[h]) for h in hosts}
+        preemptors = {id(a): next(mine[a.source_host]) for a in attempts}
+    else:
+        preemptors = {id(a): migration_preemptors(store, a) for a in attempts}
     if png is not None:
         from stacklens.views.figures import close, dirty_pages_figure
         close(dirty_pages_figure(attempts, png))
@@ -84,14 +100,14 @@ def _bytes(v: int | None) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from stacklens.cli import DEFAULT_STORE, JsonOpt
+    from stacklens.cli import DEFAULT_STORE, ClusterOpt, JsonOpt
 
     @app.command()
     def migrations(store: str = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory."),
                    png: Optional[Path] = typer.Option(None, help="Also save the dirty-pages plot as PNG."),
-                   json_out: bool = JsonOpt) -> None:
+                   cluster: Optional[str] = ClusterOpt, json_out: bool = JsonOpt) -> None:
         """QEMU live migrations: stages, rounds, downtime, verdict (thesis Algorithm 1)."""
-        raise typer.Exit(show_migrations(store, json_out, png))
+        raise typer.Exit(show_migrations(store, json_out, png, cluster))
 
     lab = typer.Typer(no_args_is_help=True, help="The real local migration lab (two QEMU processes).")
     app.add_typer(lab, name="lab")

@@ -10,14 +10,28 @@ import typer
 from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts, print_table
 
 
+def ovs_models_of_host(store_path: str, host: str) -> dict:
+    """The OvS models of one host, over its partitions only (a cluster task)."""
+    from stacklens.analyses.ovs_report import host_models
+    from stacklens.store import Store
+    return host_models(Store(store_path).connect(host=host), host)
+
+
 def show_ovs(store_path: str, json_out: bool, png: Path | None = None, host: str | None = None,
-             bin_s: float = 1.0) -> int:
+             bin_s: float = 1.0, cluster: str | None = None) -> int:
     from stacklens.analyses.ovs_report import (STAGE_COLUMNS, histogram_lines, live_report, stage_histograms,
                                               stage_latencies, thesis_report)
     from stacklens.store import Store
-    con = Store(store_path).connect()
-    thesis = thesis_report(con, host, bin_ns=int(bin_s * 1e9))
-    live = live_report(con, host)
+    store = Store(store_path)
+    con = store.connect()
+    models = None
+    if cluster:  # per-host models on the workers, the reports' figures here over all of them
+        from stacklens.analyses.ovs_report import merge_models
+        from stacklens.cluster import partition_hosts, per_host
+        hosts = [host] if host is not None else partition_hosts(store)
+        models = merge_models(per_host(cluster, ovs_models_of_host, store_path, hosts))
+    thesis = thesis_report(con, host, bin_ns=int(bin_s * 1e9), models=models)
+    live = live_report(con, host, models=models)
     packets = thesis.pop("_packets", None)
     hists = stage_histograms(packets) if packets is not None else {}
     if png is not None and hists:
@@ -99,13 +113,13 @@ def _pct(x: float | None) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from stacklens.cli import DEFAULT_STORE, JsonOpt
+    from stacklens.cli import DEFAULT_STORE, ClusterOpt, JsonOpt
 
     @app.command()
     def ovs(store: str = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory."),
             host: Optional[str] = typer.Option(None, help="Only this host."),
             png: Optional[Path] = typer.Option(None, help="Also save the stage latency histograms as PNG."),
             bin_s: float = typer.Option(1.0, "--bin", help="Upcall-rate bin width, seconds."),
-            json_out: bool = JsonOpt) -> None:
+            cluster: Optional[str] = ClusterOpt, json_out: bool = JsonOpt) -> None:
         """Open vSwitch: packet paths (fast/slow/flood), stage latencies, upcall bursts, datapath statistics."""
-        raise typer.Exit(show_ovs(store, json_out, png, host, bin_s))
+        raise typer.Exit(show_ovs(store, json_out, png, host, bin_s, cluster))

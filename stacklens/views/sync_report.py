@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from stacklens.views.terminal import console, emit_json, fmt_duration, print_table
 
 
-def run_sync(store_path: str, json_out: bool) -> None:
+def sync_inputs_of_host(store_path: str, host: str) -> tuple:
+    """What sync needs of one host, from its partitions only (a cluster task): its send and
+    receive events (raw clocks) and its first and last raw timestamps."""
+    from stacklens.store import Store
+    from stacklens.sync.packets import net_events
+    con = Store(store_path).connect(host=host)
+    first, last = con.execute("SELECT min(ts_raw), max(ts_raw) FROM events").fetchall()[0]
+    return net_events(con), (int(first), int(last))
+
+
+def run_sync(store_path: str, json_out: bool, cluster: str | None = None) -> None:
     from stacklens.store import Store
     from stacklens.sync import sync_store
-    report = sync_store(Store(store_path))
+    store = Store(store_path)
+    if cluster:  # per host on the workers; matching and the convex hulls (cross-host) here
+        import pyarrow as pa
+        from stacklens.cluster import partition_hosts, per_host
+        hosts = partition_hosts(store)
+        found = per_host(cluster, sync_inputs_of_host, store_path, hosts)
+        net = pa.concat_tables([n for n, _ in found]) if found else None
+        report = sync_store(store, net, {h: ts for h, (_, ts) in zip(hosts, found)}) if found else sync_store(store)
+    else:
+        report = sync_store(store)
     if json_out:
         emit_json(report)
         return
@@ -49,10 +70,10 @@ def run_sync(store_path: str, json_out: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from stacklens.cli import DEFAULT_STORE, JsonOpt
+    from stacklens.cli import DEFAULT_STORE, ClusterOpt, JsonOpt
 
     @app.command()
     def sync(store: str = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory."),
-             json_out: bool = JsonOpt) -> None:
+             cluster: Optional[str] = ClusterOpt, json_out: bool = JsonOpt) -> None:
         """Synchronize host clocks from packets matched across hosts (convex hull) and store the transforms."""
-        run_sync(store, json_out)
+        run_sync(store, json_out, cluster)

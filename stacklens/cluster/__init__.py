@@ -1,0 +1,128 @@
+"""stacklens on a Dask distributed cluster (`--cluster ADDRESS`, env STACKLENS_CLUSTER).
+
+The store is Parquet partitioned by host and layer, and most of the work is per host: reading
+a part into the store, and the per-host models (thread states, CPU, preemption, OvS packet
+paths, the packets a host sent and received). With a cluster address:
+
+* ingest runs one Dask task per part on the workers (stacklens.cluster.ingest): each worker
+  runs the part's reader and the store's writer, exactly as the embedded ingest does;
+* a per-host analysis runs one task per host (`per_host`): the worker opens the store, builds
+  that host's models over the host's partitions only, and returns the result (an Arrow table,
+  a dict of a few hundred rows) — never the events;
+* the cross-host steps (packet matching and the convex hull of `sync`, the migrations'
+  source ↔ destination matching, the reports' aggregates) run on the client over those results.
+
+Without an address everything runs in-process, as before: `per_host(None, …)` is a loop.
+The store must be at the same path on the client and on every worker (a shared filesystem);
+paths are made absolute before they are sent.
+
+A worker that dies mid-task (kill -9, out of memory) loses its task: the scheduler runs it
+again on another worker (up to `distributed.scheduler.allowed-failures` times, then the run
+fails with one line naming the part or host). A re-run ingest task starts by dropping what the
+dead one wrote for its source (SourceWriter), and a source is visible only once committed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import uuid
+from typing import Any, Callable, Sequence
+
+from stacklens.errors import StacklensError
+
+ENV = "STACKLENS_CLUSTER"  # read by the commands' --cluster option (stacklens.cli.ClusterOpt)
+CONNECT_TIMEOUT_S = 10
+
+_clients: dict[str, Any] = {}
+
+
+def client(address: str):  # -> distributed.Client
+    """A connected client of the scheduler at `address` (one per address and process)."""
+    c = _clients.get(address)
+    if c is not None and c.status == "running":
+        return c
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - a dependency of the project
+        raise StacklensError("--cluster needs dask.distributed (pip install 'distributed')") from None
+    try:
+        c = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise StacklensError(f"cluster {address}: cannot connect to the Dask scheduler ({e})") from None
+    except ValueError as e:
+        raise StacklensError(f"cluster {address}: not a scheduler address ({e})") from None
+    _clients[address] = c
+    return c
+
+
+def close(address: str | None = None) -> None:
+    """Close the client of `address` (of every address when None)."""
+    for a in [address] if address else list(_clients):
+        c = _clients.pop(a, None)
+        if c is None:
+            continue
+        try:
+            c.close(timeout=5)
+        except Exception:  # noqa: BLE001 - shutting down: nothing left to report to
+            pass
+
+
+atexit.register(close)
+
+
+def shared_path(path: str | os.PathLike[str]) -> str:
+    """`path` as the workers must see it: absolute (their working directory is not ours)."""
+    from stacklens.store.location import local_root
+    return str(local_root(path).resolve())
+
+
+def gather(futures: list, names: Sequence[str], what: str) -> list:
+    """The futures' results in order; a task that failed for good becomes one line naming it."""
+    out = []
+    for f, name in zip(futures, names):
+        try:
+            out.append(f.result())
+        except Exception as e:  # noqa: BLE001 - the task's error, or the scheduler's KilledWorker
+            raise StacklensError(f"cluster: {what} {name} failed: {describe(e)}") from None
+    return out
+
+
+def describe(e: BaseException) -> str:
+    from distributed.scheduler import KilledWorker
+    if isinstance(e, KilledWorker):
+        return ("the workers running it died (killed, or out of memory) more times than the "
+                "scheduler retries (distributed.scheduler.allowed-failures)")
+    if isinstance(e, StacklensError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def per_host(address: str | None, fn: Callable[..., Any], store: str | os.PathLike[str],
+             hosts: Sequence[str], *args: Any) -> list[Any]:
+    """[fn(store, host, *args) for host in hosts]: in-process without an address, else one
+    Dask task per host. `fn` must be a module-level function (the workers import it) that
+    opens the store itself and returns a small result."""
+    if not address:
+        return [fn(str(store), h, *args) for h in hosts]
+    root = shared_path(store)
+    c = client(address)
+    run = uuid.uuid4().hex[:8]
+    futures = [c.submit(fn, root, h, *args, key=f"{fn.__name__}-{h}-{run}") for h in hosts]
+    try:
+        return gather(futures, [f"host {h!r}" for h in hosts], fn.__name__)
+    finally:
+        for f in futures:
+            f.release()
+
+
+def partition_hosts(store, layer: str | None = None) -> list[str]:
+    """The hosts that have partitions in the store (of `layer`), from its directory names:
+    what the client knows without reading an event."""
+    from urllib.parse import unquote
+    names = {unquote(p.parent.parent.name.split("=", 1)[1]) for p in store.event_files(layer=layer)}
+    return sorted(names)
+
+
+__all__ = ["ENV", "client", "close", "gather", "partition_hosts", "per_host", "shared_path"]
+
