@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import subprocess
+import shutil
 import sys
 import threading
 import time
@@ -78,9 +79,12 @@ def bundle(tmp_path_factory) -> list[Path]:
     from kernel_analysis import make_copies
     need_data("tracecompass", "many-threads")
     work = tmp_path_factory.mktemp("cluster-data")
-    # scp_src a second time at the end: the same content twice in one run (found "already")
+    # a copy of scp_src at the end: the same content twice in one run (found "already"); a copy,
+    # since the same directory given twice is not walked again (bundle.discover)
+    again = work / "scp_src-again"
+    shutil.copytree(need_data("tracecompass", "synctraces", "scp_src"), again)
     return [need_data("thesis"), need_data("openstack", "loghub"), need_data("tracecompass", "synctraces"),
-            *make_copies(work / "many-threads", 2), need_data("tracecompass", "synctraces", "scp_src")]
+            *make_copies(work / "many-threads", 2), again]
 
 
 @pytest.fixture(scope="module")
