@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(lab, name="lab")
 
     @lab.command("run")
-    def lab_run(scenario: str = typer.Option("normal", help="normal | stressed | interference | network"),
+    def lab_run(scenario: str = typer.Option("normal", help="normal | stressed | interference | network | openstack"),
                 out: Path = typer.Option(..., help="Bundle directory to write (replaced if it is a lab bundle)."),
                 broker: str = typer.Option("auto", help="Control plane: an amqp:// URL of a RabbitMQ on "
                                            "loopback, 'auto' (127.0.0.1:5672 if it answers) or 'none' (log driver)."),
@@ -108,6 +108,16 @@ def register(app: typer.Typer) -> None:
         if scenario == "network":  # the Open vSwitch lab (issue 6), not a migration
             from stacklens.lab.network import run_network
             result = run_network(out, progress=say)
+        elif scenario == "openstack":  # real Nova 34 in its own virtualenv (issue 14)
+            from stacklens.lab.openstack import run_openstack
+            info = run_openstack(out, broker=None if broker == "none" else broker, progress=say)
+            if json_out:
+                emit_json(info)
+            else:
+                console.print(f"transport: {info['transport']} ({info['control_plane']})")
+                for note in info["notes"]:
+                    console.print(f"note: {note}")
+            raise typer.Exit(0)
         else:
             result = run_scenario(scenario, out, progress=say, broker=None if broker == "none" else broker)
         if json_out:
