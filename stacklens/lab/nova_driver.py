@@ -176,6 +176,21 @@ def install_tagging() -> None:
     service.Service.start = start
     service.Service.periodic_tasks = periodic_tasks
 
+    # Each real service reads its own nova.conf, whose `host` is its machine: Nova's
+    # exception notifications, instance faults and several notification publishers take
+    # CONF.host. In this one process CONF.host answers the host of the service the thread
+    # works for (the tag), so those name the host that really ran the code.
+    from oslo_config import cfg
+    orig_get = cfg.ConfigOpts._get
+
+    def _get(self, name, group=None, namespace=None):
+        if name == "host" and group is None and self is CONF:
+            svc = current_service()
+            if svc is not None:
+                return svc[1]
+        return orig_get(self, name, group, namespace)
+    cfg.ConfigOpts._get = _get
+
 
 def tag_dispatcher(server, binary: str, host: str) -> None:
     # _process_incoming: the dispatch and the server's own "Exception during message handling"

@@ -89,11 +89,14 @@ def critical_path(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return []
     latest = lambda cands: max(cands, key=lambda s: (s["end_ts"], -s["start_ts"]))  # noqa: E731
     path = [latest(closed)]
+    taken = {id(path[0])}
     while True:
-        before = [s for s in closed if s["end_ts"] <= path[-1]["start_ts"]]
+        # a zero-length span ends where it starts: never take a span twice (no endless walk)
+        before = [s for s in closed if s["end_ts"] <= path[-1]["start_ts"] and id(s) not in taken]
         if not before:
             break
         path.append(latest(before))
+        taken.add(id(path[-1]))
     path.reverse()
     out: list[dict[str, Any]] = []
     for prev, span in zip([None] + path[:-1], path):

@@ -23,7 +23,7 @@ WITH marks AS (
   SELECT *, row_number() OVER (PARTITION BY worker, task, coalesce(request_id, ''), object,
                                             edge = 'start' ORDER BY ts) AS k
   FROM marks
-)
+), paired AS (
 SELECT s.task, s.worker, s.service, s.host, s.source, s.request_id,
        s.instance, coalesce(s.vmname, e.vmname) AS vmname, coalesce(s.volume, e.volume) AS volume, s.resource,
        coalesce(e.node, s.node) AS node, s.ts AS start_ts, e.ts AS end_ts, e.ts - s.ts AS duration_ns,
@@ -33,7 +33,19 @@ FROM ranked s LEFT JOIN ranked e
   ON e.edge IN ('end', 'error') AND e.worker = s.worker AND e.task = s.task
  AND coalesce(e.request_id, '') = coalesce(s.request_id, '') AND e.object = s.object AND e.k = s.k
 WHERE s.edge = 'start'
-ORDER BY s.ts
+), failures AS (  -- the error that ended a request whose task never got its end
+  SELECT request_id, ts, fault FROM ops WHERE ends_with(event_type, '.error') AND request_id IS NOT NULL
+)
+-- A task left open by a request that then failed (NoValidHost: the scheduler's
+-- select_destinations.start has no end, the conductor emits compute_task.*.error) ended in
+-- that error: it is an error, not an open task.
+SELECT p.* REPLACE (
+         CASE WHEN p.outcome = 'open' AND x.ts IS NOT NULL THEN x.ts ELSE p.end_ts END AS end_ts,
+         CASE WHEN p.outcome = 'open' AND x.ts IS NOT NULL THEN x.ts - p.start_ts ELSE p.duration_ns END AS duration_ns,
+         CASE WHEN p.outcome = 'open' AND x.ts IS NOT NULL THEN 'error' ELSE p.outcome END AS outcome,
+         CASE WHEN p.outcome = 'open' AND x.ts IS NOT NULL THEN x.fault ELSE p.fault END AS fault)
+FROM paired p ASOF LEFT JOIN failures x ON x.request_id = p.request_id AND x.ts >= p.start_ts
+ORDER BY p.start_ts
 """
 
 STATS_SQL = """
