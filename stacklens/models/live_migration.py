@@ -80,3 +80,34 @@ def live_migration_steps(con: duckdb.DuckDBPyConnection) -> pa.Table:
     con.unregister("_step_map")
     con.unregister("_step_rank")
     return steps
+
+
+def failed_live_migrations(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Live migrations the conductor gave up on before any step ran on a host (a destination
+    pre-check failure, then no other host): Nova's `compute_task.migrate_server.error`. The
+    reason is the first exception of the same request (the destination's
+    `compute.exception`, e.g. MigrationPreCheckError), else the error's own; the VM stayed
+    on the host its last state record before the error names."""
+    service_tasks(con)
+    rows = con.sql("""
+      WITH err AS (
+        SELECT ts, request_id, instance, fault, host FROM ops
+        WHERE event_type IN ('compute_task.migrate_server.error', 'compute_task.live_migration.error')
+          AND instance IS NOT NULL
+      ), exc AS (
+        SELECT request_id, arg_min(fault, ts) AS fault, arg_min(host, ts) AS host FROM ops
+        WHERE (event_type = 'compute.exception' OR ends_with(event_type, '.error')) AND fault IS NOT NULL
+          AND request_id IS NOT NULL
+        GROUP BY request_id
+      ), before AS (
+        SELECT e.request_id, e.instance, arg_max(o.node, o.ts) AS node FROM err e JOIN ops o
+          ON o.instance = e.instance AND o.ts < e.ts AND o.node IS NOT NULL AND o.node <> 'None'
+        GROUP BY ALL
+      )
+      SELECT e.instance, 'precheck' AS step, 'destination' AS "where", x.host AS host, e.ts AS start_ts,
+             e.ts AS end_ts, 0 AS duration_ns, 'error' AS outcome, e.request_id,
+             coalesce(x.fault, e.fault) AS fault, b.node AS stayed_on
+      FROM err e LEFT JOIN exc x USING (request_id) LEFT JOIN before b USING (request_id, instance)
+      ORDER BY e.ts
+    """).to_arrow_table()
+    return rows.to_pylist()
