@@ -84,12 +84,12 @@ FROM events
 WHERE layer = 'app' AND source IN ('oslo.notification', 'rabbitmq.dump')
   AND fields->>'$.event_type' IS NOT NULL
 ), k AS (
-  SELECT *, regexp_extract(event_type, '\.(start|end|error)$', 1) AS edge,
-         regexp_replace(event_type, '\.(start|end|error)$', '') AS base
+  SELECT *, regexp_extract(event_type, '\\.(start|end|error)$', 1) AS edge,
+         regexp_replace(event_type, '\\.(start|end|error)$', '') AS base
   FROM n
 ), c AS (
   SELECT *, CASE WHEN family = 'legacy' AND base LIKE 'compute.instance.%'
-                 THEN 'instance.' || regexp_replace(substr(base, 18), '\._?', '_', 'g')
+                 THEN 'instance.' || regexp_replace(substr(base, 18), '\\._?', '_', 'g')
                  ELSE base END AS canon0
   FROM k
 ), t AS (

@@ -54,7 +54,8 @@ def live_migration_steps(con: duckdb.DuckDBPyConnection) -> pa.Table:
                                          "where_": [STEP_WHERE[s] for s in STEP_ORDER]}))
     steps = con.sql("""
       WITH s AS (
-        SELECT t.instance, t.vmname, m.step, t.node AS host, t.worker, t.start_ts, t.end_ts,
+        -- the host that ran the step (its publisher), not the payload's host (the VM's, still the source)
+        SELECT t.instance, t.vmname, m.step, coalesce(t.host, t.node) AS host, t.worker, t.start_ts, t.end_ts,
                t.duration_ns, t.outcome, t.request_id,
                CASE WHEN t.task LIKE 'compute.%' THEN 'legacy' ELSE 'versioned' END AS event_family
         FROM tasks t JOIN _step_map m USING (task)
