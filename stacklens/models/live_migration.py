@@ -60,12 +60,12 @@ def live_migration_steps(con: duckdb.DuckDBPyConnection) -> pa.Table:
                CASE WHEN t.task LIKE 'compute.%' THEN 'legacy' ELSE 'versioned' END AS event_family
         FROM tasks t JOIN _step_map m USING (task)
       ), sched AS (  -- select_destinations of the same request
-        SELECT DISTINCT s.instance, s.vmname, 'select_destination' AS step, t.node AS host, t.worker,
+        SELECT DISTINCT s.instance, s.vmname, 'select_destination' AS step, t.host AS host, t.worker,
                t.start_ts, t.end_ts, t.duration_ns, t.outcome, t.request_id, s.event_family
         FROM tasks t JOIN s ON t.request_id = s.request_id
         WHERE t.task IN ('scheduler.select_destinations', 'compute_task.select_destinations')
       ), mig AS (  -- the migration itself runs on the source between pre.end and post.start
-        SELECT pre.instance, pre.vmname, 'migration' AS step, NULL AS host, NULL AS worker,
+        SELECT pre.instance, pre.vmname, 'migration' AS step, post.host AS host, post.worker AS worker,
                pre.end_ts AS start_ts, post.start_ts AS end_ts, post.start_ts - pre.end_ts AS duration_ns,
                'ok' AS outcome, pre.request_id, pre.event_family
         FROM s pre JOIN s post ON post.instance = pre.instance AND pre.step = 'pre'
