@@ -20,18 +20,28 @@ def log_records_sql(where: str = "TRUE", columns: str = "") -> str:
     extra = f", {columns}" if columns else ""
     return rf"""
 WITH r AS (
-  SELECT ts, pos, src, host, procname, pid, request_id, instance, name AS logger,
+  SELECT ts, pos, src, host, pid, request_id, instance, name AS logger,
+         -- the text reader names the process after its file (nova-api.log); the same for JSON
+         coalesce(procname, nullif(regexp_extract(_path, '([^/]+?)(?:[.]json)?[.]log[^/]*$', 1), '')) AS procname,
          fields->>'$.level' AS level, source, fields,
          regexp_replace(regexp_replace(fields->>'$.message', '\s+\S+ /\S+:\d+\s*$', ''),
-                        '^\[instance: [0-9a-f-]+\] ', '') AS message{extra}
-  FROM events
-  WHERE layer = 'app' AND source IN ('oslo.log', 'oslo.log.json') AND ({where})
+                        '^\[instance: [0-9a-f-]+\] ', '') AS message,
+         -- the exception of an error record: the last line of its traceback (JSON keeps it
+         -- apart; the text format appends it to the message)
+         nullif(trim(regexp_extract(coalesce(fields->>'$.traceback', fields->>'$.message'),
+                                    '([A-Za-z_][\w.]*(?:Error|Exception|_Remote|NoValidHost|Failure)\w*: [^\n]*)\s*$', 1)),
+                '') AS error_summary{extra}
+  FROM (SELECT e.*, s.path AS _path FROM events e LEFT JOIN sources s ON s.src = e.src
+        WHERE e.layer = 'app' AND e.source IN ('oslo.log', 'oslo.log.json')) events
+  WHERE ({where})
 )
 SELECT * FROM r t
 WHERE NOT (t.source = 'oslo.log' AND EXISTS (
   SELECT 1 FROM r j
   WHERE j.source = 'oslo.log.json' AND j.host = t.host AND j.logger = t.logger
     AND coalesce(j.pid, -1) = coalesce(t.pid, -1)
-    AND coalesce(j.request_id, '') = coalesce(t.request_id, '') AND j.message = t.message
+    AND coalesce(j.request_id, '') = coalesce(t.request_id, '')
+    -- the text copy of a record with an exception carries "message: Class: text\nTraceback…"
+    AND (j.message = t.message OR starts_with(t.message, j.message || ': '))
     AND j.ts > t.ts - {TEXT_TS_SLACK_NS} AND j.ts < t.ts + {TEXT_TS_SLACK_NS}))
 """

@@ -80,3 +80,31 @@ def idle_workers(con: duckdb.DuckDBPyConnection, start_ns: int, end_ns: int) -> 
         "SELECT DISTINCT worker FROM tasks EXCEPT SELECT DISTINCT worker FROM tasks"
         " WHERE start_ts < ? AND coalesce(end_ts, start_ts) >= ?", [end_ns, start_ns]).fetchall()
     return sorted(r[0] for r in rows)
+
+
+UNMATCHED_SQL = r"""
+WITH marks AS (
+  SELECT ts, host, worker, request_id, regexp_extract(event_type, '^(.*)\.(start|end|error)$', 1) AS task,
+         regexp_extract(event_type, '^(.*)\.(start|end|error)$', 2) AS edge
+  FROM ops WHERE regexp_matches(event_type, '\.(start|end|error)$')
+), ends AS (   -- an end/error whose worker never started that task for that request before it
+  SELECT e.* FROM marks e
+  WHERE e.edge IN ('end', 'error') AND NOT EXISTS (
+    SELECT 1 FROM marks s WHERE s.edge = 'start' AND s.worker = e.worker AND s.task = e.task
+       AND coalesce(s.request_id, '') = coalesce(e.request_id, '') AND s.ts <= e.ts)
+), opens AS (
+  SELECT start_ts AS ts, host, worker, request_id, task FROM tasks WHERE outcome = 'open'
+)
+SELECT 'end without start' AS kind, task, worker, host, any_value(request_id) AS request_id, count(*) AS count,
+       min(ts) AS first_ts, max(ts) AS last_ts FROM ends GROUP BY ALL
+UNION ALL
+SELECT 'start without end', task, worker, host, any_value(request_id), count(*), min(ts), max(ts)
+FROM opens GROUP BY ALL
+ORDER BY count DESC, task
+"""
+
+
+def unmatched_task_records(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Task edges that pair with nothing, counted per kind, task and worker."""
+    service_tasks(con)
+    return con.sql(UNMATCHED_SQL).to_arrow_table().to_pylist()

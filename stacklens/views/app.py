@@ -21,13 +21,15 @@ def _rows(table) -> list[dict[str, Any]]:
 
 
 def show_tasks(store_path: str, json_out: bool, task: str | None = None) -> None:
-    from stacklens.models.service_tasks import task_statistics
+    from stacklens.models.service_tasks import task_statistics, unmatched_task_records
     con = _store(store_path).connect()
     stats = _rows(task_statistics(con))
+    unmatched = unmatched_task_records(con)
     if task:
         stats = [s for s in stats if task in s["task"]]
+        unmatched = [u for u in unmatched if task in u["task"]]
     if json_out:
-        emit_json({"tasks": stats})
+        emit_json({"tasks": stats, "unmatched": unmatched})
         return
     print_table(["task", "count", "errors", "open", "min", "median", "mean", "max", "total"],
                 [(s["task"], s["count"], s["errors"], s["count"] - s["closed"], fmt_duration(s["min_ns"]),
@@ -35,6 +37,10 @@ def show_tasks(store_path: str, json_out: bool, task: str | None = None) -> None
                   fmt_duration(s["total_ns"])) for s in stats],
                 title="Service tasks (X.start → X.end/.error) per type",
                 right=["count", "errors", "open", "min", "median", "mean", "max", "total"])
+    if unmatched:
+        print_table(["kind", "task", "worker", "host", "count", "first"],
+                    [(u["kind"], u["task"], u["worker"], u["host"], u["count"], fmt_ts(u["first_ts"]))
+                     for u in unmatched], title="Unmatched task records", right=["count"])
 
 
 def show_vm(store_path: str, vm: str, json_out: bool) -> None:
@@ -116,6 +122,9 @@ def show_request(store_path: str, request_id: str, json_out: bool) -> None:
     t0 = flow.start_ts or 0
     root = Tree(f"[bold]{request_id}[/] {fmt_ts(flow.start_ts)} → {fmt_ts(flow.end_ts)}"
                 f" ({fmt_duration((flow.end_ts or 0) - t0) if flow.start_ts else '-'})")
+    if flow.path:
+        root.add("path: " + " → ".join(f"{p['service']}@{p['host']} (+{fmt_duration(p['start_ts'] - t0)})"
+                                        for p in flow.path))
     if flow.hops:
         bus = root.add("RPC hops (bus)")
         for h in flow.hops:
