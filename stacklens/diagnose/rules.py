@@ -41,7 +41,8 @@ class Context:
 
     @cached_property
     def app_span(self) -> tuple[int, int] | None:
-        r = self.con.execute("SELECT min(ts), max(ts) FROM events WHERE layer = 'app'").fetchall()[0]
+        from stacklens.models.app_ops import TIMED
+        r = self.con.execute(f"SELECT min(ts), max(ts) FROM events WHERE layer = 'app' AND {TIMED}").fetchall()[0]
         return None if r[0] is None else (int(r[0]), int(r[1]))
 
 
