@@ -280,3 +280,21 @@ def test_samples_without_time_stay_out_of_ranges(lab, tmp_path):
     assert info["events_without_time"] == untimed > 0
     assert info["time_range"]["begin"] >= lab["truth"]["started_ns"] - 10**9
     assert info["time_range"]["end"] <= lab["truth"]["ended_ns"] + 10**9
+
+
+def test_migrations_shows_novas_view_without_qemu(lab):
+    truth = lab["truth"]
+    mig = _stacklens("migrations", "--store", lab["store"])
+    assert mig["migrations"] == [] and mig["missing_layers"]  # no QEMU in this lab: said
+    by_vm = {m["instance"]: m for m in mig["nova_migrations"]}
+    vm_a, vm_b = _by_name(truth, "lab-vm-a"), _by_name(truth, "lab-vm-b")
+    a = by_vm[vm_a["uuid"]]
+    assert a["outcome"] == "completed"
+    assert a["source"] == _driver(truth, "live_migration", vm_a["uuid"])[0]["host"]
+    assert a["destination"] == _driver(truth, "pre_live_migration", vm_a["uuid"])[0]["host"]
+    assert a["host_after"] == vm_a["host"]
+    b = by_vm[vm_b["uuid"]]
+    refused = next(c for c in _driver(truth, "check_can_live_migrate_destination", vm_b["uuid"]) if c["error"])
+    sc = next(s for s in truth["scenarios"] if s["name"] == "live_migration_precheck_failure")
+    assert b["outcome"] == "failed" and refused["error"]["class"] in b["reason"]
+    assert b["destination"] == refused["host"] and b["host_after"] == sc["source"]

@@ -107,8 +107,44 @@ def failed_live_migrations(con: duckdb.DuckDBPyConnection) -> list[dict]:
       )
       SELECT e.instance, 'precheck' AS step, 'destination' AS "where", x.host AS host, e.ts AS start_ts,
              e.ts AS end_ts, 0 AS duration_ns, 'error' AS outcome, e.request_id,
-             coalesce(x.fault, e.fault) AS fault, b.node AS stayed_on
+             coalesce(x.fault, e.fault) AS fault, b.node AS stayed_on,
+             (SELECT max(o.vmname) FROM ops o WHERE o.instance = e.instance) AS vmname
       FROM err e LEFT JOIN exc x USING (request_id) LEFT JOIN before b USING (request_id, instance)
       ORDER BY e.ts
     """).to_arrow_table()
     return rows.to_pylist()
+
+
+def nova_live_migrations(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """One row per live migration as Nova tells it (instance, request): source, destination,
+    outcome (completed / rolled back / failed / running), start/end, the reason of a failure
+    and the host the VM is on afterwards; from the steps above, no QEMU event needed."""
+    out: dict[tuple, dict] = {}
+    for s in live_migration_steps(con).to_pylist():
+        if s["step"] == "select_destination":
+            continue
+        m = out.setdefault((s["instance"], s["request_id"]), {
+            "instance": s["instance"], "vmname": s["vmname"], "request_id": s["request_id"], "source": None,
+            "destination": None, "start_ts": s["start_ts"], "end_ts": s["end_ts"], "outcome": "running",
+            "reason": None, "host_after": None, "steps": []})
+        m["steps"].append(s["step"])
+        m["start_ts"] = min(m["start_ts"], s["start_ts"])
+        m["end_ts"] = max(x for x in (m["end_ts"], s["end_ts"], s["start_ts"]) if x is not None)
+        if STEP_WHERE.get(s["step"]) == "source" and s["host"]:
+            m["source"] = s["host"]
+        elif STEP_WHERE.get(s["step"]) == "destination" and s["host"]:
+            m["destination"] = s["host"]
+    for m in out.values():
+        if "post_dest" in m["steps"]:
+            m["outcome"], m["host_after"] = "completed", m["destination"]
+        elif "rollback" in m["steps"] or "rollback_dest" in m["steps"]:
+            m["outcome"], m["host_after"] = "rolled back", m["source"]
+    for f in failed_live_migrations(con):
+        m = out.setdefault((f["instance"], f["request_id"]), {
+            "instance": f["instance"], "vmname": f["vmname"], "request_id": f["request_id"], "source": f["stayed_on"],
+            "destination": None, "start_ts": f["start_ts"], "end_ts": f["end_ts"], "outcome": "failed",
+            "reason": None, "host_after": f["stayed_on"], "steps": []})
+        m["outcome"], m["reason"], m["host_after"] = "failed", f["fault"], f["stayed_on"]
+        m["destination"] = m["destination"] or f["host"]
+        m["steps"].append("precheck")
+    return sorted(out.values(), key=lambda m: m["start_ts"])

@@ -16,17 +16,30 @@ def show_migrations(store_path: str, json_out: bool, png: Path | None = None) ->
     from stacklens.store import Store
     from stacklens.models.migration import migration_preemptors
     store = Store(store_path)
-    attempts = migration_attempts(store.connect())
+    con = store.connect()
+    attempts = migration_attempts(con)
+    # Nova's own view of the live migrations (notifications), shown whatever else is there
+    from stacklens.models.live_migration import nova_live_migrations
+    nova = nova_live_migrations(con)
+    missing = [] if attempts else ["virt (no QEMU migration trace events: migration_bitmap_sync_*, QMP)"]
     preemptors = {id(a): migration_preemptors(store, a) for a in attempts}
     if png is not None:
         dirty_curve_png(attempts, png)
     if json_out:
         emit_json({"migrations": [attempt_summary(a) | {"preemptors": [
             {"tid": p.tid, "name": p.name, "vm": p.vm, "role": p.role, "ms": round(p.ns / 1e6, 3)}
-            for p in preemptors[id(a)]]} for a in attempts], "png": str(png) if png else None})
+            for p in preemptors[id(a)]]} for a in attempts], "nova_migrations": nova,
+            "missing_layers": missing, "png": str(png) if png else None})
         return 0
+    if nova:
+        print_table(["start", "vm", "source → destination", "outcome", "duration", "host after", "reason"],
+                    [(fmt_ts(m["start_ts"]), m["vmname"] or m["instance"], f"{m['source'] or '?'} → {m['destination'] or '?'}",
+                      m["outcome"], fmt_duration((m["end_ts"] or m["start_ts"]) - m["start_ts"]), m["host_after"] or "?",
+                      (m["reason"] or "")[:120]) for m in nova], title="Live migrations (Nova's steps)")
     if not attempts:
-        console.print("no migration attempts in the store (QEMU trace events migration_bitmap_sync_* needed)")
+        console.print("no QEMU migration in the store: the virtualization layer is missing "
+                      "(QEMU trace events migration_bitmap_sync_* and QMP records are needed for stages, "
+                      "rounds and downtime)" + ("; Nova's view above" if nova else ""))
         return 0
     for a in attempts:
         s = attempt_summary(a)
