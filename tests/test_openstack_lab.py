@@ -32,6 +32,11 @@ def _stacklens(*args: str) -> dict:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
+    reuse = os.environ.get("STACKLENS_OSLAB_REUSE")  # "BUNDLE:STORE" of an earlier run (development)
+    if reuse:
+        out, store = (Path(p) for p in reuse.split(":"))
+        return {"out": out, "store": str(store), "truth": json.loads((out / "ground_truth.json").read_text()),
+                "info": json.loads((out / "lab.json").read_text())}
     need_program("rabbitmq-server") if Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists() is False else None
     out = tmp_path_factory.mktemp("oslab") / "bundle"
     store = out.parent / "store"
@@ -194,20 +199,20 @@ def test_errors_carry_their_exception_into_findings(lab):
     for name in ("lab-vm-toobig", "lab-vm-qemu-only"):
         req = _action(_by_name(truth, name), "create")["request_id"]
         mine = [f for f in findings if f["rule"] != "unmatched_records"
-                and (f.get("ref") or {}).get("request_id") == req]
+                and (f.get("subject") or {}).get("request_id") == req]
         assert len(mine) == 1, [f["statement"] for f in mine]
         assert any("NoValidHost" in e["label"] for e in mine[0]["evidence"])
     # the failed live migration: the destination's exception class and message, from Nova
     vm_b = _by_name(truth, "lab-vm-b")
     refused = next(c for c in _driver(truth, "check_can_live_migrate_destination", vm_b["uuid"]) if c["error"])
     req = _action(vm_b, "live-migration")["request_id"]
-    mine = [f for f in findings if (f.get("ref") or {}).get("request_id") == req]
+    mine = [f for f in findings if (f.get("subject") or {}).get("request_id") == req]
     assert len(mine) == 1
     text = mine[0]["statement"] + " ".join(e["label"] for e in mine[0]["evidence"])
     assert refused["error"]["class"] in text and refused["error"]["message"].split(": ", 1)[-1] in text
     # a successful boot is not "failed" because a library logged an error during it
     ok = _action(_by_name(truth, "lab-vm-a"), "create")["request_id"]
-    assert not [f for f in findings if (f.get("ref") or {}).get("request_id") == ok]
+    assert not [f for f in findings if (f.get("subject") or {}).get("request_id") == ok]
 
 
 def test_request_and_explain_agree(lab):

@@ -264,4 +264,8 @@ def explain_request(store, request_id: str) -> Node:
     for a in attempts:
         root.add(migration_node(store, a))
     root.fit()
+    if flow.start_ts is not None:
+        # the request's own time, as `stacklens request` gives it: a VM's state that began
+        # before the request or lasted after it widens that VM's node, not the request
+        root.start, root.end = flow.start_ts, flow.end_ts
     return root

@@ -119,7 +119,18 @@ def service_path(flow: RequestFlow) -> list[dict[str, Any]]:
         visit(sp["service"], sp["host"], sp["start_ts"], sp["end_ts"] or sp["start_ts"], "spans")
     for r in flow.records:
         visit(r["procname"], r["host"], r["ts"], r["ts"], "records")
-    return sorted(seen.values(), key=lambda e: e["start_ts"])
+    path = list(seen.values())
+    for e in path:
+        e["reached_ts"] = e["start_ts"]
+    # The scheduler works only when the conductor calls it (select_destinations): a conductor
+    # that logged nothing before that call was reached before the scheduler all the same.
+    sched = [e for e in path if e["service"] == "nova-scheduler"]
+    for e in path:
+        if e["service"] == "nova-conductor" and sched and e["start_ts"] > sched[0]["start_ts"]:
+            e["reached_ts"] = sched[0]["start_ts"]
+            e["reached_by"] = "inferred: the conductor calls the scheduler's select_destinations"
+    rank = {s: i for i, s in enumerate(("nova-api", "nova-conductor", "nova-scheduler", "nova-compute"))}
+    return sorted(path, key=lambda e: (e["reached_ts"], rank.get(e["service"], len(rank))))
 
 
 def critical_path(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
