@@ -190,6 +190,11 @@ def scheduling(ctx: Context) -> list[Finding]:
             else:
                 action = "read the scheduler's log of this request (debug level names the filters)"
             why = d.explanation().removeprefix("no valid host: ").removeprefix("no valid host; ")
+            if d.eliminated_by:
+                last = next((f for f in d.filters if f.filter == d.eliminated_by), None)
+                who = f" ({', '.join(last.removed_hosts)})" if last and last.removed_hosts else ""
+                why = (f"{d.eliminated_by} removed the last host(s){who}; chain: "
+                       + why.split("; chain: ", 1)[-1])
             if d.cause == "requested_host_ignored":
                 first = next((e.label.removeprefix("ERROR: ") for e in ev if e.label.startswith("ERROR: ")), None)
                 why += f"; the first error of the request: {first}" if first else ""
