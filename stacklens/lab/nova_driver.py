@@ -112,15 +112,6 @@ class ServiceLogRouter(logging.Handler):
         return hs
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("oslo.messaging.notification."):
-            # the `log` notification driver (fake transport runs): one notification per line
-            with _lock:
-                if self.notifications is None:
-                    os.makedirs(os.path.join(self.out, "notifications"), exist_ok=True)
-                    self.notifications = open(os.path.join(self.out, "notifications", "notifications.jsonl"),
-                                              "a", encoding="utf-8")
-                self.notifications.write(record.getMessage().replace("\n", " ") + "\n")
-            return
         svc = current_service()
         if svc is None or record.name.startswith("placement"):
             binary = next((b for prefix, b in _LOGGER_SERVICE if record.name.startswith(prefix)), "lab-driver")
@@ -327,16 +318,51 @@ class RealTransportRPC(fixtures.Fixture):
         conf = messaging_conffixture.ConfFixture(CONF)
         conf.transport_url = self.url
         self.useFixture(conf)
-        # on the real bus, messagingv2 as deployed; on the fake transport nothing could read
-        # them, so the `log` driver hands each notification to the lab's log router
-        CONF.set_override("driver", ["messagingv2" if self.url.startswith("rabbit") else "log"],
-                          group="oslo_messaging_notifications")
+        # messagingv2 as deployed; on the real bus the project's listener captures them, on
+        # the fake transport an oslo.messaging notification listener in this process does
+        CONF.set_override("driver", ["messagingv2"], group="oslo_messaging_notifications")
         CONF.set_override("notification_format", "both", group="notifications")
         CONF.set_override("notify_on_state_change", "vm_and_task_state", group="notifications")
         self.useFixture(fixtures.MonkeyPatch("nova.rpc.create_transport", self._create_transport))
         with mock.patch("nova.rpc.get_transport_url") as gtu:
             gtu.return_value = None
             rpc.init(CONF)
+        if not self.url.startswith("rabbit"):
+            self._capture_fake_bus()
+
+    def _capture_fake_bus(self) -> None:
+        """oslo.messaging's own notification listener on the fake bus, both topics, writing
+        each notification as messagingv2 puts it on a real bus (the message with its
+        `_context_*` keys), one per line: what the project's listener writes on RabbitMQ."""
+        os.makedirs(os.path.join(OpenStackLab.out, "notifications"), exist_ok=True)
+        path = os.path.join(OpenStackLab.out, "notifications", "notifications.jsonl")
+        sink = open(path, "a", encoding="utf-8")
+
+        class Writer:
+            def _write(self, priority, ctxt, publisher_id, event_type, payload, metadata):
+                doc = {"message_id": metadata.get("message_id"), "publisher_id": publisher_id,
+                       "event_type": event_type, "priority": priority.upper(), "payload": payload,
+                       "timestamp": metadata.get("timestamp")}
+                doc.update({f"_context_{k}": v for k, v in (ctxt or {}).items()})
+                line = json.dumps(doc, default=str)
+                with _lock:
+                    sink.write(line + "\n")
+                    sink.flush()
+
+        endpoint = Writer()
+        for prio in ("audit", "debug", "info", "warn", "error", "critical", "sample"):
+            setattr(endpoint, prio, functools.partial(endpoint._write, prio))
+        targets = [messaging.Target(topic=t) for t in ("notifications", "versioned_notifications")]
+        listener = messaging.get_notification_listener(rpc.NOTIFICATION_TRANSPORT, targets, [endpoint],
+                                                       executor="threading")
+        listener.start()
+
+        def stop():
+            time.sleep(1.0)  # the listener polls the fake bus: let it take the last ones
+            listener.stop()
+            listener.wait()
+            sink.close()
+        self.addCleanup(stop)
 
 
 class OpenStackLab(test.TestCase, integrated_helpers.PlacementInstanceHelperMixin):

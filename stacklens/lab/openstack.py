@@ -119,8 +119,8 @@ def run_openstack(out: Path, broker: str | None = "auto", progress: Callable[[st
         else:
             transport = "fake:/"
             info["transport"] = "fake"
-            info["control_plane"] = ("oslo.messaging fake driver (in-process RPC); notifications through "
-                                     "the log driver")
+            info["control_plane"] = ("oslo.messaging fake driver (in-process RPC); notifications captured "
+                                     "by an oslo.messaging notification listener on the fake bus")
         say(f"openstack lab: nova {NOVA_VERSION} on the {info['transport']} transport")
         env = dict(os.environ, TZ="UTC", PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONPATH", None)  # nova's venv must not see stacklens's packages
