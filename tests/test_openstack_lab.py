@@ -311,3 +311,16 @@ def test_migrations_shows_novas_view_without_qemu(lab):
     sc = next(s for s in truth["scenarios"] if s["name"] == "live_migration_precheck_failure")
     assert b["outcome"] == "failed" and refused["error"]["class"] in b["reason"]
     assert b["destination"] == refused["host"] and b["host_after"] == sc["source"]
+
+
+def test_json_log_names_its_host_without_bundle_toml(lab, tmp_path):
+    truth = lab["truth"]
+    src = lab["out"] / truth["computes"][1] / "nova-compute.json.log"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / src.name).write_bytes(src.read_bytes())  # no bundle.toml, no --host
+    first = json.loads(src.read_text().splitlines()[0])["hostname"]  # oracle: the record itself
+    r = subprocess.run([sys.executable, "-m", "stacklens.cli", "ingest", str(tmp_path / "in"), "--store",
+                        str(tmp_path / "st"), "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-800:]
+    hosts = {h["host"] for h in _stacklens("info", "--store", str(tmp_path / "st"))["hosts"]}
+    assert hosts == {first} == {truth["computes"][1]}

@@ -92,6 +92,13 @@ class OsloJsonLogReader(Reader):
             return None, len(starts)
         if len(rows) < len(starts):
             vs, ve, kind, created = vs[:, rows], ve[:, rows], kind[:, rows], created[rows]
+        if self.report.host_hint is None:
+            # the host the records name (JSONFormatter's `hostname`): the part's host when
+            # neither --host nor bundle.toml gives one, instead of "unknown"
+            hn = _S["hostname"]
+            named = text_column(vals, vs[hn], ve[hn], kind[hn]).drop_null()
+            if len(named):
+                self.report.host_hint = named[0].as_py() or None
         msg = _S["message"]
         msg_instance = instance_prefix(vals, vs[msg], ve[msg], kind[msg])  # "[instance: UUID] …"
         pid, has_pid = parse_ints(vals, vs[_S["process"]], ve[_S["process"]], kind[_S["process"]])
