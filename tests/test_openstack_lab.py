@@ -57,9 +57,11 @@ def lab(request, tmp_path_factory):
     r = subprocess.run([sys.executable, "-m", "stacklens.cli", "ingest", str(out), "--store", str(store), "--json"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    parts = json.loads(r.stdout)["parts"]
     truth = json.loads((out / "ground_truth.json").read_text())
     info = json.loads((out / "lab.json").read_text())
-    return {"out": out, "store": str(store), "truth": truth, "info": info, "transport": request.param}
+    return {"out": out, "store": str(store), "truth": truth, "info": info, "transport": request.param,
+            "parts": parts}
 
 
 def _raw_notifications(out: Path) -> list[dict]:
@@ -92,6 +94,14 @@ def test_lab_ran_on_the_transport_asked(lab):
     families = {"versioned" if "nova_object.data" in json.dumps(d.get("payload", {})) else "legacy"
                 for d in _raw_notifications(lab["out"])}
     assert families == {"legacy", "versioned"}
+    # every log and notification part is read (placement's JSON log opens with a 20 KB line);
+    # the JSON logs lose nothing (a text log may skip the bare lines of a multi-line message)
+    for p in lab.get("parts", []):
+        name = Path(p["path"]).name
+        if name not in ("ground_truth.json", "lab.json"):
+            assert p["status"] == "ingested", p
+            if name.endswith(".json.log") or "notifications" in p["path"]:
+                assert p["skipped"] == 0, p
 
 
 def test_hosts_come_from_the_data(lab):

@@ -57,8 +57,16 @@ class OsloJsonLogReader(Reader):
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
-        first = head.lstrip().split(b"\n", 1)[0]
-        return bool(_HINT.match(first))
+        lines = head.lstrip().split(b"\n")
+        if _HINT.match(lines[0]):
+            return True
+        # JSONFormatter writes "message" first: a huge first message (placement logs every
+        # trait it synced) runs past the head. Then a later whole line decides, or, with none,
+        # the record's own opening.
+        whole = lines[1:-1] if len(lines) > 1 else []
+        if whole:
+            return any(_HINT.match(ln) for ln in whole[:5])
+        return lines[0].startswith(b'{"message": "') and len(lines) == 1
 
     def tables(self) -> Iterator[pa.Table]:
         with self.open_binary() as f:
