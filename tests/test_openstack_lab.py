@@ -158,6 +158,11 @@ def test_novalidhost_says_its_cause(lab):
     assert d, decisions
     assert "allocation candidates" in d[0]["explanation"]
     assert str(sc["memory_mb"]) in d[0]["explanation"]
+    # one decision per select_destinations round the scheduler logged (its JSON log, read here):
+    # the text copy of the same records does not double them
+    rounds = [json.loads(line) for line in (lab["out"] / truth["controller"] / "nova-scheduler.json.log")
+              .read_text().splitlines() if "Starting to schedule for instances" in line]
+    assert len(decisions) == len(rounds)
     for d in decisions:
         assert not (d["selected"] or "").endswith(";")
         if d["outcome"] == "selected":
