@@ -145,6 +145,43 @@ def install_tagging() -> None:
         return orig_spawn_on(executor_type, run, *args, **kwargs)
     thread_pool_factory.spawn_on = spawn_on
 
+    # every other way of starting work (threads, eventlet's spawn) carries the tag along too
+    def carry(fn):
+        svc = current_service()
+        if svc is None:
+            return fn
+
+        @functools.wraps(fn)
+        def run(*a, **k):
+            _tag.svc = svc
+            return fn(*a, **k)
+        return run
+    import eventlet
+    import eventlet.greenthread as gt
+    for mod in (eventlet, gt):
+        for name in ("spawn", "spawn_n", "spawn_after"):
+            orig = getattr(mod, name, None)
+            if orig is None:
+                continue
+            if name == "spawn_after":
+                setattr(mod, name, (lambda orig: lambda seconds, fn, *a, **k: orig(seconds, carry(fn), *a, **k))(orig))
+            else:
+                setattr(mod, name, (lambda orig: lambda fn, *a, **k: orig(carry(fn), *a, **k))(orig))
+    orig_thread_start = threading.Thread.start
+
+    def thread_start(self):
+        self._stacklens_svc = current_service()
+        return orig_thread_start(self)
+    orig_thread_run = threading.Thread.run
+
+    def thread_run(self):
+        svc = getattr(self, "_stacklens_svc", None)
+        if svc is not None:
+            _tag.svc = svc
+        return orig_thread_run(self)
+    threading.Thread.start = thread_start
+    threading.Thread.run = thread_run
+
     orig_start, orig_periodic = service.Service.start, service.Service.periodic_tasks
 
     def start(self, *a, **k):
