@@ -57,7 +57,13 @@ def explain_vm(store, key: str, window: tuple[int, int] | None = None, migration
     from stacklens.models.cache import shared_connection
     from stacklens.models.correlation import instance_volumes, resolve_vm, vm_port_packets
     con = shared_connection(store)
-    name, uuid = resolve_vm(con, key)
+    from stacklens.models.vm_states import vm_candidates
+    found = vm_candidates(con, key)  # the names `stacklens vm` accepts: uuid, display name, instance_name
+    if len(found) > 1:
+        raise StacklensError(f"{key!r} is ambiguous: it names {len(found)} instances: "
+                             + ", ".join(f"{c['instance']} ({c['vmname'] or '?'})" for c in found)
+                             + "; give the uuid")
+    name, uuid = resolve_vm(con, found[0]["instance"] if found else key)
     if name is None and uuid is None:
         raise StacklensError(f"no VM named {key!r} in the store (give its QEMU/Nova name or its uuid)")
     root = Node(f"VM {name or uuid}", "app", "vm", attrs={"vm": name, "instance": uuid})
@@ -224,7 +230,11 @@ def explain_request(store, request_id: str) -> Node:
         hit = con.execute("SELECT count(*) FROM events WHERE request_id = ?", [request_id]).fetchall()[0][0]
         if not hit:
             raise StacklensError(f"no request {request_id!r} in the store")
-    root = Node(f"request {request_id}", "app", "request", attrs={"request_id": request_id})
+    # the same start and duration as `stacklens request` (one RequestFlow)
+    root = Node(f"request {request_id}", "app", "request", None, flow.start_ts, flow.end_ts,
+                attrs={"request_id": request_id,
+                       "duration_ns": (flow.end_ts - flow.start_ts) if flow.start_ts is not None else None,
+                       "path": " → ".join(f"{p['service']}@{p['host']}" for p in flow.path)})
     by_host: dict[tuple, Node] = {}
     for s in flow.spans:
         k = (s["host"], s["service"] or s["worker"])
@@ -255,4 +265,8 @@ def explain_request(store, request_id: str) -> Node:
     for a in attempts:
         root.add(migration_node(store, a))
     root.fit()
+    if flow.start_ts is not None:
+        # the request's own time, as `stacklens request` gives it: a VM's state that began
+        # before the request or lasted after it widens that VM's node, not the request
+        root.start, root.end = flow.start_ts, flow.end_ts
     return root

@@ -41,7 +41,8 @@ class Context:
 
     @cached_property
     def app_span(self) -> tuple[int, int] | None:
-        r = self.con.execute("SELECT min(ts), max(ts) FROM events WHERE layer = 'app'").fetchall()[0]
+        from stacklens.models.app_ops import TIMED
+        r = self.con.execute(f"SELECT min(ts), max(ts) FROM events WHERE layer = 'app' AND {TIMED}").fetchall()[0]
         return None if r[0] is None else (int(r[0]), int(r[1]))
 
 
@@ -185,12 +186,32 @@ def scheduling(ctx: Context) -> list[Finding]:
                 ev.append(Evidence("number", f"{f.filter}: {f.hosts_before}→{f.hosts_after} hosts"
                                    + (f" (removed {', '.join(f.removed_hosts)})" if f.removed_hosts else ""),
                                    f.hosts_after, "hosts", d.host, "app", ref=ref))
-            last = d.eliminated_by or "a filter"
+            if d.resources:
+                ev.append(Evidence("event", f"placement asked for {d.resources}: no allocation candidates",
+                                   None, None, d.host, "app", d.ts, None, ref))
+            # the request's own error records (the conductor's NoValidHost, the exception
+            # notification): one failed boot is one finding with all its evidence
+            ev += _request_error_evidence(ctx, d.request_id)
+            if d.cause == "no_allocation_candidates":
+                action = "add capacity or use a smaller flavor: no compute node has these resources free"
+            elif d.eliminated_by:
+                action = (f"check why {d.eliminated_by} rejects the hosts (aggregates, flavor extra specs, "
+                          "image properties)")
+            else:
+                action = "read the scheduler's log of this request (debug level names the filters)"
+            why = d.explanation().removeprefix("no valid host: ").removeprefix("no valid host; ")
+            if d.eliminated_by:
+                last = next((f for f in d.filters if f.filter == d.eliminated_by), None)
+                who = f" ({', '.join(last.removed_hosts)})" if last and last.removed_hosts else ""
+                why = (f"{d.eliminated_by} removed the last host(s){who}; chain: "
+                       + why.split("; chain: ", 1)[-1])
+            if d.cause == "requested_host_ignored":
+                first = next((e.label.removeprefix("ERROR: ") for e in ev if e.label.startswith("ERROR: ")), None)
+                why += f"; the first error of the request: {first}" if first else ""
             out.append(Finding(
                 "scheduling_no_valid_host", "critical",
-                f"Scheduling of request {d.request_id} failed with NoValidHost: {last} removed the last host(s).",
-                f"check why {last} rejects the hosts (capacity, aggregates, flavor extra specs) or add capacity",
-                ev, ref, score=1.0))
+                f"Scheduling of request {d.request_id} failed with NoValidHost: {why}.",
+                action, ev, ref, score=1.0))
         elif d.select_destinations_ns and d.select_destinations_ns >= ctx.slow_scheduling_ns:
             out.append(Finding(
                 "scheduling_slow", "warning",
@@ -211,6 +232,23 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
+def _request_error_evidence(ctx: Context, rid: str | None) -> list[Evidence]:
+    if not rid:
+        return []
+    from stacklens.models.request_flow import request_flow
+    flow = request_flow(ctx.con, rid)
+    return [Evidence("event", f"ERROR: {(r.get('error_summary') or _first_line(r.get('message')))[:300]}",
+                     None, None, r.get("host"), "app", r.get("ts"), None,
+                     {"request_id": rid, "service": r.get("procname"), "instance": r.get("instance")})
+            for r in flow.records if (r.get("level") or "") in ERROR_LEVELS][:5]
+
+
+# Loggers of libraries, not of the services: their errors (a cache backend that cannot load, a
+# retried connection) do not make a request fail unless one of its tasks failed.
+LIBRARY_LOGGERS = ("stevedore", "oslo_cache", "oslo.cache", "keystoneauth", "urllib3", "requests", "dogpile",
+                   "py.warnings", "oslo_policy", "oslo_db", "sqlalchemy", "kombu", "amqp")
+
+
 @rule
 def request_errors(ctx: Context) -> list[Finding]:
     """A request that logged an error or whose task ended in error, with where it went: the
@@ -225,12 +263,24 @@ def request_errors(ctx: Context) -> list[Finding]:
           AND (fields->>'$.level' IN ('ERROR', 'CRITICAL', 'FATAL') OR name LIKE '%.error'
                OR fields->>'$.event_type' LIKE '%.error' OR fields->>'$.priority' = 'ERROR')
         GROUP BY 1 ORDER BY 2 LIMIT ?""", [MAX_ERROR_REQUESTS]).fetchall()
+    from stacklens.models.scheduling import scheduling_decisions
+    # a request whose scheduling ended in NoValidHost has its finding (scheduling_no_valid_host)
+    explained = {d.request_id for d in scheduling_decisions(ctx.con) if d.outcome == "no_valid_host"}
     out = []
     for rid, first, n in rows:
+        if rid in explained:
+            continue
         flow = request_flow(ctx.con, rid)
-        errors = [p for p in flow.problems if (p.get("level") or "") in ERROR_LEVELS] or flow.problems
+        failed_span = any(s["outcome"] == "error" for s in flow.spans)
+        errors = [p for p in flow.problems if (p.get("level") or "") in ERROR_LEVELS
+                  and (failed_span or not (p.get("name") or "").startswith(LIBRARY_LOGGERS))]
+        if not errors and not failed_span:
+            continue  # only a library's error, and every task of the request succeeded
+        errors = errors or flow.problems
         first_error = errors[0] if errors else {"message": f"{n} error event(s)", "host": None, "ts": first}
-        message = _first_line(first_error.get("message") or first_error.get("task")) or "error"
+        # the exception itself (class: message) when the record has one
+        message = (first_error.get("error_summary") or _first_line(first_error.get("message") or first_error.get("task"))
+                   or "error")
         # where the request went: task spans and log records, per service and host, in time order
         where: dict[tuple, list[int]] = {}
         for s in flow.spans:
@@ -265,6 +315,27 @@ def request_errors(ctx: Context) -> list[Finding]:
             f"{origin or 'its service'}'s log around it",
             ev, {"request_id": rid}, score=float(n)))
     return out
+
+
+# ---- records that pair with nothing -----------------------------------------------------------
+@rule
+def unmatched_records(ctx: Context) -> list[Finding]:
+    """Task edges without their other half: a start never ended (the worker died, the capture
+    was cut, or the end was lost) or an end/error with no start (emitted alone by design, as
+    Nova's compute_task.*.error, or its start lost): said, not silently dropped."""
+    from stacklens.models.service_tasks import unmatched_task_records
+    rows = unmatched_task_records(ctx.con)
+    if not rows:
+        return []
+    ev = [Evidence("number", f"{r['kind']}: {r['task']} ({r['worker']})", r["count"], "records", r["host"], "app",
+                   r["first_ts"], r["last_ts"], {"request_id": r["request_id"]}) for r in rows[:20]]
+    n = sum(r["count"] for r in rows)
+    return [Finding("unmatched_records", "info",
+                    f"{n} task record(s) pair with nothing: "
+                    + ", ".join(f"{r['count']} {r['kind']} {r['task']}" for r in rows[:6]) + ".",
+                    "an end without a start is normal for errors emitted alone; a start without an end means "
+                    "the task never finished or its end was not captured: check the service and the capture",
+                    ev, {}, score=0.1)]
 
 
 # ---- VM stuck in a state ----------------------------------------------------------------------

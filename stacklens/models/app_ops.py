@@ -9,7 +9,17 @@ Sources read from the store (never from the files again):
 Columns: ts, host, source, worker (the logger and thread of a thesis record, the
 publisher_id of a notification: what executes the task), service, event_type, request_id,
 instance (uuid), vmname, vm_state, task_state, node (host of the VM), project_id, volume,
-resource (Neutron network/subnet/port/router), vcpus, memory_mb, fault.
+resource (Neutron network/subnet/port/router), vcpus, memory_mb, fault, family (legacy /
+versioned / thesis).
+
+Host: a notification's host is the one its data names — the publisher_id's host part
+("nova-compute:HOST" versioned, "compute.HOST" legacy) — not the host of the file it was
+captured in (one listener captures every service's notifications).
+
+One event, one row: Nova emits most notifications twice when `notification_format = both`
+(legacy `compute.instance.live_migration._post.start` and versioned
+`instance.live_migration_post.start`). A legacy row is dropped when a versioned twin names the
+same operation (canonical event type), edge, request and instance within TWIN_WINDOW_NS.
 """
 
 from __future__ import annotations
@@ -25,13 +35,32 @@ OPS_SCHEMA = pa.schema([
     ("instance", pa.string()), ("vmname", pa.string()), ("vm_state", pa.string()),
     ("task_state", pa.string()), ("node", pa.string()), ("project_id", pa.string()),
     ("volume", pa.string()), ("resource", pa.string()), ("vcpus", pa.int64()), ("memory_mb", pa.int64()), ("fault", pa.string()),
+    ("family", pa.string()),
 ])
+TWIN_WINDOW_NS = 5_000_000_000
 
 _D = "(fields->'$.payload.\"nova_object.data\"')"
 _FLAVOR = f"({_D}->'$.flavor.\"nova_object.data\"')"
 
+# Nova's notification samples carry no emission time (no top-level `timestamp`): the reader
+# falls back to the payload's updated_at/created_at (a sample's 2012 object) or the epoch.
+# Neither is when anything happened: such rows are kept out of every time range and
+# time-based figure. (CASE: the JSON is looked at for notification rows only.)
+TIMED = ("(CASE WHEN source = 'oslo.notification' THEN (fields->>'$.timestamp') IS NOT NULL "
+         "ELSE TRUE END)")
+
+_PUB = "fields->>'$.publisher_id'"
+_ERR = f"({_D}->'$.reason.\"nova_object.data\"')"
+# legacy names whose versioned twin is not the mechanical rename
+_LEGACY_ALIASES = {"instance.finish_resize": "instance.resize_finish"}
+
 NOTIFICATION_SQL = f"""
-SELECT ts, host, source,
+WITH n AS (
+SELECT ts,
+       coalesce(nullif(CASE WHEN contains({_PUB}, ':') THEN split_part({_PUB}, ':', 2)
+                            WHEN contains({_PUB}, '.') THEN substr({_PUB}, strpos({_PUB}, '.') + 1) END, ''),
+                host) AS host,
+       source,
        fields->>'$.publisher_id' AS worker,
        split_part(split_part(fields->>'$.publisher_id', ':', 1), '.', 1) AS service,
        fields->>'$.event_type' AS event_type,
@@ -51,10 +80,36 @@ SELECT ts, host, source,
        TRY_CAST(coalesce(fields->>'$.payload.vcpus', {_FLAVOR}->>'$.vcpus') AS BIGINT) AS vcpus,
        TRY_CAST(coalesce(fields->>'$.payload.memory_mb', {_FLAVOR}->>'$.memory_mb') AS BIGINT) AS memory_mb,
        coalesce(CAST(fields->'$.payload.fault' AS VARCHAR), CAST({_D}->'$.fault' AS VARCHAR),
-                fields->>'$.payload.exception') AS fault
+                -- versioned error payloads: ExceptionPayload itself, or as the `reason` of a task
+                ({_D}->>'$.exception') || ': ' || ({_D}->>'$.exception_message'),
+                ({_ERR}->>'$.exception') || ': ' || ({_ERR}->>'$.exception_message'),
+                fields->>'$.payload.exception') AS fault,
+       CASE WHEN (fields->'$.payload."nova_object.data"') IS NOT NULL
+              OR (fields->'$.payload."versioned_object.data"') IS NOT NULL THEN 'versioned'
+            ELSE 'legacy' END AS family
 FROM events
 WHERE layer = 'app' AND source IN ('oslo.notification', 'rabbitmq.dump')
   AND fields->>'$.event_type' IS NOT NULL
+), k AS (
+  SELECT *, regexp_extract(event_type, '\\.(start|end|error)$', 1) AS edge,
+         regexp_replace(event_type, '\\.(start|end|error)$', '') AS base
+  FROM n
+), c AS (
+  SELECT *, CASE WHEN family = 'legacy' AND base LIKE 'compute.instance.%'
+                 THEN 'instance.' || regexp_replace(substr(base, 18), '\\._?', '_', 'g')
+                 ELSE base END AS canon0
+  FROM k
+), t AS (
+  SELECT * EXCLUDE (canon0), coalesce(a.versioned, canon0) AS canon
+  FROM c LEFT JOIN _legacy_alias a ON a.legacy = c.canon0
+)
+SELECT * EXCLUDE (edge, base, canon, legacy, versioned) FROM t l
+WHERE NOT (l.family = 'legacy' AND EXISTS (
+  SELECT 1 FROM t v
+  WHERE v.family = 'versioned' AND v.canon = l.canon AND v.edge = l.edge
+    AND coalesce(v.request_id, '') = coalesce(l.request_id, '')
+    AND (l.instance IS NULL OR v.instance IS NULL OR v.instance = l.instance)
+    AND abs(v.ts - l.ts) < {TWIN_WINDOW_NS}))
 """
 
 THESIS_SQL = """
@@ -66,7 +121,12 @@ FROM events WHERE name = 'lttng_python:event' AND fields->>'$.msg' LIKE '%lttng_
 
 def app_operations(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Every application-layer operation record in the store, in time order."""
-    notes = con.sql(NOTIFICATION_SQL).to_arrow_table()
+    con.register("_legacy_alias", pa.table({"legacy": list(_LEGACY_ALIASES),
+                                            "versioned": list(_LEGACY_ALIASES.values())}))
+    try:
+        notes = con.sql(NOTIFICATION_SQL).to_arrow_table()
+    finally:
+        con.unregister("_legacy_alias")
     parts = [notes.select(OPS_SCHEMA.names).cast(OPS_SCHEMA)]
     thesis = con.execute(THESIS_SQL).fetchall()
     if thesis:
@@ -91,7 +151,7 @@ def _thesis_table(rows: list[tuple]) -> pa.Table:
             # Neutron records name their network/router (thesis table 4.4)
             "resource": (rec.get("network") or rec.get("router") or rec.get("subnet")
                          or rec.get("port")),
-            "vcpus": None, "memory_mb": None, "fault": None,
+            "vcpus": None, "memory_mb": None, "fault": None, "family": "thesis",
         }
         for k in cols:
             cols[k].append(vals[k])

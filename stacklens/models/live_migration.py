@@ -54,17 +54,18 @@ def live_migration_steps(con: duckdb.DuckDBPyConnection) -> pa.Table:
                                          "where_": [STEP_WHERE[s] for s in STEP_ORDER]}))
     steps = con.sql("""
       WITH s AS (
-        SELECT t.instance, t.vmname, m.step, t.node AS host, t.worker, t.start_ts, t.end_ts,
+        -- the host that ran the step (its publisher), not the payload's host (the VM's, still the source)
+        SELECT t.instance, t.vmname, m.step, coalesce(t.host, t.node) AS host, t.worker, t.start_ts, t.end_ts,
                t.duration_ns, t.outcome, t.request_id,
                CASE WHEN t.task LIKE 'compute.%' THEN 'legacy' ELSE 'versioned' END AS event_family
         FROM tasks t JOIN _step_map m USING (task)
       ), sched AS (  -- select_destinations of the same request
-        SELECT DISTINCT s.instance, s.vmname, 'select_destination' AS step, t.node AS host, t.worker,
+        SELECT DISTINCT s.instance, s.vmname, 'select_destination' AS step, t.host AS host, t.worker,
                t.start_ts, t.end_ts, t.duration_ns, t.outcome, t.request_id, s.event_family
         FROM tasks t JOIN s ON t.request_id = s.request_id
         WHERE t.task IN ('scheduler.select_destinations', 'compute_task.select_destinations')
       ), mig AS (  -- the migration itself runs on the source between pre.end and post.start
-        SELECT pre.instance, pre.vmname, 'migration' AS step, NULL AS host, NULL AS worker,
+        SELECT pre.instance, pre.vmname, 'migration' AS step, post.host AS host, post.worker AS worker,
                pre.end_ts AS start_ts, post.start_ts AS end_ts, post.start_ts - pre.end_ts AS duration_ns,
                'ok' AS outcome, pre.request_id, pre.event_family
         FROM s pre JOIN s post ON post.instance = pre.instance AND pre.step = 'pre'
@@ -80,3 +81,70 @@ def live_migration_steps(con: duckdb.DuckDBPyConnection) -> pa.Table:
     con.unregister("_step_map")
     con.unregister("_step_rank")
     return steps
+
+
+def failed_live_migrations(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Live migrations the conductor gave up on before any step ran on a host (a destination
+    pre-check failure, then no other host): Nova's `compute_task.migrate_server.error`. The
+    reason is the first exception of the same request (the destination's
+    `compute.exception`, e.g. MigrationPreCheckError), else the error's own; the VM stayed
+    on the host its last state record before the error names."""
+    service_tasks(con)
+    rows = con.sql("""
+      WITH err AS (
+        SELECT ts, request_id, instance, fault, host FROM ops
+        WHERE event_type IN ('compute_task.migrate_server.error', 'compute_task.live_migration.error')
+          AND instance IS NOT NULL
+      ), exc AS (
+        SELECT request_id, arg_min(fault, ts) AS fault, arg_min(host, ts) AS host FROM ops
+        WHERE (event_type = 'compute.exception' OR ends_with(event_type, '.error')) AND fault IS NOT NULL
+          AND request_id IS NOT NULL
+        GROUP BY request_id
+      ), before AS (
+        SELECT e.request_id, e.instance, arg_max(o.node, o.ts) AS node FROM err e JOIN ops o
+          ON o.instance = e.instance AND o.ts < e.ts AND o.node IS NOT NULL AND o.node <> 'None'
+        GROUP BY ALL
+      )
+      SELECT e.instance, 'precheck' AS step, 'destination' AS "where", x.host AS host, e.ts AS start_ts,
+             e.ts AS end_ts, 0 AS duration_ns, 'error' AS outcome, e.request_id,
+             coalesce(x.fault, e.fault) AS fault, b.node AS stayed_on,
+             (SELECT max(o.vmname) FROM ops o WHERE o.instance = e.instance) AS vmname
+      FROM err e LEFT JOIN exc x USING (request_id) LEFT JOIN before b USING (request_id, instance)
+      ORDER BY e.ts
+    """).to_arrow_table()
+    return rows.to_pylist()
+
+
+def nova_live_migrations(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """One row per live migration as Nova tells it (instance, request): source, destination,
+    outcome (completed / rolled back / failed / running), start/end, the reason of a failure
+    and the host the VM is on afterwards; from the steps above, no QEMU event needed."""
+    out: dict[tuple, dict] = {}
+    for s in live_migration_steps(con).to_pylist():
+        if s["step"] == "select_destination":
+            continue
+        m = out.setdefault((s["instance"], s["request_id"]), {
+            "instance": s["instance"], "vmname": s["vmname"], "request_id": s["request_id"], "source": None,
+            "destination": None, "start_ts": s["start_ts"], "end_ts": s["end_ts"], "outcome": "running",
+            "reason": None, "host_after": None, "steps": []})
+        m["steps"].append(s["step"])
+        m["start_ts"] = min(m["start_ts"], s["start_ts"])
+        m["end_ts"] = max(x for x in (m["end_ts"], s["end_ts"], s["start_ts"]) if x is not None)
+        if STEP_WHERE.get(s["step"]) == "source" and s["host"]:
+            m["source"] = s["host"]
+        elif STEP_WHERE.get(s["step"]) == "destination" and s["host"]:
+            m["destination"] = s["host"]
+    for m in out.values():
+        if "post_dest" in m["steps"]:
+            m["outcome"], m["host_after"] = "completed", m["destination"]
+        elif "rollback" in m["steps"] or "rollback_dest" in m["steps"]:
+            m["outcome"], m["host_after"] = "rolled back", m["source"]
+    for f in failed_live_migrations(con):
+        m = out.setdefault((f["instance"], f["request_id"]), {
+            "instance": f["instance"], "vmname": f["vmname"], "request_id": f["request_id"], "source": f["stayed_on"],
+            "destination": None, "start_ts": f["start_ts"], "end_ts": f["end_ts"], "outcome": "failed",
+            "reason": None, "host_after": f["stayed_on"], "steps": []})
+        m["outcome"], m["reason"], m["host_after"] = "failed", f["fault"], f["stayed_on"]
+        m["destination"] = m["destination"] or f["host"]
+        m["steps"].append("precheck")
+    return sorted(out.values(), key=lambda m: m["start_ts"])

@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 
+from stacklens.models.app_logs import log_records_sql
 from stacklens.models.service_tasks import service_tasks
 
 PIPELINE = ["api", "conductor", "scheduler", "compute", "network"]
@@ -32,6 +33,9 @@ class RequestFlow:
     waits: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
     critical_path: list[dict[str, Any]] = field(default_factory=list)
+    # the services the request went through, in the order it reached them (API → conductor →
+    # scheduler → compute…), each with its host and the interval it was there
+    path: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def start_ts(self) -> int | None:
@@ -46,7 +50,8 @@ class RequestFlow:
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "start_ts": self.start_ts, "end_ts": self.end_ts,
                 "spans": self.spans, "hops": self.hops, "waits": self.waits,
-                "problems": self.problems, "critical_path": self.critical_path,
+                "duration_ns": (self.end_ts - self.start_ts) if self.start_ts is not None else None,
+                "path": self.path, "problems": self.problems, "critical_path": self.critical_path,
                 "records": self.records}
 
 
@@ -56,12 +61,27 @@ def request_flow(con: duckdb.DuckDBPyConnection, request_id: str) -> RequestFlow
     flow.spans = _dicts(con.execute(
         "SELECT task, worker, service, host, node, vmname, instance, volume, start_ts, end_ts,"
         " duration_ns, outcome FROM tasks WHERE request_id = ? ORDER BY start_ts", [request_id]))
-    flow.records = _dicts(con.execute(
-        "SELECT ts, host, source, name, procname, pid, instance, fields->>'$.level' AS level,"
-        " coalesce(fields->>'$.message', fields->>'$.msg') AS message FROM events"
-        " WHERE (request_id = ? OR fields->>'$.global_request_id' = ?)"
-        "   AND source NOT IN ('rabbitmq.dump', 'oslo.notification') ORDER BY ts, pos",
-        [request_id, request_id]))
+    # oslo.log records once each (text and JSON copies: app_logs), other sources as they are;
+    # the notifications are in the spans, except an error with no start (the conductor's
+    # compute_task.*.error, a destination's compute.exception): those are records too
+    logs = log_records_sql("request_id = $rid OR fields->>'$.global_request_id' = $rid")
+    flow.records = _dicts(con.execute(f"""
+        SELECT ts, host, source, logger AS name, procname, pid, instance, level, message, error_summary
+        FROM ({logs}) l
+        UNION ALL
+        SELECT ts, host, source, name, procname, pid, instance, fields->>'$.level' AS level,
+               coalesce(fields->>'$.message', fields->>'$.msg') AS message, NULL AS error_summary
+        FROM events WHERE (request_id = $rid OR fields->>'$.global_request_id' = $rid)
+          AND source NOT IN ('rabbitmq.dump', 'oslo.notification', 'oslo.log', 'oslo.log.json')
+        UNION ALL
+        SELECT ts, host, source, event_type AS name, service AS procname, NULL AS pid, instance,
+               'ERROR' AS level, event_type || coalesce(': ' || fault, '') AS message,
+               regexp_extract(fault, '^[^\n]*') AS error_summary
+        FROM ops WHERE request_id = $rid
+          AND (ends_with(event_type, '.error') OR event_type = 'compute.exception')
+          AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.request_id = $rid AND t.end_ts = ops.ts
+                          AND t.outcome = 'error' AND t.worker = ops.worker)
+        ORDER BY ts""", {"rid": request_id}))
     flow.hops = _hops(con, request_id)
     flow.problems = [r for r in flow.records if (r.get("level") or "") in
                      ("WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")]
@@ -74,7 +94,43 @@ def request_flow(con: duckdb.DuckDBPyConnection, request_id: str) -> RequestFlow
             flow.waits.append({"from": a["worker"], "to": b["worker"], "after": a["task"],
                                "before": b["task"], "wait_ns": b["start_ts"] - a["end_ts"]})
     flow.critical_path = critical_path(flow.spans)
+    flow.path = service_path(flow)
     return flow
+
+
+_SERVICE_OF_PUBLISHER = {"api": "nova-api", "compute": "nova-compute", "scheduler": "nova-scheduler",
+                         "conductor": "nova-conductor", "compute_task": "nova-conductor"}
+
+
+def service_path(flow: RequestFlow) -> list[dict[str, Any]]:
+    """Where the request went: one entry per (service, host), ordered by first appearance,
+    from its spans (the publisher's service) and its log records (the process)."""
+    seen: dict[tuple, dict[str, Any]] = {}
+
+    def visit(service: str | None, host: str | None, lo: int, hi: int, what: str) -> None:
+        if not service:
+            return
+        service = _SERVICE_OF_PUBLISHER.get(service, service)
+        e = seen.setdefault((service, host), {"service": service, "host": host, "start_ts": lo, "end_ts": hi,
+                                              "spans": 0, "records": 0})
+        e["start_ts"], e["end_ts"] = min(e["start_ts"], lo), max(e["end_ts"], hi)
+        e[what] += 1
+    for sp in flow.spans:
+        visit(sp["service"], sp["host"], sp["start_ts"], sp["end_ts"] or sp["start_ts"], "spans")
+    for r in flow.records:
+        visit(r["procname"], r["host"], r["ts"], r["ts"], "records")
+    path = list(seen.values())
+    for e in path:
+        e["reached_ts"] = e["start_ts"]
+    # The scheduler works only when the conductor calls it (select_destinations): a conductor
+    # that logged nothing before that call was reached before the scheduler all the same.
+    sched = [e for e in path if e["service"] == "nova-scheduler"]
+    for e in path:
+        if e["service"] == "nova-conductor" and sched and e["start_ts"] > sched[0]["start_ts"]:
+            e["reached_ts"] = sched[0]["start_ts"]
+            e["reached_by"] = "inferred: the conductor calls the scheduler's select_destinations"
+    rank = {s: i for i, s in enumerate(("nova-api", "nova-conductor", "nova-scheduler", "nova-compute"))}
+    return sorted(path, key=lambda e: (e["reached_ts"], rank.get(e["service"], len(rank))))
 
 
 def critical_path(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -89,11 +145,14 @@ def critical_path(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return []
     latest = lambda cands: max(cands, key=lambda s: (s["end_ts"], -s["start_ts"]))  # noqa: E731
     path = [latest(closed)]
+    taken = {id(path[0])}
     while True:
-        before = [s for s in closed if s["end_ts"] <= path[-1]["start_ts"]]
+        # a zero-length span ends where it starts: never take a span twice (no endless walk)
+        before = [s for s in closed if s["end_ts"] <= path[-1]["start_ts"] and id(s) not in taken]
         if not before:
             break
         path.append(latest(before))
+        taken.add(id(path[-1]))
     path.reverse()
     out: list[dict[str, Any]] = []
     for prev, span in zip([None] + path[:-1], path):

@@ -26,21 +26,37 @@ from typing import Any
 
 import duckdb
 
+from stacklens.models.app_logs import log_records_sql
 from stacklens.models.service_tasks import service_tasks
 
-RECORDS_SQL = r"""
-SELECT ts, pos, host, procname, request_id, instance, name AS logger, fields->>'$.level' AS level,
-       -- oslo.log appends "funcName pathname:lineno" to debug records (logging_debug_format_suffix)
-       regexp_replace(fields->>'$.message', '\s+\S+ /\S+:\d+\s*$', '') AS message
-FROM events
-WHERE layer = 'app' AND source IN ('oslo.log', 'oslo.log.json')
-  AND (name = 'nova.filters' OR name LIKE 'nova.scheduler.%' OR name LIKE 'nova.conductor.%')
+_WANTED = r"""(name = 'nova.filters' OR name LIKE 'nova.scheduler.%' OR name LIKE 'nova.conductor.%')
   AND (fields->>'$.message' LIKE 'Starting with %' OR fields->>'$.message' LIKE 'Filter%'
        OR fields->>'$.message' LIKE 'Weighed %' OR fields->>'$.message' LIKE '%Selected host:%'
        OR fields->>'$.message' LIKE '%Choosing host %' OR fields->>'$.message' LIKE '%No valid host%'
-       OR fields->>'$.message' LIKE 'There are % hosts available but %')
-ORDER BY request_id, ts, pos
+       OR fields->>'$.message' LIKE 'There are % hosts available but %'
+       OR fields->>'$.message' LIKE '%Starting to schedule for instances%'
+       OR fields->>'$.message' LIKE '%Got no allocation candidates%'
+       OR fields->>'$.message' LIKE 'Host filter %')"""
+# each record once (text and JSON copies: models/app_logs.py), in time order: the scheduler's
+# internal request ids are tied to the request being scheduled by time (see below)
+RECORDS_SQL = ("SELECT ts, pos, host, procname, request_id, instance, logger, level, message FROM ("
+               + log_records_sql(_WANTED) + ") ORDER BY ts, pos")
+# what the scheduler asked placement for: GET /allocation_candidates?…resources=… (placement's
+# request log), per request id
+PLACEMENT_SQL = r"""
+SELECT DISTINCT request_id, host, ts,
+       url_decode(regexp_extract(fields->>'$.message', '[?&]resources=([^& "]+)', 1)) AS resources
+FROM events
+WHERE layer = 'app' AND source IN ('oslo.log', 'oslo.log.json') AND name LIKE 'placement%'
+  AND fields->>'$.message' LIKE '%GET /%allocation_candidates?%resources=%' AND request_id IS NOT NULL
 """
+_SCHEDULE_START = re.compile(r"Starting to schedule for instances: \[([^\]]*)\]")
+_ONLY_HOST = re.compile(r"^Host filter only checking host (\S+)")
+_IGNORING = re.compile(r"^Host filter ignoring hosts: ?(.*)$")
+_NO_CANDIDATES = re.compile(r"Got no allocation candidates from the Placement API")
+# a scheduler's internal request (placement call, host-state refresh) belongs to the request
+# it is scheduling when it starts at most this long after that request's last record
+INTERNAL_GAP_NS = 30_000_000_000
 
 _STARTING = re.compile(r"^Starting with (\d+) host\(s\)")
 _FILTER = re.compile(r"^Filter (\w+) returned (\d+) host")
@@ -77,6 +93,11 @@ class SchedulingDecision:
     weighed: list[dict[str, Any]] = field(default_factory=list)
     selected: str | None = None
     outcome: str = "unknown"  # selected | no_valid_host | unknown
+    cause: str | None = None  # no_allocation_candidates | filter (why no valid host)
+    resources: str | None = None  # what placement was asked for (resources=…)
+    internal_request_ids: list[str] = field(default_factory=list)  # the scheduler's own ids
+    requested_hosts: list[str] = field(default_factory=list)  # "Host filter only checking host X"
+    ignored_hosts: list[str] = field(default_factory=list)  # hosts that already failed this request
     eliminated_by: str | None = None  # the filter that removed the last host(s)
     reason: str | None = None
     select_destinations_ns: int | None = None
@@ -91,10 +112,20 @@ class SchedulingDecision:
             return (f"{self.selected} selected: passed every filter ({chain})"
                     + (f", highest weight {w:g}" if w is not None else "")
                     + (f" (others: {', '.join(rivals)})" if rivals else ""))
+        if self.outcome == "no_valid_host" and self.cause == "no_allocation_candidates":
+            return ("no valid host: placement found no allocation candidates"
+                    + (f" for {self.resources}" if self.resources else "")
+                    + " (no host has these resources free)")
+        if (self.outcome == "no_valid_host" and not self.eliminated_by and self.requested_hosts
+                and set(self.requested_hosts) <= set(self.ignored_hosts)):
+            return (f"no valid host: the requested host {', '.join(self.requested_hosts)} is excluded "
+                    "(ignored: it already failed for this request)")
+        if self.outcome == "no_valid_host" and not self.eliminated_by:
+            return "no valid host; the scheduler log names no cause" + (f" (chain: {chain})" if chain else "")
         if self.outcome == "no_valid_host":
             last = next((f for f in self.filters if f.filter == self.eliminated_by), None)
             who = f" ({', '.join(last.removed_hosts)})" if last and last.removed_hosts else ""
-            return (f"no valid host: {self.eliminated_by or 'a filter'} removed the last "
+            return (f"no valid host: {self.eliminated_by} removed the last "
                     f"{last.removed if last and last.removed is not None else ''} host(s){who}; chain: {chain}")
         return f"incomplete scheduler log; chain: {chain or '-'}"
 
@@ -107,13 +138,39 @@ class SchedulingDecision:
 def scheduling_decisions(con: duckdb.DuckDBPyConnection) -> list[SchedulingDecision]:
     """Every scheduling round found in nova-scheduler logs, in time order."""
     rows = con.execute(RECORDS_SQL).fetchall()
+    placement = {}
+    for req, _h, _ts, res in con.execute(PLACEMENT_SQL).fetchall():
+        if res:
+            placement[req] = res
     decisions: list[SchedulingDecision] = []
     current: dict[str | None, SchedulingDecision] = {}
     rounds: dict[str | None, int] = {}
+    scheduling: dict[str, tuple[str, int]] = {}  # host → (request being scheduled, its last ts)
+    alias: dict[str, str] = {}  # the scheduler's internal request id → the request it serves
     for ts, _pos, host, _proc, req, inst, _logger, _level, msg in rows:
         msg = msg or ""
+        if m := _SCHEDULE_START.search(msg):
+            # conductor → scheduler select_destinations: a new round of this request
+            scheduling[host] = (req, ts)
+            rounds[req] = rounds.get(req, 0) + 1
+            d = current[req] = SchedulingDecision(request_id=req, round=rounds[req], ts=ts, host=host)
+            uuids = re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", m.group(1))
+            d.instance = uuids[0] if uuids else None
+            decisions.append(d)
+            continue
+        if req not in current and req not in alias and host in scheduling:
+            owner, last = scheduling[host]
+            if ts - last <= INTERNAL_GAP_NS:
+                alias[req] = owner
+                current[owner].internal_request_ids.append(req)
+        req = alias.get(req, req)
+        if req in current and host in scheduling and scheduling[host][0] == req:
+            scheduling[host] = (req, ts)
         d = current.get(req)
         m = _STARTING.match(msg)
+        if m and d is not None and d.start_hosts is None and not d.filters:
+            d.start_hosts = int(m.group(1))  # the round "Starting to schedule" opened
+            continue
         if m or d is None:
             rounds[req] = rounds.get(req, 0) + 1
             d = SchedulingDecision(request_id=req, round=rounds[req], ts=ts, host=host)
@@ -122,13 +179,25 @@ def scheduling_decisions(con: duckdb.DuckDBPyConnection) -> list[SchedulingDecis
             if m:
                 d.start_hosts = int(m.group(1))
                 continue
+        if m := _ONLY_HOST.match(msg):
+            d.requested_hosts.append(m.group(1))
+            continue
+        if m := _IGNORING.match(msg):
+            d.ignored_hosts = [h.strip() for h in m.group(1).split(",") if h.strip()]
+            if d.requested_hosts and set(d.requested_hosts) <= set(d.ignored_hosts):
+                d.cause = "requested_host_ignored"
+            continue
+        if _NO_CANDIDATES.search(msg):
+            d.outcome, d.cause = "no_valid_host", "no_allocation_candidates"
+            d.resources = next((placement[r] for r in [*d.internal_request_ids, d.request_id] if r in placement), None)
+            continue
         d.instance = d.instance or inst
         if m := _FILTER.match(msg):
             before = d.filters[-1].hosts_after if d.filters else d.start_hosts
             after = int(m.group(2))
             d.filters.append(FilterStep(m.group(1), before, after, None if before is None else before - after))
             if after == 0:
-                d.outcome, d.eliminated_by = "no_valid_host", m.group(1)
+                d.outcome, d.eliminated_by, d.cause = "no_valid_host", m.group(1), "filter"
         elif m := _REMOVED_ALL.match(msg):
             d.outcome = "no_valid_host"
             d.instance = d.instance or m.group(1) or None
@@ -140,7 +209,7 @@ def scheduling_decisions(con: duckdb.DuckDBPyConnection) -> list[SchedulingDecis
             d.weighed = [{"host": h, "node": n or h, "free_ram_mb": int(r) if r else None, "weight": float(w)}
                          for h, n, r, w in _WEIGHED.findall(msg)]
         elif m := _SELECTED.search(msg):
-            d.selected, d.outcome = m.group(1), "selected"
+            d.selected, d.outcome = m.group(1).strip(";,()[]"), "selected"
         elif m := _NO_VALID.search(msg):
             d.outcome = "no_valid_host"
             d.reason = ("No valid host was found. " + m.group(1)).strip()

@@ -54,3 +54,23 @@ def resources_per_host(con: duckdb.DuckDBPyConnection) -> pa.Table:
       WHERE l.vm_state NOT IN ('deleted', 'error', 'soft-delete', 'shelved_offloaded')
       GROUP BY c.ts, l.node ORDER BY c.ts, host
     """).to_arrow_table()
+
+
+def vm_candidates(con: duckdb.DuckDBPyConnection, key: str) -> list[dict]:
+    """Instances a name given by a user can mean: its uuid, its display name, or its
+    hypervisor (libvirt) name `instance_name` from Nova's payloads — which repeats across
+    cells (cell0 numbers the failed boots on its own), so several instances can match."""
+    register_operations(con)
+    d = "fields->'$.payload.\"nova_object.data\"'"
+    rows = con.execute(f"""
+      SELECT DISTINCT instance, vmname FROM ops WHERE instance IS NOT NULL AND (instance = ? OR vmname = ?)
+      UNION
+      SELECT DISTINCT instance, NULL FROM events
+      WHERE layer = 'app' AND source = 'oslo.notification' AND instance IS NOT NULL
+        AND ({d}->>'$.instance_name' = ? OR fields->>'$.payload.instance_name' = ?)
+    """, [key, key, key, key]).fetchall()
+    out: dict[str, dict] = {}
+    for inst, name in rows:
+        e = out.setdefault(inst, {"instance": inst, "vmname": None})
+        e["vmname"] = e["vmname"] or name
+    return sorted(out.values(), key=lambda e: e["instance"])

@@ -57,8 +57,16 @@ class OsloJsonLogReader(Reader):
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
-        first = head.lstrip().split(b"\n", 1)[0]
-        return bool(_HINT.match(first))
+        lines = head.lstrip().split(b"\n")
+        if _HINT.match(lines[0]):
+            return True
+        # JSONFormatter writes "message" first: a huge first message (placement logs every
+        # trait it synced) runs past the head. Then a later whole line decides, or, with none,
+        # the record's own opening.
+        whole = lines[1:-1] if len(lines) > 1 else []
+        if whole:
+            return any(_HINT.match(ln) for ln in whole[:5])
+        return lines[0].startswith(b'{"message": "') and len(lines) == 1
 
     def tables(self) -> Iterator[pa.Table]:
         with self.open_binary() as f:
@@ -94,6 +102,13 @@ class OsloJsonLogReader(Reader):
             return None, len(starts)
         if len(rows) < len(starts):
             vs, ve, kind, created = vs[:, rows], ve[:, rows], kind[:, rows], created[rows]
+        if self.report.host_hint is None:
+            # the host the records name (JSONFormatter's `hostname`): the part's host when
+            # neither --host nor bundle.toml gives one, instead of "unknown"
+            hn = _S["hostname"]
+            named = text_column(vals, vs[hn], ve[hn], kind[hn]).drop_null()
+            if len(named):
+                self.report.host_hint = named[0].as_py() or None
         msg = _S["message"]
         msg_instance = instance_prefix(vals, vs[msg], ve[msg], kind[msg])  # "[instance: UUID] …"
         pid, has_pid = parse_ints(vals, vs[_S["process"]], ve[_S["process"]], kind[_S["process"]])

@@ -21,13 +21,15 @@ def _rows(table) -> list[dict[str, Any]]:
 
 
 def show_tasks(store_path: str, json_out: bool, task: str | None = None) -> None:
-    from stacklens.models.service_tasks import task_statistics
+    from stacklens.models.service_tasks import task_statistics, unmatched_task_records
     con = _store(store_path).connect()
     stats = _rows(task_statistics(con))
+    unmatched = unmatched_task_records(con)
     if task:
         stats = [s for s in stats if task in s["task"]]
+        unmatched = [u for u in unmatched if task in u["task"]]
     if json_out:
-        emit_json({"tasks": stats})
+        emit_json({"tasks": stats, "unmatched": unmatched})
         return
     print_table(["task", "count", "errors", "open", "min", "median", "mean", "max", "total"],
                 [(s["task"], s["count"], s["errors"], s["count"] - s["closed"], fmt_duration(s["min_ns"]),
@@ -35,6 +37,10 @@ def show_tasks(store_path: str, json_out: bool, task: str | None = None) -> None
                   fmt_duration(s["total_ns"])) for s in stats],
                 title="Service tasks (X.start → X.end/.error) per type",
                 right=["count", "errors", "open", "min", "median", "mean", "max", "total"])
+    if unmatched:
+        print_table(["kind", "task", "worker", "host", "count", "first"],
+                    [(u["kind"], u["task"], u["worker"], u["host"], u["count"], fmt_ts(u["first_ts"]))
+                     for u in unmatched], title="Unmatched task records", right=["count"])
 
 
 def show_vm(store_path: str, vm: str, json_out: bool) -> None:
@@ -42,7 +48,17 @@ def show_vm(store_path: str, vm: str, json_out: bool) -> None:
     from stacklens.models.service_tasks import service_tasks
     from stacklens.models.vm_states import vm_state_timeline
     from stacklens.models.nova_logs import instance_lifecycle, instance_timings
+    from stacklens.models.live_migration import failed_live_migrations
+    from stacklens.models.vm_states import vm_candidates
     con = _store(store_path).connect()
+    query = vm
+    found = vm_candidates(con, vm)
+    if len(found) > 1:
+        raise StacklensError(f"{vm!r} is ambiguous: it names {len(found)} instances: "
+                             + ", ".join(f"{c['instance']} ({c['vmname'] or '?'})" for c in found)
+                             + "; give the uuid")
+    if found:
+        vm = found[0]["instance"]
     timeline = [r for r in vm_state_timeline(con).to_pylist()
                 if vm in (r["vm"], r["instance"], r["vmname"])]
     # Nova's compute log knows instances by uuid only
@@ -56,8 +72,16 @@ def show_vm(store_path: str, vm: str, json_out: bool) -> None:
     requests = sorted({t["request_id"] for t in tasks if t["request_id"]} |
                       {r["request_id"] for r in timeline + lifecycle + timings if r["request_id"]})
     migration = [m for m in live_migration_steps(con).to_pylist() if m["instance"] in keys]
+    migration += [m for m in failed_live_migrations(con) if m["instance"] in keys]
+    # where the VM is: its last state record, but not the source's live_migration_post.end,
+    # whose payload still names the source after the VM moved
+    placed = [r for r in vm_state_timeline(con, collapse=False).to_pylist()
+              if r["instance"] in keys and r["node"] and r["node"] != "None"
+              and r["event_type"] not in ("instance.live_migration_post.end",
+                                          "compute.instance.live_migration._post.end")]
+    final_host = placed[-1]["node"] if placed else None
     if json_out:
-        emit_json({"vm": vm, "states": timeline, "tasks": tasks, "requests": requests,
+        emit_json({"vm": query, "instance": vm if found else None, "final_host": final_host, "states": timeline, "tasks": tasks, "requests": requests,
                    "live_migration": migration, "lifecycle": lifecycle, "timings": timings})
         return
     if lifecycle:
@@ -79,7 +103,10 @@ def show_vm(store_path: str, vm: str, json_out: bool) -> None:
     if migration:
         print_table(["step", "where", "host", "start", "duration", "outcome"],
                     [(m["step"], m["where"], m["host"], fmt_ts(m["start_ts"]), fmt_duration(m["duration_ns"]),
-                      m["outcome"]) for m in migration], title="Live migration (Nova steps)")
+                      m["outcome"] + (f": {m['fault'][:120]} (stayed on {m['stayed_on']})" if m.get("fault") else ""))
+                     for m in migration], title="Live migration (Nova steps)")
+    if final_host:
+        console.print(f"host: {final_host}")
     console.print(f"requests: {', '.join(requests) or '-'}")
 
 
@@ -95,6 +122,9 @@ def show_request(store_path: str, request_id: str, json_out: bool) -> None:
     t0 = flow.start_ts or 0
     root = Tree(f"[bold]{request_id}[/] {fmt_ts(flow.start_ts)} → {fmt_ts(flow.end_ts)}"
                 f" ({fmt_duration((flow.end_ts or 0) - t0) if flow.start_ts else '-'})")
+    if flow.path:
+        root.add("path: " + " → ".join(f"{p['service']}@{p['host']} (+{fmt_duration(p['start_ts'] - t0)})"
+                                        for p in flow.path))
     if flow.hops:
         bus = root.add("RPC hops (bus)")
         for h in flow.hops:

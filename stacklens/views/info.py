@@ -10,9 +10,13 @@ from stacklens.views.terminal import console, emit_json, fmt_ts, print_table
 
 def store_summary(store: Store, top: int = 30) -> dict[str, Any]:
     con = store.connect()
-    total, t0, t1 = con.execute("SELECT count(*), min(ts), max(ts) FROM events").fetchall()[0]
-    per_host = con.sql("SELECT host, layer, count(*) AS n, min(ts), max(ts) FROM events "
-                       "GROUP BY ALL ORDER BY host, layer").fetchall()
+    from stacklens.models.app_ops import TIMED
+    # events without a real time (Nova's doc samples, at the epoch) stay out of the ranges
+    total, t0, t1, untimed = con.execute(
+        f"SELECT count(*), min(ts) FILTER ({TIMED}), max(ts) FILTER ({TIMED}),"
+        f" count(*) FILTER (NOT ({TIMED})) FROM events").fetchall()[0]
+    per_host = con.sql(f"SELECT host, layer, count(*) AS n, min(ts) FILTER ({TIMED}), max(ts) FILTER ({TIMED})"
+                       " FROM events GROUP BY ALL ORDER BY host, layer").fetchall()
     names = con.sql("SELECT name, layer, count(*) AS n FROM events GROUP BY ALL ORDER BY n DESC, name"
                     + (f" LIMIT {int(top)}" if top else "")).fetchall()
     n_names = con.execute("SELECT count(DISTINCT name) FROM events").fetchall()[0][0]
@@ -27,6 +31,7 @@ def store_summary(store: Store, top: int = 30) -> dict[str, Any]:
         "events": total,
         "time_range": {"begin": t0, "end": t1, "begin_utc": fmt_ts(t0) if t0 else None,
                        "end_utc": fmt_ts(t1) if t1 else None},
+        "events_without_time": untimed,
         "hosts": [{"host": h, "layer": l, "events": n, "begin": a, "end": b} for h, l, n, a, b in per_host],
         "sources": [{"format": f, "host": h, "parts": p, "events": r, "skipped": s}
                     for f, h, p, r, s in sources],
@@ -45,7 +50,9 @@ def show_info(store: Store, json_out: bool = False, top: int = 30) -> None:
         emit_json(s)
         return
     console.print(f"[bold]store[/] {s['store']}: {s['events']:,} events, "
-                  f"{s['time_range']['begin_utc']} → {s['time_range']['end_utc']}")
+                  f"{s['time_range']['begin_utc']} → {s['time_range']['end_utc']}"
+                  + (f" ({s['events_without_time']:,} without a time: notification samples, kept out of the range)"
+                     if s["events_without_time"] else ""))
     print_table(["host", "layer", "events", "begin (UTC)", "end (UTC)"],
                 [(h["host"], h["layer"], f"{h['events']:,}", fmt_ts(h["begin"]), fmt_ts(h["end"]))
                  for h in s["hosts"]], title="hosts and layers", right=("events",))

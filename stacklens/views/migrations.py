@@ -25,7 +25,12 @@ def show_migrations(store_path: str, json_out: bool, png: Path | None = None, cl
     from stacklens.store import Store
     from stacklens.models.migration import migration_preemptors
     store = Store(store_path)
-    attempts = migration_attempts(store.connect())
+    con = store.connect()
+    attempts = migration_attempts(con)
+    # Nova's own view of the live migrations (notifications), shown whatever else is there
+    from stacklens.models.live_migration import nova_live_migrations
+    nova = nova_live_migrations(con)
+    missing = [] if attempts else ["virt (no QEMU migration trace events: migration_bitmap_sync_*, QMP)"]
     if cluster:  # the attempts (across hosts) here, each source host's preemption on a worker
         from stacklens.cluster import per_host
         hosts = sorted({a.source_host for a in attempts})
@@ -40,10 +45,18 @@ def show_migrations(store_path: str, json_out: bool, png: Path | None = None, cl
     if json_out:
         emit_json({"migrations": [attempt_summary(a) | {"preemptors": [
             {"tid": p.tid, "name": p.name, "vm": p.vm, "role": p.role, "ms": round(p.ns / 1e6, 3)}
-            for p in preemptors[id(a)]]} for a in attempts], "png": str(png) if png else None})
+            for p in preemptors[id(a)]]} for a in attempts], "nova_migrations": nova,
+            "missing_layers": missing, "png": str(png) if png else None})
         return 0
+    if nova:
+        print_table(["start", "vm", "source → destination", "outcome", "duration", "host after", "reason"],
+                    [(fmt_ts(m["start_ts"]), m["vmname"] or m["instance"], f"{m['source'] or '?'} → {m['destination'] or '?'}",
+                      m["outcome"], fmt_duration((m["end_ts"] or m["start_ts"]) - m["start_ts"]), m["host_after"] or "?",
+                      (m["reason"] or "")[:120]) for m in nova], title="Live migrations (Nova's steps)")
     if not attempts:
-        console.print("no migration attempts in the store (QEMU trace events migration_bitmap_sync_* needed)")
+        console.print("no QEMU migration in the store: the virtualization layer is missing "
+                      "(QEMU trace events migration_bitmap_sync_* and QMP records are needed for stages, "
+                      "rounds and downtime)" + ("; Nova's view above" if nova else ""))
         return 0
     for a in attempts:
         s = attempt_summary(a)
@@ -113,7 +126,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(lab, name="lab")
 
     @lab.command("run")
-    def lab_run(scenario: str = typer.Option("normal", help="normal | stressed | interference | network"),
+    def lab_run(scenario: str = typer.Option("normal", help="normal | stressed | interference | network | openstack"),
                 out: Path = typer.Option(..., help="Bundle directory to write (replaced if it is a lab bundle)."),
                 broker: str = typer.Option("auto", help="Control plane: an amqp:// URL of a RabbitMQ on "
                                            "loopback, 'auto' (127.0.0.1:5672 if it answers) or 'none' (log driver)."),
@@ -125,6 +138,16 @@ def register(app: typer.Typer) -> None:
         if scenario == "network":  # the Open vSwitch lab (issue 6), not a migration
             from stacklens.lab.network import run_network
             result = run_network(out, progress=say)
+        elif scenario == "openstack":  # real Nova 34 in its own virtualenv (issue 14)
+            from stacklens.lab.openstack import run_openstack
+            info = run_openstack(out, broker=None if broker == "none" else broker, progress=say)
+            if json_out:
+                emit_json(info)
+            else:
+                console.print(f"transport: {info['transport']} ({info['control_plane']})")
+                for note in info["notes"]:
+                    console.print(f"note: {note}")
+            raise typer.Exit(0)
         else:
             result = run_scenario(scenario, out, progress=say, broker=None if broker == "none" else broker)
         if json_out:
