@@ -15,7 +15,7 @@ def _models(store_path: str, host: str | None, per_host: str | None = None):
     option that only means something on one host (a tid): with several hosts and no --host,
     that is ambiguous and refused in one line naming the hosts."""
     from stacklens.errors import StacklensError
-    from stacklens.models.kernel import KernelModel, kernel_hosts
+    from stacklens.models.kernel import kernel_hosts
     from stacklens.store import Store
     store = Store(store_path)
     hosts = kernel_hosts(store)
@@ -28,7 +28,22 @@ def _models(store_path: str, host: str | None, per_host: str | None = None):
     if per_host and len(hosts) > 1:
         raise StacklensError(f"{per_host} is ambiguous: {store_path} holds kernel events of {len(hosts)} hosts "
                              f"({', '.join(hosts)}); choose one with --host")
-    return [KernelModel(store, h) for h in hosts]
+    return _one_at_a_time(store, hosts)
+
+
+def _one_at_a_time(store, hosts: list[str]):
+    """Each host's model in turn, its DuckDB connection (and temp tables: switches, running
+    intervals, states) closed before the next host's is built: memory is one host's, whatever
+    the number of hosts. Cyclic GC is paused while a model is built and used."""
+    from stacklens.gcpause import paused_gc
+    from stacklens.models.kernel import KernelModel
+    for h in hosts:
+        m = KernelModel(store, h)
+        try:
+            with paused_gc():
+                yield m
+        finally:
+            m.con.close()
 
 
 def _rows(table: pa.Table, limit: int) -> list[dict]:
