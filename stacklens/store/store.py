@@ -35,6 +35,9 @@ from stacklens.store.schema import EVENT_SCHEMA, LOST_SCHEMA, conform
 STORE_MARK = "stacklens-store.json"
 STORE_VERSION = 1
 ROWS_PER_FILE = 1_000_000
+# ... or fewer when rows are wide (text logs): a file's rows are buffered until it is
+# written, so this bounds the writer's memory (with two files in flight)
+BYTES_PER_FILE = 64 << 20
 ROW_GROUP = 131_072
 DICTIONARY_COLUMNS = ["host", "layer", "source", "name", "cpu", "pid", "tid", "procname",
                       "request_id", "instance", "src"]
@@ -183,6 +186,7 @@ class SourceWriter:
         self.ts_max: int | None = None
         self._buffers: dict[tuple[str, str], list[pa.Table]] = {}
         self._buffered: dict[tuple[str, str], int] = {}
+        self._buffered_bytes: dict[tuple[str, str], int] = {}
         self._file_no = 0
         self._lost: list[pa.Table] = []
         # Parquet encoding runs in one background thread (Arrow releases the GIL), overlapping
@@ -219,12 +223,14 @@ class SourceWriter:
     def _add(self, key: tuple[str, str], table: pa.Table) -> None:
         self._buffers.setdefault(key, []).append(table)
         self._buffered[key] = self._buffered.get(key, 0) + table.num_rows
-        if self._buffered[key] >= ROWS_PER_FILE:
+        self._buffered_bytes[key] = self._buffered_bytes.get(key, 0) + table.nbytes
+        if self._buffered[key] >= ROWS_PER_FILE or self._buffered_bytes[key] >= BYTES_PER_FILE:
             self._flush(key)
 
     def _flush(self, key: tuple[str, str]) -> None:
         tables = self._buffers.pop(key, [])
         self._buffered.pop(key, None)
+        self._buffered_bytes.pop(key, None)
         if not tables:
             return
         host, layer = key
