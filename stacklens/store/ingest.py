@@ -63,7 +63,9 @@ def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | N
     """Ingest every part under `paths`. `host`/`tz` override the bundle's settings.
     `on_part(part, size)` is called before each part, `on_progress(nbytes)` as bytes are read."""
     results = []
-    for part in discover(paths):
+    with paused_gc():  # recognising the parts imports their readers (and compiled code)
+        parts = discover(paths)
+    for part in parts:
         size = part_size(part.path)
         if on_part:
             on_part(part, size)
