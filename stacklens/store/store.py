@@ -21,16 +21,18 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import quote
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stacklens.errors import StacklensError
 from stacklens.store.schema import EVENT_SCHEMA, LOST_SCHEMA, conform
+
+if TYPE_CHECKING:  # DuckDB is imported by queries only: ingest does not need it
+    import duckdb
 
 STORE_MARK = "stacklens-store.json"
 STORE_VERSION = 1
@@ -126,6 +128,7 @@ class Store:
         """A DuckDB connection with the views `events` (synchronized timestamps; raw ones in
         `ts_raw`), `events_raw`, `lost` and `sources`. `host`/`layer` restrict which
         partitions are read at all."""
+        import duckdb
         con = duckdb.connect()
         con.execute("SET threads TO 2")
         files = [str(p) for p in self.event_files(host, layer)]
