@@ -1,20 +1,28 @@
-"""CTF decoding throughput: our reader vs `babeltrace2 -o dummy`, same input, same run.
+"""CTF: what a user runs, on distinct traces: `stacklens ingest` vs `babeltrace2 -o dummy`.
 
-Input: the many-threads kernel trace (240,644 events, LTTng 2.8, 8 CPUs) seen N times
-through symlinks (default 21 ≈ 5 M events), as one set of traces for both readers.
-Figures, each measured in a fresh child process (so each peak RSS is its own):
-  - babeltrace2 -o dummy (its C core decoding every event, output discarded);
-  - ours, typed decode: `open_trace(...).batches()` (per-class Arrow columns);
-  - ours, rows + JSON: `CtfReader.tables()` (what ingest writes: name/layer/cpu/pid/tid/
-    procname and the `fields` JSON, streams merged by time);
-  - ours, full ingest: `stacklens.store.ingest` into a fresh store per copy (Parquet on disk;
-    one store per copy because ingest skips content it already holds).
-Each figure is the best of CTF_BENCH_ROUNDS (default 3) alternating rounds.
-usage: python bench/ctf_decode.py [COPIES]
+Input: N distinct copies of the many-threads kernel trace (240,644 events each; default 21 ≈
+5.05 M events): each copy has its own trace UUID (metadata text, metadata and stream packet
+headers) and hostname (bench/distinct_traces.py), as N hosts' traces would. Symlinks to one
+trace would hide the per-trace costs (metadata, decoder set-up) and babeltrace2 would merge
+them into one trace.
+
+Figures, each a whole process started the same way (wall time, and CPU time = the child's
+user + system over all its threads, from RUSAGE_CHILDREN; per-core rate = events / CPU s):
+  - `stacklens ingest -s NEW_STORE T1 … TN` (one command, a fresh store each round);
+  - `babeltrace2 TRACE -o dummy` once per trace (N processes, as a user reads N traces one
+    by one) and `babeltrace2 T1 … TN -o dummy` (one process muxing all traces by time);
+    the ingest ratio is taken against the faster of the two by wall time (printed);
+  - in-process typed decode (`open_trace(p).batches()`, per-class Arrow columns, no rows or
+    store) in a child process, timed inside it after a warm-up on one trace, CPU time by
+    `time.process_time()`: compared per core with babeltrace2's CPU time.
+Rounds alternate the variants (default 3); the best round of each counts. On a shared machine
+wall times include waiting for a CPU: the CPU-time figures are the steadier ones.
+usage: python bench/ctf_decode.py [--copies N] [--rounds R]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -25,136 +33,146 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from _figures import figure, loadavg, report  # noqa: E402
+from distinct_traces import distinct_copies  # noqa: E402
+
 DATA = Path(os.environ.get("STACKLENS_DATA", ROOT.parent / "shared" / "data"))
 TRACE = DATA / "tracecompass" / "many-threads"
+COPIES_DIR = Path(tempfile.gettempdir()) / "stacklens-bench" / "distinct-many-threads"
 TIMEOUT = 1800
-ROUNDS = int(os.environ.get("CTF_BENCH_ROUNDS", "3"))
 
 
-def ours_typed(paths: list[Path]) -> int:
-    from stacklens.sources.ctf import open_trace
-    n = 0
-    for p in paths:
-        t = open_trace(p)
-        for _name, batch in t.batches():
-            n += batch.num_rows
-        t.close()
-    return n
-
-
-def ours_rows(paths: list[Path]) -> int:
-    from stacklens.sources.ctf import CtfReader
-    n = 0
-    for p in paths:
-        for tb in CtfReader(p).tables():
-            n += tb.num_rows
-    return n
-
-
-def ours_ingest(paths: list[Path]) -> int:
-    from stacklens.store import Store
-    from stacklens.store.ingest import ingest
-    n = 0
-    for p in paths:
-        root = Path(tempfile.mkdtemp(prefix="ctf-bench-store-"))
-        try:
-            for r in ingest(Store(root / "s", create=True), [p]):
-                if r.status != "ingested":
-                    raise RuntimeError(f"{r.path}: {r.status}: {r.message}")
-                n += r.rows
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-    return n
-
-
-FIGURES = {"typed": ours_typed, "rows": ours_rows, "ingest": ours_ingest}
-
-
-def child(which: str, paths: list[Path]) -> None:
-    """Run one figure in this (fresh) process; print events, seconds, peak RSS as JSON."""
-    fn = FIGURES[which]
-    fn(paths[:1])  # warm up: numba cache load, metadata parse (memoised)
-    t0 = time.perf_counter()
-    n = fn(paths)
-    dt = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"events": n, "seconds": dt, "rss_mb": rss}))
-
-
-def run_child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                         timeout=TIMEOUT)
-    if out.returncode != 0:
-        raise RuntimeError(f"{args[:2]} failed: {out.stderr.strip()[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def babeltrace2(bt: str, paths: list[Path]) -> dict:
-    """babeltrace2 in a fresh Python child: RUSAGE_CHILDREN there is babeltrace2's alone.
-    One run per copy: given the copies together (one directory or several paths) babeltrace2
-    merges traces with the same UUID and decodes the events once (240,644 lines, not N times)."""
+def timed(cmd: list[str], env: dict | None = None) -> dict:
+    """Run `cmd` (list of argv lists run one after the other) in a fresh Python child whose
+    RUSAGE_CHILDREN is theirs alone: wall s, CPU s, peak RSS MB."""
     code = ("import json, resource, subprocess, sys, time\n"
+            "cmds = json.loads(sys.argv[1])\n"
             "t0 = time.perf_counter()\n"
-            "for p in sys.argv[2:]:\n"
-            "    subprocess.run([sys.argv[1], p, '-o', 'dummy'], check=True, stdout=subprocess.DEVNULL, "
-            "stderr=subprocess.DEVNULL, timeout=%d)\n"
+            "for c in cmds:\n"
+            "    subprocess.run(c, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=%d)\n"
             "dt = time.perf_counter() - t0\n"
-            "print(json.dumps({'seconds': dt, 'rss_mb': "
-            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n" % TIMEOUT)
-    out = subprocess.run([sys.executable, "-c", code, bt, *map(str, paths)],
-                         capture_output=True, text=True, timeout=TIMEOUT + 60, check=True)
+            "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print(json.dumps({'wall': dt, 'cpu': ru.ru_utime + ru.ru_stime, 'rss_mb': ru.ru_maxrss / 1024}))\n"
+            % TIMEOUT)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(cmd)], capture_output=True, text=True,
+                         timeout=TIMEOUT + 60, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{cmd[0][:3]}…: {out.stderr.strip()[-1500:]}")
     return json.loads(out.stdout)
 
 
+def typed_child(paths: list[Path]) -> None:
+    """In-process typed decode: events, wall s, CPU s (all threads) after a warm-up."""
+    from stacklens.sources.ctf import open_trace
+
+    def run(ps: list[Path]) -> int:
+        n = 0
+        for p in ps:
+            t = open_trace(p)
+            for _name, batch in t.batches():
+                n += batch.num_rows
+            t.close()
+        return n
+    run(paths[:1])  # warm-up: numba cache load, first metadata parse
+    c0, t0 = time.process_time(), time.perf_counter()
+    n = run(paths)
+    print(json.dumps({"events": n, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def stacklens_cmd() -> list[str]:
+    exe = shutil.which("stacklens", path=str(Path(sys.executable).parent)) or shutil.which("stacklens")
+    return [exe] if exe else [sys.executable, "-m", "stacklens.cli"]
+
+
 def main() -> int:
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        child(sys.argv[2], [Path(p) for p in sys.argv[3:]])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--copies", type=int, default=21, help="distinct traces (21 ≈ 5 M events)")
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("CTF_BENCH_ROUNDS", "3")))
+    ap.add_argument("--child-typed", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_typed is not None:
+        typed_child([Path(p) for p in args.child_typed])
         return 0
-    copies = int(sys.argv[1]) if len(sys.argv) > 1 else 21
-    if not TRACE.is_dir():
-        print(f"ctf_decode: data missing: {TRACE}")
-        return 1
     bt = shutil.which("babeltrace2")
+    if not TRACE.is_dir() or not bt:
+        print(f"ctf_decode: needs {TRACE} and babeltrace2")
+        return 1
+    COPIES_DIR.mkdir(parents=True, exist_ok=True)
+    paths = distinct_copies(TRACE, COPIES_DIR, args.copies)
+    ps = [str(p) for p in paths]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     tmp = Path(tempfile.mkdtemp(prefix="ctf-bench-"))
-    results: dict[str, dict] = {}
+    best: dict[str, dict] = {}
+
+    def keep(k: str, r: dict) -> None:
+        if k not in best or r["wall"] < best[k]["wall"]:
+            best[k] = r
+    events = None
     try:
-        paths = []
-        for i in range(copies):
-            p = tmp / f"t{i:02d}"
-            p.symlink_to(TRACE)
-            paths.append(p)
-        # rounds alternate the readers; the best round of each counts (the machine is shared:
-        # a single sequential measurement mostly shows the neighbours' load)
-        bt_res = None
-        for _ in range(ROUNDS):
-            if bt:
-                r = babeltrace2(bt, paths)
-                bt_res = r if bt_res is None or r["seconds"] < bt_res["seconds"] else bt_res
-            for which in FIGURES:
-                r = run_child(["--child", which, *map(str, paths)])
-                if which not in results or r["seconds"] < results[which]["seconds"]:
-                    results[which] = r
+        for rnd in range(args.rounds):
+            keep("bt2_each", timed([[bt, p, "-o", "dummy"] for p in ps]))
+            store = tmp / f"store{rnd}"
+            keep("ingest", timed([[*stacklens_cmd(), "ingest", "-s", str(store), "--json", *ps]], env))
+            if rnd == 0:
+                events = _store_rows(store, env)
+            shutil.rmtree(store, ignore_errors=True)
+            keep("bt2_all", timed([[bt, *ps, "-o", "dummy"]]))
+            out = subprocess.run([sys.executable, __file__, "--child-typed", *ps], capture_output=True,
+                                 text=True, timeout=TIMEOUT, env=env, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            if r["events"] != 240_644 * args.copies:
+                print(f"ctf_decode: typed decode read {r['events']:,} events, expected {240_644 * args.copies:,}")
+                return 1
+            keep("typed", r)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-    n = results["typed"]["events"]
-    print(f"ctf_decode: input {n:,} events ({copies} x many-threads)")
-    bt_rate = None
-    if bt_res:
-        bt_rate = n / bt_res["seconds"]
-        print(f"ctf_decode: babeltrace2 -o dummy:  {bt_rate:>12,.0f} events/s ({bt_res['seconds']:.2f} s), "
-              f"peak RSS {bt_res['rss_mb']:.0f} MB")
-    labels = {"typed": "ours typed decode:  ", "rows": "ours rows + JSON:   ", "ingest": "ours full ingest:   "}
-    for which, r in results.items():
-        rate = r["events"] / r["seconds"]
-        ratio = f", ratio {rate / bt_rate:.2f}x babeltrace2" if bt_rate else " (babeltrace2 not installed)"
-        print(f"ctf_decode: {labels[which]} {rate:>12,.0f} events/s ({r['seconds']:.2f} s){ratio}, "
-              f"peak RSS {r['rss_mb']:.0f} MB")
-    if any(r["events"] != n for r in results.values()):
-        print(f"ctf_decode: MISMATCH in event counts: {[r['events'] for r in results.values()]}")
+    n = 240_644 * args.copies
+    if events != n:
+        print(f"ctf_decode: ingest stored {events} events, expected {n:,}")
         return 1
+
+    peer_key = min(("bt2_each", "bt2_all"), key=lambda k: best[k]["wall"])
+    peer = best[peer_key]
+    print(f"ctf_decode: {n:,} events in {args.copies} distinct traces (many-threads copies), "
+          f"best of {args.rounds} alternating rounds; {loadavg()}")
+    print(f"{'':44s} {'wall s':>7s} {'CPU s':>7s} {'M ev/s':>7s} {'M ev/CPU-s':>10s} {'peak MB':>8s}")
+    labels = {"bt2_each": "babeltrace2 -o dummy, one process per trace",
+              "bt2_all": "babeltrace2 -o dummy, all traces in one run",
+              "ingest": "stacklens ingest (command, new store)",
+              "typed": "typed decode in-process (no store)"}
+    for k in ("bt2_each", "bt2_all", "ingest", "typed"):
+        r = best[k]
+        print(f"{labels[k]:44s} {r['wall']:7.2f} {r['cpu']:7.2f} {n / r['wall'] / 1e6:7.2f} "
+              f"{n / r['cpu'] / 1e6:10.2f} {r['rss_mb']:8.0f}")
+    ing, typ = best["ingest"], best["typed"]
+    wall_ratio = peer["wall"] / ing["wall"]
+    core_ratio = peer["cpu"] / ing["cpu"]
+    typed_core = peer["cpu"] / typ["cpu"]
+    print(f"peer: {labels[peer_key]} (the faster by wall time)")
+    print(f"ingest command: {wall_ratio:.2f}x babeltrace2 by wall time, {core_ratio:.2f}x per core "
+          f"(goal >= 1x floor, >= 2x goal)")
+    print(f"typed decode: {typed_core:.2f}x babeltrace2 per core (goal >= 3x)")
+    report("ctf_decode", [
+        figure("ingest command vs babeltrace2 (wall)", round(wall_ratio, 2), "x", 1.0,
+               note=f"floor; goal 2x; peer {peer_key}, {args.copies} distinct traces"),
+        figure("ingest command vs babeltrace2 (wall, goal)", round(wall_ratio, 2), "x", 2.0),
+        figure("ingest command vs babeltrace2 (per core)", round(core_ratio, 2), "x", 1.0),
+        figure("typed decode vs babeltrace2 (per core)", round(typed_core, 2), "x", 3.0),
+        figure("ingest command peak RSS", round(ing["rss_mb"]), "MB"),
+    ])
     return 0
+
+
+def _store_rows(store: Path, env: dict) -> int:
+    code = ("import sys; from stacklens.store import Store; "
+            "print(Store(sys.argv[1]).connect().execute('SELECT count(*) FROM events').fetchone()[0])")
+    out = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, env=env,
+                         check=True)
+    return int(out.stdout.strip())
 
 
 if __name__ == "__main__":

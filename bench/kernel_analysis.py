@@ -31,31 +31,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("STACKLENS_DATA", ROOT.parent / "shared" / "data"))
 TRACE = DATA / "tracecompass" / "many-threads"
-UUID = "69861fba-fe44-2b41-b75b-39acaf6930ec"
 EVENTS_PER_COPY = 240_644
 TIMEOUT = 1800
 
 
 def make_copies(out: Path, copies: int) -> list[Path]:
-    old = bytes.fromhex(UUID.replace("-", ""))
-    paths = []
-    for i in range(1, copies + 1):
-        new_text = UUID[:-2] + f"{i:02x}"
-        new = bytes.fromhex(new_text.replace("-", ""))
-        d = out / f"mt{i:02d}"
-        for f in TRACE.rglob("*"):
-            if f.is_dir():
-                continue
-            data = f.read_bytes().replace(old, new)
-            if f.name == "metadata":
-                # same length: packetized metadata keeps its packet sizes
-                data = data.replace(UUID.encode(), new_text.encode()).replace(
-                    b'hostname = "wilbrod";', f'hostname = "wilbr{i:02d}";'.encode())
-            target = d / f.relative_to(TRACE)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        paths.append(d)
-    return paths
+    """N distinct traces (own UUID and host each): bench/distinct_traces.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from distinct_traces import distinct_copies
+    return distinct_copies(TRACE, out, copies)
 
 
 def analyse(store_root: str) -> int:
@@ -141,6 +125,11 @@ def main() -> int:
         for label, w, c in rows[1:4:2]:
             print(f"  {label}: {verdict(w / w_bt2)} by wall time ({w / w_bt2:.2f}x), "
                   f"{verdict(c / c_bt2)} by CPU time ({c / c_bt2:.2f}x)")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _figures import figure, report
+        report("kernel_analysis", [
+            figure(f"{label} / babeltrace2 ({how})", round(v, 2), "x", goal, better="lower")
+            for label, w, c in rows[1:4:2] for how, v in (("wall", w / w_bt2), ("CPU", c / c_bt2))])
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -355,3 +355,27 @@ def test_fields_json_equal_to_babeltrace2(rel: str) -> None:
     assert events == sum(len(v) for v in ours.values())
     assert bt2_empty < 10
     assert checked > 2 * events  # most events have several scalar fields compared
+
+
+def test_distinct_traces_share_parsed_layout_and_decoders(tmp_path: Path) -> None:
+    """Two hosts' traces with the same kernel differ only in trace UUID, env and clocks: the
+    second is not parsed nor compiled again, yet its metadata equals a full parse of its own
+    file, and it still reads the owners' count of events."""
+    import dataclasses
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from distinct_traces import distinct_copies
+
+    from stacklens.sources.ctf.tsdl import metadata_text, parse_tsdl, read_metadata_file
+    src = need_data("tracecompass", "many-threads")
+    a, b = distinct_copies(src, tmp_path, 2)
+    ma, mb = read_metadata_file(a / "metadata"), read_metadata_file(b / "metadata")
+    assert ma.layout == mb.layout and ma.uuid != mb.uuid
+    assert ma.env["hostname"] != mb.env["hostname"]
+    for p, m in ((a, ma), (b, mb)):
+        full = parse_tsdl(metadata_text((p / "metadata").read_bytes()))
+        assert dataclasses.replace(full, layout=m.layout) == m
+    ta, tb = open_trace(a), open_trace(b)
+    assert all(sa.cs is sb.cs for sa, sb in zip(ta.streams, tb.streams))
+    n, r = read_all(b)
+    assert n == OWNER_COUNTS["tracecompass/many-threads"] and r.report.host_hint == mb.env["hostname"]

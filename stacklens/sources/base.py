@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, ClassVar, Iterator, Sequence
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -171,6 +170,7 @@ def json_values(col: pa.Array) -> pa.Array:
     if pa.types.is_floating(t):
         finite = pc.is_finite(col)
         return pc.if_else(finite, col.cast(pa.string()), pa.scalar(None, pa.string()))
+    import duckdb  # only for nested values; most ingests never get here
     con = duckdb.connect()
     con.register("t", pa.table({"v": col}))
     return con.sql("SELECT CAST(to_json(v) AS VARCHAR) AS j FROM t").to_arrow_table().column("j").combine_chunks()

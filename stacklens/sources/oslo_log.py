@@ -52,7 +52,9 @@ CONTINUATION_PY = re.compile(
 EXCEPTION_LINE_PY = re.compile(
     r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure|Fault|Timeout|NotFound|[A-Z]\w*)(?::|$)")
 
-CHUNK_BYTES = 32 << 20
+# Text read per parse: a block's parse needs about ten times its size in temporary arrays
+# (32 MB blocks: 525 MB peak RSS on a 297 MB log; 8 MB: 319 MB, and no slower)
+CHUNK_BYTES = 8 << 20
 MAX_REPORTED = 10
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from stacklens.sources.base import Reader
-from stacklens.sources.ftrace import FtraceReader
-from stacklens.sources.lab_config import LabConfigReader
-from stacklens.sources.oslo_log import OsloLogReader
-from stacklens.sources.qemu_trace import QemuTraceReader
-from stacklens.sources.qmp import QmpReader
 
 HEAD_BYTES = 16384
 
 
 def readers() -> list[type[Reader]]:
+    # imported here, not at module level: each reader module loads its compiled scanners, and
+    # a command that reads only trace directories needs none of them (`directory_readers`)
+    from stacklens.sources.ftrace import FtraceReader
+    from stacklens.sources.lab_config import LabConfigReader
+    from stacklens.sources.oslo_log import OsloLogReader
+    from stacklens.sources.qemu_trace import QemuTraceReader
+    from stacklens.sources.qmp import QmpReader
     found: list[type[Reader]] = []
     try:
         from stacklens.sources.ctf import CtfReader
@@ -39,10 +41,23 @@ def _app_readers() -> list[type[Reader]]:
     return [NotificationReader, OsloJsonLogReader, RabbitDumpReader, CollectSampleReader]
 
 
+def directory_readers() -> list[type[Reader]]:
+    """The readers of directory parts, in `readers()` order, importing only their modules."""
+    found: list[type[Reader]] = []
+    try:
+        from stacklens.sources.ctf import CtfReader
+        found.append(CtfReader)
+    except ImportError:
+        pass
+    from stacklens.sources.rabbitmq_dump import RabbitDumpReader
+    found.append(RabbitDumpReader)
+    return found
+
+
 def recognise(path: Path) -> type[Reader] | None:
     """The reader for `path`, chosen by content (file head, or directory layout)."""
     if path.is_dir():
-        for r in readers():
+        for r in directory_readers():
             if r.is_directory and r.sniff(path, b""):
                 return r
         return None

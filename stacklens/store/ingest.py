@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from stacklens.errors import SourceError, StacklensError
+from stacklens.gcpause import paused_gc
 from stacklens.sources.base import ReadOptions
 from stacklens.sources.bundle import NotRead, Part, discover
 from stacklens.store.store import Store, is_disk_full
@@ -68,7 +69,9 @@ def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | N
     """Ingest every part under `paths`. `host`/`tz` override the bundle's settings.
     `on_part(part, size)` is called before each part, `on_progress(nbytes)` as bytes are read."""
     results = []
-    for part in discover(paths):
+    with paused_gc():  # recognising the parts imports their readers (and compiled code)
+        parts = discover(paths)
+    for part in parts:
         size = part_size(part.path)
         if on_part:
             on_part(part, size)
@@ -81,7 +84,8 @@ def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | N
             if on_progress and n:
                 on_progress(n)
 
-        results.append(_ingest_part(store, part, host, tz, progress))
+        with paused_gc():  # no GC scans in the decode loop; the part's cycles freed after it
+            results.append(_ingest_part(store, part, host, tz, progress))
         progress(size - reported)
     return results
 
@@ -89,7 +93,8 @@ def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | N
 def ingest_part(store: Store, part: Part, host: str | None = None, tz: str | None = None,
                 progress: Callable[[int], None] | None = None) -> PartResult:
     """Ingest one discovered part (what `ingest` does per part; a cluster worker runs it)."""
-    return _ingest_part(store, part, host, tz, progress or (lambda n: None))
+    with paused_gc():
+        return _ingest_part(store, part, host, tz, progress or (lambda n: None))
 
 
 def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,

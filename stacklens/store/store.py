@@ -44,10 +44,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from urllib.parse import quote
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -56,11 +55,17 @@ from stacklens.errors import StacklensError
 from stacklens.store.location import local_root
 from stacklens.store.schema import EVENT_SCHEMA, LOST_SCHEMA, conform
 
+if TYPE_CHECKING:  # DuckDB is imported by queries only: ingest does not need it
+    import duckdb
+
 STORE_MARK = "stacklens-store.json"
 STORE_VERSION = 1
 COMMIT_LOCK = "store.lock"
 STAGING = "tmp"
 ROWS_PER_FILE = 1_000_000
+# ... or fewer when rows are wide (text logs): a file's rows are buffered until it is
+# written, so this bounds the writer's memory (with two files in flight)
+BYTES_PER_FILE = 64 << 20
 ROW_GROUP = 131_072
 DICTIONARY_COLUMNS = ["host", "layer", "source", "name", "cpu", "pid", "tid", "procname",
                       "request_id", "instance", "src"]
@@ -317,6 +322,7 @@ class Store:
         `ts_raw`), `events_raw`, `lost` and `sources`. `host`/`layer` restrict which
         partitions are read at all. The views are one snapshot of the committed sources: an
         ingest running meanwhile adds nothing to them, and never half a part."""
+        import duckdb
         con = duckdb.connect()
         con.execute("SET threads TO 2")
         srcs = self.sources()
@@ -387,6 +393,7 @@ class SourceWriter:
         self.duplicate = False  # commit found the source committed by another writer
         self._buffers: dict[tuple[str, str], list[pa.Table]] = {}
         self._buffered: dict[tuple[str, str], int] = {}
+        self._buffered_bytes: dict[tuple[str, str], int] = {}
         self._file_no = 0
         self._lost: list[pa.Table] = []
         self._staged: list[tuple[Path, str, int]] = []  # (staged file, store-relative destination, rows)
@@ -441,12 +448,14 @@ class SourceWriter:
     def _add(self, key: tuple[str, str], table: pa.Table) -> None:
         self._buffers.setdefault(key, []).append(table)
         self._buffered[key] = self._buffered.get(key, 0) + table.num_rows
-        if self._buffered[key] >= ROWS_PER_FILE:
+        self._buffered_bytes[key] = self._buffered_bytes.get(key, 0) + table.nbytes
+        if self._buffered[key] >= ROWS_PER_FILE or self._buffered_bytes[key] >= BYTES_PER_FILE:
             self._flush(key)
 
     def _flush(self, key: tuple[str, str]) -> None:
         tables = self._buffers.pop(key, [])
         self._buffered.pop(key, None)
+        self._buffered_bytes.pop(key, None)
         if not tables:
             return
         host, layer = key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Optional
 
 import pyarrow as pa
@@ -36,17 +37,32 @@ def _hosts(store_path: str, host: str | None, per_host: str | None = None, clust
 
 
 def _models(store_path: str, host: str | None, per_host: str | None = None):
-    """The kernel models of `host`, or of every host with kernel events (see _hosts)."""
-    from stacklens.models.kernel import KernelModel
+    """The kernel models of `host`, or of every host with kernel events (see _hosts), one at a
+    time (see _one_at_a_time)."""
     from stacklens.store import Store
-    store = Store(store_path)
-    return [KernelModel(store, h) for h in _hosts(store_path, host, per_host)]
+    return _one_at_a_time(Store(store_path), _hosts(store_path, host, per_host))
 
 
+def _one_at_a_time(store, hosts: list[str]):
+    """Each host's model in turn, its DuckDB connection (and temp tables: switches, running
+    intervals, states) closed before the next host's is built: memory is one host's, whatever
+    the number of hosts. Cyclic GC is paused while a model is built and used."""
+    from stacklens.gcpause import paused_gc
+    from stacklens.models.kernel import KernelModel
+    for h in hosts:
+        m = KernelModel(store, h)
+        try:
+            with paused_gc():
+                yield m
+        finally:
+            m.con.close()
+
+
+@contextmanager
 def _model(store_path: str, host: str):
-    from stacklens.models.kernel import KernelModel
+    """One host's model (a per-host task, in-process or on a cluster worker), closed after."""
     from stacklens.store import Store
-    return KernelModel(Store(store_path), host)
+    yield from _one_at_a_time(Store(store_path), [host])
 
 
 def _per_host(cluster: str | None, fn, store_path: str, hosts: list[str], *args) -> list[dict]:
@@ -62,12 +78,12 @@ def _rows(table: pa.Table, limit: int) -> list[dict]:
 
 def cpu_host(store: str, host: str, start: int | None, end: int | None, by: str, limit: int) -> dict:
     """`cpu` of one host (a cluster task)."""
-    m = _model(store, host)
-    lo, hi = m._range(start, end)
-    per_cpu = m.cpu_by_cpu(lo, hi)
-    per = m.cpu_by_process(lo, hi) if by == "process" else m.cpu_by_thread(lo, hi)
-    return {"host": m.host, "start": lo, "end": hi, "cpus": per_cpu.to_pylist(),
-            by + "es" if by == "process" else "threads": _rows(per, limit)}
+    with _model(store, host) as m:
+        lo, hi = m._range(start, end)
+        per_cpu = m.cpu_by_cpu(lo, hi)
+        per = m.cpu_by_process(lo, hi) if by == "process" else m.cpu_by_thread(lo, hi)
+        return {"host": m.host, "start": lo, "end": hi, "cpus": per_cpu.to_pylist(),
+                by + "es" if by == "process" else "threads": _rows(per, limit)}
 
 
 def show_cpu(store: str, host: str | None, start: int | None, end: int | None, by: str, limit: int,
@@ -93,26 +109,26 @@ def show_cpu(store: str, host: str | None, start: int | None, end: int | None, b
 
 def threads_host(store: str, host: str, tid: int | None, proc: str | None, limit: int) -> dict:
     """`threads` of one host (a cluster task)."""
-    m = _model(store, host)
-    tids = [tid] if tid is not None else (m.thread_tids(proc) if proc else None)
-    threads = m.threads()
-    states = m.thread_states()
-    if tids is not None:
-        keep = pa.array(tids, pa.int64())
-        import pyarrow.compute as pc
-        threads = threads.filter(pc.is_in(threads["tid"], keep))
-        states = states.filter(pc.is_in(states["tid"], keep))
-    summary = m.con.sql("""
-        SELECT tid, state, CAST(sum("end" - start) AS BIGINT) AS ns, count(*) AS intervals
-        FROM states GROUP BY ALL ORDER BY tid, state""").to_arrow_table()
-    by_tid: dict[int, dict] = {}
-    for r in summary.to_pylist():
-        by_tid.setdefault(r["tid"], {})[r["state"]] = r["ns"]
-    rows = [{**t, "time_in_state_ns": by_tid.get(t["tid"], {})} for t in threads.to_pylist()]
-    rows.sort(key=lambda t: (-(t["time_in_state_ns"].get("running") or 0), t["tid"]))
-    return {"host": m.host, "threads": _rows(pa.Table.from_pylist(rows), limit) if rows else [],
-            "states": states.to_pylist() if tids is not None else None,
-            "names": m.name_changes().to_pylist() if tids is not None else None}
+    with _model(store, host) as m:
+        tids = [tid] if tid is not None else (m.thread_tids(proc) if proc else None)
+        threads = m.threads()
+        states = m.thread_states()
+        if tids is not None:
+            keep = pa.array(tids, pa.int64())
+            import pyarrow.compute as pc
+            threads = threads.filter(pc.is_in(threads["tid"], keep))
+            states = states.filter(pc.is_in(states["tid"], keep))
+        summary = m.con.sql("""
+            SELECT tid, state, CAST(sum("end" - start) AS BIGINT) AS ns, count(*) AS intervals
+            FROM states GROUP BY ALL ORDER BY tid, state""").to_arrow_table()
+        by_tid: dict[int, dict] = {}
+        for r in summary.to_pylist():
+            by_tid.setdefault(r["tid"], {})[r["state"]] = r["ns"]
+        rows = [{**t, "time_in_state_ns": by_tid.get(t["tid"], {})} for t in threads.to_pylist()]
+        rows.sort(key=lambda t: (-(t["time_in_state_ns"].get("running") or 0), t["tid"]))
+        return {"host": m.host, "threads": _rows(pa.Table.from_pylist(rows), limit) if rows else [],
+                "states": states.to_pylist() if tids is not None else None,
+                "names": m.name_changes().to_pylist() if tids is not None else None}
 
 
 def show_threads(store: str, host: str | None, tid: int | None, proc: str | None, limit: int, json_out: bool,
@@ -143,15 +159,15 @@ def show_threads(store: str, host: str | None, tid: int | None, proc: str | None
 
 def preemption_host(store: str, host: str, proc: str, start: int | None, end: int | None, limit: int) -> dict:
     """`preemption` of one host (a cluster task)."""
-    m = _model(store, host)
-    tids = m.thread_tids(proc)
-    if not tids:
-        return {"host": m.host, "threads": [], "waited_ns": 0, "preemptors": []}
-    ranking = m.preemption(tids, start, end)
-    per_thread = m.cpu_by_thread(start, end).to_pylist()
-    mine = [t for t in per_thread if t["tid"] in set(tids)]
-    return {"host": m.host, "threads": mine, "waited_ns": sum(t["wait_cpu_ns"] for t in mine),
-            "preemptors": _rows(ranking, limit)}
+    with _model(store, host) as m:
+        tids = m.thread_tids(proc)
+        if not tids:
+            return {"host": m.host, "threads": [], "waited_ns": 0, "preemptors": []}
+        ranking = m.preemption(tids, start, end)
+        per_thread = m.cpu_by_thread(start, end).to_pylist()
+        mine = [t for t in per_thread if t["tid"] in set(tids)]
+        return {"host": m.host, "threads": mine, "waited_ns": sum(t["wait_cpu_ns"] for t in mine),
+                "preemptors": _rows(ranking, limit)}
 
 
 def show_preemption(store: str, host: str | None, proc: str, start: int | None, end: int | None, limit: int,

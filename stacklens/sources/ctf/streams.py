@@ -122,7 +122,7 @@ def clock_ns(cycles: np.ndarray, clock: Clock | None) -> np.ndarray:
     return sec * 1_000_000_000 + (1e9 * rem / freq).astype(np.int64) + np.int64(base_ns)
 
 
-_COMPILED: dict[tuple[int, int], tuple[TraceMetadata, CompiledStream]] = {}
+_COMPILED: dict[tuple[str | int, int], tuple[TraceMetadata, CompiledStream]] = {}
 
 
 def _is_data_file(p: Path) -> bool:
@@ -168,9 +168,10 @@ class CtfTrace:
             if sc is None:
                 raise TraceError(self.path, f"packet of unknown stream class {sid}")
             try:
-                # compiled layouts are shared by traces with the same (memoised) metadata
-                key = (id(self.metadata), sid)
-                if key not in _COMPILED or _COMPILED[key][0] is not self.metadata:
+                # compiled decoders are shared by traces with the same layout (each trace's
+                # metadata differs only in uuid, env and clocks, which decoding does not read)
+                key = (self.metadata.layout or id(self.metadata), sid)
+                if key not in _COMPILED or not (self.metadata.layout or _COMPILED[key][0] is self.metadata):
                     if len(_COMPILED) >= 64:
                         _COMPILED.pop(next(iter(_COMPILED)))
                     _COMPILED[key] = (self.metadata, compile_stream(self.metadata, sc))

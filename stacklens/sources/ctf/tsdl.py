@@ -559,23 +559,109 @@ def parse_tsdl(text: str) -> TraceMetadata:
 
 _CACHE: dict[bytes, TraceMetadata] = {}
 
+# What differs between traces of one tracer and kernel: the trace UUID, the env block
+# (hostname, session, …) and the clock blocks (UUID, offset). The rest (types, stream and
+# event classes: the layout) is the same, so it is parsed and compiled once per layout.
+_BLOCK_START = re.compile(r"(?:env|clock)\s*\{")
+_TRACE_UUID = re.compile(r'(^[ \t]*trace\s*\{[^{}]*?\buuid\s*=\s*)"([0-9a-fA-F-]{32,36})"', re.M | re.S)
+
+
+def _per_trace_blocks(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every top-level `env { … };` and `clock { … };` block. A plain scan:
+    a multi-line regex over a kernel's 300 KB of TSDL costs more than the parse it saves."""
+    out = []
+    for m in _BLOCK_START.finditer(text):
+        j = m.start() - 1
+        while j >= 0 and text[j] in " \t\r\n":
+            j -= 1
+        if j >= 0 and text[j] not in ";}":
+            continue  # part of a longer name, or not at the top level
+        i, quoted = m.end(), False
+        while i < len(text):
+            c = text[i]
+            if quoted:
+                if c == "\\":
+                    i += 1
+                elif c == '"':
+                    quoted = False
+            elif c == '"':
+                quoted = True
+            elif c == "}":
+                break
+            elif c == "{":
+                i = len(text)  # nested braces: not an env/clock block
+            i += 1
+        k = i + 1
+        while k < len(text) and text[k] in " \t\r\n":
+            k += 1
+        if k < len(text) and text[k] == ";":
+            out.append((m.start(), k + 1))
+    return out
+
+
+def layout_split(text: str) -> tuple[bytes, str | None, str]:
+    """(layout key, trace uuid, TSDL of the env and clock blocks) of a TSDL text. The key
+    hashes the text without these per-trace parts: traces with the same key decode alike."""
+    import hashlib
+    uuid = None
+    m = _TRACE_UUID.search(text)
+    if m:
+        uuid = m.group(2)
+        text = text[:m.start(2)] + '""' + text[m.end(2):]
+    h = hashlib.sha1()
+    own, pos = [], 0
+    for a, b in _per_trace_blocks(text):
+        h.update(text[pos:a].encode("utf-8", "surrogatepass"))
+        own.append(text[a:b])
+        pos = b
+    h.update(text[pos:].encode("utf-8", "surrogatepass"))
+    return h.digest(), uuid, "\n".join(own)
+
 
 def read_metadata_file(path: Path) -> TraceMetadata:
     """The metadata of a trace (TSDL plain/packetized or CTF 2). Parsed models are kept by
-    content hash: sessions of many identical traces (per-CPU/per-UID, rotations) parse once.
-    The model is not modified after parsing, so sharing it is safe."""
+    layout (TSDL: the text without trace UUID, env and clocks; CTF 2: the bytes): a session's
+    many traces (per-CPU/per-UID, rotations, hosts with the same kernel) parse once and
+    share their compiled decoders (`TraceMetadata.layout`). A cached model is never modified;
+    each trace gets a shallow copy with its own uuid, env and clocks."""
+    import dataclasses
     import hashlib
     raw = path.read_bytes()
-    key = hashlib.sha1(raw).digest()
-    if key in _CACHE:
-        return _CACHE[key]
+    if raw[:1] == b"\x1e":
+        key = hashlib.sha1(raw).digest()
+        meta = _cached(key, lambda: _parse_ctf2(raw))
+        return meta
+    text = metadata_text(raw)
+    key, uuid, own = layout_split(text)
+    try:
+        own_meta = parse_tsdl(own) if own else TraceMetadata()  # tiny: well under a millisecond
+    except MetadataError:  # blocks cut oddly (a "};" inside a string): no sharing, full parse
+        return parse_tsdl(text)
+    key = hashlib.sha1(key + repr(list(own_meta.clocks)).encode()).digest()
+    template = _cached(key, lambda: parse_tsdl(text))
+    changes: dict = {"layout": key.hex()}
+    if uuid is not None:
+        changes["uuid"] = uuid
+    if own:
+        changes["env"] = own_meta.env
+        changes["clocks"] = own_meta.clocks
+    return dataclasses.replace(template, **changes)
+
+
+def _parse_ctf2(raw: bytes) -> TraceMetadata:
+    from .ctf2 import parse_ctf2
+    return parse_ctf2(raw)
+
+
+def _cached(key: bytes, parse) -> TraceMetadata:
+    """The model of layout `key`: from memory, else from the disk cache, else `parse()`."""
+    meta = _CACHE.get(key)
+    if meta is not None:
+        return meta
     meta = _disk_cache_load(key)
     if meta is None:
-        if raw[:1] == b"\x1e":
-            from .ctf2 import parse_ctf2
-            meta = parse_ctf2(raw)
-        else:
-            meta = parse_tsdl(metadata_text(raw))
+        meta = parse()
+        meta.layout = key.hex()
         _disk_cache_store(key, meta)
     if len(_CACHE) >= 64:
         _CACHE.pop(next(iter(_CACHE)))

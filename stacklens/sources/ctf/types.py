@@ -175,3 +175,4 @@ class TraceMetadata:
     clocks: dict[str, Clock] = field(default_factory=dict)
     streams: dict[int, StreamClass] = field(default_factory=dict)
     version: int = 1  # 1: CTF 1.8 TSDL, 2: CTF 2 JSON
+    layout: str = ""  # hash of what decoding depends on: traces with the same layout share decoders
