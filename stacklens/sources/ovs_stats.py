@@ -160,7 +160,9 @@ def parse_coverage(text: str) -> dict:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?)Z\|(\d+)\|(\w+)\|(EMER|ERR|WARN|INFO|DBG)\|(.*)$")
+# time|sequence|module, or module(thread) for lines of a thread other than the main one|level|message
+_LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?)Z\|(\d+)\|(\w+)(?:\(([^)|]*)\))?\|"
+                       rb"(EMER|ERR|WARN|INFO|DBG)\|(.*)$")
 _KEY_ITEMS = {
     "in_port": re.compile(r"in_port\(([^)]*)\)"),
     "eth": re.compile(r"eth\(src=([0-9a-f:]+),dst=([0-9a-f:]+)\)"),
@@ -186,7 +188,7 @@ class OvsLogReader(Reader):
             data = self.path.read_bytes()
         except OSError as e:
             raise SourceError(self.path, f"cannot read: {e.strerror}") from None
-        records: list[list] = []  # [ts, module, level, message, line number]
+        records: list[list] = []  # [ts, module, level, message, line number, thread]
         dropped = False  # the record being continued was skipped: its continuation lines go too
         for i, raw in enumerate(data.split(b"\n"), start=1):
             m = _LOG_LINE.match(raw)
@@ -202,8 +204,9 @@ class OvsLogReader(Reader):
                     self.report.skip_out_of_range([i])
                     continue
                 dropped = False
-                records.append([ns, m.group(3).decode(), m.group(4).decode(),
-                                m.group(5).decode("utf-8", "replace"), i])
+                records.append([ns, m.group(3).decode(), m.group(5).decode(),
+                                m.group(6).decode("utf-8", "replace"), i,
+                                m.group(4).decode("utf-8", "replace") if m.group(4) else None])
             elif raw.strip():
                 if records and not dropped:  # a continuation line (flow keys, packet dumps)
                     records[-1][3] += "\n" + raw.decode("utf-8", "replace")
@@ -213,13 +216,14 @@ class OvsLogReader(Reader):
         if not records:
             return
         names, fields = [], []
-        for ns, module, level, message, _ in records:
+        for ns, module, level, message, _, thread in records:
             if module == "dpif_netdev" and "miss upcall:" in message:
                 names.append("ovs_miss_upcall")
                 fields.append(json.dumps(parse_flow_key(message)))
             else:
                 names.append(f"ovs.{module}")
-                fields.append(json.dumps({"level": level, "message": message}))
+                fields.append(json.dumps({"level": level, "message": message} |
+                                         ({"thread": thread} if thread else {})))
         self.report.rows += len(records)
         yield pa.table({"ts": pa.array([r[0] for r in records], pa.int64()), "name": pa.array(names, pa.string()),
                         "procname": pa.repeat(pa.scalar("ovs-vswitchd", pa.string()), len(records)),

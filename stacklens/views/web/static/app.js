@@ -288,7 +288,9 @@ function showCursors() {
 async function clickBar(b) {
   const s = BigInt(state.last.origin) + BigInt(b.s), e = BigInt(state.last.origin) + BigInt(b.e);
   const q = {start: String(s), end: String(e)};
-  if (b.host) q.host = b.host;
+  // a request's or a VM's events span hosts (and a task's host is the one that ran it, not
+  // always the host its records were collected on): those are not filtered by host
+  if (b.host && (b.layer === "kernel" || !(b.request_id || b.vm))) q.host = b.host;
   if (b.layer === "kernel") { if (b.lane.startsWith("CPU ")) q.cpu = String(b.cpu); else if (b.tid != null) q.tid = String(b.tid); }
   else if (b.request_id) q.request_id = b.request_id;
   else if (b.vm) q.vm = b.vm;
