@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# the code under test (another checkout to compare, e.g. the commit before a fix)
+CODE = Path(os.environ.get("STACKLENS_FUZZ_CODE", ROOT)).resolve()
 DATA = Path(os.environ.get("STACKLENS_DATA", ROOT.parent / "shared" / "data")).resolve()
 
 
@@ -54,8 +56,9 @@ SEEDS = (
     Seed("variant-keywords", "ctf-conformance/traces/succeed/meta-variant-reserved-keywords"),
     Seed("barectf", "ctf-conformance/traces/succeed/barectf-event-before-packet"),
     Seed("hello-lost", "tracecompass/hello-lost", ("channel1_0", "channel1_2"), 65536),
-    Seed("many-threads", "tracecompass/many-threads", ("channel0_0",), 32768, metadata=False),
-    Seed("flipping-endianness", "tracecompass/flipping-endianness", (), 16384),
+    # a stream cut after its first packet (256 KiB, ~4,700 kernel events)
+    Seed("many-threads", "tracecompass/many-threads", ("channel0_5",), 262144, metadata=False),
+    Seed("flipping-endianness", "tracecompass/flipping-endianness", (), 262144),
     Seed("ctf2-index", "tracecompass/CTF2-7.0-trace-with-index"),
     Seed("ctf2-small", "tracecompass/CTF2-7.0-smalltrace"),
 )
@@ -67,8 +70,14 @@ FAILURES = ("internal", "crash", "hang")
 BOUNDARY = (0, 1, 2, 7, 8, 9, 31, 32, 33, 63, 64, 65, 127, 128, 255, 256, 4095, 4096, 65535, 65536,
             2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53, 2**62, 2**63 - 1, 2**63, 2**64 - 1)
 META_NUMBERS = ("0", "1", "-1", "3", "7", "9", "64", "65", "128", "4096", "2147483648", "4294967295",
+                "1099511627776", "2305843009213693952", "9223372036854775806",
                 "4294967296", "4611686018427387904", "9223372036854775807", "9223372036854775808",
                 "18446744073709551615", "18446744073709551616", "0x7fffffffffffffff", "99999999999999999999999")
+KEY_CONTEXT = re.compile(r"(align\s*\(\s*|align\s*=\s*|size\s*=\s*|_dig\s*=\s*|\[\s*|id\s*=\s*|"
+                         r"freq\s*=\s*|offset(_s)?\s*=\s*|=\s*|\.\.\.\s*)$")
+LAYOUT_ATTR = re.compile(r"(?:align\s*\(\s*|align\s*=\s*|size\s*=\s*|\[\s*)(0[xX][0-9a-fA-F]+|\d+)")
+KEY_MEMBERS = ("alignment", "minimum-alignment", "length", "id", "frequency", "data-stream-class-id",
+               "seconds", "cycles")
 TSDL_TOKEN = re.compile(r"0[xX][0-9a-fA-F]+|\d+|[A-Za-z_][A-Za-z0-9_]*|\"(?:\\.|[^\"\\])*\"|\S")
 TSDL_INSERTS = ("{", "}", ";", "[", "]", "<", ">", ":=", "struct {", "align(", "variant", "0", "...",
                 "integer { size = 64; }", "string", "[99999999999]", "enum : uint8_t { a }")
@@ -92,8 +101,11 @@ def prepare_seeds(dest: Path, seeds: tuple[Seed, ...] = SEEDS) -> list[tuple[See
             names = s.streams or tuple(sorted(p.name for p in src.iterdir()
                                               if p.is_file() and p.name != "metadata" and not p.name.startswith(".")))
             for n in names:
-                with open(src / n, "rb") as f:
-                    data = f.read(s.max_bytes) if s.max_bytes else f.read()
+                data = (src / n).read_bytes()
+                if s.max_bytes and len(data) > s.max_bytes:
+                    # at the last packet start within max_bytes (the first packet whole)
+                    starts = [p for p in _packet_starts(data[:s.max_bytes + 4]) if p > 0]
+                    data = data[:starts[-1] if starts else s.max_bytes]
                 (tmp / n).write_bytes(data)
             tmp.rename(d)
         out.append((s, d))
@@ -154,15 +166,28 @@ def _mutate_stream(rng: random.Random, data: bytearray, m: Mutation) -> bytearra
 
 
 def _mutate_tsdl(rng: random.Random, text: str, m: Mutation) -> str:
+    if rng.random() < 0.3:
+        # the value of a layout attribute: what the decoder turns into bit arithmetic
+        spots = [(x.start(1), x.end(1)) for x in LAYOUT_ATTR.finditer(text)]
+        if spots:
+            a, b = rng.choice(spots)
+            new = rng.choice(META_NUMBERS)
+            m.edits.append(["layout", a, text[a:b], new])
+            return text[:a] + new + text[b:]
     toks = [(t.start(), t.end()) for t in TSDL_TOKEN.finditer(text)]
     if not toks:
         return text
     nums = [t for t in toks if text[t[0]].isdigit()]
+    # numbers the decoder turns into sizes, alignments, lengths and ids
+    key_nums = [t for t in nums if KEY_CONTEXT.search(text[max(0, t[0] - 16):t[0]])]
     idents = [text[a:b] for a, b in toks if text[a].isalpha() or text[a] == "_"]
     edits = []
     for _ in range(rng.randint(1, 3)):
         kind = rng.choice(("number", "number", "number", "ident", "delete", "insert", "duplicate", "swap"))
-        a, b = rng.choice(nums) if kind == "number" and nums else rng.choice(toks)
+        if kind == "number" and key_nums and rng.random() < 0.6:
+            a, b = rng.choice(key_nums)
+        else:
+            a, b = rng.choice(nums) if kind == "number" and nums else rng.choice(toks)
         if kind == "number":
             new = rng.choice(META_NUMBERS)
         elif kind == "ident":
@@ -212,8 +237,11 @@ def _mutate_ctf2(rng: random.Random, raw: bytes, m: Mutation) -> bytes:
         if isinstance(old, (int, float)) and not isinstance(old, bool) and kind in ("number", "value"):
             new: object = int(rng.choice(META_NUMBERS), 0) * rng.choice((1, 1, -1))
         elif kind == "number":
-            # a number-valued member near here: alignment, length, id, mapping bounds …
+            # a number-valued member: alignment, length, id, mapping bounds …
             nums = [q for q in _json_paths(frags[fi]) if q and _is_number(_get(frags[fi], q))]
+            keyed = [q for q in nums if q[-1] in KEY_MEMBERS]
+            if keyed and rng.random() < 0.6:
+                nums = keyed
             if nums:
                 p = rng.choice(nums)
                 parent = _get(frags[fi], p[:-1])
@@ -322,7 +350,9 @@ def worker(seed: int, start: int, end: int, workdir: Path, journal: Path, dump_e
             m = make_mutation(seed, i, seeds, cur)
             j.write(f"B\t{i}\t{m.describe()}\n")
             j.flush()
-            outcome, detail = exercise(cur, dump_every > 0 and i % dump_every == 0)
+            # dump formats every event in Python: only for the small seeds
+            small = sum(p.stat().st_size for p in cur.iterdir()) < 200_000
+            outcome, detail = exercise(cur, small and dump_every > 0 and i % dump_every == 0)
             j.write(f"R\t{i}\t{outcome}\t{detail.replace(chr(10), ' ').replace(chr(9), ' ')}\n")
 
 
@@ -361,7 +391,7 @@ def run(seed: int, start: int, end: int, workdir: Path, timeout: float = 20.0, d
     t0 = time.monotonic()
     nxt = start
     env = dict(os.environ, STACKLENS_CACHE="off", PYTHONPATH=os.pathsep.join(
-        [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+        [str(CODE), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     while nxt < end:
         journal.write_text("")
         code = ("import sys, resource; from pathlib import Path; import ctf_fuzzing as F; "

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from . import decode as D
 from .decode import CompiledStream, build, compile_stream
-from .tsdl import MetadataError, read_metadata_file, strip_underscore
+from .tsdl import MetadataError, clock_offset_ns, read_metadata_file, strip_underscore
 from .types import BE, Clock, EnumType, IntType, TraceMetadata
 
 CHUNK_EVENTS = 131072  # events per decode call and stream: bounds memory per stream
@@ -115,12 +115,9 @@ def clock_ns(cycles: np.ndarray, clock: Clock | None) -> np.ndarray:
     if clock is None:
         return u.astype(np.int64)
     freq = clock.freq
-    off_s = clock.offset_s + clock.offset // freq
-    off_c = clock.offset % freq
+    base_ns = clock_offset_ns(clock) or 0  # an offset beyond int64 ns is not used (noted)
     if freq == 1_000_000_000:
-        base_ns = off_s * 1_000_000_000 + off_c
-        return (u.astype(np.int64) + np.int64(base_ns)) if abs(base_ns) < 2**63 else u.astype(np.int64)
-    base_ns = off_s * 1_000_000_000 + int(1e9 * off_c / freq)
+        return u.astype(np.int64) + np.int64(base_ns)
     sec = (u // np.uint64(freq)).astype(np.int64)
     rem = (u % np.uint64(freq)).astype(np.float64)
     return sec * 1_000_000_000 + (1e9 * rem / freq).astype(np.int64) + np.int64(base_ns)
@@ -162,6 +159,10 @@ class CtfTrace:
         except RecursionError:
             raise TraceError(mpath, f"metadata nesting too deep") from None
         t = cls(path, meta)
+        for c in meta.clocks.values():
+            if clock_offset_ns(c) is None:
+                t.notes.append(f"{mpath}: clock {c.name!r} offset ({c.offset_s} s + {c.offset} cycles) is beyond "
+                               f"the int64-nanosecond range: not used")
         for sid in meta.streams:  # compile every layout now: bad metadata fails here
             t._compiled(sid)
         t._open_streams()
@@ -275,26 +276,33 @@ class CtfTrace:
 
     def chunks(self, sf: StreamFile, max_events: int = CHUNK_EVENTS,
                progress: Callable[[int], None] | None = None) -> Iterator[Chunk]:
-        """Decode one stream file by chunks of at most `max_events` events. Events of packets
-        whose times are out of line with their neighbours (`time_outliers`) are left out,
-        counted in `sf.dropped_events` and described in `self.time_notes`."""
-        bad = self._time_outliers(sf)
+        """Decode one stream file by chunks of at most `max_events` events. When packet times
+        of the stream are out of line (`_time_windows`), events whose time lies outside what
+        the in-line packet times around them allow are left out, counted in
+        `sf.dropped_events` and described in `self.time_notes`."""
+        windows = self._time_windows(sf)
         sf.dropped_events = 0
+        dropped_at: dict[int, int] = {}
         for ch in self._decode(sf, max_events, progress, events=True):
-            if bad:
-                offs = np.array([p.offset for p in sf.packets], dtype=np.int64)
-                keep = ~np.isin(offs[ch.pkt], np.array(sorted(bad), dtype=np.int64))
+            if windows:
+                lo = np.array([windows.get(p.offset, _NO_WINDOW)[0] for p in sf.packets], dtype=np.int64)
+                hi = np.array([windows.get(p.offset, _NO_WINDOW)[1] for p in sf.packets], dtype=np.int64)
+                keep = (ch.ts >= lo[ch.pkt]) & (ch.ts <= hi[ch.pkt])
                 if not keep.all():
-                    sf.dropped_events += int((~keep).sum())
+                    out = ch.pkt[~keep]
+                    for k, c in zip(*np.unique(out, return_counts=True)):
+                        off = sf.packets[int(k)].offset
+                        dropped_at[off] = dropped_at.get(off, 0) + int(c)
+                    sf.dropped_events += int(out.size)
                     if not keep.any():
                         continue
                     ch = Chunk(sf, ch.ts[keep], ch.cls[keep], ch.pkt[keep], ch.base[keep], ch.buf)
             yield ch
-        if bad:
+        if dropped_at:
+            where = ", ".join(f"{n} at byte {o}" for o, n in sorted(dropped_at.items())[:5])
             self.time_notes.append(
-                f"{sf.path}: {len(bad)} packet(s) whose times are out of line with their neighbours "
-                f"(at byte {', '.join(str(o) for o in sorted(bad)[:5])}{' …' if len(bad) > 5 else ''}): "
-                f"their {sf.dropped_events} events left out")
+                f"{sf.path}: {sf.dropped_events} events left out, their times out of line with the packets "
+                f"around them (a damaged packet timestamp): {where}{' …' if len(dropped_at) > 5 else ''}")
 
     def _decode(self, sf: StreamFile, max_events: int, progress: Callable[[int], None] | None,
                 events: bool) -> Iterator[Chunk]:
@@ -359,10 +367,20 @@ class CtfTrace:
                 return
             if status == D.FULL:
                 if nev == 0 and npk == 0:
-                    cap *= 4  # one event larger than the buffer: grow (bounded by the packet)
-                    if cap > (n * 8 + (1 << 20)) * 4:
-                        self._problem(sf, st, D.E_LEN)
-                        return
+                    # one event (or packet record) larger than the buffer: grow it, up to what
+                    # one packet can need (a slot takes a bit, or is bounded by the zero-bit
+                    # element budget)
+                    bound = (4 * int(st[D.S_PSIZE]) if st[D.S_PHASE] == 1 else cs.packet_k) \
+                        + 4 * D.ZERO_BIT_ELEMENTS + (1 << 20)
+                    if cap >= bound:
+                        sf.skipped_packets += 1
+                        self._problem(sf, st, D.E_LEN, "rest of the packet skipped")
+                        if st[D.S_PHASE] != 1:
+                            return
+                        st[D.S_P] = st[D.S_PKTEND]
+                        st[D.S_PHASE] = 0
+                        continue
+                    cap = min(cap * 4, bound)
                 continue
             # a decoding error
             sf.skipped_packets += 1
@@ -388,46 +406,71 @@ class CtfTrace:
     def _note(self, sf: StreamFile, msg: str) -> None:
         sf.notes.append(msg)
 
-    def _time_outliers(self, sf: StreamFile) -> set[int]:
-        """Offsets of the packets of a stream whose begin time is out of line with their
-        neighbours' times (a flipped bit in timestamp_begin: every event of the packet
-        takes its time from it); a packet whose end time only is out of line is noted and
-        its end time not used (lost-event records), its events are kept.
+    def _time_windows(self, sf: StreamFile) -> dict[int, tuple[int, int]]:
+        """When some packet begin/end times of a stream are out of line with their
+        neighbours' (`time_outliers`: a flipped bit in timestamp_begin or timestamp_end),
+        the times (ns) each packet's events may have: from the in-line packet time at or
+        before its begin to the one at or after its end, with `OUT_OF_LINE_S` of slack.
+        Empty when every packet time is in line (then no event is checked).
 
-        Their events are left out rather than clamped: a clamped time would put all of them
-        at one made-up instant, wrong for every latency and ordering built on them, while
-        left out they are counted and reported, and the store's time range is the one of
-        the good packets. Read from a pass over the packet headers only (per packet)."""
+        Out-of-line times are noted and not used (lost-event records). The events they moved
+        (an event takes its time from timestamp_begin until a full timestamp comes) are left
+        out rather than clamped: a clamped time would put all of them at one made-up instant,
+        wrong for every latency and ordering built on them; left out, they are counted and
+        reported, and the store's time range stays the one of the good data. Events with
+        their own full timestamps (most kernel events) keep their place. Read from a pass over
+        the packet headers only (per packet, not per event)."""
         pf = sf.cs.packet_fields
         sf.bad_times = set()
         if "default-clock-timestamp" not in pf:
-            return set()
+            return {}
         list(self._decode(sf, 1, None, events=False))
-        packets = sf.packets
+        packets = list(sf.packets)
         if len(packets) < 2:
-            return set()
+            return {}
         clock = self.clock_of(sf)
         freq = clock.freq if clock else 1_000_000_000
         points: list[int] = []
-        where: list[tuple[int, bool]] = []  # (packet offset, is begin)
-        for p in packets:
+        where: list[tuple[int, bool]] = []  # (packet index, is begin)
+        for i, p in enumerate(packets):
             for v, is_begin in ((p.ts_begin, True), (p.ts_end, False)):
                 if v:  # absent or 0 (never written, e.g. a packet not closed): no time
                     points.append(v)
-                    where.append((p.offset, is_begin))
-        bad_begin: set[int] = set()
-        bad_end: set[int] = set()
-        for i in time_outliers(points, OUT_OF_LINE_S * freq, FAR_S * freq):
-            off, is_begin = where[i]
-            (bad_begin if is_begin else bad_end).add(off)
-        sf.bad_times = bad_begin | bad_end
-        only_end = bad_end - bad_begin
-        if only_end:
-            self.time_notes.append(
-                f"{sf.path}: {len(only_end)} packet end time(s) out of line with the neighbouring packets "
-                f"(at byte {', '.join(str(o) for o in sorted(only_end)[:5])}{' …' if len(only_end) > 5 else ''}): "
-                f"not used, the events kept")
-        return bad_begin
+                    where.append((i, is_begin))
+        bad = set(time_outliers(points, OUT_OF_LINE_S * freq, FAR_S * freq))
+        if not bad:
+            return {}
+        sf.bad_times = {packets[where[j][0]].offset for j in bad}
+        flagged = sorted((packets[where[j][0]].offset, "begin" if where[j][1] else "end") for j in bad)
+        self.time_notes.append(
+            f"{sf.path}: {len(flagged)} packet time(s) out of line with the neighbouring packets, not used: "
+            + ", ".join(f"{w} of the packet at byte {o}" for o, w in flagged[:5]) + (" …" if len(flagged) > 5 else ""))
+        # the in-line time at or before each packet's begin, at or after its end
+        # (a packet without one of its times: the in-line time before / after the packet)
+        lo: list[int | None] = [None] * len(packets)
+        hi: list[int | None] = [None] * len(packets)
+        has_begin = {i for i, b in where if b}
+        has_end = {i for i, b in where if not b}
+        last = None
+        for j, (i, is_begin) in enumerate(where):
+            if is_begin or i not in has_begin:
+                lo[i] = last if (not is_begin or j in bad) else points[j]
+            if j not in bad:
+                last = points[j]
+        last = None
+        for j in range(len(points) - 1, -1, -1):
+            i, is_begin = where[j]
+            if not is_begin or i not in has_end:
+                hi[i] = last if (is_begin or j in bad) else points[j]
+            if j not in bad:
+                last = points[j]
+        slack = OUT_OF_LINE_S * 1_000_000_000
+        windows = {}
+        for i, p in enumerate(packets):
+            a = int(clock_ns(np.array([lo[i]], dtype=np.uint64), clock)[0]) - slack if lo[i] is not None else _NO_WINDOW[0]
+            b = int(clock_ns(np.array([hi[i]], dtype=np.uint64), clock)[0]) + slack if hi[i] is not None else _NO_WINDOW[1]
+            windows[p.offset] = (max(a, _NO_WINDOW[0]), min(b, _NO_WINDOW[1]))
+        return windows
 
     def _problem(self, sf: StreamFile, st: np.ndarray, status: int, then: str = "rest of the stream skipped") -> None:
         what = D.ERRORS.get(status, f"decoding error {status}")
@@ -581,6 +624,7 @@ def _next_packet(sf: StreamFile, at: int, magic: bytes | None) -> int | None:
     return q if q > at else None
 
 
+_NO_WINDOW = (-(1 << 63), (1 << 63) - 1)
 OUT_OF_LINE_S = 1  # a packet time this far (seconds) out of its place among its neighbours
 FAR_S = 30 * 86400  # or this far from the stream's median packet time
 
