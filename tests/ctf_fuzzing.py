@@ -169,6 +169,9 @@ def _mutate_tsdl(rng: random.Random, text: str, m: Mutation) -> str:
     if rng.random() < 0.3:
         # the value of a layout attribute: what the decoder turns into bit arithmetic
         spots = [(x.start(1), x.end(1)) for x in LAYOUT_ATTR.finditer(text)]
+        aligns = [(a, b) for a, b in spots if "align" in text[max(0, a - 9):a]]
+        if aligns and rng.random() < 0.5:
+            spots = aligns  # alignments: the kernel's rounding arithmetic
         if spots:
             a, b = rng.choice(spots)
             new = rng.choice(META_NUMBERS)
@@ -397,8 +400,11 @@ def run(seed: int, start: int, end: int, workdir: Path, timeout: float = 20.0, d
         code = ("import sys, resource; from pathlib import Path; import ctf_fuzzing as F; "
                 f"lim = {memory_limit_mb} << 20; resource.setrlimit(resource.RLIMIT_AS, (lim, lim)); "
                 f"F.worker({seed}, {nxt}, {end}, Path({str(workdir)!r}), Path({str(journal)!r}), {dump_every})")
+        # run from the work directory: `python -c` puts the current directory first on the path
+        # (stderr to a file: a pipe nobody reads would block a worker that writes a lot)
+        errf = open(workdir / "stderr", "w+b")
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+                                stderr=errf, start_new_session=True, cwd=workdir)
         pos = 0
         pending: tuple[int, str] | None = None
         last_move = time.monotonic()
@@ -439,7 +445,9 @@ def run(seed: int, start: int, end: int, workdir: Path, timeout: float = 20.0, d
                 proc.wait()
                 hung = True
                 break
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        errf.seek(max(0, errf.seek(0, 2) - 4000))
+        err = errf.read().decode(errors="replace")
+        errf.close()
         if pending is not None:
             # died (or was killed) inside mutation `pending`
             i, desc = pending

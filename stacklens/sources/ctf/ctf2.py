@@ -82,7 +82,10 @@ class _Ctf2:
         t = d.get("type")
         bo = BE if d.get("byte-order") == "big-endian" else LE
         align = int(d.get("alignment", 1))
-        roles = tuple(d.get("roles", ()))
+        roles = d.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise MetadataError(f"roles of a {str(t)[:40]} field class are not a list of strings")
+        roles = tuple(roles)
         if t in ("fixed-length-unsigned-integer", "fixed-length-signed-integer", "fixed-length-bit-array",
                  "fixed-length-boolean", "fixed-length-unsigned-enumeration", "fixed-length-signed-enumeration"):
             n = int(d.get("length", 0))
@@ -186,6 +189,8 @@ def parse_ctf2(raw: bytes) -> TraceMetadata:
                 if sid in m.streams:
                     raise MetadataError(f"duplicate data stream class {sid}")
                 clk = f.get("default-clock-class-name") or f.get("default-clock-class-id")
+                if clk is not None and not isinstance(clk, str):
+                    raise MetadataError(f"data stream class {sid}: default clock class is not a name")
                 m.streams[sid] = StreamClass(sid, c.struct(f.get("packet-context-field-class"), "packet context"),
                                              c.struct(f.get("event-record-header-field-class"), "event header"),
                                              c.struct(f.get("event-record-common-context-field-class"), "event context"),

@@ -762,6 +762,12 @@ ROLE_NAMES = set(ROLE_BY_NAME.values())
 
 
 def compile_stream(meta: TraceMetadata, sclass: StreamClass) -> CompiledStream:
+    # ids are compared as int64 by the kernel
+    if not 0 <= sclass.id < 1 << 63:
+        raise MetadataError(f"stream class id {sclass.id} is not in 0..2^63-1")
+    for eid in sclass.events:
+        if not 0 <= eid < 1 << 63:
+            raise MetadataError(f"event class id {eid} is not in 0..2^63-1")
     c = _Compiler(meta)
     single_clock = next(iter(meta.clocks)) if len(meta.clocks) == 1 else None
     clock_name = sclass.default_clock
