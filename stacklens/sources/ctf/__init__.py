@@ -93,6 +93,8 @@ class CtfReader(Reader):
             if meta.uuid:
                 self.report.meta["trace_uuid"] = meta.uuid
             self.report.notes.extend(self._trace.notes)
+            if self._trace.unreadable:
+                self.report.skip(0, len(self._trace.unreadable))
         return self._trace
 
     def tables(self) -> Iterator[pa.Table]:
@@ -143,8 +145,6 @@ class CtfReader(Reader):
         self.report.notes.extend(trace.problems[:10])
         if len(trace.problems) > 10:
             self.report.notes.append(f"… and {len(trace.problems) - 10} other decoding problems")
-        for sf in trace.streams:
-            self.report.notes.extend(sf.notes[:10])
         self.report.notes.extend(trace.time_notes)
 
     def _with_rows(self, trace: CtfTrace, chunks: Iterator[Chunk], kernel: bool) -> Iterator[Chunk]:

@@ -188,8 +188,6 @@ def dump(root: Path | str, out: TextIO | None = None, err: TextIO | None = None)
             if sf.error:
                 print(f"error: {sf.error}", file=err)
                 status = 1
-            for msg in sf.notes:
-                print(f"warning: {msg}", file=err)
         for msg in t.time_notes:
             print(f"warning: {msg}", file=err)
         for stream, cpu, tb, te, n in t.lost():

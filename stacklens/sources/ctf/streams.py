@@ -57,7 +57,6 @@ class StreamFile:
     packets: list[Packet] = field(default_factory=list)
     error: str | None = None  # the first decoding problem met, if any
     skipped_packets: int = 0
-    notes: list[str] = field(default_factory=list)  # what else was skipped or repaired
     dropped_events: int = 0  # events of packets whose times are out of line
     bad_times: set[int] = field(default_factory=set)  # offsets of packets with a time out of line
     mm: object = None  # the memory map of the file (for finding the next packet)
@@ -143,6 +142,7 @@ class CtfTrace:
         self.notes: list[str] = []
         self.problems: list[str] = []  # decoding errors met (data skipped)
         self.time_notes: list[str] = []  # packets whose times are out of line (events left out)
+        self.unreadable: list[str] = []  # stream files skipped whole (first packet header unreadable)
         self._maps: list[mmap.mmap] = []
 
     # --- opening -------------------------------------------------------------------
@@ -212,6 +212,7 @@ class CtfTrace:
             first = unreadable[0]
             more = f" (and {len(unreadable) - 1} other stream files)" if len(unreadable) > 1 else ""
             raise TraceError(first.path, f"{first.problem}{more}")
+        self.unreadable = [e.path for e in unreadable]
         for e in unreadable:
             self.notes.append(f"{e.path}: stream file skipped: {e.problem}")
         self._check_indexes()
@@ -402,9 +403,6 @@ class CtfTrace:
                 return
             self._problem(sf, st, status, f"bytes {bad_p}..{nxt - 1} skipped, resumed at the next packet")
             st[D.S_P] = nxt
-
-    def _note(self, sf: StreamFile, msg: str) -> None:
-        sf.notes.append(msg)
 
     def _time_windows(self, sf: StreamFile) -> dict[int, tuple[int, int]]:
         """When some packet begin/end times of a stream are out of line with their
