@@ -477,4 +477,5 @@ def _keep(workdir: Path, dest: Path, seed: int, r: Result) -> None:
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(tmp, d, symlinks=False)
     shutil.rmtree(tmp)
-    (d / "MUTATION.txt").write_text(f"seed {seed} index {r.index}\n{r.mutation}\n{r.outcome}: {r.detail}\n")
+    # (next to the trace directory: a file inside would be read as a stream file)
+    (dest / f"{d.name}.txt").write_text(f"seed {seed} index {r.index}\n{r.mutation}\n{r.outcome}: {r.detail}\n")

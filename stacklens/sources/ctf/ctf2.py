@@ -119,6 +119,8 @@ class _Ctf2:
             return SequenceType(IntType(8, False, 8, LE, 16), self.location(d.get("length-field-location")))
         if t == "structure":
             fields = [(str(m["name"]), self.fc(m["field-class"])) for m in d.get("member-classes", [])]
+            if len({n for n, _ in fields}) != len(fields):
+                raise MetadataError("structure field class with duplicate member names")
             return StructType(fields, int(d.get("minimum-alignment", 1)))
         if t == "static-length-array":
             return ArrayType(self.fc(d["element-field-class"]), int(d["length"]))

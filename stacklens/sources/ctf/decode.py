@@ -870,6 +870,24 @@ def compile_stream(meta: TraceMetadata, sclass: StreamClass) -> CompiledStream:
 
 
 # --- from slots back to Arrow ------------------------------------------------------------
+def member_names(names: list[str]) -> list[str]:
+    """Names of structure members or variant options as shown: one leading underscore
+    removed (CTF 1.8 §4) unless two would then be equal (those keep the name as written),
+    and unique whatever the metadata (Arrow structures need unique names)."""
+    shown = [strip_underscore(n) for n in names]
+    if len(set(shown)) != len(shown):
+        clash = {x for x in shown if shown.count(x) > 1}
+        shown = [n if x in clash else x for n, x in zip(names, shown)]
+        seen: dict[str, int] = {}
+        for i, x in enumerate(shown):
+            if x in seen:
+                seen[x] += 1
+                shown[i] = f"{x}.{seen[x]}"
+            else:
+                seen[x] = 0
+    return shown
+
+
 def _ints(buf: np.ndarray, idx: np.ndarray, t: IntType) -> pa.Array:
     v = buf[idx]
     if t.size == 64 and not t.signed:
@@ -911,7 +929,7 @@ def build(node: Node, buf: np.ndarray, idx: np.ndarray, data: np.ndarray, valid:
         if not node.children:
             return pa.array([{}] * len(idx), pa.struct([]))  # rare: empty struct
         arrays = [build(c, buf, idx, data, valid) for _, c in node.children]
-        names = [strip_underscore(n) for n, _ in node.children]
+        names = member_names([n for n, _ in node.children])
         return pa.StructArray.from_arrays(arrays, names=names, mask=pa.array(mask) if mask is not None else None)
     if k == "list":
         starts = buf[idx + node.slot]
@@ -931,11 +949,11 @@ def build(node: Node, buf: np.ndarray, idx: np.ndarray, data: np.ndarray, valid:
         return pa.LargeListArray.from_arrays(pa.array(offsets), child, mask=pa.array(mask) if mask is not None else None)
     if k == "variant":
         sel = buf[idx + node.slot]
-        arrays, names = [], []
+        arrays = []
+        names = member_names([n for n, _ in node.children])
         for i, (n, c) in enumerate(node.children):
             ok = sel == i if valid is None else (sel == i) & valid
             arrays.append(build(c, buf, idx, data, ok))
-            names.append(strip_underscore(n))
         return pa.StructArray.from_arrays(arrays, names=names, mask=pa.array(mask) if mask is not None else None)
     if k == "optional":
         present = buf[idx + node.slot] != 0
