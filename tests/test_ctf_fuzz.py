@@ -4,6 +4,7 @@ allocation beyond the packet (lengths are checked against the packet before use)
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 from pathlib import Path
@@ -77,3 +78,26 @@ def test_mutated_metadata(tmp_path: Path, which: int, muts, cut) -> None:
     m.write_bytes(bytes(data))
     _CACHE.clear()
     _read(d)
+
+
+# --- mutation fuzzing in worker subprocesses (a crash or a hang is a failure, not the end) ---
+FUZZ_TRIES = int(os.environ.get("STACKLENS_FUZZ_TRIES", "2000"))
+
+
+def test_fuzz_mutations_in_subprocesses(tmp_path: Path) -> None:
+    """A few thousand mutations (bit flips, boundary-value overwrites, truncations, TSDL token
+    and CTF 2 JSON value mutations) of several real traces (tests/ctf_fuzzing.SEEDS), read
+    as ingest reads them (and some dumped) in worker subprocesses: no crash (signal), no
+    hang (30 s without an answer), no exception other than a one-line SourceError. The
+    mutations are a fixed function of (seed, index): a failure names the mutation to rerun
+    (`python bench/ctf_fuzz.py --seed S --start I --count 1`)."""
+    import ctf_fuzzing as F
+    need_data("ctf-conformance", "traces", "succeed", "sequence")
+    need_data("tracecompass", "many-threads")
+    res = F.run(15, 0, FUZZ_TRIES, tmp_path / "work", timeout=30, keep_failures=tmp_path / "failures")
+    failures = res.failures()
+    assert not failures, res.summary() + "\n" + "\n".join(
+        f"{r.outcome} #{r.index}: {r.detail} [{r.mutation}]" for r in failures[:10])
+    assert len(res.results) == FUZZ_TRIES
+    # the mutations reach the decoder: many are read (with what they skipped reported)
+    assert res.count("ok") > FUZZ_TRIES // 3 and res.count("rejected") > FUZZ_TRIES // 10, res.summary()

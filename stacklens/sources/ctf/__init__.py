@@ -32,7 +32,10 @@ def open_trace(path: Path | str) -> CtfTrace:
     try:
         return CtfTrace.open(Path(path))
     except TraceError as e:
-        raise SourceError(e.path, e.problem) from None
+        # named from the trace directory (ingest shows that one), with the file at fault
+        where = Path(e.path)
+        name = where.relative_to(path) if where != Path(path) and where.is_relative_to(path) else None
+        raise SourceError(path, f"{name}: {e.problem}" if name else e.problem) from None
     except OSError as e:
         raise SourceError(path, f"cannot read ({e.strerror or e})") from None
 
@@ -90,6 +93,8 @@ class CtfReader(Reader):
             if meta.uuid:
                 self.report.meta["trace_uuid"] = meta.uuid
             self.report.notes.extend(self._trace.notes)
+            if self._trace.unreadable:
+                self.report.skip(0, len(self._trace.unreadable))
         return self._trace
 
     def tables(self) -> Iterator[pa.Table]:
@@ -129,14 +134,18 @@ class CtfReader(Reader):
             first = broken[0]
             problem = first.error.removeprefix(f"{first.path}: ")  # type: ignore[union-attr]
             more = f" (and {len(broken) - 1} other stream files)" if len(broken) > 1 else ""
-            raise SourceError(first.path, f"no event could be read: {problem}{more}")
-        for sf in broken:
-            if sf.error:
-                self.report.skip(pos, 1)
-                self.report.notes.append(f"{sf.error}; rest of the packet skipped"
-                                         if sf.skipped_packets else f"{sf.error}; rest of the stream skipped")
-        for msg in trace.problems[len([s for s in trace.streams if s.error]):][:10]:
-            self.report.notes.append(msg)
+            raise SourceError(self.path, f"no event could be read: {first.name}: {problem}{more}")
+        # what was skipped: one per decoding problem (a bad event and the rest of its packet,
+        # or a bad packet), and every event of a packet whose time is out of line
+        for sf in trace.streams:
+            if sf.skipped_packets:
+                self.report.skip(pos, sf.skipped_packets)
+            if sf.dropped_events:
+                self.report.skip(pos, sf.dropped_events)
+        self.report.notes.extend(trace.problems[:10])
+        if len(trace.problems) > 10:
+            self.report.notes.append(f"… and {len(trace.problems) - 10} other decoding problems")
+        self.report.notes.extend(trace.time_notes)
 
     def _with_rows(self, trace: CtfTrace, chunks: Iterator[Chunk], kernel: bool) -> Iterator[Chunk]:
         for ch in chunks:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from .tsdl import MetadataError
+from .tsdl import MetadataError, check_clock
 from .types import (BE, LE, ArrayType, BlobType, Clock, CtfType, EnumType, EventClass,
                     FloatType, IntType, OptionalType, SequenceType, StreamClass, StringType,
                     StructType, TraceMetadata, VariantType)
@@ -34,6 +34,8 @@ def _fragments(raw: bytes) -> list[dict]:
             obj = json.loads(part.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise MetadataError(f"CTF 2 fragment {i}: invalid JSON ({e})") from None
+        except RecursionError:
+            raise MetadataError(f"CTF 2 fragment {i}: JSON nesting too deep") from None
         if not isinstance(obj, dict) or "type" not in obj:
             raise MetadataError(f"CTF 2 fragment {i}: not an object with a type")
         out.append(obj)
@@ -80,7 +82,10 @@ class _Ctf2:
         t = d.get("type")
         bo = BE if d.get("byte-order") == "big-endian" else LE
         align = int(d.get("alignment", 1))
-        roles = tuple(d.get("roles", ()))
+        roles = d.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise MetadataError(f"roles of a {str(t)[:40]} field class are not a list of strings")
+        roles = tuple(roles)
         if t in ("fixed-length-unsigned-integer", "fixed-length-signed-integer", "fixed-length-bit-array",
                  "fixed-length-boolean", "fixed-length-unsigned-enumeration", "fixed-length-signed-enumeration"):
             n = int(d.get("length", 0))
@@ -114,6 +119,8 @@ class _Ctf2:
             return SequenceType(IntType(8, False, 8, LE, 16), self.location(d.get("length-field-location")))
         if t == "structure":
             fields = [(str(m["name"]), self.fc(m["field-class"])) for m in d.get("member-classes", [])]
+            if len({n for n, _ in fields}) != len(fields):
+                raise MetadataError("structure field class with duplicate member names")
             return StructType(fields, int(d.get("minimum-alignment", 1)))
         if t == "static-length-array":
             return ArrayType(self.fc(d["element-field-class"]), int(d["length"]))
@@ -142,6 +149,10 @@ class _Ctf2:
         return t
 
 
+def _kind(f: object) -> str:
+    return str(f.get("type"))[:40] if isinstance(f, dict) else "?"
+
+
 def parse_ctf2(raw: bytes) -> TraceMetadata:
     """Parse a CTF 2 metadata stream into the type model."""
     frags = _fragments(raw)
@@ -163,6 +174,8 @@ def parse_ctf2(raw: bytes) -> TraceMetadata:
                 m.env.update(f.get("environment") or {})
                 uuid = f.get("uuid")
                 if isinstance(uuid, list):
+                    if len(uuid) != 16 or not all(isinstance(b, int) and 0 <= b <= 255 for b in uuid):
+                        raise MetadataError("trace class uuid is not 16 bytes")
                     m.uuid = bytes(uuid).hex()
             elif t == "clock-class":
                 name = str(f.get("name", f.get("id", "default")))
@@ -170,8 +183,7 @@ def parse_ctf2(raw: bytes) -> TraceMetadata:
                 clk = Clock(name, int(f.get("frequency", 1_000_000_000)), int(off.get("seconds", 0)),
                             int(off.get("cycles", 0)), description=f.get("description"),
                             absolute=f.get("origin") is not None)
-                if clk.freq <= 0:
-                    raise MetadataError(f"clock {name!r} has frequency {clk.freq}")
+                check_clock(clk)
                 m.clocks[name] = clk
                 clock_ids[str(f.get("id", name))] = name
             elif t == "data-stream-class":
@@ -179,6 +191,8 @@ def parse_ctf2(raw: bytes) -> TraceMetadata:
                 if sid in m.streams:
                     raise MetadataError(f"duplicate data stream class {sid}")
                 clk = f.get("default-clock-class-name") or f.get("default-clock-class-id")
+                if clk is not None and not isinstance(clk, str):
+                    raise MetadataError(f"data stream class {sid}: default clock class is not a name")
                 m.streams[sid] = StreamClass(sid, c.struct(f.get("packet-context-field-class"), "packet context"),
                                              c.struct(f.get("event-record-header-field-class"), "event header"),
                                              c.struct(f.get("event-record-common-context-field-class"), "event context"),
@@ -190,8 +204,10 @@ def parse_ctf2(raw: bytes) -> TraceMetadata:
                                          c.struct(f.get("payload-field-class"), "payload")))
             elif t == "preamble":
                 raise MetadataError("second CTF 2 preamble")
-    except (KeyError, TypeError, ValueError) as e:
-        raise MetadataError(f"bad CTF 2 fragment ({type(e).__name__}: {e})") from None
+    except KeyError as e:
+        raise MetadataError(f"CTF 2 {_kind(f)} fragment lacks member {e}") from None
+    except (TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise MetadataError(f"bad value in a CTF 2 {_kind(f)} fragment ({e})") from None
     for ev in events:
         sc = m.streams.get(ev.stream_id)
         if sc is None:

@@ -8,9 +8,17 @@ record of slots at `ev_base[i]`, arrays/sequences put their elements further in 
 buffer. Nothing per event is a Python object; columns are then gathered per event class
 with NumPy (`build_columns`).
 
-All reads are checked against the packet's content size before they happen, array and
-sequence lengths against the bits left in the packet, so corrupt data yields an error code
-(never an out-of-bounds access or an unbounded allocation).
+Compiled code never trusts input. What comes from the metadata is checked once when a
+layout is compiled (`_Compiler`): alignments are powers of two up to `MAX_ALIGN` bits,
+integer sizes 1..64, floats 32/64, array and BLOB lengths at most `MAX_LENGTH`, enumeration
+and selector ranges inside int64, nesting at most `MAX_DEPTH`, so that the kernel's bit
+arithmetic cannot overflow. What comes from the data is checked by the kernel before use:
+packet and content sizes against the file, every read against the packet's content size,
+array/sequence/string lengths against the bits left in the packet (by division, never a
+product that could wrap), slot space against the buffer, iterations of elements that take
+no bits against a budget (`S_ZMAX`), and an event that takes no bits is an error (the stream
+could not advance). Corrupt data yields an error code, never an out-of-bounds access, an
+unbounded allocation or an endless loop.
 """
 
 from __future__ import annotations
@@ -38,29 +46,38 @@ F_DISC = 256
 
 # st[] indices: the mutable state of the decoder, kept between calls
 S_BIT, S_END, S_CLOCK, S_ATOP, S_PSIZE, S_CSIZE, S_ID, S_SID, S_CAP, S_ERRV, S_P, S_PHASE, \
-    S_PKTEND, S_NPKT, S_DISC = range(15)
-NST = 16
+    S_PKTEND, S_NPKT, S_DISC, S_HAVE, S_ZWORK, S_ZMAX, S_WANTSID, S_SKIPEV = range(20)
+NST = 24
+HAVE_PSIZE, HAVE_CSIZE = 1, 2  # S_HAVE bits: the packet context gave these sizes
 
 # status codes
 OK, FULL, DONE = 0, 1, 2
-E_TRUNC, E_PSIZE, E_MAGIC, E_SID, E_EVID, E_VARIANT, E_LEN, E_STRING, E_DEPTH, E_CSIZE = \
-    -1, -2, -3, -4, -5, -6, -7, -8, -9, -10
+E_TRUNC, E_PSIZE, E_MAGIC, E_SID, E_EVID, E_VARIANT, E_LEN, E_STRING, E_DEPTH, E_CSIZE, \
+    E_EMPTY, E_ZWORK, E_PEND = -1, -2, -3, -4, -5, -6, -7, -8, -9, -10, -11, -12, -13
 
 ERRORS = {
     E_TRUNC: "event or packet field extends past the end of the packet content",
-    E_PSIZE: "bad packet size",
+    E_PSIZE: "bad packet size (bits: not a positive multiple of 8)",
     E_MAGIC: "bad packet magic number",
     E_SID: "packet of another stream class in the same stream file",
     E_EVID: "unknown event class id",
     E_VARIANT: "variant selector value selects no option",
-    E_LEN: "array/sequence length exceeds the packet",
+    E_LEN: "array/sequence/string length exceeds what is left of the packet",
     E_STRING: "unterminated string",
     E_DEPTH: "nesting too deep",
-    E_CSIZE: "packet content size larger than packet size",
+    E_CSIZE: "packet content size larger than the packet or smaller than its header",
+    E_EMPTY: "event record of zero bits (the stream cannot advance)",
+    E_ZWORK: "too many array/sequence elements that take no bits",
+    E_PEND: "packet size runs past the end of the file",
 }
 
 CTF_MAGIC = 0xC1FC1FC1
 MAX_DEPTH = 32
+MAX_ALIGN = 1 << 32  # bits: far above any real alignment (a page is 32768), low enough that
+#                      bit offsets (< 2^60 for any file) plus an alignment never overflow int64
+MAX_LENGTH = 1 << 48  # elements/bytes of a static array or BLOB: n * 64 bits stays < 2^63
+MAX_MIN_BITS = 1 << 52  # the smallest size of an element, saturated (only compared by division)
+ZERO_BIT_ELEMENTS = 65536  # one array/sequence of elements that take no bits: at most this
 
 
 # --- the numba kernel ----------------------------------------------------------------
@@ -148,8 +165,10 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
                     st[S_ID] = v
                 if flags & F_PSIZE:
                     st[S_PSIZE] = v
+                    st[S_HAVE] |= HAVE_PSIZE
                 if flags & F_CSIZE:
                     st[S_CSIZE] = v
+                    st[S_HAVE] |= HAVE_CSIZE
                 if flags & F_MAGIC:
                     if v != CTF_MAGIC:
                         st[S_ERRV] = v
@@ -183,7 +202,7 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
             n = ops[pc, 2]
             if n < 0:
                 n = regs[ops[pc, 3]]
-            if n < 0 or bit + n * 8 > st[S_END]:
+            if n < 0 or n > (st[S_END] - bit) >> 3:  # by division: n * 8 could wrap
                 st[S_ERRV] = n
                 return E_LEN
             start = P + (bit >> 3)
@@ -206,17 +225,27 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
             pc += 1
         elif op == OP_LOOP:
             st[S_BIT] = _aligned(st[S_BIT], ops[pc, 7])
+            if st[S_BIT] > st[S_END]:
+                return E_TRUNC
             n = ops[pc, 2]
             if n < 0:
                 n = regs[ops[pc, 3]]
             minbits = ops[pc, 6]
             left = st[S_END] - st[S_BIT]
-            if n < 0 or (minbits > 0 and n * minbits > left) or (minbits == 0 and n > 65536):
+            # compared by division: n * minbits or n * k could wrap around int64
+            if n < 0 or (minbits > 0 and n > left // minbits) or (minbits == 0 and n > ZERO_BIT_ELEMENTS):
                 st[S_ERRV] = n
                 return E_LEN
+            if minbits == 0:
+                # elements that may take no bits: bounded work per stream, whatever the data
+                st[S_ZWORK] += n
+                if st[S_ZWORK] > st[S_ZMAX]:
+                    st[S_ERRV] = n
+                    return E_ZWORK
             k = ops[pc, 4]
             atop = st[S_ATOP]
-            if atop + n * k > st[S_CAP]:
+            if k > 0 and n > (st[S_CAP] - atop) // k:
+                st[S_ERRV] = n
                 return FULL
             slot = ops[pc, 1]
             buf[base + slot] = atop
@@ -234,6 +263,8 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
                 st[S_ATOP] = atop + n * k
                 pc += 1
         elif op == OP_LOOP_END:
+            if sp < 3:
+                return E_DEPTH  # unreachable for compiled programs; a guard all the same
             begin = stack[sp - 3]
             stack[sp - 2] -= 1
             if stack[sp - 2] > 0:
@@ -277,13 +308,55 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
         elif op == OP_BLOB:
             bit = (st[S_BIT] + 7) & ~7
             n = ops[pc, 2]
-            if bit + n * 8 > st[S_END]:
+            if bit > st[S_END] or n > (st[S_END] - bit) >> 3:
                 return E_TRUNC
             buf[base + ops[pc, 1]] = P + (bit >> 3)
             st[S_BIT] = bit + n * 8
             pc += 1
         else:
             return E_DEPTH
+
+
+@numba.njit(**NO_REFCOUNT)
+def _packet_start(ops, vtab, entry, base, data, P, st, buf, regs, stack):
+    """Decode the packet header and context at byte P and check the sizes they give: on OK,
+    st[S_PSIZE] and st[S_CSIZE] are the packet and content sizes in bits (at least the
+    header, content <= packet <= the rest of the file), st[S_END] the end of the content
+    and st[S_PKTEND] the byte where the next packet starts."""
+    n = data.shape[0]
+    st[S_BIT] = 0
+    st[S_END] = (n - P) * 8
+    st[S_HAVE] = 0
+    st[S_PSIZE] = 0
+    st[S_CSIZE] = 0
+    st[S_DISC] = 0
+    st[S_SID] = -1
+    status = _exec(ops, vtab, entry, base, data, P, st, buf, regs, stack)
+    if status != OK:
+        return status
+    left = (n - P) * 8
+    # a size field of 64 bits may hold any bit pattern: negative here means >= 2^63
+    psize = st[S_PSIZE] if st[S_HAVE] & HAVE_PSIZE else left
+    csize = st[S_CSIZE] if st[S_HAVE] & HAVE_CSIZE else psize
+    if psize <= 0 or psize % 8 != 0:
+        st[S_ERRV] = psize
+        return E_PSIZE
+    if csize < st[S_BIT] or csize > psize:
+        st[S_ERRV] = csize
+        return E_CSIZE
+    if psize > left:
+        # a truncated stream or a damaged size (the conformance corpus has such a trace
+        # among those to reject): not read
+        st[S_ERRV] = psize
+        return E_PEND
+    st[S_PKTEND] = P + psize // 8
+    st[S_END] = csize
+    st[S_PSIZE] = psize
+    st[S_CSIZE] = csize
+    if st[S_WANTSID] >= 0 and st[S_SID] >= 0 and st[S_SID] != st[S_WANTSID]:
+        st[S_ERRV] = st[S_SID]
+        return E_SID  # its size is known (S_PKTEND): the caller may skip it
+    return OK
 
 
 @numba.njit(**NO_REFCOUNT)
@@ -301,6 +374,8 @@ def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, s
     kp = class_k[class_k.shape[0] - 1]  # last entry: slots of the packet record
     maxev = ev_class.shape[0]
     maxpk = pkt_off.shape[0]
+    if st[S_ZMAX] == 0:
+        st[S_ZMAX] = ZERO_BIT_ELEMENTS + 16 * n
     ci = 0
     while True:
         if st[S_PHASE] == 0:
@@ -314,30 +389,13 @@ def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, s
             if base + kp > st[S_CAP]:
                 return FULL, nev, npk
             st[S_ATOP] = base + kp
-            st[S_BIT] = 0
-            st[S_END] = (n - P) * 8
-            st[S_PSIZE] = -1
-            st[S_CSIZE] = -1
-            st[S_DISC] = 0
-            status = _exec(ops, vtab, entries[0], base, data, P, st, buf, regs, stack)
+            status = _packet_start(ops, vtab, entries[0], base, data, P, st, buf, regs, stack)
             if status != OK:
                 if status == FULL:
                     st[S_ATOP] = base
                 return status, nev, npk
             psize = st[S_PSIZE]
             csize = st[S_CSIZE]
-            if psize < 0:
-                psize = (n - P) * 8
-            if csize < 0:
-                csize = psize
-            if psize % 8 != 0 or psize <= 0 or psize // 8 > n - P:
-                st[S_ERRV] = psize
-                return E_PSIZE, nev, npk
-            if csize > psize or csize < st[S_BIT]:
-                st[S_ERRV] = csize
-                return E_CSIZE, nev, npk
-            st[S_END] = csize
-            st[S_PKTEND] = P + psize // 8
             pkt_off[npk] = P
             pkt_size[npk] = psize
             pkt_csize[npk] = csize
@@ -347,7 +405,7 @@ def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, s
             st[S_PHASE] = 1
         # events of the current packet
         P = st[S_P]
-        if st[S_BIT] >= st[S_END]:
+        if st[S_BIT] >= st[S_END] or st[S_SKIPEV]:
             st[S_P] = st[S_PKTEND]
             st[S_PHASE] = 0
             continue
@@ -385,6 +443,8 @@ def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, s
                     if status == OK:
                         status = _exec(ops, vtab, entries[3 + ci], base + kh, data, P, st, buf,
                                        regs, stack)
+        if status == OK and st[S_BIT] == bit0:
+            status = E_EMPTY  # would decode the same event forever
         if status != OK:
             # roll back to the event start: after a flush (FULL) the next call resumes here
             st[S_BIT] = bit0
@@ -479,11 +539,16 @@ class _Compiler:
         raise MetadataError(f"field {'.'.join(ref)!r} not found")
 
     def compile(self, t: CtfType, path: list[str], alloc: list[int], flags_of=None) -> Node:
-        """Emit ops for `t`; slots come from alloc[0] (a counter for the enclosing record)."""
+        """Emit ops for `t`; slots come from alloc[0] (a counter for the enclosing record).
+        Every size, alignment and length the kernel will use is checked here (see the
+        module docstring): metadata cannot make compiled code overflow."""
         if len(path) > MAX_DEPTH:
-            raise MetadataError("metadata nesting too deep")
+            raise MetadataError(f"metadata nesting too deep (more than {MAX_DEPTH} levels at {_where(path)})")
         if isinstance(t, (IntType, EnumType)):
             it = t.int_type if isinstance(t, EnumType) else t
+            if not isinstance(it, IntType) or not isinstance(it.size, int) or not 1 <= it.size <= 64:
+                raise MetadataError(f"integer {_where(path)} has size {getattr(it, 'size', None)} (1..64 bits)")
+            _check_align(it.align, path)
             slot = alloc[0]
             alloc[0] += 1
             reg = self.nregs
@@ -499,6 +564,7 @@ class _Compiler:
             alloc[0] += 1
             if t.size not in (32, 64):
                 raise MetadataError(f"unsupported floating point size {t.size}")
+            _check_align(t.align, path)
             self.emit(OP_FLOAT, slot, t.size, F_BE if t.byte_order == BE else 0, t.align)
             return Node("float", slot, t)
         if isinstance(t, StringType):
@@ -507,12 +573,19 @@ class _Compiler:
             self.emit(OP_STRING, slot)
             return Node("string", slot, t)
         if isinstance(t, BlobType):
+            _check_length(t.length, path)
+            _check_align(t.align, path)
+            if t.align > 8:
+                self.emit(OP_ALIGN, t.align)
             slot = alloc[0]
             alloc[0] += 1
             self.emit(OP_BLOB, slot, t.length)
             return Node("blob", slot, t)
         if isinstance(t, StructType):
             self.symbols[tuple(path)] = (-1, t)
+            _check_align(t.min_align, path)
+            for name, ft in t.fields:
+                _check_align(ft.align, [*path, name])
             if t.align > 1:
                 self.emit(OP_ALIGN, t.align)
             node = Node("struct", 0, t)
@@ -527,6 +600,9 @@ class _Compiler:
                 lit = lt.int_type if isinstance(lt, EnumType) else lt
                 if reg < 0 or not isinstance(lit, IntType) or lit.signed:
                     raise MetadataError(f"sequence length {'.'.join(t.length_ref)!r} is not an unsigned integer")
+            if isinstance(t, ArrayType):
+                _check_length(t.length, path)
+            _check_align(el.align, path)
             n = t.length if isinstance(t, ArrayType) else -1
             if isinstance(el, IntType) and el.encoding and el.size == 8 and el.align % 8 == 0:
                 slot = alloc[0]
@@ -574,13 +650,15 @@ class _Compiler:
             for j in jumps:
                 self.ops[j][1] = end
             t0 = len(self.vtab)
+            sel_int = tt.int_type if isinstance(tt, EnumType) else tt
             for lo, hi, k in ranges:
-                self.vtab.append([lo, hi, targets[k], k])
+                for a, b in _int64_ranges(lo, hi, getattr(sel_int, "signed", True)):
+                    self.vtab.append([a, b, targets[k], k])
             self.ops[at][3] = t0
-            self.ops[at][4] = len(ranges)
+            self.ops[at][4] = len(self.vtab) - t0
             return node
         if isinstance(t, OptionalType):
-            reg, _ = self.resolve(t.selector_ref, path[:-1])
+            reg, st_ = self.resolve(t.selector_ref, path[:-1])
             if reg < 0:
                 raise MetadataError(f"optional selector {'.'.join(t.selector_ref)!r} is not an integer")
             slot = alloc[0]
@@ -588,9 +666,11 @@ class _Compiler:
             t0 = len(self.vtab)
             n = -1
             if t.ranges is not None:
+                sel_int = st_.int_type if isinstance(st_, EnumType) else st_
                 for lo, hi in t.ranges:
-                    self.vtab.append([lo, hi, 0, 0])
-                n = len(t.ranges)
+                    for a, b in _int64_ranges(lo, hi, getattr(sel_int, "signed", True)):
+                        self.vtab.append([a, b, 0, 0])
+                n = len(self.vtab) - t0
             at = self.emit(OP_OPT, slot, reg, t0, n, 0)
             child = self.compile(t.element, [*path, ""], alloc, flags_of)
             self.ops[at][5] = len(self.ops)
@@ -615,20 +695,59 @@ def _match_option(label: str, names: list[str]) -> int:
     return -1
 
 
+def _where(path: list[str]) -> str:
+    return repr(".".join(p for p in path if p) or "?")
+
+
+def _check_align(al: object, path: list[str]) -> None:
+    """An alignment the kernel can use: a power of two up to MAX_ALIGN bits."""
+    if not isinstance(al, int) or al < 1 or al & (al - 1) or al > MAX_ALIGN:
+        raise MetadataError(f"alignment {al} of {_where(path)} is not a power of two up to {MAX_ALIGN} bits")
+
+
+def _check_length(n: object, path: list[str]) -> None:
+    if not isinstance(n, int) or not 0 <= n <= MAX_LENGTH:
+        raise MetadataError(f"length {n} of {_where(path)} is not in 0..{MAX_LENGTH}")
+
+
+def _int64_ranges(lo: int, hi: int, signed: bool) -> list[tuple[int, int]]:
+    """A selector range [lo, hi] as int64 ranges of the values the kernel compares: it reads
+    unsigned 64-bit integers as their int64 bit pattern, so [2^63, 2^64) is [-2^63, 0)."""
+    if not isinstance(lo, int) or not isinstance(hi, int):
+        raise MetadataError(f"bad selector range {lo!r}..{hi!r}")
+    if signed:
+        lo, hi = max(lo, -(1 << 63)), min(hi, (1 << 63) - 1)
+        return [(lo, hi)] if lo <= hi else []
+    lo, hi = max(lo, 0), min(hi, (1 << 64) - 1)
+    if lo > hi:
+        return []
+    if hi < 1 << 63:
+        return [(lo, hi)]
+    if lo >= 1 << 63:
+        return [(lo - (1 << 64), hi - (1 << 64))]
+    return [(lo, (1 << 63) - 1), (-(1 << 63), hi - (1 << 64))]
+
+
 def _min_bits(t: CtfType) -> int:
+    """The fewest bits an element of type `t` takes (saturated at MAX_MIN_BITS): array and
+    sequence lengths are checked against what is left of the packet with it."""
     if isinstance(t, (IntType, FloatType)):
-        return t.size
-    if isinstance(t, EnumType):
-        return t.int_type.size
-    if isinstance(t, StringType):
-        return 8
-    if isinstance(t, BlobType):
-        return t.length * 8
-    if isinstance(t, StructType):
-        return sum(_min_bits(f) for _, f in t.fields)
-    if isinstance(t, ArrayType):
-        return t.length * _min_bits(t.element)
-    return 0
+        b = t.size
+    elif isinstance(t, EnumType):
+        b = t.int_type.size
+    elif isinstance(t, StringType):
+        b = 8
+    elif isinstance(t, BlobType):
+        b = t.length * 8
+    elif isinstance(t, StructType):
+        b = sum(_min_bits(f) for _, f in t.fields)
+    elif isinstance(t, ArrayType):
+        b = t.length * _min_bits(t.element)
+    elif isinstance(t, VariantType):
+        b = min((_min_bits(o) for _, o in t.options), default=0)
+    else:
+        b = 0  # sequences and optionals may be empty
+    return min(b, MAX_MIN_BITS)
 
 
 ROLE_BY_NAME = {
@@ -643,6 +762,12 @@ ROLE_NAMES = set(ROLE_BY_NAME.values())
 
 
 def compile_stream(meta: TraceMetadata, sclass: StreamClass) -> CompiledStream:
+    # ids are compared as int64 by the kernel
+    if not 0 <= sclass.id < 1 << 63:
+        raise MetadataError(f"stream class id {sclass.id} is not in 0..2^63-1")
+    for eid in sclass.events:
+        if not 0 <= eid < 1 << 63:
+            raise MetadataError(f"event class id {eid} is not in 0..2^63-1")
     c = _Compiler(meta)
     single_clock = next(iter(meta.clocks)) if len(meta.clocks) == 1 else None
     clock_name = sclass.default_clock
@@ -745,6 +870,24 @@ def compile_stream(meta: TraceMetadata, sclass: StreamClass) -> CompiledStream:
 
 
 # --- from slots back to Arrow ------------------------------------------------------------
+def member_names(names: list[str]) -> list[str]:
+    """Names of structure members or variant options as shown: one leading underscore
+    removed (CTF 1.8 §4) unless two would then be equal (those keep the name as written),
+    and unique whatever the metadata (Arrow structures need unique names)."""
+    shown = [strip_underscore(n) for n in names]
+    if len(set(shown)) != len(shown):
+        clash = {x for x in shown if shown.count(x) > 1}
+        shown = [n if x in clash else x for n, x in zip(names, shown)]
+        seen: dict[str, int] = {}
+        for i, x in enumerate(shown):
+            if x in seen:
+                seen[x] += 1
+                shown[i] = f"{x}.{seen[x]}"
+            else:
+                seen[x] = 0
+    return shown
+
+
 def _ints(buf: np.ndarray, idx: np.ndarray, t: IntType) -> pa.Array:
     v = buf[idx]
     if t.size == 64 and not t.signed:
@@ -786,7 +929,7 @@ def build(node: Node, buf: np.ndarray, idx: np.ndarray, data: np.ndarray, valid:
         if not node.children:
             return pa.array([{}] * len(idx), pa.struct([]))  # rare: empty struct
         arrays = [build(c, buf, idx, data, valid) for _, c in node.children]
-        names = [strip_underscore(n) for n, _ in node.children]
+        names = member_names([n for n, _ in node.children])
         return pa.StructArray.from_arrays(arrays, names=names, mask=pa.array(mask) if mask is not None else None)
     if k == "list":
         starts = buf[idx + node.slot]
@@ -806,11 +949,11 @@ def build(node: Node, buf: np.ndarray, idx: np.ndarray, data: np.ndarray, valid:
         return pa.LargeListArray.from_arrays(pa.array(offsets), child, mask=pa.array(mask) if mask is not None else None)
     if k == "variant":
         sel = buf[idx + node.slot]
-        arrays, names = [], []
+        arrays = []
+        names = member_names([n for n, _ in node.children])
         for i, (n, c) in enumerate(node.children):
             ok = sel == i if valid is None else (sel == i) & valid
             arrays.append(build(c, buf, idx, data, ok))
-            names.append(strip_underscore(n))
         return pa.StructArray.from_arrays(arrays, names=names, mask=pa.array(mask) if mask is not None else None)
     if k == "optional":
         present = buf[idx + node.slot] != 0

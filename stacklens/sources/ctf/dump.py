@@ -17,7 +17,7 @@ import numpy as np
 from stacklens.errors import SourceError
 
 from . import find_traces, open_trace
-from .decode import Node, build
+from .decode import Node, build, member_names
 from .streams import Chunk, CtfTrace, merge, merged_order
 from .tsdl import strip_underscore
 from .types import EnumType, IntType
@@ -69,8 +69,8 @@ def fmt(node: Node, v: object) -> str:
             return "[ ]"
         return "[ " + ", ".join(f"[{i}] = {fmt(child, x)}" for i, x in enumerate(v)) + " ]"  # type: ignore[arg-type]
     if k == "variant":
-        for (name, child) in node.children:
-            x = v.get(strip_underscore(name)) if isinstance(v, dict) else None  # type: ignore[union-attr]
+        for key, (name, child) in zip(member_names([n for n, _ in node.children]), node.children):
+            x = v.get(key) if isinstance(v, dict) else None  # type: ignore[union-attr]
             if x is not None:
                 return "{ " + fmt(child, x) + " }"
         return "{ }"
@@ -83,8 +83,7 @@ def _struct(node: Node, v: dict) -> str:
     if not node.children:
         return "{ }"
     parts = []
-    for name, child in node.children:
-        n = strip_underscore(name)
+    for n, (name, child) in zip(member_names([n for n, _ in node.children]), node.children):
         parts.append(f"{n} = {fmt(child, v[n])}")
     return "{ " + ", ".join(parts) + " }"
 
@@ -188,6 +187,8 @@ def dump(root: Path | str, out: TextIO | None = None, err: TextIO | None = None)
             if sf.error:
                 print(f"error: {sf.error}", file=err)
                 status = 1
+        for msg in t.time_notes:
+            print(f"warning: {msg}", file=err)
         for stream, cpu, tb, te, n in t.lost():
             print(f"WARNING: tracer discarded {n} events in stream {stream!r}"
                   + (f" (cpu {cpu})" if cpu is not None else ""), file=err)

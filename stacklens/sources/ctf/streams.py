@@ -20,8 +20,8 @@ import pyarrow as pa
 
 from . import decode as D
 from .decode import CompiledStream, build, compile_stream
-from .tsdl import MetadataError, read_metadata_file, strip_underscore
-from .types import Clock, TraceMetadata
+from .tsdl import MetadataError, clock_offset_ns, read_metadata_file, strip_underscore
+from .types import BE, Clock, EnumType, IntType, TraceMetadata
 
 CHUNK_EVENTS = 131072  # events per decode call and stream: bounds memory per stream
 INDEX_MAGIC = 0xC1F1DCC1
@@ -57,6 +57,9 @@ class StreamFile:
     packets: list[Packet] = field(default_factory=list)
     error: str | None = None  # the first decoding problem met, if any
     skipped_packets: int = 0
+    dropped_events: int = 0  # events of packets whose times are out of line
+    bad_times: set[int] = field(default_factory=set)  # offsets of packets with a time out of line
+    mm: object = None  # the memory map of the file (for finding the next packet)
 
 
 @dataclass
@@ -111,12 +114,9 @@ def clock_ns(cycles: np.ndarray, clock: Clock | None) -> np.ndarray:
     if clock is None:
         return u.astype(np.int64)
     freq = clock.freq
-    off_s = clock.offset_s + clock.offset // freq
-    off_c = clock.offset % freq
+    base_ns = clock_offset_ns(clock) or 0  # an offset beyond int64 ns is not used (noted)
     if freq == 1_000_000_000:
-        base_ns = off_s * 1_000_000_000 + off_c
-        return (u.astype(np.int64) + np.int64(base_ns)) if abs(base_ns) < 2**63 else u.astype(np.int64)
-    base_ns = off_s * 1_000_000_000 + int(1e9 * off_c / freq)
+        return u.astype(np.int64) + np.int64(base_ns)
     sec = (u // np.uint64(freq)).astype(np.int64)
     rem = (u % np.uint64(freq)).astype(np.float64)
     return sec * 1_000_000_000 + (1e9 * rem / freq).astype(np.int64) + np.int64(base_ns)
@@ -141,6 +141,8 @@ class CtfTrace:
         self.streams: list[StreamFile] = []
         self.notes: list[str] = []
         self.problems: list[str] = []  # decoding errors met (data skipped)
+        self.time_notes: list[str] = []  # packets whose times are out of line (events left out)
+        self.unreadable: list[str] = []  # stream files skipped whole (first packet header unreadable)
         self._maps: list[mmap.mmap] = []
 
     # --- opening -------------------------------------------------------------------
@@ -157,6 +159,10 @@ class CtfTrace:
         except RecursionError:
             raise TraceError(mpath, f"metadata nesting too deep") from None
         t = cls(path, meta)
+        for c in meta.clocks.values():
+            if clock_offset_ns(c) is None:
+                t.notes.append(f"{mpath}: clock {c.name!r} offset ({c.offset_s} s + {c.offset} cycles) is beyond "
+                               f"the int64-nanosecond range: not used")
         for sid in meta.streams:  # compile every layout now: bad metadata fails here
             t._compiled(sid)
         t._open_streams()
@@ -186,6 +192,7 @@ class CtfTrace:
         if not self.metadata.streams:
             raise TraceError(self.path / 'metadata', f"no stream class")
         files = sorted((p for p in self.path.iterdir() if _is_data_file(p)), key=lambda p: p.name)
+        unreadable: list[TraceError] = []
         for p in files:
             size = p.stat().st_size
             if size == 0:
@@ -194,9 +201,21 @@ class CtfTrace:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._maps.append(mm)
             data = np.frombuffer(mm, dtype=np.uint8)
-            sid = self._first_stream_id(p, data)
-            cs = self._compiled(sid)
-            self.streams.append(StreamFile(p, p.name, data, cs))
+            try:
+                sid = self._first_stream_id(p, data)
+                cs = self._compiled(sid)
+            except TraceError as e:
+                # one stream file that cannot be read does not take the others down
+                unreadable.append(TraceError(p, e.problem))
+                continue
+            self.streams.append(StreamFile(p, p.name, data, cs, mm=mm))
+        if unreadable and not self.streams:
+            first = unreadable[0]
+            more = f" (and {len(unreadable) - 1} other stream files)" if len(unreadable) > 1 else ""
+            raise TraceError(first.path, f"{first.problem}{more}")
+        self.unreadable = [e.path for e in unreadable]
+        for e in unreadable:
+            self.notes.append(f"{e.path}: stream file skipped: {e.problem}")
         self._check_indexes()
 
     def _first_stream_id(self, p: Path, data: np.ndarray) -> int:
@@ -207,16 +226,20 @@ class CtfTrace:
         any_cs = self._compiled(next(iter(self.metadata.streams)))
         st = np.zeros(D.NST, dtype=np.int64)
         st[D.S_END] = len(data) * 8
-        st[D.S_CAP] = 1 << 16
+        cap = (1 << 16) + any_cs.packet_k
+        st[D.S_CAP] = cap
+        st[D.S_ATOP] = any_cs.packet_k  # element slots after the record's own slots
         st[D.S_SID] = -1
-        buf = np.zeros(1 << 16, dtype=np.int64)
+        st[D.S_ZMAX] = D.ZERO_BIT_ELEMENTS
+        buf = np.zeros(cap, dtype=np.int64)
         regs = np.zeros(any_cs.nregs, dtype=np.int64)
-        stack = np.zeros(3 * 64, dtype=np.int64)
+        stack = np.zeros(3 * (D.MAX_DEPTH + 8), dtype=np.int64)
         # the packet program starts with the trace packet header: run it until the context
         hdr_only = _header_only_ops(any_cs)
         status = D._exec(hdr_only, any_cs.vtab, 0, 0, data, 0, st, buf, regs, stack)
-        if status not in (D.OK,):
-            raise TraceError(p, f"cannot read the first packet header ({D.ERRORS.get(status, status)})")
+        if status != D.OK:
+            what = "header too large" if status == D.FULL else D.ERRORS.get(status, f"error {status}")
+            raise TraceError(p, f"cannot read the first packet header ({what})")
         return int(st[D.S_SID]) if st[D.S_SID] >= 0 else 0
 
     def _check_indexes(self) -> None:
@@ -255,9 +278,42 @@ class CtfTrace:
 
     def chunks(self, sf: StreamFile, max_events: int = CHUNK_EVENTS,
                progress: Callable[[int], None] | None = None) -> Iterator[Chunk]:
-        """Decode one stream file by chunks of at most `max_events` events."""
+        """Decode one stream file by chunks of at most `max_events` events. When packet times
+        of the stream are out of line (`_time_windows`), events whose time lies outside what
+        the in-line packet times around them allow are left out, counted in
+        `sf.dropped_events` and described in `self.time_notes`."""
+        windows = self._time_windows(sf)
+        sf.dropped_events = 0
+        dropped_at: dict[int, int] = {}
+        for ch in self._decode(sf, max_events, progress, events=True):
+            if windows:
+                lo = np.array([windows.get(p.offset, _NO_WINDOW)[0] for p in sf.packets], dtype=np.int64)
+                hi = np.array([windows.get(p.offset, _NO_WINDOW)[1] for p in sf.packets], dtype=np.int64)
+                keep = (ch.ts >= lo[ch.pkt]) & (ch.ts <= hi[ch.pkt])
+                if not keep.all():
+                    out = ch.pkt[~keep]
+                    for k, c in zip(*np.unique(out, return_counts=True)):
+                        off = sf.packets[int(k)].offset
+                        dropped_at[off] = dropped_at.get(off, 0) + int(c)
+                    sf.dropped_events += int(out.size)
+                    if not keep.any():
+                        continue
+                    ch = Chunk(sf, ch.ts[keep], ch.cls[keep], ch.pkt[keep], ch.base[keep], ch.buf)
+            yield ch
+        if dropped_at:
+            where = ", ".join(f"{n} at byte {o}" for o, n in sorted(dropped_at.items())[:5])
+            self.time_notes.append(
+                f"{sf.path}: {sf.dropped_events} events left out, their times out of line with the packets "
+                f"around them (a damaged packet timestamp): {where}{' …' if len(dropped_at) > 5 else ''}")
+
+    def _decode(self, sf: StreamFile, max_events: int, progress: Callable[[int], None] | None,
+                events: bool) -> Iterator[Chunk]:
+        """The decoding loop of a stream file: chunks of events (events=True), or only its
+        packets' headers and contexts into sf.packets (events=False: no chunk, no report)."""
         cs = sf.cs
         st = np.zeros(D.NST, dtype=np.int64)
+        st[D.S_WANTSID] = cs.sclass.id if len(self.metadata.streams) > 1 else -1
+        st[D.S_SKIPEV] = 0 if events else 1
         regs = np.zeros(cs.nregs, dtype=np.int64)
         stack = np.zeros(3 * (D.MAX_DEPTH + 8), dtype=np.int64)
         cap = max(1 << 16, max_events * 24)
@@ -266,6 +322,8 @@ class CtfTrace:
         clock = self.clock_of(sf)
         sf.packets = []
         last_p = 0
+        n = len(sf.data)
+        magic = _magic_bytes(self.metadata) if events else None
         while True:
             buf = np.empty(cap, dtype=np.int64)
             ev_class = np.empty(maxev, dtype=np.int32)
@@ -282,8 +340,26 @@ class CtfTrace:
                                                cs.class_k, st, buf, regs, stack, ev_class, ev_ts,
                                                ev_base, ev_pkt, pkt_base, pkt_off, pkt_size, pkt_csize)
             self._packets(sf, buf, pkt_base[:npk], pkt_off[:npk], pkt_size[:npk], pkt_csize[:npk])
+            if not events:
+                if status == D.FULL:
+                    if npk == 0:
+                        cap *= 4  # a packet record larger than the buffer
+                        if cap > (n * 8 + (1 << 20)) * 4:
+                            return
+                    continue
+                if status == D.DONE or st[D.S_PHASE] != 0:
+                    return
+                if status == D.E_SID:
+                    st[D.S_P] = st[D.S_PKTEND]
+                    continue
+                # a packet whose header or sizes are bad: on to the next one, if it can be found
+                nxt = _next_packet(sf, int(st[D.S_P]), _magic_bytes(self.metadata))
+                if nxt is None:
+                    return
+                st[D.S_P] = nxt
+                continue
             if progress is not None:
-                now = int(st[D.S_P]) if status != D.DONE else len(sf.data)
+                now = int(st[D.S_P]) if status != D.DONE else n
                 progress(max(0, now - last_p))
                 last_p = now
             if nev:
@@ -293,26 +369,117 @@ class CtfTrace:
                 return
             if status == D.FULL:
                 if nev == 0 and npk == 0:
-                    cap *= 4  # one event larger than the buffer: grow (bounded by the packet)
-                    if cap > (len(sf.data) * 8 + (1 << 20)) * 4:
-                        self._problem(sf, st, D.E_LEN)
-                        return
+                    # one event (or packet record) larger than the buffer: grow it, up to what
+                    # one packet can need (a slot takes a bit, or is bounded by the zero-bit
+                    # element budget)
+                    bound = (4 * int(st[D.S_PSIZE]) if st[D.S_PHASE] == 1 else cs.packet_k) \
+                        + 4 * D.ZERO_BIT_ELEMENTS + (1 << 20)
+                    if cap >= bound:
+                        sf.skipped_packets += 1
+                        self._problem(sf, st, D.E_LEN, "rest of the packet skipped")
+                        if st[D.S_PHASE] != 1:
+                            return
+                        st[D.S_P] = st[D.S_PKTEND]
+                        st[D.S_PHASE] = 0
+                        continue
+                    cap = min(cap * 4, bound)
                 continue
             # a decoding error
-            self._problem(sf, st, status)
-            if st[D.S_PHASE] == 1 and status not in (D.E_PSIZE, D.E_CSIZE, D.E_MAGIC, D.E_SID):
+            sf.skipped_packets += 1
+            if st[D.S_PHASE] == 1:
                 # the packet's size is known: skip the rest of it, go on with the next
+                self._problem(sf, st, status, "rest of the packet skipped")
                 st[D.S_P] = st[D.S_PKTEND]
                 st[D.S_PHASE] = 0
-                sf.skipped_packets += 1
                 continue
-            return
+            if status == D.E_SID:
+                self._problem(sf, st, status, "packet skipped")
+                st[D.S_P] = st[D.S_PKTEND]  # its sizes were read: skip the whole packet
+                continue
+            # the packet's header or sizes are bad: resume at the next packet if it can be found
+            bad_p = int(st[D.S_P])
+            nxt = _next_packet(sf, bad_p, magic)
+            if nxt is None:
+                self._problem(sf, st, status, "rest of the stream skipped")
+                return
+            self._problem(sf, st, status, f"bytes {bad_p}..{nxt - 1} skipped, resumed at the next packet")
+            st[D.S_P] = nxt
 
-    def _problem(self, sf: StreamFile, st: np.ndarray, status: int) -> None:
+    def _time_windows(self, sf: StreamFile) -> dict[int, tuple[int, int]]:
+        """When some packet begin/end times of a stream are out of line with their
+        neighbours' (`time_outliers`: a flipped bit in timestamp_begin or timestamp_end),
+        the times (ns) each packet's events may have: from the in-line packet time at or
+        before its begin to the one at or after its end, with `OUT_OF_LINE_S` of slack.
+        Empty when every packet time is in line (then no event is checked).
+
+        Out-of-line times are noted and not used (lost-event records). The events they moved
+        (an event takes its time from timestamp_begin until a full timestamp comes) are left
+        out rather than clamped: a clamped time would put all of them at one made-up instant,
+        wrong for every latency and ordering built on them; left out, they are counted and
+        reported, and the store's time range stays the one of the good data. Events with
+        their own full timestamps (most kernel events) keep their place. Read from a pass over
+        the packet headers only (per packet, not per event)."""
+        pf = sf.cs.packet_fields
+        sf.bad_times = set()
+        if "default-clock-timestamp" not in pf:
+            return {}
+        list(self._decode(sf, 1, None, events=False))
+        packets = list(sf.packets)
+        if len(packets) < 2:
+            return {}
+        clock = self.clock_of(sf)
+        freq = clock.freq if clock else 1_000_000_000
+        points: list[int] = []
+        where: list[tuple[int, bool]] = []  # (packet index, is begin)
+        for i, p in enumerate(packets):
+            for v, is_begin in ((p.ts_begin, True), (p.ts_end, False)):
+                if v:  # absent or 0 (never written, e.g. a packet not closed): no time
+                    points.append(v)
+                    where.append((i, is_begin))
+        bad = set(time_outliers(points, OUT_OF_LINE_S * freq, FAR_S * freq))
+        if not bad:
+            return {}
+        sf.bad_times = {packets[where[j][0]].offset for j in bad}
+        flagged = sorted((packets[where[j][0]].offset, "begin" if where[j][1] else "end") for j in bad)
+        self.time_notes.append(
+            f"{sf.path}: {len(flagged)} packet time(s) out of line with the neighbouring packets, not used: "
+            + ", ".join(f"{w} of the packet at byte {o}" for o, w in flagged[:5]) + (" …" if len(flagged) > 5 else ""))
+        # the in-line time at or before each packet's begin, at or after its end
+        # (a packet without one of its times: the in-line time before / after the packet)
+        lo: list[int | None] = [None] * len(packets)
+        hi: list[int | None] = [None] * len(packets)
+        has_begin = {i for i, b in where if b}
+        has_end = {i for i, b in where if not b}
+        last = None
+        for j, (i, is_begin) in enumerate(where):
+            if is_begin or i not in has_begin:
+                lo[i] = last if (not is_begin or j in bad) else points[j]
+            if j not in bad:
+                last = points[j]
+        last = None
+        for j in range(len(points) - 1, -1, -1):
+            i, is_begin = where[j]
+            if not is_begin or i not in has_end:
+                hi[i] = last if (is_begin or j in bad) else points[j]
+            if j not in bad:
+                last = points[j]
+        slack = OUT_OF_LINE_S * 1_000_000_000
+        windows = {}
+        for i, p in enumerate(packets):
+            a = int(clock_ns(np.array([lo[i]], dtype=np.uint64), clock)[0]) - slack if lo[i] is not None else _NO_WINDOW[0]
+            b = int(clock_ns(np.array([hi[i]], dtype=np.uint64), clock)[0]) + slack if hi[i] is not None else _NO_WINDOW[1]
+            windows[p.offset] = (max(a, _NO_WINDOW[0]), min(b, _NO_WINDOW[1]))
+        return windows
+
+    def _problem(self, sf: StreamFile, st: np.ndarray, status: int, then: str = "rest of the stream skipped") -> None:
         what = D.ERRORS.get(status, f"decoding error {status}")
-        if status in (D.E_EVID, D.E_VARIANT, D.E_LEN, D.E_MAGIC, D.E_PSIZE, D.E_CSIZE):
-            what += f" ({int(st[D.S_ERRV])})"
-        msg = f"{sf.path}: packet at byte {int(st[D.S_P])}: {what}"
+        if status in (D.E_EVID, D.E_VARIANT, D.E_LEN, D.E_MAGIC, D.E_PSIZE, D.E_CSIZE, D.E_SID, D.E_ZWORK):
+            v = int(st[D.S_ERRV])
+            what += f" ({v if v >= 0 or status not in (D.E_LEN, D.E_PSIZE, D.E_CSIZE) else v + (1 << 64)})"
+        elif status == D.E_PEND:
+            v = int(st[D.S_ERRV]) & 0xFFFFFFFFFFFFFFFF
+            what += f" ({v} bits, {len(sf.data) - int(st[D.S_P])} bytes left)"
+        msg = f"{sf.path}: packet at byte {int(st[D.S_P])}: {what}; {then}"
         if sf.error is None:
             sf.error = msg
         self.problems.append(msg)
@@ -321,19 +488,22 @@ class CtfTrace:
                  sizes: np.ndarray, csizes: np.ndarray) -> None:
         pf = sf.cs.packet_fields
 
-        def get(key: str, i: int) -> int | None:
+        def get(key: str, i: int, bits: bool = False) -> int | None:
             if key not in pf:
                 return None
             slot, it = pf[key]
             v = int(buf[bases[i] + slot])
-            return v & 0xFFFFFFFFFFFFFFFF if not it.signed else v
+            # clock values and counters are bit patterns, whatever the metadata says
+            return v & 0xFFFFFFFFFFFFFFFF if bits or not it.signed else v
 
         for i in range(len(bases)):
+            cpu = get("cpu_id", i)
             sf.packets.append(Packet(int(offs[i]), int(sizes[i]), int(csizes[i]),
-                                     get("default-clock-timestamp", i),
-                                     get("packet-end-default-clock-timestamp", i),
-                                     get("discarded-event-record-counter-snapshot", i),
-                                     get("cpu_id", i), get("packet_seq_num", i)))
+                                     get("default-clock-timestamp", i, True),
+                                     get("packet-end-default-clock-timestamp", i, True),
+                                     get("discarded-event-record-counter-snapshot", i, True),
+                                     cpu if cpu is not None and 0 <= cpu < 1 << 31 else None,
+                                     get("packet_seq_num", i)))
 
     def lost(self) -> list[tuple[str, int | None, int | None, int | None, int]]:
         """(stream, cpu, ts_begin ns, ts_end ns, count) per packet with discarded events,
@@ -346,14 +516,17 @@ class CtfTrace:
             for p in sf.packets:
                 if p.discarded is None:
                     continue
+                # a packet time out of line (time_outliers) is not used
+                begin = p.ts_begin if p.offset not in sf.bad_times else None
+                end = p.ts_end if p.offset not in sf.bad_times else None
                 n = (p.discarded - prev) & 0xFFFFFFFFFFFFFFFF
                 if n and n < 1 << 63:
-                    b = prev_end if prev_end is not None else p.ts_begin
+                    b = prev_end if prev_end is not None else begin
                     tb = int(clock_ns(np.array([b], dtype=np.uint64), clock)[0]) if b is not None else None
-                    te = int(clock_ns(np.array([p.ts_end], dtype=np.uint64), clock)[0]) if p.ts_end is not None else None
+                    te = int(clock_ns(np.array([end], dtype=np.uint64), clock)[0]) if end is not None else None
                     out.append((sf.name, p.cpu, tb, te, n))
                 prev = p.discarded
-                prev_end = p.ts_end
+                prev_end = end
         return out
 
     # --- typed batches (the lower-level API) -----------------------------------------
@@ -419,6 +592,91 @@ def _take_packet_values(vals: np.ndarray, pkt: np.ndarray) -> pa.Array:
         return pa.nulls(len(pkt), pa.int32())
     v = vals[pkt]
     return pa.array(v.astype(np.int32), mask=v < 0 if (v < 0).any() else None)
+
+
+def _magic_bytes(meta: TraceMetadata) -> bytes | None:
+    """The packet magic number as it is written in the stream files, if the packet header
+    has one: what finds the next packet after a damaged one."""
+    hdr = meta.packet_header
+    if hdr is None:
+        return None
+    for name, t in hdr.fields:
+        it = t.int_type if isinstance(t, EnumType) else t
+        if isinstance(it, IntType) and it.size == 32 and (name == "magic" or "packet-magic-number" in it.roles):
+            return D.CTF_MAGIC.to_bytes(4, "big" if it.byte_order == BE else "little")
+    return None
+
+
+def _next_packet(sf: StreamFile, at: int, magic: bytes | None) -> int | None:
+    """Where the packet after a damaged one at byte `at` starts: where the stream's other
+    packets (all of one size, as LTTng writes them) put it if a magic is there, else the next
+    magic number in the file; None when there is none (or no magic to look for)."""
+    if magic is None or sf.mm is None:
+        return None
+    n = len(sf.data)
+    sizes = {p.size_bits // 8 for p in sf.packets if p.offset < at and p.offset + p.size_bits // 8 <= n}
+    if len(sizes) == 1:
+        q = at + sizes.pop()
+        if q + 4 <= n and sf.mm[q:q + 4] == magic:  # type: ignore[index]
+            return q
+    q = sf.mm.find(magic, at + 1)  # type: ignore[attr-defined]
+    return q if q > at else None
+
+
+_NO_WINDOW = (-(1 << 63), (1 << 63) - 1)
+OUT_OF_LINE_S = 1  # a packet time this far (seconds) out of its place among its neighbours
+FAR_S = 30 * 86400  # or this far from the stream's median packet time
+
+
+def time_outliers(points: list[int], tol: int, far: int) -> list[int]:
+    """Positions of the values out of line in a sequence that should not decrease (packet
+    begin/end times of one stream, in file order): the values left out of a longest
+    non-decreasing subsequence that lie more than `tol` outside the place it leaves them
+    (between the kept values before and after), and any value more than `far` from the
+    median (a jump by years at either end of the stream). One flipped bit in a packet
+    timestamp makes exactly that value out of line. O(n log n), n = packets."""
+    import bisect
+    m = len(points)
+    if m < 3:
+        return []
+    tails: list[int] = []
+    tail_at: list[int] = []
+    prev = [-1] * m
+    for i, v in enumerate(points):
+        k = bisect.bisect_right(tails, v)
+        if k == len(tails):
+            tails.append(v)
+            tail_at.append(i)
+        else:
+            tails[k] = v
+            tail_at[k] = i
+        prev[i] = tail_at[k - 1] if k > 0 else -1
+    kept = [False] * m
+    i = tail_at[-1]
+    while i >= 0:
+        kept[i] = True
+        i = prev[i]
+    before = [None] * m  # nearest kept value before / after each position
+    after = [None] * m
+    last = None
+    for i in range(m):
+        before[i] = last
+        if kept[i]:
+            last = points[i]
+    last = None
+    for i in range(m - 1, -1, -1):
+        after[i] = last
+        if kept[i]:
+            last = points[i]
+    median = sorted(points)[m // 2]
+    out = []
+    for i, v in enumerate(points):
+        if abs(v - median) > far:
+            out.append(i)
+        elif not kept[i] and ((before[i] is not None and v < before[i] - tol)
+                              or (after[i] is not None and v > after[i] + tol)):
+            out.append(i)
+    return out
 
 
 def _header_only_ops(cs: CompiledStream) -> np.ndarray:

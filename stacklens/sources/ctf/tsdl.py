@@ -140,10 +140,43 @@ def metadata_text(raw: bytes) -> str:
     return text.replace("\r\n", "\n").replace("\x00", "")
 
 
+NS_RANGE_S = (1 << 63) // 1_000_000_000  # seconds from the origin an int64 of ns can hold
+
+
+def check_clock(c: Clock) -> None:
+    """A clock the decoder can use: frequency 1 Hz..2^63-1 Hz. (An offset outside the
+    int64-ns range is not used, and noted: see `clock_offset_ns`.)"""
+    if not 0 < c.freq < 1 << 63:
+        raise MetadataError(f"clock {c.name!r} has frequency {c.freq} (1..2^63-1 Hz)")
+
+
+def clock_offset_ns(c: Clock) -> int | None:
+    """The clock's offset from its origin in ns, None if it does not fit int64 ns (years
+    1678..2262 from the Unix epoch: the Trace Compass funky_trace has 1.35e18 s)."""
+    off_s = c.offset_s + c.offset // c.freq
+    off_c = c.offset % c.freq
+    if not -NS_RANGE_S < off_s < NS_RANGE_S:
+        return None
+    ns = off_s * 1_000_000_000 + (off_c if c.freq == 1_000_000_000 else int(1e9 * off_c / c.freq))
+    return ns if -(1 << 63) <= ns < 1 << 63 else None
+
+
+def _num(v: object, what: str) -> int:
+    """An attribute value that must be an integer (a value, not a string or a name)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    try:
+        return _int(str(v))
+    except ValueError:
+        raise MetadataError(f"{what} is not an integer: {str(v)[:40]!r}") from None
+
+
 def _int(tok: str) -> int:
     s = tok.strip()
     neg = s.startswith("-")
     s = s.lstrip("+-").rstrip("uUlL")
+    if len(s) > 64:
+        raise MetadataError(f"integer literal of {len(s)} digits")
     if s.lower().startswith("0x"):
         v = int(s, 16)
     elif len(s) > 1 and s.startswith("0"):
@@ -246,14 +279,13 @@ class _Builder:
             return self.integer(self.attrs(node.children[0]))
         if kind == "floating":
             a = self.attrs(node.children[0])
-            try:
-                exp, mant = int(a["exp_dig"]), int(a["mant_dig"])  # type: ignore[arg-type]
-            except (KeyError, ValueError):
-                raise MetadataError("floating_point without exp_dig/mant_dig") from None
+            if "exp_dig" not in a or "mant_dig" not in a:
+                raise MetadataError("floating_point without exp_dig/mant_dig")
+            exp, mant = _num(a["exp_dig"], "exp_dig"), _num(a["mant_dig"], "mant_dig")
             if (exp, mant) not in ((8, 24), (11, 53)):
                 raise MetadataError(f"unsupported floating_point exp_dig={exp} mant_dig={mant}")
             bo = self.byte_order(a.get("byte_order", "native"))
-            t = FloatType(exp, mant, int(a.get("align", 8)), bo or self.meta.byte_order)  # type: ignore[arg-type]
+            t = FloatType(exp, mant, _num(a.get("align", 8), "floating_point align"), bo or self.meta.byte_order)
             if bo is None and not self.byte_order_set:
                 self.native_pending.append(t)
             return t
@@ -283,14 +315,11 @@ class _Builder:
     def integer(self, a: dict[str, object]) -> IntType:
         if "size" not in a:
             raise MetadataError("integer without size")
-        try:
-            size = int(a["size"])  # type: ignore[arg-type]
-        except ValueError:
-            raise MetadataError(f"bad integer size {a['size']!r}") from None
+        size = _num(a["size"], "integer size")
         if not 1 <= size <= 64:
             raise MetadataError(f"integer size {size} not in 1..64")
         signed = str(a.get("signed", "false")).lower() in ("true", "1")
-        align = int(a.get("align", 8 if size % 8 == 0 else 1))  # type: ignore[arg-type]
+        align = _num(a.get("align", 8 if size % 8 == 0 else 1), "integer align")
         if align <= 0 or align & (align - 1):
             raise MetadataError(f"integer alignment {align} is not a power of two")
         bo = self.byte_order(a.get("byte_order", "native"))
@@ -335,9 +364,9 @@ class _Builder:
             if not vals:
                 lo = hi = nxt
             elif len(vals) == 1:
-                lo = hi = int(vals[0])  # type: ignore[call-overload]
+                lo = hi = _num(vals[0], f"enumerator {label!r} value")
             else:
-                lo, hi = int(vals[0]), int(vals[1])  # type: ignore[call-overload]
+                lo, hi = _num(vals[0], f"enumerator {label!r} value"), _num(vals[1], f"enumerator {label!r} value")
             mappings.append((label, lo, hi))
             nxt = hi + 1
         t = EnumType(container, mappings)
@@ -505,8 +534,8 @@ class _Builder:
 
         m = self.meta
         if kind == "trace":
-            m.major = int(attrs.get("major", 1))  # type: ignore[call-overload]
-            m.minor = int(attrs.get("minor", 8))  # type: ignore[call-overload]
+            m.major = _num(attrs.get("major", 1), "trace major")
+            m.minor = _num(attrs.get("minor", 8), "trace minor")
             if m.major != 1:
                 raise MetadataError(f"unsupported CTF version {m.major}.{m.minor}")
             m.uuid = attrs.get("uuid")  # type: ignore[assignment]
@@ -515,17 +544,14 @@ class _Builder:
             m.env.update(attrs)
         elif kind == "clock":
             name = str(attrs.get("name", "default"))
-            try:
-                c = Clock(name, int(attrs.get("freq", 1_000_000_000)), int(attrs.get("offset_s", 0)),  # type: ignore[call-overload]
-                          int(attrs.get("offset", 0)), attrs.get("uuid"),  # type: ignore[call-overload,arg-type]
-                          attrs.get("description"), str(attrs.get("absolute", "false")).lower() in ("true", "1"))  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                raise MetadataError(f"bad clock {name!r} attributes") from None
-            if c.freq <= 0:
-                raise MetadataError(f"clock {name!r} has frequency {c.freq}")
+            c = Clock(name, _num(attrs.get("freq", 1_000_000_000), f"clock {name!r} freq"),
+                      _num(attrs.get("offset_s", 0), f"clock {name!r} offset_s"),
+                      _num(attrs.get("offset", 0), f"clock {name!r} offset"), attrs.get("uuid"),  # type: ignore[arg-type]
+                      attrs.get("description"), str(attrs.get("absolute", "false")).lower() in ("true", "1"))  # type: ignore[arg-type]
+            check_clock(c)
             m.clocks[name] = c
         elif kind == "stream":
-            sid = int(attrs.get("id", 0))  # type: ignore[call-overload]
+            sid = _num(attrs.get("id", 0), "stream id")
             if sid in m.streams:
                 raise MetadataError(f"duplicate stream id {sid}")
             m.streams[sid] = StreamClass(sid, struct_of("packet.context"), struct_of("event.header"),
@@ -533,12 +559,11 @@ class _Builder:
         elif kind == "event":
             if "name" not in attrs:
                 raise MetadataError("event without a name")
-            try:
-                ev = EventClass(int(attrs.get("id", 0)), str(attrs["name"]), int(attrs.get("stream_id", 0)),  # type: ignore[call-overload]
-                                struct_of("context"), struct_of("fields"),
-                                int(attrs["loglevel"]) if "loglevel" in attrs else None)  # type: ignore[call-overload]
-            except (TypeError, ValueError):
-                raise MetadataError(f"bad attributes in event {attrs.get('name')!r}") from None
+            what = f"event {str(attrs['name'])[:40]!r}"
+            ev = EventClass(_num(attrs.get("id", 0), f"{what} id"), str(attrs["name"]),
+                            _num(attrs.get("stream_id", 0), f"{what} stream_id"),
+                            struct_of("context"), struct_of("fields"),
+                            _num(attrs["loglevel"], f"{what} loglevel") if "loglevel" in attrs else None)
             self.pending_events.append(ev)
 
 
