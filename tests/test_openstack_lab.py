@@ -182,6 +182,30 @@ def test_failed_live_migration_has_reason_and_host(lab):
     assert any(m["stayed_on"] == sc["source"] for m in failed)
 
 
+def test_explain_shows_the_failed_live_migration(lab):
+    """`explain --vm` shows the refused live migration with the exception the fake driver raised
+    (ground truth) and the host the VM stayed on, and the completed one ending on its destination."""
+    truth = lab["truth"]
+
+    def migrations_of(vm: dict) -> list[dict]:
+        ex = _stacklens("explain", "--vm", vm["uuid"], "--store", lab["store"])
+        root = ex.get("tree", ex)
+        group = [c for c in root["children"] if c["label"] == "live migrations (Nova)"]
+        return [c["attrs"] for g in group for c in g["children"]]
+    vm_b = _by_name(truth, "lab-vm-b")
+    refused = [c for c in _driver(truth, "check_can_live_migrate_destination", vm_b["uuid"]) if c["error"]]
+    sc = next(s for s in truth["scenarios"] if s["name"] == "live_migration_precheck_failure")
+    failed = [m for m in migrations_of(vm_b) if m["outcome"] != "completed"]
+    assert failed and refused
+    assert all(refused[0]["error"]["class"] in (m["reason"] or "") for m in failed)
+    assert all(m["host_after"] == sc["source"] for m in failed)
+    done = next(s for s in truth["scenarios"] if s["name"] == "live_migration")
+    vm = _by_name(truth, done["vm"])
+    assert vm["uuid"] == done["instance"]
+    completed = [m for m in migrations_of(vm) if m["outcome"] == "completed"]
+    assert [m["host_after"] for m in completed] == [done["destination"]]
+
+
 def test_vm_accepts_every_name(lab):
     truth = lab["truth"]
     vm_a = _by_name(truth, "lab-vm-a")

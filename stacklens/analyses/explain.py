@@ -97,6 +97,21 @@ def explain_vm(store, key: str, window: tuple[int, int] | None = None, migration
                     g.add(Node(t["task"], "app", "span", t["host"], t["start_ts"], t["end_ts"],
                                {"worker": t["worker"], "service": t["service"], "outcome": t["outcome"],
                                 "request_id": t["request_id"]}))
+        # Nova's live migrations of the VM (completed, rolled back, refused by a pre-check):
+        # the outcome, its reason and where the VM stayed, whether or not QEMU was traced
+        from stacklens.models.live_migration import nova_live_migrations
+        lms = [m for m in nova_live_migrations(con) if (uuid and m["instance"] == uuid)
+               or (name and m["vmname"] == name)]
+        if lms:
+            g = root.add(Node("live migrations (Nova)", "app", "group"))
+            for m in lms:
+                if inside(m["start_ts"], m["end_ts"]):
+                    label = (f"live migration {m['source'] or '?'} → {m['destination'] or '?'}: {m['outcome']}"
+                             + (f" — {m['reason']}" if m["reason"] else "")
+                             + (f"; VM on {m['host_after']} after" if m["host_after"] else ""))
+                    g.add(Node(label, "app", "migration", m["host_after"], m["start_ts"], m["end_ts"],
+                               {k: m[k] for k in ("outcome", "reason", "source", "destination", "host_after",
+                                                  "request_id")}))
     # virtualization layer: migrations, then the kernel under them
     from stacklens.models.migration import migration_attempts
     for a in migration_attempts(con) if migrations else []:
