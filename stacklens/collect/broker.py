@@ -35,6 +35,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def queue_exists(url: str, queue: str) -> bool:
+    """True once `queue` is declared on the broker at `url` (a listener is bound and ready)."""
+    import kombu
+    try:
+        with kombu.Connection(url, connect_timeout=2) as conn:
+            conn.default_channel.queue_declare(queue, passive=True)
+        return True
+    except Exception:  # not there yet, or the broker not answering: both mean "not ready"
+        return False
+
+
 class LocalRabbit:
     """One RabbitMQ node under `root`; `start()`, `stop()`, `restart()` keep its data."""
 

@@ -26,6 +26,7 @@ import uuid as uuidlib
 import warnings
 from pathlib import Path
 
+from stacklens.collect.broker import queue_exists
 from stacklens.errors import StacklensError
 from stacklens.processes import stop_process
 
@@ -130,20 +131,12 @@ class ControlPlane:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._listener_err)
         # publish only once the listener's queue is bound, or the first steps would be lost
         deadline = time.monotonic() + 30
-        while not self._queue_exists():
+        while not queue_exists(self._broker, self._queue):
             if self._listener.poll() is not None or time.monotonic() > deadline:
                 self._stop_listener()
                 raise StacklensError(f"lab: the notification listener did not come up on {broker}")
             time.sleep(0.1)
 
-    def _queue_exists(self) -> bool:
-        import kombu
-        try:
-            with kombu.Connection(self._broker, connect_timeout=2) as conn:
-                conn.default_channel.queue_declare(self._queue, passive=True)
-            return True
-        except Exception:
-            return False
 
     def _written(self) -> int:
         try:

@@ -34,6 +34,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Callable
 
+from stacklens.collect.broker import queue_exists
 from stacklens.errors import StacklensError
 
 NOVA_VERSION = "34.0.0"
@@ -185,20 +186,12 @@ class _Listener:
             [sys.executable, "-W", "ignore", "-m", "stacklens.collect.worker", "notifications", str(config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err)
         deadline = time.monotonic() + 30
-        while not self._queue_exists():  # publish only once the queue is bound
+        while not queue_exists(self.url, self.queue):  # publish only once the queue is bound
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 raise StacklensError(f"openstack lab: the notification listener did not come up on {url}")
             time.sleep(0.1)
 
-    def _queue_exists(self) -> bool:
-        import kombu
-        try:
-            with kombu.Connection(self.url, connect_timeout=2) as conn:
-                conn.default_channel.queue_declare(self.queue, passive=True)
-            return True
-        except Exception:
-            return False
 
     def _depth(self) -> int | None:
         import kombu
