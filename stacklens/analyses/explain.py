@@ -19,7 +19,7 @@ from stacklens.errors import StacklensError
 class Node:
     label: str
     layer: str  # app / virt / kernel / net / storage
-    kind: str  # request, span, record, vm, state, migration, stage, round, thread, preemptor, …
+    kind: str  # request, span, record, vm, state, migration (QEMU), nova_migration, stage, round, thread, …
     host: str | None = None
     start: int | None = None
     end: int | None = None
@@ -109,7 +109,7 @@ def explain_vm(store, key: str, window: tuple[int, int] | None = None, migration
                     label = (f"live migration {m['source'] or '?'} → {m['destination'] or '?'}: {m['outcome']}"
                              + (f" — {m['reason']}" if m["reason"] else "")
                              + (f"; VM on {m['host_after']} after" if m["host_after"] else ""))
-                    g.add(Node(label, "app", "migration", m["host_after"], m["start_ts"], m["end_ts"],
+                    g.add(Node(label, "app", "nova_migration", m["host_after"], m["start_ts"], m["end_ts"],
                                {k: m[k] for k in ("outcome", "reason", "source", "destination", "host_after",
                                                   "request_id")}))
     # virtualization layer: migrations, then the kernel under them
