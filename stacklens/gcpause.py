@@ -11,19 +11,35 @@ paused is still in generation 0), so a long ingest of many parts frees memory be
 from __future__ import annotations
 
 import gc
+import threading
 from contextlib import contextmanager
 from typing import Iterator
+
+_lock = threading.Lock()
+_holders = 0  # blocks (in any thread) inside a pause this module started
 
 
 @contextmanager
 def paused_gc() -> Iterator[None]:
-    """Run the block without cyclic GC; collect the block's own cycles when it ends."""
-    if not gc.isenabled():  # nested, or the caller manages GC itself
+    """Run the block without cyclic GC; collect the block's own cycles when it ends. Blocks
+    running at once in several threads (ingest reads two parts at a time) share one pause:
+    the collector comes back when the last of them ends."""
+    global _holders
+    with _lock:
+        if _holders == 0 and not gc.isenabled():  # the caller manages GC itself
+            mine = False
+        else:
+            mine = True
+            _holders += 1
+            gc.disable()
+    if not mine:
         yield
         return
-    gc.disable()
     try:
         yield
     finally:
-        gc.collect(0)
-        gc.enable()
+        with _lock:
+            _holders -= 1
+            if _holders == 0:
+                gc.collect(0)
+                gc.enable()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_data
+from conftest import need_data, need_program
 from stacklens.cli import parse_time
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
@@ -207,3 +207,72 @@ def test_paused_gc_frees_the_blocks_cycles_and_restores_gc() -> None:
     finally:
         gc.callbacks.remove(count)
     assert gc.isenabled() and ref() is None
+
+
+def test_paused_gc_is_shared_by_threads() -> None:
+    """Ingest reads two parts at a time, each inside paused_gc: the collector must stay off
+    until the last of them ends (the first to end must not switch it back on)."""
+    import gc
+    import threading
+
+    from stacklens.gcpause import paused_gc
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def a() -> None:
+        with paused_gc():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(10)
+        with paused_gc():
+            b_in.set()
+            a_out.wait(10)
+            seen["after the first ended"] = gc.isenabled()
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"after the first ended": False}
+    assert gc.isenabled()
+
+
+def test_parts_read_at_once_store_what_one_at_a_time_stores(tmp_path, monkeypatch):
+    """Ingest reads two parts at a time: the store must hold exactly what reading them one
+    by one holds (every row, its position and payload), the events babeltrace2 counts, and a
+    trace given twice is stored once, the first path named as the one ingested."""
+    import stacklens.store.ingest as ingest_mod
+    traces = [need_data("tracecompass", n) for n in ("many-threads", "context-switches", "cyg-profile", "memory")]
+    import shutil
+    twin = tmp_path / "twin-of-many-threads"  # the same content under another name
+    shutil.copytree(traces[0], twin)
+    paths = [*traces, need_data("openstack", "loghub"), twin]
+
+    def stored(root: Path) -> list[tuple]:
+        import duckdb
+        store = Store(root)
+        con = store.connect()
+        try:
+            return con.execute("SELECT src, count(*), sum(hash(ts, name, host, layer, cpu, pid, tid, procname,"
+                               " fields, pos)) FROM events GROUP BY src ORDER BY src").fetchall()
+        finally:
+            con.close()
+    results = {}
+    for at_once in (1, 2):
+        monkeypatch.setattr(ingest_mod, "PARTS_AT_ONCE", at_once)
+        root = tmp_path / f"at-once-{at_once}"
+        res = ingest(Store(root, create=True), paths)
+        results[at_once] = (res, stored(root))
+    (seq, seq_rows), (par, par_rows) = results[1], results[2]
+    assert par_rows == seq_rows and len(par_rows) == len({r.src for r in par if r.status == "ingested"}) >= 5
+    assert [(r.path, r.status, r.rows) for r in par] == [(r.path, r.status, r.rows) for r in seq]
+    assert par[0].status == "ingested" and par[-1].status == "already" and par[-1].src == par[0].src
+    assert par[-1].path == str(twin)
+    bt2 = need_program("babeltrace2")
+    for trace in traces:
+        out = subprocess.run([bt2, str(trace)], capture_output=True, text=True, check=True).stdout
+        rows = sum(r.rows for r in par if r.format == "ctf" and Path(r.path).is_relative_to(trace))
+        assert rows == out.count("\n"), trace

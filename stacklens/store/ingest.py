@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -63,16 +64,23 @@ def part_size(path: Path) -> int:
     return sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
 
 
+# Parts read at once: a part's serial steps (hashing, metadata, the commit's fsyncs) and the
+# GIL-holding parts of its readers overlap with another part's compiled decoding and Parquet
+# encoding. A part bigger than BIG_PART is read alone, so peak memory stays one big part's.
+PARTS_AT_ONCE = max(1, min(2, os.cpu_count() or 1))
+BIG_PART = 256 << 20
+
+
 def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | None = None,
            on_part: Callable[[Part, int], None] | None = None,
            on_progress: Callable[[int], None] | None = None) -> list[PartResult]:
     """Ingest every part under `paths`. `host`/`tz` override the bundle's settings.
-    `on_part(part, size)` is called before each part, `on_progress(nbytes)` as bytes are read."""
-    results = []
+    `on_part(part, size)` is called as each part starts, `on_progress(nbytes)` as bytes are
+    read (both may be called from worker threads). Results are in the parts' order."""
     with paused_gc():  # recognising the parts imports their readers (and compiled code)
         parts = discover(paths)
-    for part in parts:
-        size = part_size(part.path)
+
+    def one(part: Part, size: int) -> PartResult:
         if on_part:
             on_part(part, size)
         reported = 0
@@ -85,8 +93,53 @@ def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | N
                 on_progress(n)
 
         with paused_gc():  # no GC scans in the decode loop; the part's cycles freed after it
-            results.append(_ingest_part(store, part, host, tz, progress))
+            result = _ingest_part(store, part, host, tz, progress)
         progress(size - reported)
+        return result
+
+    sizes = [part_size(p.path) for p in parts]
+    if PARTS_AT_ONCE == 1 or len(parts) < 2:
+        return _same_content_once([one(p, n) for p, n in zip(parts, sizes)])
+    futures: list[Future] = []
+    with ThreadPoolExecutor(max_workers=PARTS_AT_ONCE, thread_name_prefix="ingest-part") as pool:
+        try:
+            for part, size in zip(parts, sizes):
+                in_flight = [f for f in futures if not f.done()]
+                if size > BIG_PART or len(in_flight) >= PARTS_AT_ONCE:
+                    wait(in_flight, return_when=ALL_COMPLETED if size > BIG_PART else FIRST_COMPLETED)
+                _raise_failed(futures)  # a full disk stops the ingest before the next part
+                futures.append(pool.submit(one, part, size))
+                if size > BIG_PART:
+                    wait([futures[-1]])
+            results = [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return _same_content_once(results)
+
+
+def _raise_failed(futures: list[Future]) -> None:
+    for f in futures:
+        if f.done() and not f.cancelled() and f.exception() is not None:
+            f.result()
+
+
+def _same_content_once(results: list[PartResult]) -> list[PartResult]:
+    """Parts of one run with the same content (the same file given twice) are stored once,
+    by whichever committed first; report the first in the list as the one ingested, as a
+    one-at-a-time run would, and the others as already in the store."""
+    first: dict[str, int] = {}
+    for i, r in enumerate(results):
+        if r.src is None or r.status not in ("ingested", "already"):
+            continue
+        if r.src not in first:
+            first[r.src] = i
+            continue
+        j = first[r.src]
+        if results[j].status == "already" and r.status == "ingested":
+            results[j], results[i] = (PartResult(**{**r.to_dict(), "path": results[j].path}),
+                                      PartResult(**{**results[j].to_dict(), "path": r.path}))
     return results
 
 
