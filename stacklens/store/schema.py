@@ -9,6 +9,7 @@ a JSON object, so one table holds every format while DuckDB still reads any fiel
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 LAYERS = ("app", "virt", "kernel")
@@ -35,6 +36,16 @@ EVENT_SCHEMA = pa.schema(
 # Columns a reader may leave out: ingest fills them from the source's context.
 CONTEXT_COLUMNS = ("host", "layer", "source", "src")
 
+# What the store writes: the same columns, those with few distinct values as dictionaries.
+# Constants (host, source, src) then cost one index per row instead of a string, readers
+# can hand over names as dictionaries over their event classes, and Parquet writes the
+# dictionaries as they are instead of hashing every value. Readers of the store (DuckDB) see
+# plain strings: Parquet's dictionary encoding is an encoding, not a type.
+DICTIONARY_TYPE = pa.dictionary(pa.int32(), pa.string())
+STORED_SCHEMA = pa.schema([pa.field(f.name, DICTIONARY_TYPE, f.nullable)
+                           if f.name in ("host", "layer", "source", "name", "src") else f
+                           for f in EVENT_SCHEMA])
+
 LOST_SCHEMA = pa.schema(
     [
         pa.field("host", pa.string(), nullable=False),
@@ -56,10 +67,18 @@ def conform(batch: pa.RecordBatch | pa.Table, schema: pa.Schema = EVENT_SCHEMA,
     n = table.num_rows
     columns = []
     for field in schema:
+        dictionary = pa.types.is_dictionary(field.type)
         if field.name in table.column_names:
             col = table.column(field.name)
             if col.type != field.type:
+                if dictionary and not pa.types.is_dictionary(col.type):
+                    col = col.cast(field.type.value_type).dictionary_encode()
                 col = col.cast(field.type)
+        elif field.name in constants and dictionary:
+            value = constants[field.name]
+            col = pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(n, np.int32)) if value is not None else pa.nulls(n, pa.int32()),
+                pa.array([value], field.type.value_type))
         elif field.name in constants:
             col = pa.repeat(pa.scalar(constants[field.name], type=field.type), n)
         else:

@@ -217,15 +217,15 @@ def chunk_rows(ch: Chunk, kernel: bool, subset: np.ndarray | None = None) -> pa.
     take = pa.array(inv)
     out = {"ts": pa.array(ch.ts)}
     name = pa.concat_arrays(cols["name"]).take(take)
-    out["name"] = name
-    out["layer"] = layer_of(name, kernel)
+    out["name"] = name.dictionary_encode()  # the same types as the fast path's rows
+    out["layer"] = layer_of(name, kernel).dictionary_encode()
     out["cpu"] = _cpu(sf, ch.pkt)
     for k in ("pid", "tid", "procname", "fields"):
         out[k] = pa.concat_arrays(cols[k]).take(take)
     return pa.table(out)
 
 
-ROW_TYPES = [pa.int64(), pa.string(), pa.string(), pa.int32(), pa.int64(), pa.int64(), pa.string(), pa.string()]
+ROW_TYPES = [pa.int64(), pa.dictionary(pa.int32(), pa.string()), pa.dictionary(pa.int32(), pa.string()), pa.int32(), pa.int64(), pa.int64(), pa.string(), pa.string()]
 
 
 def _first_int(ctx: dict[str, pa.Array], keys: tuple[str, ...], m: int) -> pa.Array:

@@ -14,7 +14,7 @@ empty structures, duplicate keys) and chunks with invalid UTF-8 strings go throu
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -45,6 +45,7 @@ class JsonPlan:
     pid_slot: np.ndarray  # int64 per class: slot in the event record, -1 if none
     tid_slot: np.ndarray
     proc_slot: np.ndarray  # string slot (start, length), -1 if none
+    layers: dict = field(default_factory=dict)  # kernel trace or not → layer per class (Arrow)
 
 
 class _PlanBuilder:
@@ -389,9 +390,15 @@ def chunk_rows(ch, kernel: bool, fallback) -> pa.Table:
         sub = fallback(ch, kernel, rows).column("fields").combine_chunks().cast(pa.large_string())
         fields = pc.replace_with_mask(fields, pa.array(todo), sub)
     cls = ch.cls
-    name = plan.names.take(pa.array(cls))
+    # name and layer as dictionaries over the stream's classes: no string per event is built,
+    # compared or copied by the merge, and Parquet writes the dictionary as it is
+    indices = pa.array(cls.astype(np.int32, copy=False))
     from . import layer_of  # noqa: PLC0415 (package init defines it)
-    out = {"ts": pa.array(ch.ts), "name": name, "layer": layer_of(name, kernel), "cpu": _cpu(ch)}
+    layers = plan.layers.get(kernel)
+    if layers is None:
+        layers = plan.layers[kernel] = layer_of(plan.names, kernel)
+    out = {"ts": pa.array(ch.ts), "name": pa.DictionaryArray.from_arrays(indices, plan.names),
+           "layer": pa.DictionaryArray.from_arrays(indices, layers), "cpu": _cpu(ch)}
     out["pid"] = _slot_ints(ch.buf, ch.base, plan.pid_slot[cls])
     out["tid"] = _slot_ints(ch.buf, ch.base, plan.tid_slot[cls])
     ps = plan.proc_slot[cls]
