@@ -82,6 +82,21 @@ def sql(query: str = typer.Argument(..., help="DuckDB SQL; tables: events, lost,
     run_sql(_store(store), query, csv=csv, json_out=json_out)
 
 
+@app.command("gc")
+def collect_garbage(store: str = StoreOpt,
+       grace: Optional[float] = typer.Option(None, help="Seconds since a file or claim was last written before "
+                                                       "it may go (default: env STACKLENS_STORE_GRACE_S or 3600)."),
+       json_out: bool = JsonOpt) -> None:
+    """Remove what killed or losing writers left in the store (never what a manifest names)."""
+    from stacklens.views.terminal import console, emit_json
+    s = _store(store)
+    removed = s.gc(grace)
+    if json_out:
+        emit_json({"store": str(s.root), "removed": removed})
+    else:
+        console.print(f"{s.root}: {len(removed)} objects removed")
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("out/demo-store"), help="Store to (re)create."),
          data: Optional[Path] = typer.Option(None, help="The shared data directory.")) -> None:

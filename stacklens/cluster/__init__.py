@@ -72,9 +72,10 @@ atexit.register(close)
 
 
 def shared_path(path: str | os.PathLike[str]) -> str:
-    """`path` as the workers must see it: absolute (their working directory is not ours)."""
-    from stacklens.store.location import local_root
-    return str(local_root(path).resolve())
+    """`path` as the workers must see it: absolute (their working directory is not ours), or
+    the store's URL."""
+    from stacklens.store.location import canonical
+    return canonical(path)
 
 
 def gather(futures: list, names: Sequence[str], what: str) -> list:
@@ -119,8 +120,10 @@ def per_host(address: str | None, fn: Callable[..., Any], store: str | os.PathLi
 def partition_hosts(store, layer: str | None = None) -> list[str]:
     """The hosts that have partitions in the store (of `layer`), from its directory names:
     what the client knows without reading an event."""
+    import posixpath
     from urllib.parse import unquote
-    names = {unquote(p.parent.parent.name.split("=", 1)[1]) for p in store.event_files(layer=layer)}
+    names = {unquote(posixpath.basename(posixpath.dirname(posixpath.dirname(str(p)))).split("=", 1)[1])
+             for p in store.event_files(layer=layer)}  # paths, or URLs of a store at one
     return sorted(names)
 
 
