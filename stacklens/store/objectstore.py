@@ -177,12 +177,16 @@ class ObjectStore(Store):
         else:
             self.fs.pipe_file(path, data)
 
-    def _rm(self, rels: list[str]) -> None:
+    def _rm(self, rels: list[str]) -> list[str]:
+        """Delete objects; returns those that were there."""
+        gone = []
         for rel in rels:
             try:
                 self.fs.rm_file(self._p(rel))
+                gone.append(rel)
             except FileNotFoundError:
                 pass
+        return gone
 
     def _list(self, prefix: str, detail: bool = False) -> Any:
         """Every object under `prefix` (recursively): store-relative names, or name → info."""
@@ -271,8 +275,7 @@ class ObjectStore(Store):
                 continue  # alive (or died recently: left for later)
             claim = self._load([rel]).get(rel)
             token = rel.rsplit("/", 1)[-1].removesuffix(".json")
-            self._rm([rel])  # first: a writer that was only slow finds it gone and stops
-            removed.append(rel)
+            removed += self._rm([rel])  # first: a writer that was only slow finds it gone and stops
             if not isinstance(claim, dict) or not claim.get("src"):
                 continue  # unreadable: its files are left to `gc`
             src = claim["src"]
@@ -280,9 +283,7 @@ class ObjectStore(Store):
             winner = self._winners(src).get(src)
             if winner and winner[0] == mine:
                 continue  # committed; died before deleting its claim
-            gone = [mine] + [f for f in claim.get("files", []) if isinstance(f, str)]
-            self._rm(gone)
-            removed += gone
+            removed += self._rm([mine] + [f for f in claim.get("files", []) if isinstance(f, str)])
         return removed
 
     def gc(self, grace_s_: float | None = None) -> list[str]:
@@ -309,14 +310,12 @@ class ObjectStore(Store):
                 keep.update(_manifest_files(record) if isinstance(record, dict) else ())
             else:
                 losers.append(rel)
-        self._rm(losers)
-        removed += losers
+        removed += self._rm(losers)
         files = {**self._list("events", detail=True), **self._list("lost", detail=True)}
         orphans = [rel for rel, info in sorted(files.items())
                    if rel.endswith(".parquet") and rel not in keep
                    and file_token(rel.rsplit("/", 1)[-1]) not in live and old(info)]
-        self._rm(orphans)
-        return removed + orphans
+        return removed + self._rm(orphans)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
