@@ -18,11 +18,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Multi-layer tracing and diagnosis for OpenStack clouds.")
 
 DEFAULT_STORE = os.environ.get("STACKLENS_STORE", "stacklens-store")
-StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory (env STACKLENS_STORE).")
+StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory, or URL (file://, s3://; env STACKLENS_STORE).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
 ClusterOpt = typer.Option(None, "--cluster", envvar="STACKLENS_CLUSTER", show_envvar=False,
                           help="Dask scheduler address (tcp://HOST:PORT; env STACKLENS_CLUSTER): run the "
-                               "per-part / per-host work on its workers (the store must be on a shared filesystem).")
+                               "per-part / per-host work on its workers (the store must be on a shared filesystem or an object store).")
 
 
 def _store(path: str, create: bool = False):
