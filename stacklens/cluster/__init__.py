@@ -13,13 +13,17 @@ paths, the packets a host sent and received). With a cluster address:
   source ↔ destination matching, the reports' aggregates) run on the client over those results.
 
 Without an address everything runs in-process, as before: `per_host(None, …)` is a loop.
-The store must be at the same path on the client and on every worker (a shared filesystem);
-paths are made absolute before they are sent.
+The store must be reachable under the same name from the client and every worker: a path on a
+shared filesystem (made absolute before it is sent) or a URL (file:// on a shared filesystem,
+s3:// with the same fsspec configuration on every machine; store/objectstore.py).
 
 A worker that dies mid-task (kill -9, out of memory) loses its task: the scheduler runs it
 again on another worker (up to `distributed.scheduler.allowed-failures` times, then the run
 fails with one line naming the part or host). A re-run ingest task starts by dropping what the
-dead one wrote for its source (SourceWriter), and a source is visible only once committed.
+dead one wrote for its source (SourceWriter), and a source is visible only once committed. (On
+a store at a URL there is no lock to tell a dead writer from a live one: what the dead one
+wrote stays, never read, until it is older than the grace period, then `stacklens gc` or the
+next writer removes it.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The store on disk: Parquet partitioned by host and layer, queried through DuckDB.
 
+This module is the store given as a path (a directory on a filesystem with rename and fcntl
+locks); a store at a URL (file://, s3://, …) is an ObjectStore (objectstore.py), committed by
+manifest objects instead. `Store(location)` gives the right one.
+
 Layout of a store directory:
     events/host=<h>/layer=<l>/<src>-<w>-<k>.parquet   rows of the common event table
     lost/<src>-<w>.parquet                            lost (discarded) event records
