@@ -146,6 +146,8 @@ def test_url_store_answers_as_the_local_store(stores):
     assert Store(local).connect().execute(ROW_HASH).fetchall() == Store(at_url).connect().execute(ROW_HASH).fetchall()
     # opened by its plain path, the store is still committed by manifests (its mark says so)
     assert isinstance(Store(stores["dir"]), ObjectStore)
+    # and a store created from a path keeps its rename + lock commit when given as a URL
+    assert type(Store(url(Path(local)))) is Store and (Path(local) / "store.lock").exists()
     for args in (["info", "--top", "0"], ["events", "--limit", "300"], ["events", "--name", "sched_switch", "--limit", "50"],
                  ["sql", "SELECT layer, source, count(*) AS n, min(ts), max(ts) FROM events GROUP BY ALL ORDER BY ALL"],
                  ["cpu", "--by", "process", "--limit", "0"], ["migrations"]):
