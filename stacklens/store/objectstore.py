@@ -35,8 +35,10 @@ files and losing manifests older than the grace period that no source's manifest
 grace period is what protects a slow writer and a reader still reading a losing duplicate's
 files: a writer silent for longer than it finds its claim gone at step 2.
 
-On a local filesystem (file://) files are written and fsynced in place: a write interrupted
-by a crash leaves a partial file no manifest names, which readers never see.
+On a local filesystem (file://) files are written and fsynced in place, and their directories
+fsynced before the manifest is written (and it fsynced): a write interrupted by a crash leaves
+a partial file no manifest names, which readers never see, and a manifest that survives a
+crash of the machine names files that survive it too.
 """
 
 from __future__ import annotations
@@ -174,8 +176,20 @@ class ObjectStore(Store):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            self._fsync_dirs([rel])
         else:
             self.fs.pipe_file(path, data)
+
+    def _fsync_dirs(self, rels: list[str]) -> None:
+        """On a filesystem: make the names of these files durable (their directories up to the
+        store's, some possibly just created), so that no durable manifest names a file whose
+        name a crash of the machine could lose."""
+        dirs = set()
+        for rel in rels:
+            parts = rel.split("/")[:-1]
+            dirs.update("/".join(parts[:i]) for i in range(len(parts), 0, -1))
+        for d in sorted(dirs, key=lambda d: -d.count("/")):  # deepest first
+            fsync_path(Path(self._p(d)))
 
     def _rm(self, rels: list[str]) -> list[str]:
         """Delete objects; returns those that were there."""
@@ -375,6 +389,8 @@ class ObjectSourceWriter(SourceWriter):
             raise StacklensError(f"{store.root}: the writer of source {self.src} was silent for longer than "
                                  f"the grace period ({grace_s():.0f} s) and its files were collected; ingest again")
         mine = f"{MANIFESTS}/{self.src}/{self.token}.json"
+        if store.local:  # each file was fsynced as written; now their names
+            store._fsync_dirs([dest for _, dest, _ in self._staged])
         store._put(mine, json.dumps(record, indent=1).encode())  # the commit point
         self._done = True
         winner = store._winners(self.src).get(self.src)
