@@ -300,11 +300,11 @@ class ObjectStore(Store):
             removed += self._rm([mine] + [f for f in claim.get("files", []) if isinstance(f, str)])
         return removed
 
-    def gc(self, grace_s_: float | None = None) -> list[str]:
+    def gc(self, grace: float | None = None) -> list[str]:
         """Remove what no source needs, older than the grace period: dead writers' claims and
         files (`recover`), then any event or lost file no source's manifest names and no live
         writer claims, and the manifests that lost a race."""
-        grace = grace_s() if grace_s_ is None else grace_s_
+        grace = grace_s() if grace is None else grace
         removed = self.recover(grace)
         now = time.time()
 

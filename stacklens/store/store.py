@@ -178,7 +178,7 @@ class Store:
                 raise
 
     # ---- locking and recovery -------------------------------------------------------------
-    def gc(self, grace_s: float | None = None) -> list[str]:
+    def gc(self, grace: float | None = None) -> list[str]:
         """Remove what dead writers left (here: `recover`; the grace period is for stores
         without locks, objectstore.py)."""
         return self.recover()
