@@ -22,11 +22,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Multi-layer tracing and diagnosis for OpenStack clouds.")
 
 DEFAULT_STORE = os.environ.get("STACKLENS_STORE", "stacklens-store")
-StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory (env STACKLENS_STORE).")
+StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory, or URL (file://, s3://; env STACKLENS_STORE).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
 ClusterOpt = typer.Option(None, "--cluster", envvar="STACKLENS_CLUSTER", show_envvar=False,
                           help="Dask scheduler address (tcp://HOST:PORT; env STACKLENS_CLUSTER): run the "
-                               "per-part / per-host work on its workers (the store must be on a shared filesystem).")
+                               "per-part / per-host work on its workers (the store must be on a shared filesystem or an object store).")
 
 
 def _store(path: str, create: bool = False):
@@ -84,6 +84,21 @@ def sql(query: str = typer.Argument(..., help="DuckDB SQL; tables: events, lost,
     """Run SQL over the event table."""
     from stacklens.views.sql import run_sql
     run_sql(_store(store), query, csv=csv, json_out=json_out)
+
+
+@app.command("gc")
+def collect_garbage(store: str = StoreOpt,
+       grace: Optional[float] = typer.Option(None, help="Seconds since a file or claim was last written before "
+                                                       "it may go (default: env STACKLENS_STORE_GRACE_S or 3600)."),
+       json_out: bool = JsonOpt) -> None:
+    """Remove what killed or losing writers left in the store (never what a manifest names)."""
+    from stacklens.views.terminal import console, emit_json
+    s = _store(store)
+    removed = s.gc(grace)
+    if json_out:
+        emit_json({"store": str(s.root), "removed": removed})
+    else:
+        console.print(f"{s.root}: {len(removed)} objects removed")
 
 
 @app.command()

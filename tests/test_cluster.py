@@ -35,6 +35,7 @@ from conftest import need_data, need_program
 from stacklens.errors import StacklensError
 from stacklens.store import Store
 from stacklens.store.ingest import ingest
+from stacklens.store.objectstore import ObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
@@ -131,14 +132,17 @@ def local_cluster():
 def test_local_cluster_equals_embedded(bundle, embedded, local_cluster, tmp_path):
     from stacklens.cluster.ingest import ingest_on_cluster
     store = tmp_path / "store"
-    url = "file://" + str(store)  # the store given as an fsspec URL
+    url = "file://" + str(store)  # the store given as an fsspec URL: committed by manifest objects
     done: list[str] = []
-    results = ingest_on_cluster(local_cluster, Store(url, create=True), bundle,
+    at_url = Store(url, create=True)
+    assert isinstance(at_url, ObjectStore)
+    results = ingest_on_cluster(local_cluster, at_url, bundle,
                                 on_done=lambda part, size: done.append(str(part.path)))
     assert len(done) == sum(r["status"] != "unrecognised" for r in parts(results))  # one per task
     out = analyses(url, local_cluster)
     assert parts(results) == embedded["parts"]
     assert rows(str(store)) == embedded["rows"]
+    assert (store / "manifests").is_dir() and not (store / "tmp").exists()  # written by the workers, no staging
     for name, value in embedded["analyses"].items():
         assert out[name] == value, name
 
@@ -313,6 +317,11 @@ def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):
     assert "cannot connect to the Dask scheduler" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_object_store_url_is_refused(tmp_path):
-    with pytest.raises(StacklensError, match="s3:// is not supported"):
+def test_object_store_without_its_fsspec_implementation_is_one_line(tmp_path):
+    try:
+        import s3fs  # noqa: F401
+        pytest.skip("s3fs is installed: s3:// is a store location here")
+    except ImportError:
+        pass
+    with pytest.raises(StacklensError, match="pip install s3fs"):
         Store("s3://bucket/store")

@@ -13,13 +13,17 @@ paths, the packets a host sent and received). With a cluster address:
   source ↔ destination matching, the reports' aggregates) run on the client over those results.
 
 Without an address everything runs in-process, as before: `per_host(None, …)` is a loop.
-The store must be at the same path on the client and on every worker (a shared filesystem);
-paths are made absolute before they are sent.
+The store must be reachable under the same name from the client and every worker: a path on a
+shared filesystem (made absolute before it is sent) or a URL (file:// on a shared filesystem,
+s3:// with the same fsspec configuration on every machine; store/objectstore.py).
 
 A worker that dies mid-task (kill -9, out of memory) loses its task: the scheduler runs it
 again on another worker (up to `distributed.scheduler.allowed-failures` times, then the run
 fails with one line naming the part or host). A re-run ingest task starts by dropping what the
-dead one wrote for its source (SourceWriter), and a source is visible only once committed.
+dead one wrote for its source (SourceWriter), and a source is visible only once committed. (On
+a store at a URL there is no lock to tell a dead writer from a live one: what the dead one
+wrote stays, never read, until it is older than the grace period, then `stacklens gc` or the
+next writer removes it.)
 """
 
 from __future__ import annotations
@@ -72,9 +76,10 @@ atexit.register(close)
 
 
 def shared_path(path: str | os.PathLike[str]) -> str:
-    """`path` as the workers must see it: absolute (their working directory is not ours)."""
-    from stacklens.store.location import local_root
-    return str(local_root(path).resolve())
+    """`path` as the workers must see it: absolute (their working directory is not ours), or
+    the store's URL."""
+    from stacklens.store.location import canonical
+    return canonical(path)
 
 
 def gather(futures: list, names: Sequence[str], what: str) -> list:
@@ -119,8 +124,10 @@ def per_host(address: str | None, fn: Callable[..., Any], store: str | os.PathLi
 def partition_hosts(store, layer: str | None = None) -> list[str]:
     """The hosts that have partitions in the store (of `layer`), from its directory names:
     what the client knows without reading an event."""
+    import posixpath
     from urllib.parse import unquote
-    names = {unquote(p.parent.parent.name.split("=", 1)[1]) for p in store.event_files(layer=layer)}
+    names = {unquote(posixpath.basename(posixpath.dirname(posixpath.dirname(str(p)))).split("=", 1)[1])
+             for p in store.event_files(layer=layer)}  # paths, or URLs of a store at one
     return sorted(names)
 
 

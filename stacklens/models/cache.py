@@ -28,14 +28,8 @@ def memo(con: duckdb.DuckDBPyConnection, key: str, build: Callable[[], Any]) -> 
     return d[key]
 
 
-def _fingerprint(store) -> tuple:
-    files = tuple((p.name, p.stat().st_size) for p in store.event_files())
-    clocks = store.root / "clocks.json"
-    return files, clocks.stat().st_mtime_ns if clocks.exists() else None
-
-
 def _store_memo(store) -> dict[str, Any]:
-    fp = _fingerprint(store)
+    fp = store.fingerprint()
     entry = _BY_STORE.get(store)
     if entry is None or entry[0] != fp:
         entry = _BY_STORE[store] = (fp, {})

@@ -1,5 +1,9 @@
 """The store on disk: Parquet partitioned by host and layer, queried through DuckDB.
 
+This module is the store given as a path (a directory on a filesystem with rename and fcntl
+locks); a store at a URL (file://, s3://, …) is an ObjectStore (objectstore.py), committed by
+manifest objects instead. `Store(location)` gives the right one.
+
 Layout of a store directory:
     events/host=<h>/layer=<l>/<src>-<w>-<k>.parquet   rows of the common event table
     lost/<src>-<w>.parquet                            lost (discarded) event records
@@ -52,7 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stacklens.errors import StacklensError
-from stacklens.store.location import local_root
+from stacklens.store.location import LOCAL_PROTOCOLS, is_url, local_root, protocol
 from stacklens.store.schema import EVENT_SCHEMA, LOST_SCHEMA, STORED_SCHEMA, conform
 
 if TYPE_CHECKING:  # DuckDB is imported by queries only: ingest does not need it
@@ -95,8 +99,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _write_parquet(table: pa.Table, path: Path, **options: Any) -> None:
-    pq.write_table(table, path, **options)
+# How event files are encoded. Dictionary encoding only where values repeat: on near-unique
+# columns (ts, pos, fields) it costs time and makes files larger.
+EVENT_FILE_OPTIONS: dict[str, Any] = {"compression": "zstd", "row_group_size": ROW_GROUP,
+                                      "use_dictionary": DICTIONARY_COLUMNS,
+                                      "write_statistics": STATISTICS_COLUMNS}
+
+
+def _write_parquet(table: pa.Table, path: Path, options: dict[str, Any] | None = None) -> None:
+    pq.write_table(table, path, **(options or {}))
     fsync_path(path)  # in the writer's thread: overlaps with decoding the next batch
 
 
@@ -125,10 +136,18 @@ class ClockTransform:
 
 
 class Store:
-    """A stacklens store directory."""
+    """A stacklens store directory. `Store(url)` for a URL (file://, s3://, …) — or a path whose
+    store was created from one — is an ObjectStore (objectstore.py): the same interface,
+    committed by manifest objects instead of rename and locks."""
+
+    def __new__(cls, root: str | os.PathLike[str], create: bool = False) -> "Store":
+        if cls is Store and _manifest_committed(root):
+            from stacklens.store.objectstore import ObjectStore
+            return super().__new__(ObjectStore)
+        return super().__new__(cls)
 
     def __init__(self, root: str | os.PathLike[str], create: bool = False) -> None:
-        self.root = local_root(root)  # a path or a file:// URL
+        self.root = local_root(root)  # a path, or a file:// URL of a store created from a path
         mark = self.root / STORE_MARK
         if not mark.exists():
             if not create:
@@ -164,6 +183,11 @@ class Store:
                 raise
 
     # ---- locking and recovery -------------------------------------------------------------
+    def gc(self, grace: float | None = None) -> list[str]:
+        """Remove what dead writers left (here: `recover`; the grace period is for stores
+        without locks, objectstore.py)."""
+        return self.recover()
+
     @contextmanager
     def _commit_lock(self, blocking: bool = True) -> Iterator[bool]:
         """The store's commit lock (fcntl, so it serialises processes); yields False when
@@ -294,10 +318,14 @@ class Store:
             for rel in _manifest_files(s):
                 if rel.startswith("events/") and (h is None or rel[7:].startswith(h)) \
                         and (l is None or l in rel):
-                    out.append(self.root / rel)
+                    out.append(self._file(rel))
             if "files" not in s:  # a manifest written before manifests listed their files
                 out += self._legacy_files(s["src"], host, layer)
         return sorted(set(out))
+
+    def _file(self, rel: str) -> Path:
+        """A store-relative path as DuckDB reads it."""
+        return self.root / rel
 
     def _legacy_files(self, src: str, host: str | None, layer: str | None) -> list[Path]:
         h = f"host={quote(host, safe='')}" if host else "host=*"
@@ -308,7 +336,7 @@ class Store:
         out = []
         for s in sources:
             if "files" in s:
-                out += [self.root / rel for rel in _manifest_files(s) if rel.startswith("lost/")]
+                out += [self._file(rel) for rel in _manifest_files(s) if rel.startswith("lost/")]
             elif (self.root / "lost" / f"{s['src']}.parquet").exists():
                 out.append(self.root / "lost" / f"{s['src']}.parquet")
         return sorted(out)
@@ -316,6 +344,15 @@ class Store:
     def event_files(self, host: str | None = None, layer: str | None = None) -> list[Path]:
         """The committed event files (those the manifests list)."""
         return self._files(self.sources(), host, layer)
+
+    def fingerprint(self) -> tuple:
+        """Changes when the store's content does: an ingest, a `stacklens sync`."""
+        files = tuple((p.name, p.stat().st_size) for p in self.event_files())
+        clocks = self.root / "clocks.json"
+        return files, clocks.stat().st_mtime_ns if clocks.exists() else None
+
+    def _attach(self, con: "duckdb.DuckDBPyConnection") -> None:
+        """Make the store's files readable by `con` (local paths: nothing to do)."""
 
     def lost_files(self) -> list[Path]:
         return self._lost_files(self.sources())
@@ -329,6 +366,7 @@ class Store:
         import duckdb
         con = duckdb.connect()
         con.execute("SET threads TO 2")
+        self._attach(con)
         srcs = self.sources()
         files = [str(p) for p in self._files(srcs, host, layer)]
         if files:
@@ -362,6 +400,25 @@ class Store:
         con.register("_sources", src_table)
         con.execute("CREATE VIEW sources AS SELECT * FROM _sources")
         return con
+
+
+def _manifest_committed(location: str | os.PathLike[str]) -> bool:
+    """Whether the store at `location` is (or, not existing yet, will be) committed by
+    manifest objects: a URL other than file://, a new store given as a file:// URL, or a store
+    whose mark says so. A store created from a path keeps its rename + lock commit, also when
+    given as a file:// URL."""
+    if not is_url(location):
+        mark = Path(location) / STORE_MARK
+    elif protocol(location) in LOCAL_PROTOCOLS:
+        mark = local_root(location) / STORE_MARK
+    else:
+        return True
+    try:
+        return json.loads(mark.read_text()).get("commit") == "manifest"
+    except FileNotFoundError:
+        return is_url(location)
+    except (OSError, ValueError, AttributeError):
+        return False  # the local store reports what is wrong with its mark
 
 
 def _manifest_files(manifest: dict[str, Any]) -> list[str]:
@@ -405,10 +462,18 @@ class SourceWriter:
         self._done = False
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self._lock_fd: int | None = None
+        self._open()
+        # Parquet encoding runs in one background thread (Arrow releases the GIL), overlapping
+        # with the reader decoding the next batch.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stacklens-parquet")
+
+    def _open(self) -> None:
+        """Create and lock this writer's staging area."""
+        store = self.store
         staging = store.root / STAGING
         self._area = staging / self.token
         self._lock_path = staging / f"{self.token}.lock"
-        self._lock_fd: int | None = None
         # Created under the commit lock so that no cleaner sees the area before it is locked.
         with store._commit_lock():
             store._recover_locked()
@@ -420,9 +485,6 @@ class SourceWriter:
             except BaseException:
                 self._release()
                 raise
-        # Parquet encoding runs in one background thread (Arrow releases the GIL), overlapping
-        # with the reader decoding the next batch.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stacklens-parquet")
 
     def write(self, table: pa.Table, **constants: object) -> None:
         """Add rows; `constants` fill columns the table lacks (host, layer, source, …)."""
@@ -467,18 +529,20 @@ class SourceWriter:
         host, layer = key
         k = self._file_no
         self._file_no += 1
-        staged = self._area / f"{k:05d}.parquet"
         table = pa.concat_tables(tables)
-        self._staged.append((staged, f"events/host={quote(host, safe='')}/layer={quote(layer, safe='')}/"
-                                     f"{self.src}-{self.token}-{k:05d}.parquet", table.num_rows))
-        # Dictionary encoding only where values repeat: on near-unique columns (ts, pos,
-        # fields) it costs time and makes files larger.
+        dest = (f"events/host={quote(host, safe='')}/layer={quote(layer, safe='')}/"
+                f"{self.src}-{self.token}-{k:05d}.parquet")
         assert self._pool is not None
-        self._pending.append(self._pool.submit(
-            _write_parquet, table, staged, compression="zstd",
-            row_group_size=ROW_GROUP, use_dictionary=DICTIONARY_COLUMNS, write_statistics=STATISTICS_COLUMNS))
+        self._pending.append(self._pool.submit(*self._file_write(table, dest, k)))
         while len(self._pending) > 1:  # at most two files in flight: memory stays bounded
             self._pending.pop(0).result()
+
+    def _file_write(self, table: pa.Table, dest: str, k: int) -> tuple:
+        """(function, *args) that writes an event file bound for `dest`: staged under the
+        writer's area, renamed into place by `commit`."""
+        staged = self._area / f"{k:05d}.parquet"
+        self._staged.append((staged, dest, table.num_rows))
+        return (_write_parquet, table, staged, EVENT_FILE_OPTIONS)
 
     def _wait(self) -> None:
         """Wait for every file being written; a failed write raises here."""
@@ -489,24 +553,7 @@ class SourceWriter:
     def commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Publish the rows; returns the source's manifest. On any error nothing of this
         source is visible and the error is raised (call `abort` to clean up)."""
-        if self._done:
-            raise RuntimeError("writer already committed or aborted")
-        for key in list(self._buffers):
-            self._flush(key)
-        self._wait()
-        if self._pool is not None:
-            self._pool.shutdown()
-        lost_count = 0
-        if self._lost:
-            lost = pa.concat_tables(self._lost)
-            lost_count = int(pc.sum(lost.column("count")).as_py() or 0)
-            staged = self._area / "lost.parquet"
-            _write_parquet(lost, staged)
-            self._staged.append((staged, f"lost/{self.src}-{self.token}.parquet", lost.num_rows))
-        record = dict(manifest)
-        record.update(src=self.src, rows=self.rows, lost=lost_count, ts_min=self.ts_min,
-                      ts_max=self.ts_max, ingested_at=time.time(),
-                      files=[{"path": dest, "rows": n} for _, dest, n in self._staged])
+        record = self._record(manifest)
         staged_manifest = self._area / "manifest.json"
         staged_manifest.write_text(json.dumps(record, indent=1))
         fsync_path(staged_manifest)
@@ -537,6 +584,31 @@ class SourceWriter:
             finally:
                 self._cleanup()
         return record
+
+    def _record(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write what is buffered; the source's manifest record, listing its files."""
+        if self._done:
+            raise RuntimeError("writer already committed or aborted")
+        for key in list(self._buffers):
+            self._flush(key)
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+        lost_count = 0
+        if self._lost:
+            lost = pa.concat_tables(self._lost)
+            lost_count = int(pc.sum(lost.column("count")).as_py() or 0)
+            self._write_lost(lost, f"lost/{self.src}-{self.token}.parquet")
+        record = dict(manifest)
+        record.update(src=self.src, rows=self.rows, lost=lost_count, ts_min=self.ts_min,
+                      ts_max=self.ts_max, ingested_at=time.time(),
+                      files=[{"path": dest, "rows": n} for _, dest, n in self._staged])
+        return record
+
+    def _write_lost(self, lost: pa.Table, dest: str) -> None:
+        staged = self._area / "lost.parquet"
+        _write_parquet(lost, staged)
+        self._staged.append((staged, dest, lost.num_rows))
 
     def abort(self) -> None:
         """Drop everything this writer wrote (nothing of it was visible). Idempotent."""

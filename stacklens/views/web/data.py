@@ -477,6 +477,12 @@ class WebData:
         sorted by bucket so a window reads a contiguous slice. Returns the table's name."""
         def build() -> str:
             import hashlib
+            from pathlib import Path
+            if not isinstance(self.store.root, Path):  # a store at a URL: kept in memory only
+                self.con.execute(f"""
+                    CREATE TEMP TABLE density_buckets AS SELECT host, layer, ts // {DENSITY_BASE_NS} AS b,
+                    count(*) AS n FROM events_raw GROUP BY ALL ORDER BY b, host, layer""")
+                return "density_buckets"
             files = self.store.event_files()
             key = hashlib.sha1(repr([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
                                .encode()).hexdigest()[:16]
