@@ -51,9 +51,11 @@ class Node:
             self.end = hi if self.end is None else max(self.end, hi)
 
 
-def explain_vm(store, key: str, window: tuple[int, int] | None = None, migrations: bool = True) -> Node:
+def explain_vm(store, key: str, window: tuple[int, int] | None = None, migrations: bool = True,
+               cluster: str | None = None) -> Node:
     """The tree of one VM (name or uuid); `window` restricts it to [start, end); `migrations`
-    False leaves its migration attempts out (a request's tree adds its own)."""
+    False leaves its migration attempts out (a request's tree adds its own). `cluster`: a Dask
+    scheduler's address, where the kernel part of its migrations runs (one task per source host)."""
     from stacklens.models.cache import shared_connection
     from stacklens.models.correlation import instance_volumes, resolve_vm, vm_port_packets
     con = shared_connection(store)
@@ -114,10 +116,10 @@ def explain_vm(store, key: str, window: tuple[int, int] | None = None, migration
                                                   "request_id")}))
     # virtualization layer: migrations, then the kernel under them
     from stacklens.models.migration import migration_attempts
-    for a in migration_attempts(con) if migrations else []:
-        if (name and a.vm == name) or (uuid and a.instance == uuid):
-            if inside(a.start, a.end):
-                root.add(migration_node(store, a))
+    mine = [a for a in (migration_attempts(con) if migrations else [])
+            if ((name and a.vm == name) or (uuid and a.instance == uuid)) and inside(a.start, a.end)]
+    for a, threads in zip(mine, attempts_thread_times(store, mine, cluster=cluster)):
+        root.add(migration_node(a, threads))
     if name:
         from stacklens.models.correlation import vm_threads
         threads = [r for r in vm_threads(con).to_pylist() if r["vm"] == name]
@@ -157,9 +159,10 @@ def explain_vm(store, key: str, window: tuple[int, int] | None = None, migration
     return root
 
 
-def migration_node(store, a) -> Node:
+def migration_node(a, threads: list[dict[str, Any]]) -> Node:
     """A migration attempt: Nova's steps, QEMU's stages and rounds, and on its source host the
-    VM's threads with their running / waiting time and who preempted them."""
+    VM's threads (`threads`: its migration_thread_times) with their running / waiting time and
+    who preempted them."""
     m = Node(f"live migration {a.source_host} → {a.dest_host or '?'}: {a.verdict}", "virt", "migration",
              a.source_host, a.start, a.end or (a.rounds[-1].end if a.rounds else a.start),
              {"vm": a.vm, "instance": a.instance, "verdict": a.verdict, "reason": a.reason,
@@ -175,7 +178,7 @@ def migration_node(store, a) -> Node:
     if a.stop_copy_start is not None:
         m.add(Node("stop&copy (downtime)", "virt", "stage", a.source_host, a.stop_copy_start,
                    a.stop_copy_end or a.end, {"dest": a.dest_host}))
-    for t in migration_thread_times(store, a):
+    for t in threads:
         th = m.add(Node(f"{t['name']} ({t['tid']})", "kernel", "thread", a.source_host, a.start, a.end,
                         {"tid": t["tid"], "running_ns": t["running_ns"], "runnable_ns": t["runnable_ns"],
                          "blocked_ns": t["blocked_ns"]}))
@@ -187,7 +190,29 @@ def migration_node(store, a) -> Node:
     return m
 
 
-def migration_thread_times(store, a, top: int = 5) -> list[dict[str, Any]]:
+THREAD_TOP = 5  # preemptors per thread in a migration's node
+
+
+def attempts_thread_times(store, attempts: list, top: int = THREAD_TOP,
+                          cluster: str | None = None) -> list[list[dict[str, Any]]]:
+    """migration_thread_times of each attempt, in their order: per source host, in-process or
+    one Dask task per host at `cluster` (that host's kernel model is built there)."""
+    from stacklens.cluster import per_host
+    hosts = sorted({a.source_host for a in attempts})
+    found = dict(zip(hosts, per_host(cluster, thread_times_of_host, store, hosts, attempts, top)))
+    mine = {h: iter(found[h]) for h in hosts}
+    return [next(mine[a.source_host]) for a in attempts]
+
+
+def thread_times_of_host(store, host: str, attempts: list, top: int = THREAD_TOP) -> list[list[dict[str, Any]]]:
+    """migration_thread_times of the attempts whose source is `host`, in their order (a
+    cluster task; `store`: a Store, or its path on a worker)."""
+    from stacklens.cluster import open_store
+    s = open_store(store)
+    return [migration_thread_times(s, a, top) for a in attempts if a.source_host == host]
+
+
+def migration_thread_times(store, a, top: int = THREAD_TOP) -> list[dict[str, Any]]:
     """Per thread of the migrating VM's source QEMU: running / runnable / blocked ns over the
     attempt and the threads that ran on its CPU while it waited. Empty without a kernel trace."""
     from stacklens.models.cache import kernel_model, shared_connection
@@ -233,9 +258,10 @@ def migration_thread_times(store, a, top: int = 5) -> list[dict[str, Any]]:
     return out
 
 
-def explain_request(store, request_id: str) -> Node:
+def explain_request(store, request_id: str, cluster: str | None = None) -> Node:
     """The tree of one request: its spans per host and service, RPC hops, problems, and for
-    each VM it touched the VM's operations within the request's time span."""
+    each VM it touched the VM's operations within the request's time span. `cluster`: as for
+    explain_vm (the request's migrations' kernel part, one task per source host)."""
     from stacklens.models.cache import shared_connection
     from stacklens.models.request_flow import request_flow
     con = shared_connection(store)
@@ -277,8 +303,8 @@ def explain_request(store, request_id: str) -> Node:
         except StacklensError:
             continue
         root.add(sub)
-    for a in attempts:
-        root.add(migration_node(store, a))
+    for a, threads in zip(attempts, attempts_thread_times(store, attempts, cluster=cluster)):
+        root.add(migration_node(a, threads))
     root.fit()
     if flow.start_ts is not None:
         # the request's own time, as `stacklens request` gives it: a VM's state that began
