@@ -10,7 +10,11 @@ paths, the packets a host sent and received). With a cluster address:
   that host's models over the host's partitions only, and returns the result (an Arrow table,
   a dict of a few hundred rows) — never the events;
 * the cross-host steps (packet matching and the convex hull of `sync`, the migrations'
-  source ↔ destination matching, the reports' aggregates) run on the client over those results.
+  source ↔ destination matching, the reports' aggregates, `diagnose`'s rules and ranking)
+  run on the client over those results;
+* each host's task prefers one worker (`placement`: rendezvous hashing of host and worker
+  names), so the commands that read a host read it on the same worker, whose page cache holds
+  its partitions; a preference only (work stealing, a dead worker).
 
 Without an address everything runs in-process, as before: `per_host(None, …)` is a loop.
 The store must be at the same path on the client and on every worker (a shared filesystem);
