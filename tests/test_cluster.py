@@ -180,7 +180,7 @@ def _ran_on(stream: list[dict], names: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def test_placement_keeps_each_host_on_one_worker(embedded, local_cluster):
-    """`cpu` then `diagnose`, twice: every task of one host (4 for a kernel host, 2 for the
+    """`io` then `diagnose`, twice: every task of one host (4 for a kernel host, 2 for the
     others) runs on the same worker — the one its hash names — and the hosts are spread over
     both workers. Where the tasks ran is read from the scheduler's task stream. Work stealing
     is paused meanwhile: with it (Dask's default) an idle worker may take a queued task, which
@@ -189,20 +189,20 @@ def test_placement_keeps_each_host_on_one_worker(embedded, local_cluster):
 
     from stacklens.cluster import partition_hosts, preferred_worker
     from stacklens.models.kernel import kernel_hosts
-    from stacklens.views.kernel import show_cpu
+    from stacklens.views.kernel import show_io
     store = embedded["store"]
-    cpu = _json(show_cpu, store, None, None, None, "process", 0, True, None)  # with the clocks sync stored
+    io_now = _json(show_io, store, None, 0, True, None)  # under the clocks sync stored since
     with Client(local_cluster, timeout=30) as c:
         c.run_on_scheduler(_stealing, on=False)
         try:
             with get_task_stream(client=c) as stream:
                 for _ in range(2):
-                    assert _json(show_cpu, store, None, None, None, "process", 0, True, local_cluster) == cpu
+                    assert _json(show_io, store, None, 0, True, local_cluster) == io_now
                     assert findings(store, local_cluster) == embedded["analyses"]["diagnose"]
             workers = {a: str(w["name"]) for a, w in c.scheduler_info(n_workers=-1)["workers"].items()}
         finally:
             c.run_on_scheduler(_stealing, on=True)
-    ran = _ran_on(stream.data, ("cpu_host", "host_facts"))
+    ran = _ran_on(stream.data, ("io_host", "host_facts"))
     kernel = set(kernel_hosts(Store(store)))
     assert set(ran) == set(partition_hosts(Store(store)))
     for host, where in ran.items():
