@@ -159,11 +159,10 @@ def run_diagnose(store, addr: str | None) -> tuple:
     t0 = time.perf_counter()
     times = []
     if addr is None:  # the embedded loop, timed per host (what Context.facts runs)
-        data = partition_hosts(store)
         facts = {}
-        for h in sorted(set(data) | {a.source_host for a in ctx.migrations}):
+        for h in partition_hosts(store):
             t = time.perf_counter()
-            facts[h] = host_facts(store, h, ctx.migrations, data)
+            facts[h] = host_facts(store, h, bool(ctx.migrations))
             times.append(time.perf_counter() - t)
         ctx.facts = facts
     else:

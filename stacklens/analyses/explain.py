@@ -118,11 +118,14 @@ def explain_vm(store, key: str, window: tuple[int, int] | None = None, migration
     from stacklens.models.migration import migration_attempts
     mine = [a for a in (migration_attempts(con) if migrations else [])
             if ((name and a.vm == name) or (uuid and a.instance == uuid)) and inside(a.start, a.end)]
-    for a, threads in zip(mine, attempts_thread_times(store, mine, cluster=cluster)):
+    # the VMs' QEMU threads: each kernel host's threads built per host (a task per host on a
+    # cluster), joined here with the QEMU traces and the lab's records
+    from stacklens.models.correlation import store_vm_threads
+    known = store_vm_threads(store, cluster).to_pylist() if mine or name else []
+    for a, threads in zip(mine, attempts_thread_times(store, mine, cluster=cluster, vm_thread_rows=known)):
         root.add(migration_node(a, threads))
     if name:
-        from stacklens.models.correlation import vm_threads
-        threads = [r for r in vm_threads(con).to_pylist() if r["vm"] == name]
+        threads = [r for r in known if r["vm"] == name]
         if threads:
             procs = root.add(Node("QEMU processes", "virt", "group"))
             seen: dict[tuple, Node] = {}
@@ -193,32 +196,42 @@ def migration_node(a, threads: list[dict[str, Any]]) -> Node:
 THREAD_TOP = 5  # preemptors per thread in a migration's node
 
 
-def attempts_thread_times(store, attempts: list, top: int = THREAD_TOP,
-                          cluster: str | None = None) -> list[list[dict[str, Any]]]:
+def attempts_thread_times(store, attempts: list, top: int = THREAD_TOP, cluster: str | None = None,
+                          vm_thread_rows: list[dict] | None = None) -> list[list[dict[str, Any]]]:
     """migration_thread_times of each attempt, in their order: per source host, in-process or
-    one Dask task per host at `cluster` (that host's kernel model is built there)."""
+    one Dask task per host at `cluster` (that host's kernel model is built there).
+    `vm_thread_rows`: the store's vm_threads, if already known (else store_vm_threads)."""
     from stacklens.cluster import per_host
+    if not attempts:
+        return []
+    if vm_thread_rows is None:
+        from stacklens.models.correlation import store_vm_threads
+        vm_thread_rows = store_vm_threads(store, cluster).to_pylist()
     hosts = sorted({a.source_host for a in attempts})
-    found = dict(zip(hosts, per_host(cluster, thread_times_of_host, store, hosts, attempts, top)))
+    found = dict(zip(hosts, per_host(cluster, thread_times_of_host, store, hosts, attempts, top, vm_thread_rows)))
     mine = {h: iter(found[h]) for h in hosts}
     return [next(mine[a.source_host]) for a in attempts]
 
 
-def thread_times_of_host(store, host: str, attempts: list, top: int = THREAD_TOP) -> list[list[dict[str, Any]]]:
+def thread_times_of_host(store, host: str, attempts: list, top: int = THREAD_TOP,
+                         vm_thread_rows: list[dict] | None = None) -> list[list[dict[str, Any]]]:
     """migration_thread_times of the attempts whose source is `host`, in their order (a
     cluster task; `store`: a Store, or its path on a worker)."""
     from stacklens.cluster import open_store
     s = open_store(store)
-    return [migration_thread_times(s, a, top) for a in attempts if a.source_host == host]
+    return [migration_thread_times(s, a, top, vm_thread_rows) for a in attempts if a.source_host == host]
 
 
-def migration_thread_times(store, a, top: int = THREAD_TOP) -> list[dict[str, Any]]:
+def migration_thread_times(store, a, top: int = THREAD_TOP,
+                           vm_thread_rows: list[dict] | None = None) -> list[dict[str, Any]]:
     """Per thread of the migrating VM's source QEMU: running / runnable / blocked ns over the
-    attempt and the threads that ran on its CPU while it waited. Empty without a kernel trace."""
+    attempt and the threads that ran on its CPU while it waited. Empty without a kernel trace.
+    `vm_thread_rows`: the store's vm_threads (models.correlation), if already known."""
     from stacklens.models.cache import kernel_model, shared_connection
-    from stacklens.models.correlation import vm_threads
-    threads = [r for r in vm_threads(shared_connection(store)).to_pylist()
-               if r["vm"] == a.vm and r["host"] == a.source_host]
+    if vm_thread_rows is None:
+        from stacklens.models.correlation import vm_threads
+        vm_thread_rows = vm_threads(shared_connection(store)).to_pylist()
+    threads = [r for r in vm_thread_rows if r["vm"] == a.vm and r["host"] == a.source_host]
     if not threads:
         return []
     kernel_host = next((r["kernel_host"] for r in threads if r["kernel_host"]), a.source_host)
@@ -240,7 +253,7 @@ def migration_thread_times(store, a, top: int = THREAD_TOP) -> list[dict[str, An
     for tid, state, ns in rows:
         per.setdefault(tid, {})[state] = int(ns)
     others: dict[int, dict] = {}
-    for r in vm_threads(shared_connection(store)).to_pylist():  # one row per way found: keep the one with a role
+    for r in vm_thread_rows:  # one row per way found: keep the one with a role
         if r["tid"] not in others or (r["role"] and not others[r["tid"]]["role"]):
             others[r["tid"]] = r
     out = []
@@ -299,7 +312,7 @@ def explain_request(store, request_id: str, cluster: str | None = None) -> Node:
     for inst in instances:
         try:
             sub = explain_vm(store, inst, (lo, hi + 1) if lo is not None and hi is not None else None,
-                             migrations=False)
+                             migrations=False, cluster=cluster)
         except StacklensError:
             continue
         root.add(sub)

@@ -18,25 +18,24 @@ from stacklens.errors import StacklensError
 MIGRATION_THREAD_TOP = 20  # preemptors per thread the interference rule weighs
 
 
-def host_facts(store, host: str, attempts: list, data_hosts: list[str]) -> dict[str, Any]:
+def host_facts(store, host: str, threads: bool) -> dict[str, Any]:
     """What the rules need of one host, from that host's partitions (a cluster task; `store`:
     a Store, or its path on a worker): its OvS models, its packets sent and received and first
-    and last raw timestamps (for sync), and the thread times of the migration attempts it is
-    the source of. A host in `attempts` without events of its own has only the last."""
-    from stacklens.analyses.explain import thread_times_of_host
+    and last raw timestamps (for sync), and with `threads` (the store has migrations) its
+    kernel threads (for the VMs' QEMU threads, models.correlation.vm_threads)."""
+    from stacklens.analyses.ovs_report import host_models
     from stacklens.cluster import open_store
-    s = open_store(store)
-    out: dict[str, Any] = {"migration_threads": thread_times_of_host(s, host, attempts, MIGRATION_THREAD_TOP)}
-    if host in data_hosts:
-        from stacklens.analyses.ovs_report import host_models
-        from stacklens.sync.packets import host_sync_inputs
-        con = s.connect(host=host)
-        try:
-            out["ovs"] = host_models(con, host)
-            out["net"], out["span"] = host_sync_inputs(con)
-        finally:
-            con.close()
-    return out
+    from stacklens.models.correlation import kernel_threads
+    from stacklens.sync.packets import host_sync_inputs
+    con = open_store(store).connect(host=host)
+    try:
+        out: dict[str, Any] = {"ovs": host_models(con, host)}
+        out["net"], out["span"] = host_sync_inputs(con)
+        if threads:
+            out["kthreads"] = kernel_threads(con)
+        return out
+    finally:
+        con.close()
 
 
 @dataclass
@@ -53,16 +52,15 @@ class Context:
 
     @cached_property
     def facts(self) -> dict[str, dict[str, Any]]:
-        """host → host_facts, for every host with partitions and every migration source."""
+        """host → host_facts, for every host with partitions."""
         from stacklens.cluster import partition_hosts, per_host
-        data = partition_hosts(self.store)
-        hosts = sorted(set(data) | {a.source_host for a in self.migrations})
-        return dict(zip(hosts, per_host(self.cluster, host_facts, self.store, hosts, self.migrations, data)))
+        hosts = partition_hosts(self.store)
+        return dict(zip(hosts, per_host(self.cluster, host_facts, self.store, hosts, bool(self.migrations))))
 
     @cached_property
     def ovs_by_host(self) -> dict[str, dict]:
         """host → its OvS models (analyses.ovs_report.host_models), in host order."""
-        return {h: f["ovs"] for h, f in self.facts.items() if "ovs" in f}
+        return {h: f["ovs"] for h, f in self.facts.items()}
 
     @cached_property
     def ovs_models(self) -> dict:
@@ -75,7 +73,7 @@ class Context:
         """Packets matched across hosts (sync.packets.match_packets over every host's)."""
         import pyarrow as pa
         from stacklens.sync.packets import match_packets, net_events
-        nets = [f["net"] for f in self.facts.values() if "net" in f]
+        nets = [f["net"] for f in self.facts.values()]
         return match_packets(pa.concat_tables(nets) if nets else net_events(self.con))
 
     @cached_property
@@ -85,9 +83,16 @@ class Context:
 
     @cached_property
     def migration_threads(self) -> list[list[dict]]:
-        """migration_thread_times of each attempt (top MIGRATION_THREAD_TOP), in their order."""
-        mine = {h: iter(f["migration_threads"]) for h, f in self.facts.items()}
-        return [next(mine[a.source_host]) for a in self.migrations]
+        """migration_thread_times of each attempt (top MIGRATION_THREAD_TOP), in their order:
+        the VMs' threads joined here from every host's kernel threads (facts), the thread
+        times on each source host (a task per source host)."""
+        if not self.migrations:
+            return []
+        from stacklens.analyses.explain import attempts_thread_times
+        from stacklens.models.correlation import concat_kernel_threads, vm_threads
+        known = vm_threads(self.con, concat_kernel_threads([f["kthreads"] for f in self.facts.values()]))
+        return attempts_thread_times(self.store, self.migrations, MIGRATION_THREAD_TOP, self.cluster,
+                                     known.to_pylist())
 
     @cached_property
     def con(self):
