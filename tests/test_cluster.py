@@ -366,7 +366,7 @@ def test_scheduler_and_worker_processes_survive_a_killed_worker(bundle, embedded
     """`stacklens ingest --cluster` on a `dask scheduler` + 2 `dask worker` processes, with
     SIGKILL to the worker running one of its tasks: its nanny starts a new one, the scheduler
     runs the lost task again, and the parts and the store end as the embedded ingest left them;
-    then `cpu` with the address from STACKLENS_CLUSTER equals the embedded `cpu`."""
+    then `cpu`, `io` and `diagnose` with the address from STACKLENS_CLUSTER equal the embedded ones."""
     store = str(tmp_path / "store")
     result = _run_killing_a_worker(dask_processes, lambda: _cli(
         "ingest", *map(str, bundle), "--store", store, "--cluster", dask_processes, "--json"))
@@ -379,6 +379,10 @@ def test_scheduler_and_worker_processes_survive_a_killed_worker(bundle, embedded
     env = {**ENV, "STACKLENS_CLUSTER": dask_processes}  # the address from the environment
     cpu = json.loads(_cli("cpu", "--store", store, "--by", "process", "--limit", "0", "--json", env=env).stdout)
     assert cpu == embedded["analyses"]["cpu"]
+    io_ = json.loads(_cli("io", "--store", store, "--limit", "0", "--json", env=env).stdout)
+    assert io_ == embedded["analyses"]["io"]
+    diagnosed = json.loads(_cli("diagnose", "--store", store, "--json", env=env).stdout)["findings"]
+    assert diagnosed == findings(store, None)  # this store has no clocks yet: judged in-process here
 
 
 def test_worker_killed_past_the_retries(bundle, embedded, local_cluster, tmp_path):
