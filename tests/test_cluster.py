@@ -179,15 +179,17 @@ def _ran_on(stream: list[dict], names: tuple[str, ...]) -> dict[str, list[str]]:
     return out
 
 
-def test_placement_keeps_each_host_on_one_worker(embedded, local_cluster):
+def test_placement_keeps_each_host_on_one_worker(embedded, local_cluster, tmp_path):
     """`io` then `diagnose`, twice: every task of one host (4 for a kernel host, 2 for the
     others) runs on the same worker — the one its hash names — and the hosts are spread over
-    both workers. Where the tasks ran is read from the scheduler's task stream. Work stealing
-    is paused meanwhile: with it (Dask's default) an idle worker may take a queued task, which
-    the README states; this checks that the preference itself is given and kept."""
+    both workers; an ingest part whose host is given (--host) is written by that worker too.
+    Where the tasks ran is read from the scheduler's task stream. Work stealing is paused
+    meanwhile: with it (Dask's default) an idle worker may take a queued task, which the
+    README states; this checks that the preference itself is given and kept."""
     from distributed import Client, get_task_stream
 
     from stacklens.cluster import partition_hosts, preferred_worker
+    from stacklens.cluster.ingest import ingest_on_cluster
     from stacklens.models.kernel import kernel_hosts
     from stacklens.views.kernel import show_io
     store = embedded["store"]
@@ -199,10 +201,14 @@ def test_placement_keeps_each_host_on_one_worker(embedded, local_cluster):
                 for _ in range(2):
                     assert _json(show_io, store, None, 0, True, local_cluster) == io_now
                     assert findings(store, local_cluster) == embedded["analyses"]["diagnose"]
+                ingest_on_cluster(local_cluster, Store(tmp_path / "s", create=True),
+                                  [need_data("tracecompass", "synctraces", "scp_src")], host="VM1")
             workers = {a: str(w["name"]) for a, w in c.scheduler_info(n_workers=-1)["workers"].items()}
         finally:
             c.run_on_scheduler(_stealing, on=True)
+    (wrote,) = [rec["worker"] for rec in stream.data if str(rec["key"]).startswith("ingest-")]
     ran = _ran_on(stream.data, ("io_host", "host_facts"))
+    assert set(ran["VM1"]) == {wrote}
     kernel = set(kernel_hosts(Store(store)))
     assert set(ran) == set(partition_hosts(Store(store)))
     for host, where in ran.items():
