@@ -95,9 +95,8 @@ def store_vm_threads(store, cluster: str | None = None) -> pa.Table:
     """vm_threads of the store (on its shared connection), the kernel part built per kernel
     host: in-process, or one Dask task per host at `cluster`; the join across hosts here."""
     from stacklens.cluster import partition_hosts, per_host
-    from stacklens.models.cache import shared_connection
-    con = shared_connection(store)
-    from stacklens.models.cache import memo
+    from stacklens.models.cache import memo, shared_connection
+    con = shared_connection(store)  # vm_threads(con) gives the same table after, from the memo
     return memo(con, "vm_threads", lambda: _vm_threads(con, concat_kernel_threads(
         per_host(cluster, kernel_threads_of_host, store, partition_hosts(store, "kernel")))))
 
