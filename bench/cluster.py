@@ -6,7 +6,9 @@ UUID and hostname, 240,644 events each, one host each) plus the synctraces pair 
 the cross-host step. Per mode, in a fresh store:
   - ingest: one task per part (embedded: the same per-part function in a loop);
   - per-host analysis: `cpu --by process` for every kernel host (one task per host);
-  - sync: per-host send/receive events on the workers, matching + convex hull on the client.
+  - sync: per-host send/receive events on the workers, matching + convex hull on the client;
+  - diagnose: per-host facts (diagnose.rules.host_facts) on the workers, the rules and the
+    ranking on the client (its serial part: the application-layer rules, clock sync).
 Timed per mode (wall), per task (Dask's task stream: compute start → stop on the worker;
 embedded: each call) and per result (pickled bytes that come back to the client). Workers are
 warmed first (imports, compiled code loaded), and each mode's cluster start-up is printed
@@ -95,6 +97,7 @@ def run_mode(workers: int, paths: list[Path], work: Path) -> dict:
         t = time.perf_counter()
         sync_store(store, pa.concat_tables([n for n, _ in found]), {h: s for h, (_, s) in zip(all_hosts, found)})
         out["sync"] = (time.perf_counter() - t0, [], [], time.perf_counter() - t)
+        out["diagnose"] = run_diagnose(store, None)
         return out
 
     from distributed import Client, LocalCluster, get_task_stream
@@ -139,8 +142,35 @@ def run_mode(workers: int, paths: list[Path], work: Path) -> dict:
             cross = time.perf_counter() - t + listing  # the serial part: host list, matching, hulls
         out["sync"] = (wall, stream_times(ts, "sync_inputs_of_host-"),
                        [len(pickle.dumps(r)) for r in found], cross)
+        with get_task_stream(c) as ts:
+            wall, _, sizes, serial = run_diagnose(store, addr)
+        out["diagnose"] = (wall, stream_times(ts, "host_facts-"), sizes, serial)
         close()
     return out
+
+
+def run_diagnose(store, addr: str | None) -> tuple:
+    """(wall, per-host times (embedded: each call), result sizes, the client's serial part):
+    the per-host facts (one task per host on a cluster), then every rule and the ranking."""
+    from stacklens.diagnose.findings import rank
+    from stacklens.diagnose.rules import RULES, Context, host_facts
+    from stacklens.cluster import partition_hosts
+    ctx = Context(store, cluster=addr)
+    t0 = time.perf_counter()
+    times = []
+    if addr is None:  # the embedded loop, timed per host (what Context.facts runs)
+        facts = {}
+        for h in partition_hosts(store):
+            t = time.perf_counter()
+            facts[h] = host_facts(store, h, bool(ctx.migrations))
+            times.append(time.perf_counter() - t)
+        ctx.facts = facts
+    else:
+        ctx.facts
+    t = time.perf_counter()
+    rank([f for r in RULES for f in r(ctx)])
+    return (time.perf_counter() - t0, times, [len(pickle.dumps(f)) for f in ctx.facts.values()],
+            time.perf_counter() - t)
 
 
 def model(s: float, t: float, o: float, b: float, hosts: int, machines: int, w: int) -> float:
@@ -166,14 +196,15 @@ def main() -> int:
                 runs.append(run_mode(w, paths, work))
         print(f"input: {args.copies} copies of many-threads (240,644 events each) + synctraces (2 hosts); "
               f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
-        print(f"{'mode':22s} {'start-up':>9s} {'ingest':>8s} {'cpu/host':>9s} {'sync':>8s}   (wall s)")
+        print(f"{'mode':22s} {'start-up':>9s} {'ingest':>8s} {'cpu/host':>9s} {'sync':>8s} {'diagnose':>9s}   (wall s)")
         for r in runs:
             name = "embedded" if r["workers"] == 0 else f"{r['workers']} worker(s)"
-            print(f"{name:22s} {r.get('startup', 0):9.2f} {r['ingest'][0]:8.2f} {r['cpu'][0]:9.2f} {r['sync'][0]:8.2f}")
+            print(f"{name:22s} {r.get('startup', 0):9.2f} {r['ingest'][0]:8.2f} {r['cpu'][0]:9.2f} {r['sync'][0]:8.2f}"
+                  f" {r['diagnose'][0]:9.2f}")
         print("per task (on the worker), result size back to the client:")
         for r in runs:
             name = "embedded" if r["workers"] == 0 else f"{r['workers']} worker(s)"
-            for step in ("ingest", "cpu", "sync"):
+            for step in ("ingest", "cpu", "sync", "diagnose"):
                 times = r[step][1]
                 sizes = r[step][2] if len(r[step]) > 2 else []
                 if not times:
@@ -186,7 +217,7 @@ def main() -> int:
             return 0
         print(f"cost model T(M) = S + ceil(H/(M w)) t + H (o + b/B), B = {LINK_BYTES_S / 1e6:.0f} MB/s, "
               f"w = 8 workers/machine; inputs measured on the 1-worker run:")
-        for step in ("ingest", "cpu", "sync"):
+        for step in ("ingest", "cpu", "sync", "diagnose"):
             wall, times, sizes, serial = one[step]
             t, b = statistics.mean(times), statistics.mean(sizes)
             o = max(0.0, (wall - sum(times) - serial) / len(times))

@@ -52,18 +52,28 @@ def _json(fn, *args) -> object:
     return json.loads(buf.getvalue())
 
 
+def findings(store: str, cluster: str | None) -> list[dict]:
+    """`diagnose --json`'s findings."""
+    from stacklens.diagnose.rules import diagnose_store
+    return json.loads(json.dumps([f.to_dict() for f in diagnose_store(Store(store), cluster)]))
+
+
 def analyses(store: str, cluster: str | None) -> dict:
-    """The JSON of each per-host command (and sync, which stores clock transforms last)."""
-    from stacklens.views.kernel import show_cpu, show_preemption, show_threads
+    """The JSON of each per-host command (sync stores clock transforms: diagnose, after it,
+    judges the clocks it stored)."""
+    from stacklens.views.kernel import show_cpu, show_io, show_preemption, show_syscalls, show_threads
     from stacklens.views.ovs import show_ovs
     from stacklens.views.sync_report import run_sync
     return {
         "cpu": _json(show_cpu, store, None, None, None, "process", 0, True, cluster),
         "threads": _json(show_threads, store, None, None, "lttng%", 0, True, cluster),
         "preemption": _json(show_preemption, store, None, "lttng%", None, None, 0, True, cluster),
+        "syscalls": _json(show_syscalls, store, None, None, 0, True, cluster),
+        "io": _json(show_io, store, None, 0, True, cluster),
         "ovs": _json(show_ovs, store, True, None, None, 1.0, cluster),
         "sync": _json(run_sync, store, True, cluster),
         "clocks": {h: vars(t) for h, t in Store(store).clocks().items()},
+        "diagnose": findings(store, cluster),
     }
 
 
@@ -93,7 +103,8 @@ def bundle(tmp_path_factory) -> list[Path]:
 def embedded(bundle, tmp_path_factory) -> dict:
     store = tmp_path_factory.mktemp("embedded") / "store"
     results = ingest(Store(store, create=True), bundle)
-    return {"parts": parts(results), "rows": rows(str(store)), "analyses": analyses(str(store), None)}
+    return {"parts": parts(results), "rows": rows(str(store)), "analyses": analyses(str(store), None),
+            "store": str(store)}
 
 
 def copy_hosts(bundle: list[Path]) -> list[str]:
@@ -114,6 +125,14 @@ def test_embedded_matches_published_counts(embedded, bundle):
     sync = {h["host"]: h["quality"] for h in embedded["analyses"]["sync"]["hosts"]}
     assert sync["VM1"] == "reference" and sync["VM3"] == "accurate"  # the scp gives both directions
     assert embedded["parts"][-1]["status"] == "already"  # scp_src given twice
+    # what the cluster runs must equal is not empty: syscalls of the many-threads copies, the
+    # synctraces' disk requests, findings of the per-host rules (OvS kprobes, clocks)
+    kernel = {h["host"]: h for h in embedded["analyses"]["syscalls"]["hosts"]}
+    assert all(kernel[h]["segments"] > 0 for h in copy_hosts(bundle))
+    disk = {h["host"]: h["requests"] for h in embedded["analyses"]["io"]["hosts"]}
+    assert disk["VM1"] > 0 and disk["VM3"] > 0
+    rules = {f["rule"] for f in embedded["analyses"]["diagnose"]}
+    assert {"clock_sync", "ovs_lost_upcalls", "ovs_upcall_bursts"} <= rules
 
 
 @pytest.fixture(scope="module")
@@ -147,20 +166,109 @@ def test_local_cluster_equals_embedded(bundle, embedded, local_cluster, tmp_path
         assert out[name] == value, name
 
 
+async def _stealing(dask_scheduler, on: bool) -> None:  # noqa: ANN001 - run on the scheduler
+    ext = dask_scheduler.extensions["stealing"]
+    await (ext.start() if on else ext.stop())
+
+
+def _ran_on(stream: list[dict], names: tuple[str, ...]) -> dict[str, list[str]]:
+    """host → the workers that ran its tasks (one entry per task), from the scheduler's task
+    stream; per-host task keys are NAME-HOST-RUN (stacklens.cluster.task_key)."""
+    out: dict[str, list[str]] = {}
+    for rec in stream:
+        key = str(rec["key"])
+        name = next((n for n in names if key.startswith(n + "-")), None)
+        if name is not None:
+            out.setdefault(key[len(name) + 1:key.rindex("-")], []).append(rec["worker"])
+    return out
+
+
+def test_placement_keeps_each_host_on_one_worker(embedded, local_cluster, tmp_path):
+    """`io` then `diagnose`, twice: every task of one host (4 for a kernel host, 2 for the
+    others) runs on the same worker — the one its hash names — and the hosts are spread over
+    both workers; an ingest part whose host is given (--host) is written by that worker too.
+    Where the tasks ran is read from the scheduler's task stream. Work stealing is paused
+    meanwhile: with it (Dask's default) an idle worker may take a queued task, which the
+    README states; this checks that the preference itself is given and kept."""
+    from distributed import Client, get_task_stream
+
+    from stacklens.cluster import partition_hosts, preferred_worker
+    from stacklens.cluster.ingest import ingest_on_cluster
+    from stacklens.models.kernel import kernel_hosts
+    from stacklens.views.kernel import show_io
+    store = embedded["store"]
+    io_now = _json(show_io, store, None, 0, True, None)  # under the clocks sync stored since
+    with Client(local_cluster, timeout=30) as c:
+        c.run_on_scheduler(_stealing, on=False)
+        try:
+            with get_task_stream(client=c) as stream:
+                for _ in range(2):
+                    assert _json(show_io, store, None, 0, True, local_cluster) == io_now
+                    assert findings(store, local_cluster) == embedded["analyses"]["diagnose"]
+                ingest_on_cluster(local_cluster, Store(tmp_path / "s", create=True),
+                                  [need_data("tracecompass", "synctraces", "scp_src")], host="VM1")
+            workers = {a: str(w["name"]) for a, w in c.scheduler_info(n_workers=-1)["workers"].items()}
+        finally:
+            c.run_on_scheduler(_stealing, on=True)
+    (wrote,) = [rec["worker"] for rec in stream.data if str(rec["key"]).startswith("ingest-")]
+    ran = _ran_on(stream.data, ("io_host", "host_facts"))
+    assert set(ran["VM1"]) == {wrote}
+    kernel = set(kernel_hosts(Store(store)))
+    assert set(ran) == set(partition_hosts(Store(store)))
+    for host, where in ran.items():
+        assert len(where) == (4 if host in kernel else 2), (host, where)
+        assert set(where) == {preferred_worker(host, workers)}, (host, where)
+    assert len({w for where in ran.values() for w in where}) == 2  # both workers have hosts
+
+
+def test_preferred_worker_moves_only_the_hosts_of_a_worker_that_left():
+    """Rendezvous hashing: with a worker gone, the hosts it had move, no other host does; the
+    choice does not depend on the order the workers are listed in."""
+    from stacklens.cluster import preferred_worker
+    hosts = [f"compute-{i}" for i in range(200)]
+    four = {f"tcp://10.0.0.{i}:8788": f"w{i}" for i in range(4)}
+    before = {h: preferred_worker(h, four) for h in hosts}
+    assert before == {h: preferred_worker(h, dict(reversed(four.items()))) for h in hosts}
+    assert all(25 <= list(before.values()).count(a) <= 75 for a in four)  # 200 hosts over 4: spread
+    gone = "tcp://10.0.0.2:8788"
+    three = {a: n for a, n in four.items() if a != gone}
+    after = {h: preferred_worker(h, three) for h in hosts}
+    assert {h for h in hosts if after[h] != before[h]} == {h for h in hosts if before[h] == gone}
+
+
 def test_migrations_on_cluster(local_cluster, tmp_path):
-    """A real live migration (the lab's two QEMUs, with the machine's scheduling recorded):
-    the attempt is found on the client, its source host's preemptors on a worker."""
+    """A real live migration (the lab's interference scenario: two QEMUs migrating, two busy
+    VMs on the same CPU, the machine's scheduling recorded): the attempt is found on the
+    client, its source host's preemptors on a worker; `explain --vm` and `diagnose` likewise
+    (the QEMU threads joined on the client from each host's kernel threads, built on workers)."""
     need_program("qemu-system-x86_64")
     need_program("gcc")
     from stacklens.lab.runner import run_scenario
     from stacklens.views.migrations import show_migrations
-    run_scenario("normal", tmp_path / "lab", broker=None)
+    run_scenario("interference", tmp_path / "lab", broker=None)
     ingest(Store(tmp_path / "store", create=True), [tmp_path / "lab"])
     embedded = _json(show_migrations, str(tmp_path / "store"), True, None)
     assert _json(show_migrations, str(tmp_path / "store"), True, None, local_cluster) == embedded
     (m,) = embedded["migrations"]
     assert (m["source"], m["destination"], m["qemu_state"]) == ("lab-src", "lab-dst", "completed")
     assert m["qmp_dirty_sync_count"] == m["syncs"]  # QEMU's own count (QMP) = the trace's syncs
+    # explain --vm and diagnose: the migration's thread times (kernel, per source host) on a
+    # worker, the tree and the findings here; equal to the embedded ones
+    from stacklens.analyses.explain import explain_vm
+    store = str(tmp_path / "store")
+    tree = explain_vm(Store(store), m["vm"]).to_dict()
+    assert explain_vm(Store(store), m["vm"], cluster=local_cluster).to_dict() == tree
+    (node,) = [c for c in tree["children"] if c["kind"] == "migration"]
+    threads = [c for c in node["children"] if c["kind"] == "thread"]
+    # the lab read the source QEMU's threads from /proc (lab.json): the tree's threads are those
+    lab = json.loads((tmp_path / "lab" / "lab.json").read_text())
+    lab_tids = {t["tid"] for p in lab["processes"] if p["host"] == m["source"] for t in p["threads"]}
+    assert threads and {t["attrs"]["tid"] for t in threads} <= lab_tids
+    assert sum(t["attrs"]["running_ns"] for t in threads) > 0
+    diagnosed = findings(store, None)
+    assert findings(store, local_cluster) == diagnosed
+    # the busy VMs slowed it (the lab's own design): found on the cluster too
+    assert "migration_interference" in {f["rule"] for f in diagnosed}
 
 
 def test_ovs_datapath_statistics_on_cluster(local_cluster, tmp_path):
@@ -268,7 +376,7 @@ def test_scheduler_and_worker_processes_survive_a_killed_worker(bundle, embedded
     """`stacklens ingest --cluster` on a `dask scheduler` + 2 `dask worker` processes, with
     SIGKILL to the worker running one of its tasks: its nanny starts a new one, the scheduler
     runs the lost task again, and the parts and the store end as the embedded ingest left them;
-    then `cpu` with the address from STACKLENS_CLUSTER equals the embedded `cpu`."""
+    then `cpu`, `io` and `diagnose` with the address from STACKLENS_CLUSTER equal the embedded ones."""
     store = str(tmp_path / "store")
     result = _run_killing_a_worker(dask_processes, lambda: _cli(
         "ingest", *map(str, bundle), "--store", store, "--cluster", dask_processes, "--json"))
@@ -281,6 +389,10 @@ def test_scheduler_and_worker_processes_survive_a_killed_worker(bundle, embedded
     env = {**ENV, "STACKLENS_CLUSTER": dask_processes}  # the address from the environment
     cpu = json.loads(_cli("cpu", "--store", store, "--by", "process", "--limit", "0", "--json", env=env).stdout)
     assert cpu == embedded["analyses"]["cpu"]
+    io_ = json.loads(_cli("io", "--store", store, "--limit", "0", "--json", env=env).stdout)
+    assert io_ == embedded["analyses"]["io"]
+    diagnosed = json.loads(_cli("diagnose", "--store", store, "--json", env=env).stdout)["findings"]
+    assert diagnosed == findings(store, None)  # this store has no clocks yet: judged in-process here
 
 
 def test_worker_killed_past_the_retries(bundle, embedded, local_cluster, tmp_path):

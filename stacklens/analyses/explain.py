@@ -51,9 +51,11 @@ class Node:
             self.end = hi if self.end is None else max(self.end, hi)
 
 
-def explain_vm(store, key: str, window: tuple[int, int] | None = None, migrations: bool = True) -> Node:
+def explain_vm(store, key: str, window: tuple[int, int] | None = None, migrations: bool = True,
+               cluster: str | None = None) -> Node:
     """The tree of one VM (name or uuid); `window` restricts it to [start, end); `migrations`
-    False leaves its migration attempts out (a request's tree adds its own)."""
+    False leaves its migration attempts out (a request's tree adds its own). `cluster`: a Dask
+    scheduler's address, where the kernel part of its migrations runs (one task per source host)."""
     from stacklens.models.cache import shared_connection
     from stacklens.models.correlation import instance_volumes, resolve_vm, vm_port_packets
     con = shared_connection(store)
@@ -114,13 +116,16 @@ def explain_vm(store, key: str, window: tuple[int, int] | None = None, migration
                                                   "request_id")}))
     # virtualization layer: migrations, then the kernel under them
     from stacklens.models.migration import migration_attempts
-    for a in migration_attempts(con) if migrations else []:
-        if (name and a.vm == name) or (uuid and a.instance == uuid):
-            if inside(a.start, a.end):
-                root.add(migration_node(store, a))
+    mine = [a for a in (migration_attempts(con) if migrations else [])
+            if ((name and a.vm == name) or (uuid and a.instance == uuid)) and inside(a.start, a.end)]
+    # the VMs' QEMU threads: each kernel host's threads built per host (a task per host on a
+    # cluster), joined here with the QEMU traces and the lab's records
+    from stacklens.models.correlation import store_vm_threads
+    known = store_vm_threads(store, cluster).to_pylist() if mine or name else []
+    for a, threads in zip(mine, attempts_thread_times(store, mine, cluster=cluster, vm_thread_rows=known)):
+        root.add(migration_node(a, threads))
     if name:
-        from stacklens.models.correlation import vm_threads
-        threads = [r for r in vm_threads(con).to_pylist() if r["vm"] == name]
+        threads = [r for r in known if r["vm"] == name]
         if threads:
             procs = root.add(Node("QEMU processes", "virt", "group"))
             seen: dict[tuple, Node] = {}
@@ -157,9 +162,10 @@ def explain_vm(store, key: str, window: tuple[int, int] | None = None, migration
     return root
 
 
-def migration_node(store, a) -> Node:
+def migration_node(a, threads: list[dict[str, Any]]) -> Node:
     """A migration attempt: Nova's steps, QEMU's stages and rounds, and on its source host the
-    VM's threads with their running / waiting time and who preempted them."""
+    VM's threads (`threads`: its migration_thread_times) with their running / waiting time and
+    who preempted them."""
     m = Node(f"live migration {a.source_host} → {a.dest_host or '?'}: {a.verdict}", "virt", "migration",
              a.source_host, a.start, a.end or (a.rounds[-1].end if a.rounds else a.start),
              {"vm": a.vm, "instance": a.instance, "verdict": a.verdict, "reason": a.reason,
@@ -175,7 +181,7 @@ def migration_node(store, a) -> Node:
     if a.stop_copy_start is not None:
         m.add(Node("stop&copy (downtime)", "virt", "stage", a.source_host, a.stop_copy_start,
                    a.stop_copy_end or a.end, {"dest": a.dest_host}))
-    for t in migration_thread_times(store, a):
+    for t in threads:
         th = m.add(Node(f"{t['name']} ({t['tid']})", "kernel", "thread", a.source_host, a.start, a.end,
                         {"tid": t["tid"], "running_ns": t["running_ns"], "runnable_ns": t["runnable_ns"],
                          "blocked_ns": t["blocked_ns"]}))
@@ -187,13 +193,45 @@ def migration_node(store, a) -> Node:
     return m
 
 
-def migration_thread_times(store, a, top: int = 5) -> list[dict[str, Any]]:
+THREAD_TOP = 5  # preemptors per thread in a migration's node
+
+
+def attempts_thread_times(store, attempts: list, top: int = THREAD_TOP, cluster: str | None = None,
+                          vm_thread_rows: list[dict] | None = None) -> list[list[dict[str, Any]]]:
+    """migration_thread_times of each attempt, in their order: per source host, in-process or
+    one Dask task per host at `cluster` (that host's kernel model is built there).
+    `vm_thread_rows`: the store's vm_threads, if already known (else store_vm_threads)."""
+    from stacklens.cluster import per_host
+    if not attempts:
+        return []
+    if vm_thread_rows is None:
+        from stacklens.models.correlation import store_vm_threads
+        vm_thread_rows = store_vm_threads(store, cluster).to_pylist()
+    hosts = sorted({a.source_host for a in attempts})
+    found = dict(zip(hosts, per_host(cluster, thread_times_of_host, store, hosts, attempts, top, vm_thread_rows)))
+    mine = {h: iter(found[h]) for h in hosts}
+    return [next(mine[a.source_host]) for a in attempts]
+
+
+def thread_times_of_host(store, host: str, attempts: list, top: int = THREAD_TOP,
+                         vm_thread_rows: list[dict] | None = None) -> list[list[dict[str, Any]]]:
+    """migration_thread_times of the attempts whose source is `host`, in their order (a
+    cluster task; `store`: a Store, or its path on a worker)."""
+    from stacklens.cluster import open_store
+    s = open_store(store)
+    return [migration_thread_times(s, a, top, vm_thread_rows) for a in attempts if a.source_host == host]
+
+
+def migration_thread_times(store, a, top: int = THREAD_TOP,
+                           vm_thread_rows: list[dict] | None = None) -> list[dict[str, Any]]:
     """Per thread of the migrating VM's source QEMU: running / runnable / blocked ns over the
-    attempt and the threads that ran on its CPU while it waited. Empty without a kernel trace."""
+    attempt and the threads that ran on its CPU while it waited. Empty without a kernel trace.
+    `vm_thread_rows`: the store's vm_threads (models.correlation), if already known."""
     from stacklens.models.cache import kernel_model, shared_connection
-    from stacklens.models.correlation import vm_threads
-    threads = [r for r in vm_threads(shared_connection(store)).to_pylist()
-               if r["vm"] == a.vm and r["host"] == a.source_host]
+    if vm_thread_rows is None:
+        from stacklens.models.correlation import vm_threads
+        vm_thread_rows = vm_threads(shared_connection(store)).to_pylist()
+    threads = [r for r in vm_thread_rows if r["vm"] == a.vm and r["host"] == a.source_host]
     if not threads:
         return []
     kernel_host = next((r["kernel_host"] for r in threads if r["kernel_host"]), a.source_host)
@@ -215,7 +253,7 @@ def migration_thread_times(store, a, top: int = 5) -> list[dict[str, Any]]:
     for tid, state, ns in rows:
         per.setdefault(tid, {})[state] = int(ns)
     others: dict[int, dict] = {}
-    for r in vm_threads(shared_connection(store)).to_pylist():  # one row per way found: keep the one with a role
+    for r in vm_thread_rows:  # one row per way found: keep the one with a role
         if r["tid"] not in others or (r["role"] and not others[r["tid"]]["role"]):
             others[r["tid"]] = r
     out = []
@@ -233,9 +271,10 @@ def migration_thread_times(store, a, top: int = 5) -> list[dict[str, Any]]:
     return out
 
 
-def explain_request(store, request_id: str) -> Node:
+def explain_request(store, request_id: str, cluster: str | None = None) -> Node:
     """The tree of one request: its spans per host and service, RPC hops, problems, and for
-    each VM it touched the VM's operations within the request's time span."""
+    each VM it touched the VM's operations within the request's time span. `cluster`: as for
+    explain_vm (the request's migrations' kernel part, one task per source host)."""
     from stacklens.models.cache import shared_connection
     from stacklens.models.request_flow import request_flow
     con = shared_connection(store)
@@ -273,12 +312,12 @@ def explain_request(store, request_id: str) -> Node:
     for inst in instances:
         try:
             sub = explain_vm(store, inst, (lo, hi + 1) if lo is not None and hi is not None else None,
-                             migrations=False)
+                             migrations=False, cluster=cluster)
         except StacklensError:
             continue
         root.add(sub)
-    for a in attempts:
-        root.add(migration_node(store, a))
+    for a, threads in zip(attempts, attempts_thread_times(store, attempts, cluster=cluster)):
+        root.add(migration_node(a, threads))
     root.fit()
     if flow.start_ts is not None:
         # the request's own time, as `stacklens request` gives it: a VM's state that began

@@ -82,9 +82,28 @@ MODELS = {"counts": ovs.stage_counts, "packets": ovs.packet_paths, "untagged": o
 _MERGED_ORDER = {"commands": ["ts"], "miss_upcalls": ["ts"]}
 
 
+# every event name a model of MODELS reads (models/ovs.py)
+MODEL_EVENT_NAMES = (*ovs.EVENT_NAMES, "ovs_datapath", "ovs_command", "ovs_interface", "ovs_miss_upcall")
+
+
 def host_models(con: duckdb.DuckDBPyConnection, host: str | None = None) -> dict:
-    """Every OvS model of `host` (of every host when None)."""
+    """Every OvS model of `host` (of every host when None). Where there is no OvS event (most
+    hosts: a diagnosis builds them for every host) the models are built over an empty event
+    table — the same empty results, without scanning the host's events once per model."""
+    names = ", ".join(f"'{n}'" for n in MODEL_EVENT_NAMES)
+    if not con.execute(f"SELECT 1 FROM events WHERE name IN ({names}) AND ($host IS NULL OR host = $host) LIMIT 1",
+                       {"host": host}).fetchall():
+        con = _no_events()
     return {k: build(con, host) for k, build in MODELS.items()}
+
+
+def _no_events() -> duckdb.DuckDBPyConnection:
+    """A connection whose `events` view has the store's columns and no row."""
+    from stacklens.store.schema import EVENT_SCHEMA
+    d = duckdb.connect()
+    d.register("_no_events", EVENT_SCHEMA.empty_table())
+    d.execute("CREATE VIEW events AS SELECT *, ts AS ts_raw FROM _no_events")
+    return d
 
 
 def merge_models(parts: list[dict]) -> dict:

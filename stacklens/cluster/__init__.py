@@ -10,7 +10,11 @@ paths, the packets a host sent and received). With a cluster address:
   that host's models over the host's partitions only, and returns the result (an Arrow table,
   a dict of a few hundred rows) — never the events;
 * the cross-host steps (packet matching and the convex hull of `sync`, the migrations'
-  source ↔ destination matching, the reports' aggregates) run on the client over those results.
+  source ↔ destination matching, the reports' aggregates, `diagnose`'s rules and ranking)
+  run on the client over those results;
+* each host's task prefers one worker (`placement`: rendezvous hashing of host and worker
+  names), so the commands that read a host read it on the same worker, whose page cache holds
+  its partitions; a preference only (work stealing, a dead worker).
 
 Without an address everything runs in-process, as before: `per_host(None, …)` is a loop.
 The store must be reachable under the same name from the client and every worker: a path on a
@@ -103,22 +107,65 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def per_host(address: str | None, fn: Callable[..., Any], store: str | os.PathLike[str],
-             hosts: Sequence[str], *args: Any) -> list[Any]:
-    """[fn(store, host, *args) for host in hosts]: in-process without an address, else one
-    Dask task per host. `fn` must be a module-level function (the workers import it) that
-    opens the store itself and returns a small result."""
+def per_host(address: str | None, fn: Callable[..., Any], store: Any, hosts: Sequence[str],
+             *args: Any) -> list[Any]:
+    """[fn(store, host, *args) for host in hosts]: in-process without an address (`store` as
+    given: a path, or a Store whose memos the calls share), else one Dask task per host, each
+    given the store's absolute path and preferring the worker `placement` names for its host.
+    `fn` must be a module-level function (the workers import it) that opens the store itself
+    (`open_store`) and returns a small result."""
     if not address:
-        return [fn(str(store), h, *args) for h in hosts]
-    root = shared_path(store)
+        return [fn(store, h, *args) for h in hosts]
+    root = shared_path(store.root if hasattr(store, "root") else store)
     c = client(address)
     run = uuid.uuid4().hex[:8]
-    futures = [c.submit(fn, root, h, *args, key=f"{fn.__name__}-{h}-{run}") for h in hosts]
+    where = placement(c, hosts)
+    futures = [c.submit(fn, root, h, *args, key=task_key(fn.__name__, h, run),
+                        **({"workers": [where[h]], "allow_other_workers": True} if h in where else {}))
+               for h in hosts]
     try:
         return gather(futures, [f"host {h!r}" for h in hosts], fn.__name__)
     finally:
         for f in futures:
             f.release()
+
+
+def task_key(name: str, host: str, run: str) -> str:
+    """The Dask key of one host's task: `NAME-HOST-RUN` (the task stream shows it)."""
+    return f"{name}-{host}-{run}"
+
+
+def open_store(store: Any):  # -> Store
+    """The Store a per-host function was given: opened from its path on a worker, as is
+    in-process (its models memoized once for every host of the command)."""
+    from stacklens.store import Store
+    return store if isinstance(store, Store) else Store(store)
+
+
+# ---- host → worker placement ------------------------------------------------------------------
+# The store is on a shared filesystem, so any worker can read any host; but the worker that read
+# a host's partitions last has them in its machine's page cache (and, for the kernel models, in
+# nothing else: models are not kept between tasks). Each host's task therefore prefers one
+# worker, chosen by rendezvous hashing over the workers' names: the choice depends only on the
+# host and on the set of workers (not on the command, the other hosts or the order of
+# submission), and when a worker leaves only its own hosts move. `allow_other_workers` keeps it
+# a preference: Dask's work stealing may move a queued task to an idle worker, and a task whose
+# worker is gone runs on another.
+
+def placement(c, hosts: Sequence[str]) -> dict[str, str]:  # c: distributed.Client
+    """host → the address of the worker its task prefers (empty without workers)."""
+    workers = {addr: str(w.get("name", addr)) for addr, w in c.scheduler_info(n_workers=-1)["workers"].items()}
+    return {h: preferred_worker(h, workers) for h in hosts} if workers else {}
+
+
+def preferred_worker(host: str, workers: dict[str, str]) -> str:
+    """Of `workers` (address → name), the address whose name hashes highest with `host`
+    (rendezvous hashing; blake2b, not Python's salted hash(), so every process agrees)."""
+    import hashlib
+
+    def weight(addr: str) -> tuple[bytes, str]:
+        return hashlib.blake2b(f"{workers[addr]}\0{host}".encode(), digest_size=8).digest(), addr
+    return max(workers, key=weight)
 
 
 def partition_hosts(store, layer: str | None = None) -> list[str]:
@@ -131,5 +178,6 @@ def partition_hosts(store, layer: str | None = None) -> list[str]:
     return sorted(names)
 
 
-__all__ = ["ENV", "client", "close", "gather", "partition_hosts", "per_host", "shared_path"]
+__all__ = ["ENV", "client", "close", "gather", "open_store", "partition_hosts", "per_host", "placement",
+           "preferred_worker", "shared_path", "task_key"]
 

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from stacklens.cluster import client, gather, shared_path
+from stacklens.cluster import client, gather, placement, shared_path
 from stacklens.sources.bundle import Part, discover
 from stacklens.store.ingest import PartResult, ingest_part, part_size, source_id
 from stacklens.store.store import Store
@@ -58,12 +58,22 @@ def ingest_on_cluster(address: str, store: Store, paths: list[Path], host: str |
             results[i] = ingest_part(store, p, host, tz)
 
     run = uuid.uuid4().hex[:8]  # task keys unique to this run
+    # a part whose host is known before it is read (--host, bundle.toml) prefers the worker
+    # that the per-host analyses of that host prefer: what it writes stays in that machine's
+    # page cache for them (stacklens.cluster.placement); the others go where Dask puts them
+    where = placement(c, sorted({host or p.host for p in parts if host or p.host}))
+
+    def prefer(i: int) -> dict:
+        h = host or parts[i].host
+        return {"workers": [where[h]], "allow_other_workers": True} if h in where else {}
+
     first_wave, later = _split_duplicates(c, [i for i, p in enumerate(parts) if p.reader is not None],
                                           sent, sizes, run)
     for wave in (first_wave, later):
         if not wave:
             continue
-        futures = {c.submit(ingest_task, root, sent[i], host, tz, key=f"ingest-{run}-{i}-{_name(parts[i])}"): i
+        futures = {c.submit(ingest_task, root, sent[i], host, tz, key=f"ingest-{run}-{i}-{_name(parts[i])}",
+                            **prefer(i)): i
                    for i in wave}
         try:
             for f in as_completed(list(futures), loop=c.loop):

@@ -15,14 +15,84 @@ from stacklens.diagnose.findings import Evidence, Finding
 from stacklens.errors import StacklensError
 
 
+MIGRATION_THREAD_TOP = 20  # preemptors per thread the interference rule weighs
+
+
+def host_facts(store, host: str, threads: bool) -> dict[str, Any]:
+    """What the rules need of one host, from that host's partitions (a cluster task; `store`:
+    a Store, or its path on a worker): its OvS models, its packets sent and received and first
+    and last raw timestamps (for sync), and with `threads` (the store has migrations) its
+    kernel threads (for the VMs' QEMU threads, models.correlation.vm_threads)."""
+    from stacklens.analyses.ovs_report import host_models
+    from stacklens.cluster import open_store
+    from stacklens.models.correlation import kernel_threads
+    from stacklens.sync.packets import host_sync_inputs
+    con = open_store(store).connect(host=host)
+    try:
+        out: dict[str, Any] = {"ovs": host_models(con, host)}
+        out["net"], out["span"] = host_sync_inputs(con)
+        if threads:
+            out["kthreads"] = kernel_threads(con)
+        return out
+    finally:
+        con.close()
+
+
 @dataclass
 class Context:
-    """Models shared by the rules, built once per diagnosis."""
+    """Models shared by the rules, built once per diagnosis. The per-host ones (`facts`) come
+    from one host_facts call per host: in-process, or one Dask task per host at `cluster`; the
+    rules' cross-host steps (sync, request flows, ranking) run here over them."""
     store: Any
     cache: dict[str, Any] = field(default_factory=dict)
     # operator-tunable thresholds (diagnose --stuck-after / --slow-scheduling)
     stuck_after_ns: int = 300_000_000_000  # 5 min in a transitional state with nothing after it
     slow_scheduling_ns: int = 2_000_000_000
+    cluster: str | None = None  # a Dask scheduler's address
+
+    @cached_property
+    def facts(self) -> dict[str, dict[str, Any]]:
+        """host → host_facts, for every host with partitions."""
+        from stacklens.cluster import partition_hosts, per_host
+        hosts = partition_hosts(self.store)
+        return dict(zip(hosts, per_host(self.cluster, host_facts, self.store, hosts, bool(self.migrations))))
+
+    @cached_property
+    def ovs_by_host(self) -> dict[str, dict]:
+        """host → its OvS models (analyses.ovs_report.host_models), in host order."""
+        return {h: f["ovs"] for h, f in self.facts.items()}
+
+    @cached_property
+    def ovs_models(self) -> dict:
+        """The OvS models of every host (as one whole-store build gives them)."""
+        from stacklens.analyses.ovs_report import merge_models
+        return merge_models(list(self.ovs_by_host.values()))
+
+    @cached_property
+    def matched_packets(self):
+        """Packets matched across hosts (sync.packets.match_packets over every host's)."""
+        import pyarrow as pa
+        from stacklens.sync.packets import match_packets, net_events
+        nets = [f["net"] for f in self.facts.values()]
+        return match_packets(pa.concat_tables(nets) if nets else net_events(self.con))
+
+    @cached_property
+    def spans(self) -> dict[str, tuple[int, int]]:
+        """host → its first and last raw timestamps."""
+        return {h: f["span"] for h, f in self.facts.items() if f.get("span") is not None}
+
+    @cached_property
+    def migration_threads(self) -> list[list[dict]]:
+        """migration_thread_times of each attempt (top MIGRATION_THREAD_TOP), in their order:
+        the VMs' threads joined here from every host's kernel threads (facts), the thread
+        times on each source host (a task per source host)."""
+        if not self.migrations:
+            return []
+        from stacklens.analyses.explain import attempts_thread_times
+        from stacklens.models.correlation import concat_kernel_threads, vm_threads
+        known = vm_threads(self.con, concat_kernel_threads([f["kthreads"] for f in self.facts.values()]))
+        return attempts_thread_times(self.store, self.migrations, MIGRATION_THREAD_TOP, self.cluster,
+                                     known.to_pylist())
 
     @cached_property
     def con(self):
@@ -116,12 +186,10 @@ INTERFERENCE_NAME_SHARE = 0.05  # a preemptor is named when it took at least thi
 @rule
 def migration_interference(ctx: Context) -> list[Finding]:
     """The migrating VM's source threads waited for a CPU while other processes ran on it."""
-    from stacklens.analyses.explain import migration_thread_times
     out = []
-    for a in ctx.migrations:
+    for a, threads in zip(ctx.migrations, ctx.migration_threads):
         if a.end is None or a.end <= a.start:
             continue
-        threads = migration_thread_times(ctx.store, a, top=20)
         if not threads:
             continue
         own = {t["tid"] for t in threads}
@@ -399,14 +467,10 @@ STORM_MIN_SHARE = 0.2  # slow-path share in the first interval after the command
 @rule
 def ovs_upcall_storm(ctx: Context) -> list[Finding]:
     from stacklens.analyses.ovs_report import live_report
-    try:
-        rep = live_report(ctx.con)
-    except Exception as e:  # noqa: BLE001 - a store without OvS tables has no such events
-        if "does not exist" in str(e) or "not found" in str(e).lower():
-            return []
-        raise
-    from stacklens.models.ovs import miss_upcalls
-    upcalls = miss_upcalls(ctx.con).to_pylist() if rep.get("datapaths") else []
+    if not ctx.ovs_by_host:
+        return []
+    rep = live_report(ctx.con, models=ctx.ovs_models)
+    upcalls = ctx.ovs_models["miss_upcalls"].to_pylist() if rep.get("datapaths") else []
     out = []
     for dp in rep.get("datapaths", []):
         for c in dp["reconfigurations"]:
@@ -460,13 +524,16 @@ def ovs_kprobe_upcalls(ctx: Context) -> list[Finding]:
     import numpy as np
     from stacklens.analyses.ovs_report import thesis_report
     from stacklens.views.terminal import fmt_duration
-    rep = thesis_report(ctx.con)
+    if not ctx.ovs_by_host:
+        return []
+    rep = thesis_report(ctx.con, models=ctx.ovs_models)
     if not rep:
         return []
     packets = rep["_packets"]
     out = []
     for host in sorted(set(packets.column("host").to_pylist())):
-        r = thesis_report(ctx.con, host) if len(set(packets.column("host").to_pylist())) > 1 else rep
+        r = thesis_report(ctx.con, models=ctx.ovs_by_host[host]) if len(set(packets.column("host").to_pylist())) > 1 \
+            else rep
         pk = [p for p in r["_packets"].to_pylist()]
         ev_counts = r["events"]
         lost = [p for p in pk if p["path"] == "upcall_lost"]
@@ -568,8 +635,7 @@ def _causality_violations(ctx: Context) -> list[Finding]:
     store currently applies them, arrive no later than they left: the clocks disagree by more
     than the network delay, so cross-host orderings in every view are wrong."""
     import numpy as np
-    from stacklens.sync.packets import matched_packets
-    packets = matched_packets(ctx.store)
+    packets = ctx.matched_packets
     if packets.num_rows == 0:
         return []
     clocks = ctx.store.clocks()
@@ -634,7 +700,7 @@ def clock_sync(ctx: Context) -> list[Finding]:
         return out
     bad = {h: c for h, c in clocks.items() if c.quality in ("failed", "approximate")}
     try:
-        details = {r.host: r for r in synchronize(ctx.store)[0]}
+        details = {r.host: r for r in synchronize(ctx.store, ctx.matched_packets, ctx.spans)[0]}
     except (StacklensError, ValueError):
         details = {}
     for h, c in sorted(clocks.items()):
@@ -674,10 +740,11 @@ def clock_sync(ctx: Context) -> list[Finding]:
     return out
 
 
-def diagnose_store(store, **thresholds: int) -> list[Finding]:
-    """Every rule over one store, ranked. `thresholds`: Context fields (stuck_after_ns, …)."""
+def diagnose_store(store, cluster: str | None = None, **thresholds: int) -> list[Finding]:
+    """Every rule over one store, ranked. `cluster`: a Dask scheduler's address, where the
+    per-host facts are built (one task per host). `thresholds`: Context fields (stuck_after_ns, …)."""
     from stacklens.diagnose.findings import rank
-    ctx = Context(store, **thresholds)
+    ctx = Context(store, cluster=cluster, **thresholds)
     findings: list[Finding] = []
     for r in RULES:
         findings.extend(r(ctx))

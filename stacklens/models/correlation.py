@@ -66,38 +66,76 @@ def resolve_vm(con: duckdb.DuckDBPyConnection, key: str) -> tuple[str | None, st
     return None, None
 
 
-def vm_threads(con: duckdb.DuckDBPyConnection) -> pa.Table:
+KERNEL_THREADS_SCHEMA = pa.schema([("kernel_host", pa.string()), ("tid", pa.int64()), ("pid", pa.int64()),
+                                   ("thread", pa.string())])
+
+
+def kernel_threads(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """tid → pid and last name, per kernel host, of the connection's hosts (columns:
+    KERNEL_THREADS_SCHEMA). Per host: a cluster worker builds it over one host's partitions,
+    and vm_threads joins every host's on the client."""
+    return con.sql("""
+        SELECT host AS kernel_host, tid, max(pid) AS pid, arg_max(procname, ts) AS thread
+        FROM events WHERE layer = 'kernel' AND tid IS NOT NULL AND tid > 0 AND source <> 'stacklens.sample'
+        GROUP BY ALL""").to_arrow_table().cast(KERNEL_THREADS_SCHEMA)
+
+
+def kernel_threads_of_host(store, host: str) -> pa.Table:
+    """kernel_threads of one host, over its kernel partitions only (a cluster task; `store`: a
+    Store, or its path on a worker)."""
+    from stacklens.cluster import open_store
+    con = open_store(store).connect(host=host, layer="kernel")
+    try:
+        return kernel_threads(con)
+    finally:
+        con.close()
+
+
+def store_vm_threads(store, cluster: str | None = None) -> pa.Table:
+    """vm_threads of the store (on its shared connection), the kernel part built per kernel
+    host: in-process, or one Dask task per host at `cluster`; the join across hosts here."""
+    from stacklens.cluster import partition_hosts, per_host
+    from stacklens.models.cache import memo, shared_connection
+    con = shared_connection(store)  # vm_threads(con) gives the same table after, from the memo
+    return memo(con, "vm_threads", lambda: _vm_threads(con, concat_kernel_threads(
+        per_host(cluster, kernel_threads_of_host, store, partition_hosts(store, "kernel")))))
+
+
+def concat_kernel_threads(parts: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables([t.cast(KERNEL_THREADS_SCHEMA) for t in parts]) if parts \
+        else KERNEL_THREADS_SCHEMA.empty_table()
+
+
+def vm_threads(con: duckdb.DuckDBPyConnection, kthreads: pa.Table | None = None) -> pa.Table:
     """Every thread known to belong to a VM's QEMU process (columns: VM_THREADS_SCHEMA).
     A thread found several ways is listed once per way (`via`), so callers can tell which
-    evidence they rely on."""
+    evidence they rely on. `kthreads`: every host's kernel_threads, when already built per
+    host (a cluster's); else built here over the connection."""
     from stacklens.models.cache import memo
-    return memo(con, "vm_threads", lambda: _vm_threads(con))
+    return memo(con, "vm_threads", lambda: _vm_threads(con, kthreads))
 
 
-def _vm_threads(con: duckdb.DuckDBPyConnection) -> pa.Table:
+def _vm_threads(con: duckdb.DuckDBPyConnection, kthreads: pa.Table | None) -> pa.Table:
     ids = {r["vm"]: r["instance"] for r in vm_identities(con).to_pylist() if r["vm"]}
     con.register("_vm_ids", pa.table({"vm": list(ids), "instance": list(ids.values())},
                                      schema=pa.schema([("vm", pa.string()), ("instance", pa.string())])))
+    con.register("_kthreads", kernel_threads(con) if kthreads is None else kthreads.cast(KERNEL_THREADS_SCHEMA))
     try:
         table = con.sql("""
         WITH traced AS (   -- QEMU trace lines: (host, vm, tid that logged)
           SELECT DISTINCT host, procname AS vm, tid FROM events
           WHERE source = 'qemu.trace' AND tid IS NOT NULL AND procname IS NOT NULL
-        ), kthreads AS (   -- kernel: tid → pid and last name, per kernel host
-          SELECT host AS kernel_host, tid, max(pid) AS pid, arg_max(procname, ts) AS thread
-          FROM events WHERE layer = 'kernel' AND tid IS NOT NULL AND tid > 0 AND source <> 'stacklens.sample'
-          GROUP BY ALL
         ), traced_pids AS (
           -- the same host's kernel first; a one-machine lab records every simulated host in one
           -- kernel trace, so another kernel host is used only when the VM's own host has none
           SELECT t.host, t.vm, k.kernel_host, k.pid,
                  row_number() OVER (PARTITION BY t.host, t.vm ORDER BY (k.kernel_host = t.host) DESC) AS pref
-          FROM traced t JOIN kthreads k ON k.tid = t.tid AND k.pid IS NOT NULL
-          WHERE k.kernel_host = t.host OR NOT EXISTS (SELECT 1 FROM kthreads o WHERE o.kernel_host = t.host)
+          FROM traced t JOIN _kthreads k ON k.tid = t.tid AND k.pid IS NOT NULL
+          WHERE k.kernel_host = t.host OR NOT EXISTS (SELECT 1 FROM _kthreads o WHERE o.kernel_host = t.host)
         ), from_trace AS (
           SELECT p.vm, p.host, p.kernel_host, k.pid, k.tid, k.thread, NULL AS role, 'qemu.trace+kernel' AS via
           FROM (SELECT DISTINCT vm, host, kernel_host, pid FROM traced_pids) p
-          JOIN kthreads k ON k.kernel_host = p.kernel_host AND k.pid = p.pid
+          JOIN _kthreads k ON k.kernel_host = p.kernel_host AND k.pid = p.pid
         ), from_lab AS (
           SELECT procname AS vm, fields->>'$.host' AS host, NULL AS kernel_host, pid, tid,
                  fields->>'$.comm' AS thread, fields->>'$.role' AS role, 'lab.json' AS via
@@ -117,6 +155,7 @@ def _vm_threads(con: duckdb.DuckDBPyConnection) -> pa.Table:
         ORDER BY e.vm, e.host, e.pid, e.tid, e.via""").to_arrow_table()
     finally:
         con.unregister("_vm_ids")
+        con.unregister("_kthreads")
     return table.cast(VM_THREADS_SCHEMA)
 
 

@@ -43,6 +43,14 @@ def net_events(con: duckdb.DuckDBPyConnection) -> pa.Table:
         FROM events WHERE name IN ({', '.join("'" + n + "'" for n in names)})""").to_arrow_table()
 
 
+def host_sync_inputs(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, tuple[int, int] | None]:
+    """What sync needs of one host, over a connection to its partitions only (a cluster task):
+    its send and receive events (net_events) and its first and last raw timestamps (None
+    when it has no event)."""
+    first, last = con.execute("SELECT min(ts_raw), max(ts_raw) FROM events").fetchall()[0]
+    return net_events(con), None if first is None else (int(first), int(last))
+
+
 def match_packets(net: pa.Table) -> pa.Table:
     """The packets of `net` (net_events of every host, concatenated) matched across hosts."""
     con = duckdb.connect()

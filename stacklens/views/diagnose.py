@@ -18,16 +18,21 @@ from stacklens.views.terminal import console, emit_json, fmt_duration, fmt_ts
 SEVERITY_COLOUR = {"critical": "red", "warning": "yellow", "info": "cyan"}
 
 
-def diagnose_path(path: Path | None, store_dir: str | None, **thresholds: int):
-    """Findings of a store, or of a bundle ingested first into a temporary store."""
+def diagnose_path(path: Path | None, store_dir: str | None, cluster: str | None = None, **thresholds: int):
+    """Findings of a store, or of a bundle ingested first into a temporary store. `cluster`:
+    a Dask scheduler's address for the per-host part (a store only: the workers must see it)."""
     from stacklens.diagnose.rules import diagnose_store
     from stacklens.store import Store
     if path is None:
-        return diagnose_store(Store(store_dir), **thresholds)
+        return diagnose_store(Store(store_dir), cluster, **thresholds)
     if not path.exists():
         raise StacklensError(f"{path}: no such file or directory")
     if (path / "stacklens-store.json").exists():
-        return diagnose_store(Store(path), **thresholds)
+        return diagnose_store(Store(path), cluster, **thresholds)
+    if cluster:
+        raise StacklensError(f"diagnose --cluster: {path} is a bundle, and its temporary store would be on this "
+                             "machine only; ingest it into a store on the shared filesystem "
+                             "(stacklens ingest --cluster) and give that store")
     from stacklens.store.ingest import ingest
     tmp = Path(tempfile.mkdtemp(prefix="stacklens-diagnose-"))
     try:
@@ -96,7 +101,7 @@ def html_report(findings, title: str = "stacklens diagnosis") -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from stacklens.cli import JsonOpt
+    from stacklens.cli import ClusterOpt, JsonOpt
 
     @app.command()
     def diagnose(path: Optional[Path] = typer.Argument(None, help="A trace bundle (ingested into a temporary store) or a store."),
@@ -106,13 +111,13 @@ def register(app: typer.Typer) -> None:
                                                    "with no further record before it is reported stuck."),
                  slow_scheduling: float = typer.Option(2.0, "--slow-scheduling", help="Seconds of select_destinations "
                                                        "above which scheduling is reported slow."),
-                 json_out: bool = JsonOpt) -> None:
+                 cluster: Optional[str] = ClusterOpt, json_out: bool = JsonOpt) -> None:
         """Ranked findings: what went wrong, the evidence, what to do."""
         if (path is None) == (store is None):
             raise StacklensError("diagnose: give a bundle PATH or --store DIR (one of them)")
         if stuck_after <= 0 or slow_scheduling <= 0:
             raise StacklensError("diagnose: --stuck-after and --slow-scheduling must be positive seconds")
-        findings = diagnose_path(path, store, stuck_after_ns=round(stuck_after * 1e9),
+        findings = diagnose_path(path, store, cluster, stuck_after_ns=round(stuck_after * 1e9),
                                  slow_scheduling_ns=round(slow_scheduling * 1e9))
         if html_out is not None:
             html_out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,20 +39,21 @@ def render_tree(root) -> Tree:
 
 
 def register(app: typer.Typer) -> None:
-    from stacklens.cli import DEFAULT_STORE, JsonOpt
+    from stacklens.cli import DEFAULT_STORE, ClusterOpt, JsonOpt
 
     @app.command()
     def explain(store: str = typer.Option(DEFAULT_STORE, "--store", "-s", help="Store directory."),
                 request: Optional[str] = typer.Option(None, "--request", help="Request id."),
                 vm: Optional[str] = typer.Option(None, "--vm", help="VM name (QEMU/Nova) or instance uuid."),
-                json_out: bool = JsonOpt) -> None:
+                cluster: Optional[str] = ClusterOpt, json_out: bool = JsonOpt) -> None:
         """One nested timeline from the API call down to kernel threads (--request or --vm)."""
         from stacklens.analyses.explain import explain_request, explain_vm
         from stacklens.store import Store
         if bool(request) == bool(vm):
             raise StacklensError("explain: give exactly one of --request ID or --vm NAME")
         s = Store(store)
-        root = explain_request(s, request) if request else explain_vm(s, vm)
+        # on a cluster: its migrations' kernel part, one task per source host
+        root = explain_request(s, request, cluster) if request else explain_vm(s, vm, cluster=cluster)
         if json_out:
             emit_json(root.to_dict())
         else:

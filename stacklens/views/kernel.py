@@ -36,13 +36,6 @@ def _hosts(store_path: str, host: str | None, per_host: str | None = None, clust
     return hosts
 
 
-def _models(store_path: str, host: str | None, per_host: str | None = None):
-    """The kernel models of `host`, or of every host with kernel events (see _hosts), one at a
-    time (see _one_at_a_time)."""
-    from stacklens.store import Store
-    return _one_at_a_time(Store(store_path), _hosts(store_path, host, per_host))
-
-
 def _one_at_a_time(store, hosts: list[str]):
     """Each host's model in turn, its DuckDB connection (and temp tables: switches, running
     intervals, states) closed before the next host's is built: memory is one host's, whatever
@@ -191,9 +184,9 @@ def show_preemption(store: str, host: str | None, proc: str, start: int | None, 
                       p["victims"]] for p in h["preemptors"]], right=["ran while they waited", "threads delayed"])
 
 
-def show_syscalls(store: str, host: str | None, proc: str | None, limit: int, json_out: bool) -> None:
-    out = []
-    for m in _models(store, host):
+def syscalls_host(store: str, host: str, proc: str | None, limit: int) -> dict:
+    """`syscalls` of one host (a cluster task)."""
+    with _model(store, host) as m:
         segs = m.syscalls()
         stats = m.con.sql("""
             SELECT syscall, count(*) AS count, CAST(sum(duration) AS BIGINT) AS total_ns,
@@ -206,8 +199,13 @@ def show_syscalls(store: str, host: str | None, proc: str | None, limit: int, js
                    CAST(max(duration) AS BIGINT) AS max_ns
             FROM segs WHERE $1 IS NULL OR process ILIKE $1 OR thread ILIKE $1
             GROUP BY pid ORDER BY total_ns DESC""", params=[proc]).to_arrow_table()
-        out.append({"host": m.host, "segments": segs.num_rows, "by_syscall": _rows(stats, limit),
-                    "by_process": _rows(per_proc, limit)})
+        return {"host": m.host, "segments": segs.num_rows, "by_syscall": _rows(stats, limit),
+                "by_process": _rows(per_proc, limit)}
+
+
+def show_syscalls(store: str, host: str | None, proc: str | None, limit: int, json_out: bool,
+                  cluster: str | None = None) -> None:
+    out = _per_host(cluster, syscalls_host, store, _hosts(store, host, cluster=cluster), proc, limit)
     if json_out:
         emit_json({"hosts": out})
         return
@@ -225,9 +223,9 @@ def show_syscalls(store: str, host: str | None, proc: str | None, limit: int, js
 OPS = {"R": "read", "W": "write", "D": "discard", "F": "flush", "N": "other"}
 
 
-def show_io(store: str, host: str | None, limit: int, json_out: bool) -> None:
-    out = []
-    for m in _models(store, host):
+def io_host(store: str, host: str, limit: int) -> dict:
+    """`io` of one host (a cluster task)."""
+    with _model(store, host) as m:
         reqs = m.disk_requests()
         m.con.register("_reqs", reqs)
         m._need("threads")
@@ -242,9 +240,13 @@ def show_io(store: str, host: str | None, limit: int, json_out: bool) -> None:
                    CAST(avg(service_ns) AS BIGINT) AS mean_service_ns, CAST(max(service_ns) AS BIGINT) AS max_service_ns
             FROM _reqs r LEFT JOIN threads t ON t.tid = r.tid
             WHERE r.tid IS NOT NULL GROUP BY ALL ORDER BY requests DESC, pid""").to_arrow_table()
-        out.append({"host": m.host, "requests": reqs.num_rows,
-                    "unattributed": sum(1 for t in reqs.column("tid").to_pylist() if t is None),
-                    "by_device": by_dev.to_pylist(), "by_process": _rows(by_proc, limit)})
+        return {"host": m.host, "requests": reqs.num_rows,
+                "unattributed": sum(1 for t in reqs.column("tid").to_pylist() if t is None),
+                "by_device": by_dev.to_pylist(), "by_process": _rows(by_proc, limit)}
+
+
+def show_io(store: str, host: str | None, limit: int, json_out: bool, cluster: str | None = None) -> None:
+    out = _per_host(cluster, io_host, store, _hosts(store, host, cluster=cluster), limit)
     if json_out:
         emit_json({"hosts": out})
         return
@@ -302,12 +304,14 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def syscalls(store: str = StoreOpt, host: Optional[str] = HostOpt,
                  proc: Optional[str] = typer.Option(None, help="Only processes/threads named like this."),
-                 limit: int = typer.Option(30, help="Rows at most (0: all)."), json_out: bool = JsonOpt) -> None:
+                 limit: int = typer.Option(30, help="Rows at most (0: all)."), cluster: Optional[str] = ClusterOpt,
+                 json_out: bool = JsonOpt) -> None:
         """Syscall latency per syscall and per process."""
-        show_syscalls(store, host, proc, limit, json_out)
+        show_syscalls(store, host, proc, limit, json_out, cluster)
 
     @app.command()
     def io(store: str = StoreOpt, host: Optional[str] = HostOpt,
-           limit: int = typer.Option(30, help="Rows at most (0: all)."), json_out: bool = JsonOpt) -> None:
+           limit: int = typer.Option(30, help="Rows at most (0: all)."), cluster: Optional[str] = ClusterOpt,
+           json_out: bool = JsonOpt) -> None:
         """Disk request latency per device and per process (block_rq_insert/issue/complete)."""
-        show_io(store, host, limit, json_out)
+        show_io(store, host, limit, json_out, cluster)

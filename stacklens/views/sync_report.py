@@ -13,10 +13,8 @@ def sync_inputs_of_host(store_path: str, host: str) -> tuple:
     """What sync needs of one host, from its partitions only (a cluster task): its send and
     receive events (raw clocks) and its first and last raw timestamps."""
     from stacklens.store import Store
-    from stacklens.sync.packets import net_events
-    con = Store(store_path).connect(host=host)
-    first, last = con.execute("SELECT min(ts_raw), max(ts_raw) FROM events").fetchall()[0]
-    return net_events(con), (int(first), int(last))
+    from stacklens.sync.packets import host_sync_inputs
+    return host_sync_inputs(Store(store_path).connect(host=host))
 
 
 def run_sync(store_path: str, json_out: bool, cluster: str | None = None) -> None:
@@ -29,7 +27,8 @@ def run_sync(store_path: str, json_out: bool, cluster: str | None = None) -> Non
         hosts = partition_hosts(store)
         found = per_host(cluster, sync_inputs_of_host, store_path, hosts)
         net = pa.concat_tables([n for n, _ in found]) if found else None
-        report = sync_store(store, net, {h: ts for h, (_, ts) in zip(hosts, found)}) if found else sync_store(store)
+        report = (sync_store(store, net, {h: ts for h, (_, ts) in zip(hosts, found) if ts is not None}) if found
+                  else sync_store(store))
     else:
         report = sync_store(store)
     if json_out:
