@@ -50,6 +50,24 @@ SYSCALL_EXIT = ("name LIKE 'syscall\\_exit\\_%' ESCAPE '\\' OR name LIKE 'compat
                 " OR name LIKE 'sys\\_exit\\_%' ESCAPE '\\' OR name IN ('exit_syscall', 'sys_exit')")
 
 
+# The sched_switch rows of one host (one `host` parameter), fields by LTTng's or ftrace's names.
+SWITCH_ROWS_SQL = """
+            SELECT ts, cpu, src, pos,
+                   CAST(coalesce(j[1], j[2]) AS BIGINT) AS prev_tid, CAST(coalesce(j[3], j[4]) AS BIGINT) AS next_tid,
+                   j[5] AS prev_state, j[6] AS prev_comm, j[7] AS next_comm
+            FROM (SELECT ts, cpu, src, pos,  -- each row's JSON parsed once for every key
+                         json_extract_string(fields, ['prev_tid', 'prev_pid', 'next_tid', 'next_pid',
+                                                      'prev_state', 'prev_comm', 'next_comm']) AS j
+                  FROM events WHERE host = ? AND name = 'sched_switch' AND cpu IS NOT NULL)"""
+
+# The sched_wakeup rows of one host (one `host` parameter): ts, src, pos, tid, cpu (the target CPU).
+WAKEUP_ROWS_SQL = """
+              SELECT ts, src, pos, CAST(coalesce(j[1], j[2]) AS BIGINT) AS tid,
+                     CAST(coalesce(j[3], CAST(cpu AS VARCHAR)) AS INTEGER) AS cpu
+              FROM (SELECT ts, src, pos, cpu, json_extract_string(fields, ['tid', 'pid', 'target_cpu']) AS j
+                    FROM events WHERE host = ? AND name IN ('sched_wakeup', 'sched_wakeup_new'))"""
+
+
 def state_machine_sql(switches: str, wakeups: str, end_ts: int, tid_filter: str = "tid IS NOT NULL AND tid <> 0") -> str:
     """The thread state machine as one query over the tables `switches` (ts, src, pos, cpu,
     prev_tid, next_tid, entered) and `wakeups` (ts, src, pos, cpu, tid): rows tid, state, start,
@@ -112,16 +130,7 @@ class KernelModel:
         self._built.add(table)
 
     def _build_switches(self) -> None:
-        self.con.execute(f"""
-            CREATE TEMP TABLE switches AS
-            SELECT ts, cpu, src, pos,
-                   CAST(coalesce(j[1], j[2]) AS BIGINT) AS prev_tid, CAST(coalesce(j[3], j[4]) AS BIGINT) AS next_tid,
-                   j[5] AS prev_state, j[6] AS prev_comm, j[7] AS next_comm
-            FROM (SELECT ts, cpu, src, pos,  -- each row's JSON parsed once for every key
-                         json_extract_string(fields, ['prev_tid', 'prev_pid', 'next_tid', 'next_pid',
-                                                      'prev_state', 'prev_comm', 'next_comm']) AS j
-                  FROM events WHERE host = ? AND name = 'sched_switch' AND cpu IS NOT NULL)
-            ORDER BY cpu, ts, src, pos""", [self.host])
+        self.con.execute(f"CREATE TEMP TABLE switches AS {SWITCH_ROWS_SQL} ORDER BY cpu, ts, src, pos", [self.host])
         self.con.execute(f"ALTER TABLE switches ADD COLUMN entered VARCHAR")
         self.con.execute(f"UPDATE switches SET entered = {_ENTERED_STATE}")
 
@@ -154,11 +163,7 @@ class KernelModel:
               SELECT {start}, src, pos, cpu, NULL, prev_tid, NULL FROM (
                 SELECT * FROM switches QUALIFY row_number() OVER (PARTITION BY cpu ORDER BY ts, src, pos) = 1)
               WHERE ts > {start}
-            ), wakeups AS (
-              SELECT ts, src, pos, CAST(coalesce(j[1], j[2]) AS BIGINT) AS tid,
-                     CAST(coalesce(j[3], CAST(cpu AS VARCHAR)) AS INTEGER) AS cpu
-              FROM (SELECT ts, src, pos, cpu, json_extract_string(fields, ['tid', 'pid', 'target_cpu']) AS j
-                    FROM events WHERE host = ? AND name IN ('sched_wakeup', 'sched_wakeup_new'))
+            ), wakeups AS ({WAKEUP_ROWS_SQL}
             ), machine AS ({state_machine_sql("sw", "wakeups", end)}
             ), firsts AS (
               SELECT tid, min(start) AS first FROM machine GROUP BY tid
@@ -174,13 +179,18 @@ class KernelModel:
         was given (fork, statedump, exec, a task context) and, per (tid, comm) of sched_switch,
         the last switch that showed it; `threads` the last name, pid and process per tid."""
         self._need("switches")
+        self._build_thread_tables("""
+              SELECT tid, NULL, comm, max(ts), 'switch' FROM (
+                SELECT next_tid AS tid, next_comm AS comm, ts FROM switches
+                UNION ALL SELECT prev_tid, prev_comm, ts FROM switches) GROUP BY tid, comm""")
+
+    def _build_thread_tables(self, switch_names_sql: str) -> None:
+        """`names` and `threads` (see _build_threads) with the switch names (tid, pid, name,
+        since, 'switch' rows) from `switch_names_sql`."""
         self.con.execute(f"""
             CREATE TEMP TABLE names AS
             SELECT * FROM ({self._named_events_sql()}
-              UNION ALL
-              SELECT tid, NULL, comm, max(ts), 'switch' FROM (
-                SELECT next_tid AS tid, next_comm AS comm, ts FROM switches
-                UNION ALL SELECT prev_tid, prev_comm, ts FROM switches) GROUP BY tid, comm
+              UNION ALL {switch_names_sql}
             ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>')""", [self.host] * 4)
         self.con.execute("""
             CREATE TEMP TABLE threads AS
