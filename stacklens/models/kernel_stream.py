@@ -316,6 +316,22 @@ class KernelStream(KernelModel):
             SELECT t.tid, t.pid, t.name, coalesce(pn.name, t.name) AS process
             FROM t LEFT JOIN last_names pn ON pn.tid = t.pid""")
 
+    def name_changes(self, tids: list[int] | None = None) -> pa.Table:
+        """KernelModel.name_changes of `tids` only (all threads when None): the rows of those
+        threads are filtered before they are ordered, so memory follows them, not the host."""
+        self.con.register("_name_tids", pa.table({"tid": pa.array(tids or [], pa.int64())}))
+        keep = "" if tids is None else "AND tid IN (SELECT tid FROM _name_tids)"
+        return self.con.sql(f"""
+            WITH named AS (
+              SELECT * FROM ({self._named_events_sql()}
+                UNION ALL SELECT x.tid, NULL, x.comm, ts, 'switch' FROM (
+                  SELECT ts, unnest([{{'tid': prev_tid, 'comm': prev_comm}}, {{'tid': next_tid, 'comm': next_comm}}]) AS x
+                  FROM ({SWITCH_ROWS_SQL.replace("host = ?", "host = $host")}))
+              ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>') {keep})
+            SELECT tid, name, since, how FROM (
+              SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY since) AS before FROM named)
+            WHERE before IS DISTINCT FROM name ORDER BY tid, since""", params={"host": self.host}).to_arrow_table()
+
     # ---- the ordered stream ----------------------------------------------------------------
     def _first_switches(self, src_no: dict[str, int]) -> pa.Table:
         """Per CPU whose first switch comes after the trace start, a K_FIRST row at the trace
