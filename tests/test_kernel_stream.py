@@ -31,6 +31,7 @@ from stacklens.models import kernel_stream as ks
 from stacklens.models.kernel import KernelModel, kernel_hosts
 from stacklens.models.kernel_stream import KernelStream
 from stacklens.store import Store
+from stacklens.store.store import ClockTransform
 from stacklens.store.ingest import ingest
 
 
@@ -294,6 +295,14 @@ def test_tiny_batches_and_log_cross_every_boundary(many_threads, monkeypatch):
 def test_rotation_trace_equals_oracle_and_model(rotation):
     (host,) = kernel_hosts(rotation)
     _check_host(rotation, host, ["%"])
+    # synchronized time (a clock transform with drift, as `stacklens sync` stores): the stream
+    # is ordered and clipped on the transformed timestamps like everything else
+    rotation.set_clocks({host: ClockTransform(offset_ns=-12_345_678, drift=-3.7e-5, base_ns=1_571_261_796_000_000_000,
+                                              quality="accurate", reference="elsewhere")})
+    try:
+        _check_host(rotation, host, ["%"])
+    finally:
+        (rotation.root / "clocks.json").unlink()
 
 
 def test_ftrace_equals_oracle_and_model(ftrace):
