@@ -177,7 +177,7 @@ def main() -> int:
                               RSS_GOAL_MB if n1 >= 45e6 else None, better="lower",
                               note="" if n1 >= 45e6 else "goal is for 50 M events"))
         figures.append(figure(f"{label}: CPU per event at {n1 / 1e6:.0f} M events", round(1e3 * per1), "ns",
-                              note="CPU time of the whole command"))
+                              better="lower", note="CPU time of the whole command"))
         figures.append(figure(f"{label}: CPU per event, {n1 / 1e6:.0f} M vs {n0 / 1e6:.0f} M", round(growth, 2), "x",
                               LINEAR_TOLERANCE if len(rs) > 1 else None, better="lower",
                               note="linear in events"))

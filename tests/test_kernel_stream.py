@@ -321,3 +321,16 @@ def test_bad_ids_never_reach_compiled_code():
                      ("ts", np.zeros(2, np.int64))]:
         with pytest.raises(StacklensError):
             ks._check(n, *{**ok, key: bad}.values(), tid_room=2, cpu_room=1)
+
+
+def test_sort_out_of_memory_is_one_line(many_threads, monkeypatch):
+    """The ordered stream failing (here DuckDB's sort given 4 MB) is one error naming the host."""
+    (host,) = kernel_hosts(many_threads)
+    monkeypatch.setattr(ks, "SORT_MEMORY", "4MB")
+    stream = KernelStream(many_threads, host)
+    try:
+        with pytest.raises(StacklensError, match=f"host '{host}'.*Out of Memory") as e:
+            stream.aggregates()
+        assert "\n" not in str(e.value)
+    finally:
+        stream.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import contextmanager
 
 import numba as nb
 import numpy as np
@@ -106,7 +107,7 @@ def _fold(i0, ts, kind, cpu_i, cpu_raw, cpu_ok, a, b, entered, span_start, span_
             if use_log and c_has[c] and c_start[c] < hi:
                 if log_len[c] == cap:
                     _log_trim(t_now, lo, st_cur, st_start, is_victim, pend_on, pend_ws, pend_we, log_e, log_head, log_len)
-                    if log_len[c] == cap:
+                    if 2 * log_len[c] > cap:  # still over half full: grow, so trims (O(threads)) stay rare
                         return i
                 j = (log_head[c] + log_len[c]) % cap
                 log_s[c, j] = c_start[c]
@@ -136,8 +137,18 @@ def _fold(i0, ts, kind, cpu_i, cpu_raw, cpu_ok, a, b, entered, span_start, span_
                     ws = max(pend_ws[q], lo)
                     we = min(pend_we[q], hi)
                     if pend_we[q] > lo and pend_ws[q] < hi:
-                        for m in range(log_len[c]):
+                        # the log is in time order: the first interval ending after ws by bisection
+                        m0, m1 = 0, log_len[c]
+                        while m0 < m1:
+                            mid = (m0 + m1) // 2
+                            if log_e[c, (log_head[c] + mid) % cap] > ws:
+                                m1 = mid
+                            else:
+                                m0 = mid + 1
+                        for m in range(m0, log_len[c]):
                             j = (log_head[c] + m) % cap
+                            if log_s[c, j] >= we:
+                                break
                             r = log_t[c, j]
                             if r > 0 and r != q and log_s[c, j] < we and log_e[c, j] > ws:
                                 pre_ns[r] += min(log_e[c, j], we) - max(log_s[c, j], ws)
@@ -301,6 +312,10 @@ class KernelStream(KernelModel):
         return super()._named_events_sql().replace("host = ?", "host = $host")
 
     def _build_thread_tables(self, switch_names_sql: str) -> None:
+        with self._duckdb_errors("naming its threads"):
+            self._build_named_tables(switch_names_sql)
+
+    def _build_named_tables(self, switch_names_sql: str) -> None:
         self.con.execute(f"""
             CREATE TEMP TABLE names AS
             SELECT * FROM ({self._named_events_sql()}
@@ -378,6 +393,28 @@ class KernelStream(KernelModel):
             ) ORDER BY ts, src_no, pos, kind"""
         return self.con.sql(sql.replace("host = ?", "host = $host"), params={"host": self.host}).to_arrow_reader(BATCH_ROWS)
 
+    def _batches(self):
+        """The stream's batches; a DuckDB failure (the sort out of memory or out of disk in its
+        temporary directory, a field that is not a number) becomes one line naming the host."""
+        with self._duckdb_errors("reading its sched_switch / sched_wakeup events in time order"):
+            reader = self._stream()
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                yield batch
+
+    @contextmanager
+    def _duckdb_errors(self, what: str):
+        import duckdb
+        try:
+            yield
+        except duckdb.Error as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StacklensError(f"host {self.host!r}: {what} (DuckDB memory limit {SORT_MEMORY}, spilling to "
+                                 f"{self._tmp}) failed: {first}") from None
+
     def fold(self, lo: int, hi: int, victims: list[int] | None = None, keep: list[int] | None = None) -> "Folded":
         """Fold the host's stream over [lo, hi): per-CPU and per-thread sums; with `victims`
         (tids) the preemption sums; with `keep` (tids) their state intervals."""
@@ -423,7 +460,7 @@ class KernelStream(KernelModel):
             return (np.empty(rows, np.int64), np.empty(rows, np.int8), np.empty(rows, np.int64),
                     np.empty(rows, np.int64), np.empty(rows, np.int32), np.empty(rows, np.bool_))
 
-        for batch in self._stream():
+        for batch in self._batches():
             n = batch.num_rows
             if n == 0:
                 continue
