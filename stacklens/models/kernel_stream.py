@@ -306,30 +306,11 @@ class KernelStream(KernelModel):
         self._build_thread_tables(f"""
               SELECT x.tid, NULL, x.comm, max(ts), 'switch' FROM (
                 SELECT ts, unnest([{{'tid': prev_tid, 'comm': prev_comm}}, {{'tid': next_tid, 'comm': next_comm}}]) AS x
-                FROM ({SWITCH_ROWS_SQL})) GROUP BY x.tid, x.comm""".replace("host = ?", "host = $host"))
-
-    def _named_events_sql(self) -> str:
-        return super()._named_events_sql().replace("host = ?", "host = $host")
+                FROM ({SWITCH_ROWS_SQL})) GROUP BY x.tid, x.comm""")
 
     def _build_thread_tables(self, switch_names_sql: str) -> None:
         with self._duckdb_errors("naming its threads"):
-            self._build_named_tables(switch_names_sql)
-
-    def _build_named_tables(self, switch_names_sql: str) -> None:
-        self.con.execute(f"""
-            CREATE TEMP TABLE names AS
-            SELECT * FROM ({self._named_events_sql()}
-              UNION ALL {switch_names_sql}
-            ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>')""",
-                         {"host": self.host})
-        self.con.execute("""
-            CREATE TEMP TABLE threads AS
-            WITH pids AS (SELECT tid, max(pid) AS pid FROM names WHERE pid IS NOT NULL GROUP BY tid),
-                 last_names AS (SELECT tid, arg_max(name, since) AS name FROM names GROUP BY tid),
-                 t AS (SELECT l.tid, coalesce(p.pid, l.tid) AS pid, l.name
-                       FROM last_names l LEFT JOIN pids p USING (tid))
-            SELECT t.tid, t.pid, t.name, coalesce(pn.name, t.name) AS process
-            FROM t LEFT JOIN last_names pn ON pn.tid = t.pid""")
+            super()._build_thread_tables(switch_names_sql)
 
     def name_changes(self, tids: list[int] | None = None) -> pa.Table:
         """KernelModel.name_changes of `tids` only (all threads when None): the rows of those
@@ -341,7 +322,7 @@ class KernelStream(KernelModel):
               SELECT * FROM ({self._named_events_sql()}
                 UNION ALL SELECT x.tid, NULL, x.comm, ts, 'switch' FROM (
                   SELECT ts, unnest([{{'tid': prev_tid, 'comm': prev_comm}}, {{'tid': next_tid, 'comm': next_comm}}]) AS x
-                  FROM ({SWITCH_ROWS_SQL.replace("host = ?", "host = $host")}))
+                  FROM ({SWITCH_ROWS_SQL}))
               ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>') {keep})
             SELECT tid, name, since, how FROM (
               SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY since) AS before FROM named)
@@ -391,7 +372,7 @@ class KernelStream(KernelModel):
               UNION ALL
               SELECT ts, src_no, pos, {K_FIRST}, cpu, a, NULL, NULL FROM _first_rows
             ) ORDER BY ts, src_no, pos, kind"""
-        return self.con.sql(sql.replace("host = ?", "host = $host"), params={"host": self.host}).to_arrow_reader(BATCH_ROWS)
+        return self.con.sql(sql, params={"host": self.host}).to_arrow_reader(BATCH_ROWS)
 
     def _batches(self):
         """The stream's batches; a DuckDB failure (the sort out of memory or out of disk in its
