@@ -36,13 +36,11 @@ from contextlib import contextmanager
 import numba as nb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from numba import types
 from numba.typed import Dict
 
 from stacklens.errors import StacklensError
-from stacklens.models.kernel import (_ENTERED_STATE, STATES, SWITCH_ROWS_SQL, WAKEUP_ROWS_SQL, KernelModel,
-                                     TraceSpan)
+from stacklens.models.kernel import _ENTERED_STATE, STATES, SWITCH_ROWS_SQL, WAKEUP_ROWS_SQL, KernelModel
 
 RUNNING, RUNNABLE, BLOCKED, IO_WAIT, EXITED, UNKNOWN = range(6)
 assert STATES == ("running", "runnable", "blocked", "io_wait", "exited", "unknown")
