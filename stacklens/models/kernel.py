@@ -50,6 +50,24 @@ SYSCALL_EXIT = ("name LIKE 'syscall\\_exit\\_%' ESCAPE '\\' OR name LIKE 'compat
                 " OR name LIKE 'sys\\_exit\\_%' ESCAPE '\\' OR name IN ('exit_syscall', 'sys_exit')")
 
 
+# The sched_switch rows of one host (parameter $host), fields by LTTng's or ftrace's names.
+SWITCH_ROWS_SQL = """
+            SELECT ts, cpu, src, pos,
+                   CAST(coalesce(j[1], j[2]) AS BIGINT) AS prev_tid, CAST(coalesce(j[3], j[4]) AS BIGINT) AS next_tid,
+                   j[5] AS prev_state, j[6] AS prev_comm, j[7] AS next_comm
+            FROM (SELECT ts, cpu, src, pos,  -- each row's JSON parsed once for every key
+                         json_extract_string(fields, ['prev_tid', 'prev_pid', 'next_tid', 'next_pid',
+                                                      'prev_state', 'prev_comm', 'next_comm']) AS j
+                  FROM events WHERE host = $host AND name = 'sched_switch' AND cpu IS NOT NULL)"""
+
+# The sched_wakeup rows of one host (parameter $host): ts, src, pos, tid, cpu (the target CPU).
+WAKEUP_ROWS_SQL = """
+              SELECT ts, src, pos, CAST(coalesce(j[1], j[2]) AS BIGINT) AS tid,
+                     CAST(coalesce(j[3], CAST(cpu AS VARCHAR)) AS INTEGER) AS cpu
+              FROM (SELECT ts, src, pos, cpu, json_extract_string(fields, ['tid', 'pid', 'target_cpu']) AS j
+                    FROM events WHERE host = $host AND name IN ('sched_wakeup', 'sched_wakeup_new'))"""
+
+
 def state_machine_sql(switches: str, wakeups: str, end_ts: int, tid_filter: str = "tid IS NOT NULL AND tid <> 0") -> str:
     """The thread state machine as one query over the tables `switches` (ts, src, pos, cpu,
     prev_tid, next_tid, entered) and `wakeups` (ts, src, pos, cpu, tid): rows tid, state, start,
@@ -112,16 +130,7 @@ class KernelModel:
         self._built.add(table)
 
     def _build_switches(self) -> None:
-        self.con.execute(f"""
-            CREATE TEMP TABLE switches AS
-            SELECT ts, cpu, src, pos,
-                   CAST(coalesce(j[1], j[2]) AS BIGINT) AS prev_tid, CAST(coalesce(j[3], j[4]) AS BIGINT) AS next_tid,
-                   j[5] AS prev_state, j[6] AS prev_comm, j[7] AS next_comm
-            FROM (SELECT ts, cpu, src, pos,  -- each row's JSON parsed once for every key
-                         json_extract_string(fields, ['prev_tid', 'prev_pid', 'next_tid', 'next_pid',
-                                                      'prev_state', 'prev_comm', 'next_comm']) AS j
-                  FROM events WHERE host = ? AND name = 'sched_switch' AND cpu IS NOT NULL)
-            ORDER BY cpu, ts, src, pos""", [self.host])
+        self.con.execute(f"CREATE TEMP TABLE switches AS {SWITCH_ROWS_SQL} ORDER BY cpu, ts, src, pos", {"host": self.host})
         self.con.execute(f"ALTER TABLE switches ADD COLUMN entered VARCHAR")
         self.con.execute(f"UPDATE switches SET entered = {_ENTERED_STATE}")
 
@@ -154,11 +163,7 @@ class KernelModel:
               SELECT {start}, src, pos, cpu, NULL, prev_tid, NULL FROM (
                 SELECT * FROM switches QUALIFY row_number() OVER (PARTITION BY cpu ORDER BY ts, src, pos) = 1)
               WHERE ts > {start}
-            ), wakeups AS (
-              SELECT ts, src, pos, CAST(coalesce(j[1], j[2]) AS BIGINT) AS tid,
-                     CAST(coalesce(j[3], CAST(cpu AS VARCHAR)) AS INTEGER) AS cpu
-              FROM (SELECT ts, src, pos, cpu, json_extract_string(fields, ['tid', 'pid', 'target_cpu']) AS j
-                    FROM events WHERE host = ? AND name IN ('sched_wakeup', 'sched_wakeup_new'))
+            ), wakeups AS ({WAKEUP_ROWS_SQL}
             ), machine AS ({state_machine_sql("sw", "wakeups", end)}
             ), firsts AS (
               SELECT tid, min(start) AS first FROM machine GROUP BY tid
@@ -167,21 +172,26 @@ class KernelModel:
             WHERE state <> 'exited' AND "end" > start
             UNION ALL
             SELECT tid, 'unknown', {start}, first, NULL FROM firsts WHERE first > {start}
-            ORDER BY tid, start""", [self.host])
+            ORDER BY tid, start""", {"host": self.host})
 
     def _build_threads(self) -> None:
         """tid → pid and names: `names` (tid, pid, name, since, how) holds each name a thread
         was given (fork, statedump, exec, a task context) and, per (tid, comm) of sched_switch,
         the last switch that showed it; `threads` the last name, pid and process per tid."""
         self._need("switches")
+        self._build_thread_tables("""
+              SELECT tid, NULL, comm, max(ts), 'switch' FROM (
+                SELECT next_tid AS tid, next_comm AS comm, ts FROM switches
+                UNION ALL SELECT prev_tid, prev_comm, ts FROM switches) GROUP BY tid, comm""")
+
+    def _build_thread_tables(self, switch_names_sql: str) -> None:
+        """`names` and `threads` (see _build_threads) with the switch names (tid, pid, name,
+        since, 'switch' rows) from `switch_names_sql`."""
         self.con.execute(f"""
             CREATE TEMP TABLE names AS
             SELECT * FROM ({self._named_events_sql()}
-              UNION ALL
-              SELECT tid, NULL, comm, max(ts), 'switch' FROM (
-                SELECT next_tid AS tid, next_comm AS comm, ts FROM switches
-                UNION ALL SELECT prev_tid, prev_comm, ts FROM switches) GROUP BY tid, comm
-            ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>')""", [self.host] * 4)
+              UNION ALL {switch_names_sql}
+            ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>')""", {"host": self.host})
         self.con.execute("""
             CREATE TEMP TABLE threads AS
             WITH pids AS (SELECT tid, max(pid) AS pid FROM names WHERE pid IS NOT NULL GROUP BY tid),
@@ -192,25 +202,25 @@ class KernelModel:
             FROM t LEFT JOIN last_names pn ON pn.tid = t.pid""")
 
     def _named_events_sql(self) -> str:
-        """Rows (tid, pid, name, since, how) of the events that name a thread (four `host` parameters)."""
+        """Rows (tid, pid, name, since, how) of the events that name a thread (parameter $host)."""
         return """
               SELECT CAST(coalesce(fields->>'child_tid', fields->>'child_pid') AS BIGINT) AS tid,
                      -- ftrace's child_pid is the child's tid; LTTng's is its process id
                      CASE WHEN source = 'ftrace' THEN NULL ELSE CAST(fields->>'child_pid' AS BIGINT) END AS pid,
                      fields->>'child_comm' AS name, ts AS since, 'fork' AS how
-              FROM events WHERE host = ? AND name = 'sched_process_fork'
+              FROM events WHERE host = $host AND name = 'sched_process_fork'
               UNION ALL
               SELECT CAST(coalesce(fields->>'tid', fields->>'pid') AS BIGINT),
                      CAST(fields->>'pid' AS BIGINT), fields->>'name', ts, 'statedump'
-              FROM events WHERE host = ? AND name = 'lttng_statedump_process_state'
+              FROM events WHERE host = $host AND name = 'lttng_statedump_process_state'
               UNION ALL
               SELECT coalesce(CAST(fields->>'tid' AS BIGINT), tid), pid,
                      regexp_extract(fields->>'filename', '[^/]*$'), ts, 'exec'
-              FROM events WHERE host = ? AND name = 'sched_process_exec'
+              FROM events WHERE host = $host AND name = 'sched_process_exec'
               UNION ALL
               -- sources with a task context per event (ftrace: comm-tid and the tgid column)
               SELECT tid, pid, procname, min(ts), 'event' FROM events
-              WHERE host = ? AND tid IS NOT NULL AND procname IS NOT NULL GROUP BY tid, pid, procname"""
+              WHERE host = $host AND tid IS NOT NULL AND procname IS NOT NULL GROUP BY tid, pid, procname"""
 
     def _build_name_changes(self) -> None:
         """The name a thread had at each change (switch comms repeat: the changes only)."""
@@ -224,7 +234,7 @@ class KernelModel:
               ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>'))
             SELECT tid, name, since, how FROM (
               SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY since) AS before FROM named)
-            WHERE before IS DISTINCT FROM name ORDER BY tid, since""", [self.host] * 4)
+            WHERE before IS DISTINCT FROM name ORDER BY tid, since""", {"host": self.host})
 
     # ---- public models -------------------------------------------------------------------
     def running(self) -> pa.Table:

@@ -52,10 +52,18 @@ def _one_at_a_time(store, hosts: list[str]):
 
 
 @contextmanager
-def _model(store_path: str, host: str):
-    """One host's model (a per-host task, in-process or on a cluster worker), closed after."""
+def _stream(store_path: str, host: str):
+    """One host's streamed aggregates (models/kernel_stream.py: memory follows the host's
+    threads and CPUs, not its events), closed after; cyclic GC paused meanwhile."""
+    from stacklens.gcpause import paused_gc
+    from stacklens.models.kernel_stream import KernelStream
     from stacklens.store import Store
-    yield from _one_at_a_time(Store(store_path), [host])
+    s = KernelStream(Store(store_path), host)
+    try:
+        with paused_gc():
+            yield s
+    finally:
+        s.close()
 
 
 def _per_host(cluster: str | None, fn, store_path: str, hosts: list[str], *args) -> list[dict]:
@@ -71,10 +79,11 @@ def _rows(table: pa.Table, limit: int) -> list[dict]:
 
 def cpu_host(store: str, host: str, start: int | None, end: int | None, by: str, limit: int) -> dict:
     """`cpu` of one host (a cluster task)."""
-    with _model(store, host) as m:
+    with _stream(store, host) as m:
         lo, hi = m._range(start, end)
-        per_cpu = m.cpu_by_cpu(lo, hi)
-        per = m.cpu_by_process(lo, hi) if by == "process" else m.cpu_by_thread(lo, hi)
+        agg = m.aggregates(lo, hi)
+        per_cpu = agg.cpu_by_cpu()
+        per = agg.cpu_by_process() if by == "process" else agg.cpu_by_thread()
         return {"host": m.host, "start": lo, "end": hi, "cpus": per_cpu.to_pylist(),
                 by + "es" if by == "process" else "threads": _rows(per, limit)}
 
@@ -102,26 +111,20 @@ def show_cpu(store: str, host: str | None, start: int | None, end: int | None, b
 
 def threads_host(store: str, host: str, tid: int | None, proc: str | None, limit: int) -> dict:
     """`threads` of one host (a cluster task)."""
-    with _model(store, host) as m:
+    with _stream(store, host) as m:
         tids = [tid] if tid is not None else (m.thread_tids(proc) if proc else None)
+        agg = m.aggregates(keep=tids)  # state intervals listed for the chosen threads only
         threads = m.threads()
-        states = m.thread_states()
         if tids is not None:
-            keep = pa.array(tids, pa.int64())
             import pyarrow.compute as pc
-            threads = threads.filter(pc.is_in(threads["tid"], keep))
-            states = states.filter(pc.is_in(states["tid"], keep))
-        summary = m.con.sql("""
-            SELECT tid, state, CAST(sum("end" - start) AS BIGINT) AS ns, count(*) AS intervals
-            FROM states GROUP BY ALL ORDER BY tid, state""").to_arrow_table()
-        by_tid: dict[int, dict] = {}
-        for r in summary.to_pylist():
-            by_tid.setdefault(r["tid"], {})[r["state"]] = r["ns"]
-        rows = [{**t, "time_in_state_ns": by_tid.get(t["tid"], {})} for t in threads.to_pylist()]
+            threads = threads.filter(pc.is_in(threads["tid"], pa.array(tids, pa.int64())))
+        by_tid = agg.time_in_state()
+        rows = [{**t, "time_in_state_ns": {s: ns for s, ns in sorted(by_tid.get(t["tid"], {}).items())}}
+                for t in threads.to_pylist()]
         rows.sort(key=lambda t: (-(t["time_in_state_ns"].get("running") or 0), t["tid"]))
         return {"host": m.host, "threads": _rows(pa.Table.from_pylist(rows), limit) if rows else [],
-                "states": states.to_pylist() if tids is not None else None,
-                "names": m.name_changes().to_pylist() if tids is not None else None}
+                "states": agg.thread_states().to_pylist() if tids is not None else None,
+                "names": m.name_changes(tids).to_pylist() if tids is not None else None}
 
 
 def show_threads(store: str, host: str | None, tid: int | None, proc: str | None, limit: int, json_out: bool,
@@ -152,12 +155,13 @@ def show_threads(store: str, host: str | None, tid: int | None, proc: str | None
 
 def preemption_host(store: str, host: str, proc: str, start: int | None, end: int | None, limit: int) -> dict:
     """`preemption` of one host (a cluster task)."""
-    with _model(store, host) as m:
+    with _stream(store, host) as m:
         tids = m.thread_tids(proc)
         if not tids:
             return {"host": m.host, "threads": [], "waited_ns": 0, "preemptors": []}
-        ranking = m.preemption(tids, start, end)
-        per_thread = m.cpu_by_thread(start, end).to_pylist()
+        agg = m.aggregates(start, end, victims=tids)
+        ranking = agg.preemption()
+        per_thread = agg.cpu_by_thread().to_pylist()
         mine = [t for t in per_thread if t["tid"] in set(tids)]
         return {"host": m.host, "threads": mine, "waited_ns": sum(t["wait_cpu_ns"] for t in mine),
                 "preemptors": _rows(ranking, limit)}
