@@ -19,8 +19,12 @@ VIEWS = ("vm_states", "tasks", "requests", "migration", "ovs", "kernel", "resour
 
 
 class WebData:
-    def __init__(self, store) -> None:
+    def __init__(self, store, *, kernel_source: str = "auto") -> None:
         self.store = store
+        self.kernel_mode = kernel_source  # auto | window | whole (kernel_source())
+        self._kernel_whole: dict[str, Any] = {}
+        self._kernel_building: dict[str, threading.Thread] = {}
+        self._kernel_failed: dict[str, str] = {}
         self._lock = threading.RLock()  # builders call other cached builders
         self._cache: dict[str, Any] = {}
         self.con = store.connect()
@@ -273,26 +277,51 @@ class WebData:
         from stacklens.models.kernel_window import KernelWindow
         return self._cached(f"kwindow:{host}", lambda: KernelWindow(self.store, host))
 
-    def _processes(self, host: str) -> dict[int, tuple[int, str | None]]:
+    def kernel_source(self, host: str):
+        """Where the kernel view of `host` reads its intervals: the whole host's stored intervals
+        (models/kernel_intervals.py) once built — faster than reading the window at every window
+        width, bench/view_query.py — else the window (models/kernel_window.py) while they are
+        built in a background thread (started here, once per host). Both give the same bars
+        (tests/test_kernel_intervals.py). `kernel_source` "window" / "whole" forces one."""
+        from stacklens.models.kernel_intervals import KernelIntervals
+        with self._lock:
+            if self.kernel_mode == "window":
+                return self.kernel_window(host)
+            ki = self._kernel_whole.get(host)
+            if ki is not None:
+                return ki
+            if host not in self._kernel_building:
+                ki = KernelIntervals.open(self.store, host)
+                if ki is None and self.kernel_mode == "whole":
+                    ki = KernelIntervals.build(self.store, host)
+                if ki is not None:
+                    self._kernel_whole[host] = ki
+                    return ki
+                self._kernel_building[host] = threading.Thread(
+                    target=self._build_kernel, args=(host,), name=f"kernel-intervals-{host}", daemon=True)
+                self._kernel_building[host].start()
+            return self.kernel_window(host)
+
+    def _build_kernel(self, host: str) -> None:
+        from stacklens.models.kernel_intervals import KernelIntervals
+        try:
+            ki = KernelIntervals.build(self.store, host)
+        except Exception as e:  # noqa: BLE001 - a store we cannot write to keeps the windowed path
+            with self._lock:
+                self._kernel_failed[host] = f"{type(e).__name__}: {e}"
+            return
+        with self._lock:
+            self._kernel_whole[host] = ki
+
+    def _processes(self, host: str, source) -> dict[int, tuple[int, str | None]]:
         """tid → (pid, process-side name) from the trace's own fork and state-dump events."""
-        def build():
-            kw = self.kernel_window(host)
-            rows = kw.con.execute("""
-                WITH f AS (
-                  SELECT TRY_CAST(fields->>'child_tid' AS BIGINT) AS tid, TRY_CAST(fields->>'child_pid' AS BIGINT) AS pid,
-                         fields->>'child_comm' AS comm, ts FROM events WHERE name = 'sched_process_fork'
-                  UNION ALL
-                  SELECT TRY_CAST(fields->>'tid' AS BIGINT), TRY_CAST(fields->>'pid' AS BIGINT), fields->>'name', ts
-                  FROM events WHERE name = 'lttng_statedump_process_state')
-                SELECT tid, arg_max(pid, ts), arg_max(comm, ts) FROM f WHERE tid IS NOT NULL GROUP BY tid""").fetchall()
-            return {int(t): (int(p) if p is not None else int(t), c) for t, p, c in rows}
-        return self._cached(f"procs:{host}", build)
+        return self._cached(f"procs:{host}", source.processes)
 
     def _view_kernel(self, lo, hi, px, host=None, offset=0):
         """Threads (grouped by process: lanes ordered by pid, then tid) with their states —
         running, preempted (runnable), blocked, blocked on I/O, in a system call — and what ran
-        on each CPU (coloured by thread) with its interrupts, read from the window only
-        (models/kernel_window.py). VM threads first when the store names them; at most
+        on each CPU (coloured by thread) with its interrupts, read from the host's stored
+        whole-host intervals or from the window (kernel_source()). VM threads first when the store names them; at most
         KERNEL_THREAD_LANES thread lanes per page (`offset` pages over all of them)."""
         from stacklens.errors import StacklensError
         from stacklens.models.correlation import vm_threads
@@ -305,48 +334,62 @@ class WebData:
             return {"bars": [], "host": host, "start": lo, "end": hi,
                     "message": f"host {host!r} has no kernel events (kernel hosts: {', '.join(hosts)})"}
         try:
-            kw = self.kernel_window(host)
+            kw = self.kernel_source(host)
         except StacklensError as e:
             return {"bars": [], "host": host, "message": str(e)}
         if lo is None:
             lo, hi = kw.span_start, kw.span_end + 1
         named = self._cached("vmthreads", lambda: {r["tid"]: r for r in vm_threads(self.con).to_pylist()
                                                   if r["role"] or r["via"] != "lab.json"})
-        procs = self._processes(host)
+        procs = self._processes(host, kw)
         bucket = max(1, (hi - lo) // px)
+        # level of detail: intervals shorter than a pixel merge per lane and pixel (the bar spans
+        # them, labelled by the longest, ties by the earliest: one 128-bit key, as fast as a
+        # plain arg_max where a (duration, -start) struct costs twice as much); longer ones are
+        # returned as they are
+        lod = 'CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END'
+        longest = '(CAST("end" - start AS HUGEINT) * 9223372036854775807 - start)'
         with self._lock:
-            running = kw.running(lo, hi)
-            # one in-memory connection for every kernel view (a new one costs ~17 ms)
-            con = self._cached("kernel_view_con", duckdb.connect)
-            con.register("running", running)
-            names = dict(con.execute('SELECT tid, arg_max(comm, "end" - start) FROM running GROUP BY tid').fetchall())
-            in_window = [r[0] for r in con.execute("SELECT DISTINCT tid FROM running WHERE tid <> 0").fetchall()]
+            kw.stage_running(lo, hi)  # the window's relations in kw.view_con: w_running, then w_states, w_sys, w_irq
+            con = kw.view_con
+            in_window = [r[0] for r in con.execute("SELECT DISTINCT tid FROM w_running WHERE tid <> 0").fetchall()]
             # VM threads first, then every thread by (pid, tid): a process's threads side by side
             order = sorted(set(in_window) | {t for t in named if t in in_window},
                            key=lambda t: (t not in named, procs.get(t, (t, None))[0], t))
             shown = order[offset:offset + KERNEL_THREAD_LANES]
-            con.register("states", kw.thread_states(shown, lo, hi, states=THREAD_STATES))
-            # level of detail: intervals shorter than a pixel merge per lane and pixel (the bar
-            # spans them, labelled by the longest); longer ones are returned as they are
-            states = con.execute("""
-                SELECT tid, state, min(start), max("end"), count(*) FROM states
-                GROUP BY tid, state, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
-                ORDER BY tid, 3""", [lo, bucket]).fetchall()
-            cpus = con.execute("""
-                SELECT cpu, arg_max(tid, "end" - start), arg_max(comm, "end" - start), min(start), max("end"), count(*)
-                FROM running WHERE tid <> 0
-                GROUP BY cpu, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
-                ORDER BY cpu, 4""", [lo, bucket]).fetchall()
-            syscalls, irqs = self._syscalls_irqs(kw, con, shown, lo, hi, bucket)
+            # the names the lanes show: of the shown threads and of their processes' main threads
+            labelled = sorted(set(shown) | {procs.get(t, (t, None))[0] for t in shown}) or [-1]
+            names = dict(con.execute(f"""SELECT tid, arg_max(comm, {longest}) FROM w_running
+                                         WHERE tid IN ({", ".join(map(str, labelled))}) GROUP BY tid""").fetchall())
+            kw.stage_threads(shown, lo, hi, THREAD_STATES)
+            states = con.execute(f"""
+                SELECT tid, state, min(start), max("end"), count(*) FROM w_states
+                GROUP BY tid, state, {lod} ORDER BY tid, 3""", [lo, bucket]).fetchall()
+            cpus = con.execute(f"""
+                SELECT cpu, arg_max(tid, {longest}), arg_max(comm, {longest}), min(start), max("end"), count(*)
+                FROM w_running WHERE tid <> 0 GROUP BY cpu, {lod} ORDER BY cpu, 4""", [lo, bucket]).fetchall()
+            syscalls = con.execute(f"""
+                SELECT tid, arg_max(call, {longest}), min(start), max("end"), count(*) FROM w_sys
+                GROUP BY tid, {lod} ORDER BY tid, 3""", [lo, bucket]).fetchall()
+            irqs = con.execute(f"""
+                SELECT cpu, kind, arg_max(what, {longest}), min(start), max("end"), count(*) FROM w_irq
+                GROUP BY cpu, kind, {lod} ORDER BY cpu, 4""", [lo, bucket]).fetchall()
         lanes_cpu = [f"CPU {c}" for c in sorted({r[0] for r in cpus} | set(kw.cpus))]
 
+        lane_of: dict[int, str] = {}
+
         def thread_lane(tid: int) -> str:
+            if tid in lane_of:
+                return lane_of[tid]
             r = named.get(tid)
             if r:
-                return f"{r['vm']} {r['role'] or ''} {r['thread'] or ''} ({tid})"
-            pid, _ = procs.get(tid, (tid, None))
-            pname = names.get(pid) or procs.get(pid, (pid, None))[1] or "?"
-            return f"{pname} [{pid}] › {names.get(tid) or procs.get(tid, (0, '?'))[1] or '?'} ({tid})"
+                lane = f"{r['vm']} {r['role'] or ''} {r['thread'] or ''} ({tid})"
+            else:
+                pid, _ = procs.get(tid, (tid, None))
+                pname = names.get(pid) or procs.get(pid, (pid, None))[1] or "?"
+                lane = f"{pname} [{pid}] › {names.get(tid) or procs.get(tid, (0, '?'))[1] or '?'} ({tid})"
+            lane_of[tid] = lane
+            return lane
         bars = []
         for tid, st, s, e, n in states:
             r = named.get(tid)
@@ -373,44 +416,8 @@ class WebData:
         lanes += [thread_lane(t) for t in shown]
         return {"bars": bars, "host": host, "start": lo, "end": hi, "lanes": lanes,
                 "threads_total": len(order), "offset": offset, "page": KERNEL_THREAD_LANES,
-                "extent_start": kw.span_start, "extent_end": kw.span_end}
-
-    @staticmethod
-    def _syscalls_irqs(kw, con, shown: list[int], lo: int, hi: int, bucket: int) -> tuple[list, list]:
-        """System calls of the shown threads (entry → that thread's next exit; the thread is who
-        ran on the event's CPU) and interrupts per CPU (entry → the CPU's next exit of that
-        kind), both level-of-detail merged per lane and pixel. Empty when the trace has none."""
-        ev = kw.con.sql(f"""
-            SELECT ts, cpu, name, coalesce(fields->>'name', fields->>'vec', fields->>'irq') AS what FROM events
-            WHERE ts >= {int(lo)} AND ts < {int(hi)} AND cpu IS NOT NULL AND (
-              name LIKE 'syscall\\_%' ESCAPE '\\' OR name LIKE 'sys\\_%' ESCAPE '\\' OR name = 'exit_syscall'
-              OR name IN ('irq_handler_entry', 'irq_handler_exit', 'softirq_entry', 'softirq_exit',
-                          'irq_softirq_entry', 'irq_softirq_exit'))""").to_arrow_table()
-        if not ev.num_rows:
-            return [], []
-        con.register("kev", ev)
-        con.register("shown", pa.table({"tid": pa.array(shown, pa.int64())}))
-        syscalls = con.execute("""
-            WITH s AS (SELECT kev.*, r.tid FROM kev ASOF JOIN running r ON kev.cpu = r.cpu AND kev.ts >= r.start
-                       WHERE kev.name NOT LIKE '%irq%' AND r.tid IN (SELECT tid FROM shown)),
-            p AS (SELECT tid, ts, name, lead(ts) OVER w AS nts, lead(name) OVER w AS nname FROM s
-                  WINDOW w AS (PARTITION BY tid ORDER BY ts)),
-            iv AS (SELECT tid, regexp_replace(name, '^(syscall_entry_|sys_)', '') AS call, ts AS start, nts AS "end"
-                   FROM p WHERE (name LIKE 'syscall\\_entry\\_%' ESCAPE '\\' OR (name LIKE 'sys\\_%' ESCAPE '\\'))
-                     AND (nname LIKE 'syscall\\_exit\\_%' ESCAPE '\\' OR nname = 'exit_syscall'))
-            SELECT tid, arg_max(call, "end" - start), min(start), max("end"), count(*) FROM iv
-            GROUP BY tid, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
-            ORDER BY tid, 3""", [lo, bucket]).fetchall()
-        irqs = con.execute("""
-            WITH k AS (SELECT cpu, ts, what, CASE WHEN name LIKE '%softirq%' THEN 'softirq' ELSE 'irq' END AS kind,
-                              name LIKE '%entry' AS entry FROM kev WHERE name LIKE '%irq%'),
-            p AS (SELECT *, lead(ts) OVER w AS nts, lead(entry) OVER w AS nentry FROM k
-                  WINDOW w AS (PARTITION BY cpu, kind ORDER BY ts)),
-            iv AS (SELECT cpu, kind, what, ts AS start, nts AS "end" FROM p WHERE entry AND NOT nentry)
-            SELECT cpu, kind, arg_max(what, "end" - start), min(start), max("end"), count(*) FROM iv
-            GROUP BY cpu, kind, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
-            ORDER BY cpu, 4""", [lo, bucket]).fetchall()
-        return syscalls, irqs
+                "extent_start": kw.span_start, "extent_end": kw.span_end,
+                "source": "whole host" if kw.__class__.__name__ == "KernelIntervals" else "window"}
 
     # ---- the events behind a bar -------------------------------------------------------------
     def events(self, start: int, end: int, *, host: str | None = None, tid: int | None = None,
@@ -446,7 +453,7 @@ class WebData:
             if host is not None and host in self._cached("khosts", lambda: __import__(
                     "stacklens.models.kernel", fromlist=["kernel_hosts"]).kernel_hosts(self.store)):
                 with self._lock:
-                    ran = self.kernel_window(host).running(start, end + 1)
+                    ran = self.kernel_source(host).running(start, end + 1)
                 where.append(f"({mention} OR EXISTS (SELECT 1 FROM ran WHERE ran.tid = $tid AND ran.cpu = e.cpu "
                              "AND e.ts >= ran.start AND e.ts < ran.\"end\"))")
             else:
