@@ -160,8 +160,10 @@ async def _off_loop(fn: Callable[[], Any], what: str) -> Response:
 
 
 def create_app(store, *, bind: str = "127.0.0.1", port: int | None = None, token: str | None = None,
-               allowed_hosts: tuple[str, ...] = ()) -> Any:
+               allowed_hosts: tuple[str, ...] = (), prepare: bool = False) -> Any:
     data = WebData(store)
+    if prepare:  # the first kernel host's stored intervals opened, or built, before it is asked for
+        data.prepare_kernel()
 
     async def index(_: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -243,5 +245,5 @@ def resolve_token(bind: str, token: str | None) -> str | None:
 def serve(store, port: int = 8765, *, bind: str = "127.0.0.1", token: str | None = None,
           allowed_hosts: tuple[str, ...] = ()) -> None:
     import uvicorn
-    app = create_app(store, bind=bind, port=port, token=token, allowed_hosts=allowed_hosts)
+    app = create_app(store, bind=bind, port=port, token=token, allowed_hosts=allowed_hosts, prepare=True)
     uvicorn.run(app, host=bind, port=port, log_level="warning")

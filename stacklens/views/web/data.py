@@ -302,6 +302,20 @@ class WebData:
                 self._kernel_building[host].start()
             return self.kernel_window(host)
 
+    def prepare_kernel(self) -> None:
+        """In a background thread: kernel_source() of the kernel view's default host (the first),
+        so its stored intervals are open — or being built — when the view is first asked for."""
+        def run() -> None:
+            from stacklens.models.kernel import kernel_hosts
+            try:
+                hosts = self._cached("khosts", lambda: kernel_hosts(self.store))
+                if hosts:
+                    self.kernel_source(hosts[0])
+            except Exception as e:  # noqa: BLE001 - the view reports it when asked
+                with self._lock:
+                    self._kernel_failed["*"] = f"{type(e).__name__}: {e}"
+        threading.Thread(target=run, name="kernel-prepare", daemon=True).start()
+
     def _build_kernel(self, host: str) -> None:
         from stacklens.models.kernel_intervals import KernelIntervals
         try:
@@ -417,7 +431,9 @@ class WebData:
         return {"bars": bars, "host": host, "start": lo, "end": hi, "lanes": lanes,
                 "threads_total": len(order), "offset": offset, "page": KERNEL_THREAD_LANES,
                 "extent_start": kw.span_start, "extent_end": kw.span_end,
-                "source": "whole host" if kw.__class__.__name__ == "KernelIntervals" else "window"}
+                "source": "whole host" if kw.__class__.__name__ == "KernelIntervals" else "window",
+                **({"source_problem": f"the host's whole-host intervals could not be built: {self._kernel_failed[host]}"}
+                   if host in self._kernel_failed else {})}
 
     # ---- the events behind a bar -------------------------------------------------------------
     def events(self, start: int, end: int, *, host: str | None = None, tid: int | None = None,
