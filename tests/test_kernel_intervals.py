@@ -85,7 +85,7 @@ def test_stored_running_intervals_match_sched_switch_busy_time(store):
 
 def test_web_ui_builds_the_stored_intervals_in_the_background(store, tmp_path):
     """The default (auto) answers from the window while the host's intervals are built, then
-    from them; a store the UI cannot write to keeps answering from the window."""
+    from them, and keeps them for the next session."""
     import shutil
     copy = tmp_path / "copy"
     shutil.copytree(store.root, copy, ignore=shutil.ignore_patterns("summaries"))
@@ -96,3 +96,42 @@ def test_web_ui_builds_the_stored_intervals_in_the_background(store, tmp_path):
     again = data.view("kernel", None, None, 500, host=HOST)
     assert again["source"] == "whole host" and _bars(again) == _bars(first)
     assert KernelIntervals.open(Store(copy), HOST) is not None  # kept for the next session
+
+
+def test_a_clock_sync_makes_new_intervals_on_the_synced_time(store, tmp_path):
+    """The stored intervals are keyed by the host's clock transform too: after a sync the old
+    ones are not used, and the new ones equal the window's on the synchronized time."""
+    import shutil
+    from stacklens.store.store import ClockTransform
+    copy = tmp_path / "synced"
+    shutil.copytree(store.root, copy)
+    s = Store(copy)
+    before = KernelIntervals.open(s, HOST) or KernelIntervals.build(s, HOST)
+    s.set_clocks({HOST: ClockTransform(offset_ns=1_500_000_000, drift=2e-5, base_ns=before.span_start,
+                                       quality="test", reference="ref")})
+    assert KernelIntervals.open(s, HOST) is None
+    window = WebData(s, kernel_source="window")
+    whole = WebData(s, kernel_source="whole")
+    a = window.view("kernel", None, None, 600, host=HOST)
+    b = whole.view("kernel", None, None, 600, host=HOST)
+    assert b["source"] == "whole host" and _bars(a) == _bars(b)
+    shift = 1_500_000_000 + round((before.span_end - before.span_start) * 2e-5)
+    assert b["extent_start"] == before.span_start + 1_500_000_000 and b["extent_end"] == before.span_end + shift
+    mid = (b["extent_start"] + b["extent_end"]) // 2
+    assert _bars(window.view("kernel", mid, mid + 30_000_000, 1000, host=HOST)) == \
+        _bars(whole.view("kernel", mid, mid + 30_000_000, 1000, host=HOST))
+
+
+def test_a_store_where_the_intervals_cannot_be_stored_keeps_the_window(store, tmp_path):
+    """A build that fails (here: `summaries` is a file, so its directory cannot be made) leaves
+    the view answering from the window, saying why, with the same bars."""
+    import shutil
+    copy = tmp_path / "nosummaries"
+    shutil.copytree(store.root, copy, ignore=shutil.ignore_patterns("summaries"))
+    (copy / "summaries").write_text("not a directory\n")
+    data = WebData(Store(copy))
+    first = data.view("kernel", None, None, 500, host=HOST)
+    data._kernel_building[HOST].join(120)
+    again = data.view("kernel", None, None, 500, host=HOST)
+    assert again["source"] == "window" and "could not be built" in again["source_problem"]
+    assert _bars(again) == _bars(first)
