@@ -107,11 +107,11 @@ def kernel_view(copies: int, queries: int, px: int) -> list[dict]:
     what the UI asks first; after the UI's start work, and cold) and random windows (100 us .. the whole trace, log-uniform), from
     the host's stored whole-host intervals (what the UI answers once they exist) and from the
     window (what it answers while they are built), same windows, same process. JSON encoding
-    (what the server adds) is timed apart."""
-    import json
+    (the server's: orjson, in its worker thread) is timed apart."""
     import shutil
     from _figures import figure
     from stacklens.models.kernel_intervals import KernelIntervals
+    from stacklens.views.web.app import _json_bytes
     store = one_host_store(copies)
     events = store.connect(host=ONE_HOST, layer="kernel").execute("SELECT count(*) FROM events").fetchall()[0][0]
     shutil.rmtree(store.root / "summaries", ignore_errors=True)
@@ -133,7 +133,7 @@ def kernel_view(copies: int, queries: int, px: int) -> list[dict]:
         fw, fc, out = _timed(lambda: data.view("kernel", None, None, px, host=ONE_HOST))
         assert out["source"] == ("whole host" if mode == "whole" else "window") and out["bars"]
         ready = data.view_json("kernel", None, None, px, host=ONE_HOST)  # what the server encodes
-        jw, jc, _ = _timed(lambda: json.dumps(ready))
+        jw, jc, _ = _timed(lambda: _json_bytes(ready))
         t0, t1 = int(out["start"]), int(out["end"])
         rnd = random.Random(2)
         lat, cpu, bars = [], [], 0
