@@ -113,6 +113,7 @@ class KernelIntervals:
         self.con.execute("SET threads TO 2")
         for t in self.TABLES:
             self.con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{directory / (t + '.parquet')}')")
+        self.con.execute("CREATE VIEW running_by_tid AS SELECT * FROM running")
 
     def warm(self, max_rows: int = WARM_MAX_ROWS) -> None:
         """Read `running` and `states` into memory when they hold at most max_rows rows each (a
@@ -124,6 +125,10 @@ class KernelIntervals:
             if n <= max_rows:
                 self.con.execute(f"CREATE OR REPLACE TABLE mem_{t} AS SELECT * FROM read_parquet('{path}')")
                 self.con.execute(f"CREATE OR REPLACE VIEW {t} AS SELECT * FROM mem_{t}")
+                if t == "running":  # sorted by thread too: a few threads' rows are a few row groups
+                    self.con.execute("CREATE OR REPLACE TABLE mem_running_by_tid AS "
+                                     "SELECT * FROM mem_running ORDER BY tid, start")
+                    self.con.execute("CREATE OR REPLACE VIEW running_by_tid AS SELECT * FROM mem_running_by_tid")
 
     # ---- where, and whether, they are stored ------------------------------------------------
     @staticmethod
@@ -184,8 +189,8 @@ class KernelIntervals:
 
     # ---- the window's rows (same columns and rows as KernelWindow's) ------------------------
     @staticmethod
-    def _running_sql(lo: int, hi: int) -> str:
-        return f"""SELECT cpu, tid, comm, greatest(start, {lo}) AS start, least("end", {hi}) AS "end" FROM running
+    def _running_sql(lo: int, hi: int, table: str = "running") -> str:
+        return f"""SELECT cpu, tid, comm, greatest(start, {lo}) AS start, least("end", {hi}) AS "end" FROM {table}
                    WHERE "end" > {lo} AND start < {hi} AND least("end", {hi}) > greatest(start, {lo})"""
 
     @staticmethod
@@ -231,9 +236,12 @@ class KernelIntervals:
         return self.con
 
     def stage_running(self, lo: int, hi: int) -> None:
-        """`w_running` in view_con: running(lo, hi) (a view: each query reads only its columns
-        and the row groups of the window)."""
+        """`w_running` (and `w_running_by_tid`, the same rows for queries of a few threads) in
+        view_con: running(lo, hi) (views: each query reads only its columns and the row groups
+        of the window, or of the threads)."""
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW w_running AS {self._running_sql(int(lo), int(hi))}")
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW w_running_by_tid AS "
+                         f"{self._running_sql(int(lo), int(hi), 'running_by_tid')}")
 
     def stage_threads(self, tids: list[int], lo: int, hi: int, states: tuple[str, ...]) -> None:
         """`w_states`, `w_sys`, `w_irq` in view_con: thread_states and syscalls_irqs of the window."""

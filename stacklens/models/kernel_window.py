@@ -276,9 +276,10 @@ class KernelWindow:
         return self._view_con
 
     def stage_running(self, lo: int, hi: int) -> None:
-        """`w_running` in view_con: running(lo, hi)."""
+        """`w_running` (and `w_running_by_tid`: the same rows) in view_con: running(lo, hi)."""
         self._staged_running = self.running(lo, hi)
         self.view_con.register("w_running", self._staged_running)
+        self.view_con.register("w_running_by_tid", self._staged_running)
 
     def stage_threads(self, tids: list[int], lo: int, hi: int, states: tuple[str, ...]) -> None:
         """`w_states`, `w_sys`, `w_irq` in view_con: thread_states and syscalls_irqs of the window."""

@@ -373,7 +373,7 @@ class WebData:
         lod = 'CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END'
         longest = '(CAST("end" - start AS HUGEINT) * 9223372036854775807 - start)'
         with self._lock:
-            kw.stage_running(lo, hi)  # the window's relations in kw.view_con: w_running, then w_states, w_sys, w_irq
+            kw.stage_running(lo, hi)  # the window's relations in kw.view_con: w_running(_by_tid), then w_states, w_sys, w_irq
             con = kw.view_con
             in_window = [r[0] for r in con.execute("SELECT DISTINCT tid FROM w_running WHERE tid <> 0").fetchall()]
             # VM threads first, then every thread by (pid, tid): a process's threads side by side
@@ -382,7 +382,7 @@ class WebData:
             shown = order[offset:offset + KERNEL_THREAD_LANES]
             # the names the lanes show: of the shown threads and of their processes' main threads
             labelled = sorted(set(shown) | {procs.get(t, (t, None))[0] for t in shown}) or [-1]
-            names = dict(con.execute(f"""SELECT tid, arg_max(comm, {longest}) FROM w_running
+            names = dict(con.execute(f"""SELECT tid, arg_max(comm, {longest}) FROM w_running_by_tid
                                          WHERE tid IN ({", ".join(map(str, labelled))}) GROUP BY tid""").fetchall())
             kw.stage_threads(shown, lo, hi, THREAD_STATES)
             states = con.execute(f"""
