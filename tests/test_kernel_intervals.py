@@ -96,6 +96,13 @@ def test_web_ui_builds_the_stored_intervals_in_the_background(store, tmp_path):
     again = data.view("kernel", None, None, 500, host=HOST)
     assert again["source"] == "whole host" and _bars(again) == _bars(first)
     assert KernelIntervals.open(Store(copy), HOST) is not None  # kept for the next session
+    # the next session (`stacklens ui` start work: prepare_kernel) opens them before the first view
+    later = WebData(Store(copy))
+    later.prepare_kernel()
+    later.prepared.join(120)
+    assert HOST in later._kernel_whole and HOST not in later._kernel_building
+    third = later.view("kernel", None, None, 500, host=HOST)
+    assert third["source"] == "whole host" and _bars(third) == _bars(first)
 
 
 def test_a_clock_sync_makes_new_intervals_on_the_synced_time(store, tmp_path):
