@@ -103,7 +103,8 @@ def _timed(fn) -> tuple[float, float, object]:
 
 
 def kernel_view(copies: int, queries: int, px: int) -> list[dict]:
-    """The web UI's kernel view on one host of ~5 M kernel events: first load (the whole trace,
+    """The web UI's kernel view on one host of ~5 M kernel events, as the server computes it
+    (WebData.view_json: the bars as columns, times from an origin): first load (the whole trace,
     what the UI asks first; after the UI's start work, and cold) and random windows (100 us .. the whole trace, log-uniform), from
     the host's stored whole-host intervals (what the UI answers once they exist) and from the
     window (what it answers while they are built), same windows, same process. JSON encoding
@@ -121,7 +122,7 @@ def kernel_view(copies: int, queries: int, px: int) -> list[dict]:
           f"once per store content, in the UI's background")
     # cold: a fresh WebData asked for the kernel view at once (opens the stored intervals first)
     cold = WebData(store, kernel_source="whole")
-    cw, cc, _ = _timed(lambda: cold.view("kernel", None, None, px, host=ONE_HOST))
+    cw, cc, _ = _timed(lambda: cold.view_json("kernel", None, None, px, host=ONE_HOST))
     print(f"kernel view, cold first load (no UI start work): {cw:.0f} ms (CPU {cc:.0f} ms)")
     res = {}
     for mode in ("whole", "window"):
@@ -130,26 +131,26 @@ def kernel_view(copies: int, queries: int, px: int) -> list[dict]:
             pw, pc, _ = _timed(lambda: (data.prepare_kernel(), data.prepared.join()))
             print(f"kernel view: UI start work (background: open + read the stored intervals, VM threads, "
                   f"processes) {pw:.0f} ms (CPU {pc:.0f} ms)")
-        fw, fc, out = _timed(lambda: data.view("kernel", None, None, px, host=ONE_HOST))
-        assert out["source"] == ("whole host" if mode == "whole" else "window") and out["bars"]
+        fw, fc, out = _timed(lambda: data.view_json("kernel", None, None, px, host=ONE_HOST))
+        assert out["source"] == ("whole host" if mode == "whole" else "window") and out["columns"]["s"]
         ready = data.view_json("kernel", None, None, px, host=ONE_HOST)  # what the server encodes
         jw, jc, _ = _timed(lambda: _json_bytes(ready))
-        t0, t1 = int(out["start"]), int(out["end"])
+        t0, t1 = int(out["start"]), int(out["end"])  # view_json: strings (53-bit JavaScript numbers)
         rnd = random.Random(2)
         lat, cpu, bars = [], [], 0
         n = queries if mode == "whole" else max(10, queries // 3)  # the peer takes seconds per window
         for _ in range(n):
             width = int(10 ** rnd.uniform(5, np.log10(t1 - t0)))  # 100 us .. the whole trace
             lo = rnd.randint(t0, t1 - width)
-            w, c, o = _timed(lambda: data.view("kernel", lo, lo + width, px, host=ONE_HOST))
+            w, c, o = _timed(lambda: data.view_json("kernel", lo, lo + width, px, host=ONE_HOST))
             lat.append(w)
             cpu.append(c)
-            bars = max(bars, len(o["bars"]))
+            bars = max(bars, len(o["columns"]["s"]))
         p95 = statistics.quantiles(lat, n=20)[18]
         c95 = statistics.quantiles(cpu, n=20)[18]
         res[mode] = (fw, fc, p95, c95)
         print(f"kernel view from {out['source']:10s} ({px} px): first load {fw:.0f} ms (CPU {fc:.0f} ms, "
-              f"{len(out['bars']):,} bars; + JSON {jw:.0f} ms, CPU {jc:.0f} ms); {n} windows: "
+              f"{len(out['columns']['s']):,} bars; + JSON {jw:.0f} ms, CPU {jc:.0f} ms); {n} windows: "
               f"p50 {statistics.median(lat):.1f} ms, p95 {p95:.1f} ms (CPU p50 {statistics.median(cpu):.1f}, "
               f"p95 {c95:.1f} ms), at most {bars:,} bars")
     (fw, fc, p95, c95), (ww, wc, wp95, wc95) = res["whole"], res["window"]

@@ -70,9 +70,11 @@ class WebData:
 
     # ---- views -------------------------------------------------------------------------------
     def view(self, name: str, start: int | None, end: int | None, px: int = 1000, *,
-             host: str | None = None, offset: int = 0) -> dict[str, Any]:
+             host: str | None = None, offset: int = 0, columns: bool = False) -> dict[str, Any]:
         """The view's bars/series in [start, end) (ns; None: the view's own extent, not the
-        store's — a store may hold traces years apart). Times are absolute ns."""
+        store's — a store may hold traces years apart). Times are absolute ns. `columns`: a
+        view that builds its bars as columns (kernel) leaves them in out["columns"] (one list
+        per field, `lane` an index into out["lanes"]) instead of making one dict per bar."""
         if name not in VIEWS:
             raise BadParam(f"unknown view {name!r}")
         px = max(50, min(int(px), 4000))
@@ -90,7 +92,11 @@ class WebData:
             out["start"], out["end"] = self._extent(out)
         if out["end"] <= out["start"]:
             out["end"] = out["start"] + 1
-        if not out["bars"] and not any(s["x"] for s in out["series"]):
+        cols = out.get("columns")
+        if cols is not None and not columns:
+            out["bars"] = bars_from_columns(cols, out["lanes"], out.pop("bar_constants"))
+            del out["columns"]
+        if not (out["bars"] or cols and cols["start"]) and not any(s["x"] for s in out["series"]):
             out.setdefault("message", f"no {VIEW_NOUNS[name]} in this window" if start is not None
                            else f"no {VIEW_NOUNS[name]} in this store")
         return out
@@ -108,10 +114,14 @@ class WebData:
         """view() for the browser: JavaScript numbers hold 53 bits, epoch ns need 61, so the
         absolute times travel as strings (origin, start, end) and every bar and point as an
         offset from `origin` (exact below 104 days, which a window with detail always is)."""
-        out = self.view(name, start, end, px, host=host, offset=offset)
+        out = self.view(name, start, end, px, host=host, offset=offset, columns=True)
         origin = out["start"]
         for b in out["bars"]:
             b["s"], b["e"] = b.pop("start") - origin, b.pop("end") - origin
+        cols = out.get("columns")
+        if cols is not None:  # the browser makes the bar objects (static/app.js barsOf)
+            cols["s"] = [x - origin for x in cols.pop("start")]
+            cols["e"] = [x - origin for x in cols.pop("end")]
         for s in out["series"]:
             s["x"] = [x - origin for x in s["x"]]
         for k in ("start", "end", "extent_start", "extent_end"):
@@ -385,19 +395,23 @@ class WebData:
             names = dict(con.execute(f"""SELECT tid, arg_max(comm, {longest}) FROM w_running_by_tid
                                          WHERE tid IN ({", ".join(map(str, labelled))}) GROUP BY tid""").fetchall())
             kw.stage_threads(shown, lo, hi, THREAD_STATES)
-            states = con.execute(f"""
-                SELECT tid, state, min(start), max("end"), count(*) FROM w_states
-                GROUP BY tid, state, {lod} ORDER BY tid, 3""", [lo, bucket]).fetchall()
-            cpus = con.execute(f"""
-                SELECT cpu, arg_max(tid, {longest}), arg_max(comm, {longest}), min(start), max("end"), count(*)
-                FROM w_running WHERE tid <> 0 GROUP BY cpu, {lod} ORDER BY cpu, 4""", [lo, bucket]).fetchall()
-            syscalls = con.execute(f"""
-                SELECT tid, arg_max(call, {longest}), min(start), max("end"), count(*) FROM w_sys
-                GROUP BY tid, {lod} ORDER BY tid, 3""", [lo, bucket]).fetchall()
-            irqs = con.execute(f"""
-                SELECT cpu, kind, arg_max(what, {longest}), min(start), max("end"), count(*) FROM w_irq
-                GROUP BY cpu, kind, {lod} ORDER BY cpu, 4""", [lo, bucket]).fetchall()
-        lanes_cpu = [f"CPU {c}" for c in sorted({r[0] for r in cpus} | set(kw.cpus))]
+            def cols(sql: str) -> dict[str, list]:  # column lists (no per-row Python tuples)
+                return {k: v.tolist() for k, v in con.execute(sql, [lo, bucket]).fetchnumpy().items()}
+            states = cols(f"""
+                SELECT tid, state, min(start) AS s, max("end") AS e, count(*) AS n FROM w_states
+                GROUP BY tid, state, {lod} ORDER BY tid, s""")
+            cpus = cols(f"""
+                SELECT cpu, arg_max(tid, {longest}) AS tid, arg_max(comm, {longest}) AS comm, min(start) AS s,
+                       max("end") AS e, count(*) AS n
+                FROM w_running WHERE tid <> 0 GROUP BY cpu, {lod} ORDER BY cpu, s""")
+            syscalls = cols(f"""
+                SELECT tid, arg_max(call, {longest}) AS call, min(start) AS s, max("end") AS e, count(*) AS n
+                FROM w_sys GROUP BY tid, {lod} ORDER BY tid, s""")
+            irqs = cols(f"""
+                SELECT cpu, kind, arg_max(what, {longest}) AS what, min(start) AS s, max("end") AS e,
+                       count(*) AS n
+                FROM w_irq GROUP BY cpu, kind, {lod} ORDER BY cpu, s""")
+        lanes_cpu = [f"CPU {c}" for c in sorted(set(cpus["cpu"]) | set(kw.cpus))]
 
         def thread_lane(tid: int) -> str:
             r = named.get(tid)
@@ -406,29 +420,37 @@ class WebData:
             pid, _ = procs.get(tid, (tid, None))
             pname = names.get(pid) or procs.get(pid, (pid, None))[1] or "?"
             return f"{pname} [{pid}] › {names.get(tid) or procs.get(tid, (0, '?'))[1] or '?'} ({tid})"
-        # one dict per bar, built in comprehensions from per-thread lookups made once: a whole-trace
-        # answer holds ~30 k bars, and their Python objects are a third of its cost
-        lane_of = {t: thread_lane(t) for t in shown}
+        irq_lanes = {f"CPU {c} IRQ" for c in irqs["cpu"]}
+        lanes = [x for c in lanes_cpu for x in (c, c + " IRQ") if x in lanes_cpu or x in irq_lanes]
+        lanes += [thread_lane(t) for t in shown]
+        # the bars as columns (one list per field, lanes as indices into `lanes`): a whole-trace
+        # answer holds ~30 k bars, and one Python object per bar (and per JSON object) was a
+        # third of its cost; view() makes the objects for callers that want them
+        index = {name: i for i, name in enumerate(lanes)}
+        lane_of = {t: len(lanes) - len(shown) + k for k, t in enumerate(shown)}
+        cpu_lane = {c: index[f"CPU {c}"] for c in cpus["cpu"]}
+        irq_lane = {c: index[f"CPU {c} IRQ"] for c in irqs["cpu"]}
         vm_of = {t: r["vm"] for t, r in named.items()}
         labels = {st: STATE_LABELS.get(st, st) for st in THREAD_STATES}
-        bars = [{"lane": lane_of[tid], "start": s, "end": e, "label": labels.get(st, st), "layer": "kernel",
-                 "state": st, "vm": vm_of.get(tid), "request_id": None, "tid": tid, "cpu": None, "host": host,
-                 "merged": n} for tid, st, s, e, n in states]
-        bars += [{"lane": lane_of[tid], "start": s, "end": e, "label": f"system call {name}", "layer": "kernel",
-                  "state": "syscall", "vm": None, "request_id": None, "tid": tid, "cpu": None, "host": host,
-                  "merged": n} for tid, name, s, e, n in syscalls]
-        cpu_lane = {c: f"CPU {c}" for c in {r[0] for r in cpus} | {r[0] for r in irqs}}
-        bars += [{"lane": cpu_lane[cpu], "start": s, "end": e,
-                  "label": f"{comm} ({tid})" + (f" of {vm_of[tid]}" if tid in vm_of else ""), "layer": "kernel",
-                  "state": "cpu", "vm": vm_of.get(tid), "request_id": None, "tid": tid, "cpu": cpu, "host": host,
-                  "merged": n} for cpu, tid, comm, s, e, n in cpus]
-        bars += [{"lane": cpu_lane[cpu] + " IRQ", "start": s, "end": e, "label": f"{kind} {name}",
-                  "layer": "kernel", "state": kind, "vm": None, "request_id": None, "tid": None, "cpu": cpu,
-                  "host": host, "merged": n} for cpu, kind, name, s, e, n in irqs]
-        irq_lanes = {f"CPU {r[0]} IRQ" for r in irqs}
-        lanes = [x for c in lanes_cpu for x in (c, c + " IRQ") if x in lanes_cpu or x in irq_lanes]
-        lanes += [lane_of[t] for t in shown]
-        return {"bars": bars, "host": host, "start": lo, "end": hi, "lanes": lanes,
+        n_st, n_sys, n_cpu, n_irq = len(states["s"]), len(syscalls["s"]), len(cpus["s"]), len(irqs["s"])
+        columns = {
+            "lane": [lane_of[t] for t in states["tid"]] + [lane_of[t] for t in syscalls["tid"]]
+            + [cpu_lane[c] for c in cpus["cpu"]] + [irq_lane[c] for c in irqs["cpu"]],
+            "start": states["s"] + syscalls["s"] + cpus["s"] + irqs["s"],
+            "end": states["e"] + syscalls["e"] + cpus["e"] + irqs["e"],
+            "label": [labels.get(st, st) for st in states["state"]]
+            + [f"system call {c}" for c in syscalls["call"]]
+            + [f"{comm} ({t})" + (f" of {vm_of[t]}" if t in vm_of else "") for t, comm in zip(cpus["tid"], cpus["comm"])]
+            + [f"{k} {w}" for k, w in zip(irqs["kind"], irqs["what"])],
+            "state": states["state"] + ["syscall"] * n_sys + ["cpu"] * n_cpu + irqs["kind"],
+            "vm": [vm_of.get(t) for t in states["tid"]] + [None] * n_sys + [vm_of.get(t) for t in cpus["tid"]]
+            + [None] * n_irq,
+            "tid": states["tid"] + syscalls["tid"] + cpus["tid"] + [None] * n_irq,
+            "cpu": [None] * (n_st + n_sys) + cpus["cpu"] + irqs["cpu"],
+            "merged": states["n"] + syscalls["n"] + cpus["n"] + irqs["n"],
+        }
+        return {"bars": [], "columns": columns, "bar_constants": {"layer": "kernel", "request_id": None, "host": host},
+                "host": host, "start": lo, "end": hi, "lanes": lanes,
                 "threads_total": len(order), "offset": offset, "page": KERNEL_THREAD_LANES,
                 "extent_start": kw.span_start, "extent_end": kw.span_end,
                 "source": "whole host" if kw.__class__.__name__ == "KernelIntervals" else "window",
@@ -545,6 +567,13 @@ STATE_LABELS = {"running": "running", "runnable": "runnable (preempted: waiting 
 VIEW_NOUNS = {"vm_states": "VM state changes", "tasks": "service tasks", "requests": "requests with ids",
               "migration": "live migrations", "ovs": "OvS packets", "kernel": "kernel scheduling events",
               "resources": "VM placement records"}
+
+
+def bars_from_columns(columns: dict[str, list], lanes: list[str], constants: dict[str, Any]) -> list[dict]:
+    """One dict per bar from a columnar answer (lane indices resolved, constants added)."""
+    keys = [k for k in columns if k != "lane"]
+    return [{"lane": lanes[row[0]], **dict(zip(keys, row[1:])), **constants}
+            for row in zip(columns["lane"], *(columns[k] for k in keys))]
 
 
 class BadParam(ValueError):
