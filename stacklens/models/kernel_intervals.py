@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 SUMMARY_VERSION = 1
@@ -109,6 +110,7 @@ class KernelIntervals:
         self.build_seconds: float = meta.get("build_seconds", 0.0)
         self.missing_cpus: list[int] = []  # the whole host is known: nothing is ever missing
         self.missing_tids: list[int] = []
+        self.arrays: dict | None = None  # warm(): the intervals in NumPy
         self.con = duckdb.connect()
         self.con.execute("SET threads TO 2")
         for t in self.TABLES:
@@ -116,19 +118,103 @@ class KernelIntervals:
         self.con.execute("CREATE VIEW running_by_tid AS SELECT * FROM running")
 
     def warm(self, max_rows: int = WARM_MAX_ROWS) -> None:
-        """Read `running` and `states` into memory when they hold at most max_rows rows each (a
-        wide window then reads no Parquet: ~40 % less CPU per request; 5 M events: ~600 k rows
-        each, ~60 MB); bigger hosts keep reading the files (row groups pruned by the window)."""
-        for t in ("running", "states"):
-            path = self.directory / f"{t}.parquet"
-            n = self.con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
-            if n <= max_rows:
-                self.con.execute(f"CREATE OR REPLACE TABLE mem_{t} AS SELECT * FROM read_parquet('{path}')")
-                self.con.execute(f"CREATE OR REPLACE VIEW {t} AS SELECT * FROM mem_{t}")
-                if t == "running":  # sorted by thread too: a few threads' rows are a few row groups
-                    self.con.execute("CREATE OR REPLACE TABLE mem_running_by_tid AS "
-                                     "SELECT * FROM mem_running ORDER BY tid, start")
-                    self.con.execute("CREATE OR REPLACE VIEW running_by_tid AS SELECT * FROM mem_running_by_tid")
+        """Read the intervals into NumPy (views/web/lod.py Lanes: sorted by lane and start) when
+        each table holds at most max_rows rows (5 M events: ~3 M rows in all, ~100 MB): a
+        window is then a binary search per lane and the level of detail a few array operations,
+        no query. Until then (or for bigger hosts) the view queries the Parquet files. Runs on
+        its own cursor (a background thread may call it while requests use self.con); sets
+        self.arrays last, in one assignment."""
+        import pyarrow.compute as pc
+        from stacklens.views.web.lod import Lanes
+        cur = self.con.cursor()
+        try:
+            counts = {t: cur.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in self.TABLES[:4]}
+            if max(counts.values()) > max_rows:
+                return
+
+            def table(sql: str) -> dict:
+                t = cur.sql(sql).to_arrow_table()
+                out = {}
+                for name in t.column_names:
+                    col = t[name]
+                    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                        enc = pc.dictionary_encode(col).combine_chunks()  # codes, not a str per row
+                        out[name] = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+                        out[name + "_names"] = np.array(enc.dictionary.to_pylist(), dtype=object)
+                    else:
+                        out[name] = col.to_numpy()
+                return out
+            run = table('SELECT cpu, tid, comm, start, "end" FROM running WHERE tid <> 0')
+            st = table('SELECT tid, state, start, "end" FROM states')
+            sy = table('SELECT tid, call, start, "end" FROM syscalls')
+            ir = table('SELECT cpu, kind, what, start, "end" FROM irqs')
+        finally:
+            cur.close()
+        arrays = {
+            "running": Lanes(run["cpu"].astype(np.int64), run["start"], run["end"], tid=run["tid"], comm=run["comm"]),
+            "running_by_tid": Lanes(run["tid"], run["start"], run["end"], comm=run["comm"]),
+            "states": Lanes(st["tid"], st["start"], st["end"], state=st["state"]),
+            "syscalls": Lanes(sy["tid"], sy["start"], sy["end"], call=sy["call"]),
+            "irqs": Lanes(ir["cpu"].astype(np.int64) * 2 + (ir["kind_names"][ir["kind"]] == "softirq")
+                          if len(ir["cpu"]) else ir["cpu"].astype(np.int64),
+                          ir["start"], ir["end"], what=ir["what"]),
+            "names": {"comm": run["comm_names"], "state": st["state_names"], "call": sy["call_names"],
+                      "what": ir["what_names"]},
+        }
+        self.arrays = arrays
+
+    # ---- the view's level of detail from the arrays (same answers as the SQL) ---------------
+    def np_in_window(self, lo: int, hi: int) -> list[int]:
+        """The threads (tid <> 0) that ran in [lo, hi)."""
+        r = self.arrays["running"]
+        idx, _, _ = r.window(lo, hi)
+        return np.unique(r.payload["tid"][idx]).tolist()
+
+    def np_names(self, tids: list[int], lo: int, hi: int) -> dict[int, str | None]:
+        """tid → its name on its longest interval in [lo, hi) (ties: the earliest)."""
+        from stacklens.views.web.lod import merge
+        r = self.arrays["running_by_tid"]
+        idx, s, e = r.window(lo, hi, lanes=sorted(set(tids)))
+        rep, _, _, _ = merge(r.lane[idx], s, e, lo, 1 << 62)  # one group per thread
+        comm = self.arrays["names"]["comm"]
+        return {int(t): comm[c] for t, c in zip(r.lane[idx][rep].tolist(), r.payload["comm"][idx][rep].tolist())}
+
+    def np_view(self, lo: int, hi: int, bucket: int, shown: list[int]) -> tuple[dict, dict, dict, dict]:
+        """The view's (states, cpus, syscalls, irqs) columns, as its SQL gives them."""
+        from stacklens.views.web.lod import merge
+        a, names = self.arrays, self.arrays["names"]
+        st = a["states"]
+        idx, s, e = st.window(lo, hi, lanes=shown)
+        code = st.payload["state"][idx]
+        want = np.isin(names["state"][code], list(VIEW_STATES)) if len(code) else np.zeros(0, bool)
+        idx, s, e, code = idx[want], s[want], e[want], code[want]
+        lane = st.lane[idx] * 64 + code
+        order = np.lexsort((s, lane))
+        idx, s, e, lane, code = idx[order], s[order], e[order], lane[order], code[order]
+        rep, gs, ge, n = merge(lane, s, e, lo, bucket)
+        states = {"tid": st.lane[idx][rep].tolist(), "state": names["state"][code[rep]].tolist(),
+                  "s": gs.tolist(), "e": ge.tolist(), "n": n.tolist()}
+        r = a["running"]
+        idx, s, e = r.window(lo, hi)
+        rep, gs, ge, n = merge(r.lane[idx], s, e, lo, bucket)
+        rows = idx[rep]
+        cpus = {"cpu": r.lane[rows].tolist(), "tid": r.payload["tid"][rows].tolist(),
+                "comm": names["comm"][r.payload["comm"][rows]].tolist(), "s": gs.tolist(), "e": ge.tolist(),
+                "n": n.tolist()}
+        y = a["syscalls"]
+        idx, s, e = y.window(lo, hi, lanes=shown, clip=False)
+        rep, gs, ge, n = merge(y.lane[idx], s, e, lo, bucket)
+        rows = idx[rep]
+        sys = {"tid": y.lane[rows].tolist(), "call": names["call"][y.payload["call"][rows]].tolist(),
+               "s": gs.tolist(), "e": ge.tolist(), "n": n.tolist()}
+        q = a["irqs"]
+        idx, s, e = q.window(lo, hi, clip=False)
+        rep, gs, ge, n = merge(q.lane[idx], s, e, lo, bucket)
+        rows = idx[rep]
+        irqs = {"cpu": (q.lane[rows] // 2).tolist(), "kind": np.where(q.lane[rows] % 2 == 1, "softirq", "irq").tolist(),
+                "what": names["what"][q.payload["what"][rows]].tolist(), "s": gs.tolist(), "e": ge.tolist(),
+                "n": n.tolist()}
+        return states, cpus, sys, irqs
 
     # ---- where, and whether, they are stored ------------------------------------------------
     @staticmethod

@@ -382,35 +382,45 @@ class WebData:
         # returned as they are
         lod = 'CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END'
         longest = '(CAST("end" - start AS HUGEINT) * 9223372036854775807 - start)'
-        with self._lock:
-            kw.stage_running(lo, hi)  # the window's relations in kw.view_con: w_running(_by_tid), then w_states, w_sys, w_irq
-            con = kw.view_con
-            in_window = [r[0] for r in con.execute("SELECT DISTINCT tid FROM w_running WHERE tid <> 0").fetchall()]
-            # VM threads first, then every thread by (pid, tid): a process's threads side by side
+        arrays = getattr(kw, "arrays", None)
+        if arrays is not None:  # the stored intervals in NumPy (views/web/lod.py): no query
+            in_window = kw.np_in_window(lo, hi)
             order = sorted(set(in_window) | {t for t in named if t in in_window},
                            key=lambda t: (t not in named, procs.get(t, (t, None))[0], t))
             shown = order[offset:offset + KERNEL_THREAD_LANES]
-            # the names the lanes show: of the shown threads and of their processes' main threads
-            labelled = sorted(set(shown) | {procs.get(t, (t, None))[0] for t in shown}) or [-1]
-            names = dict(con.execute(f"""SELECT tid, arg_max(comm, {longest}) FROM w_running_by_tid
-                                         WHERE tid IN ({", ".join(map(str, labelled))}) GROUP BY tid""").fetchall())
-            kw.stage_threads(shown, lo, hi, THREAD_STATES)
-            def cols(sql: str) -> dict[str, list]:  # column lists (no per-row Python tuples)
-                return {k: v.tolist() for k, v in con.execute(sql, [lo, bucket]).fetchnumpy().items()}
-            states = cols(f"""
-                SELECT tid, state, min(start) AS s, max("end") AS e, count(*) AS n FROM w_states
-                GROUP BY tid, state, {lod} ORDER BY tid, s""")
-            cpus = cols(f"""
-                SELECT cpu, arg_max(tid, {longest}) AS tid, arg_max(comm, {longest}) AS comm, min(start) AS s,
-                       max("end") AS e, count(*) AS n
-                FROM w_running WHERE tid <> 0 GROUP BY cpu, {lod} ORDER BY cpu, s""")
-            syscalls = cols(f"""
-                SELECT tid, arg_max(call, {longest}) AS call, min(start) AS s, max("end") AS e, count(*) AS n
-                FROM w_sys GROUP BY tid, {lod} ORDER BY tid, s""")
-            irqs = cols(f"""
-                SELECT cpu, kind, arg_max(what, {longest}) AS what, min(start) AS s, max("end") AS e,
-                       count(*) AS n
-                FROM w_irq GROUP BY cpu, kind, {lod} ORDER BY cpu, s""")
+            labelled = sorted(set(shown) | {procs.get(t, (t, None))[0] for t in shown})
+            names = kw.np_names(labelled, lo, hi)
+            states, cpus, syscalls, irqs = kw.np_view(lo, hi, bucket, shown)
+        else:
+            with self._lock:
+                kw.stage_running(lo, hi)  # the window's relations in kw.view_con: w_running(_by_tid), then w_states, w_sys, w_irq
+                con = kw.view_con
+                in_window = [r[0] for r in con.execute("SELECT DISTINCT tid FROM w_running WHERE tid <> 0").fetchall()]
+                # VM threads first, then every thread by (pid, tid): a process's threads side by side
+                order = sorted(set(in_window) | {t for t in named if t in in_window},
+                               key=lambda t: (t not in named, procs.get(t, (t, None))[0], t))
+                shown = order[offset:offset + KERNEL_THREAD_LANES]
+                # the names the lanes show: of the shown threads and of their processes' main threads
+                labelled = sorted(set(shown) | {procs.get(t, (t, None))[0] for t in shown}) or [-1]
+                names = dict(con.execute(f"""SELECT tid, arg_max(comm, {longest}) FROM w_running_by_tid
+                                             WHERE tid IN ({", ".join(map(str, labelled))}) GROUP BY tid""").fetchall())
+                kw.stage_threads(shown, lo, hi, THREAD_STATES)
+                def cols(sql: str) -> dict[str, list]:  # column lists (no per-row Python tuples)
+                    return {k: v.tolist() for k, v in con.execute(sql, [lo, bucket]).fetchnumpy().items()}
+                states = cols(f"""
+                    SELECT tid, state, min(start) AS s, max("end") AS e, count(*) AS n FROM w_states
+                    GROUP BY tid, state, {lod} ORDER BY tid, s""")
+                cpus = cols(f"""
+                    SELECT cpu, arg_max(tid, {longest}) AS tid, arg_max(comm, {longest}) AS comm, min(start) AS s,
+                           max("end") AS e, count(*) AS n
+                    FROM w_running WHERE tid <> 0 GROUP BY cpu, {lod} ORDER BY cpu, s""")
+                syscalls = cols(f"""
+                    SELECT tid, arg_max(call, {longest}) AS call, min(start) AS s, max("end") AS e, count(*) AS n
+                    FROM w_sys GROUP BY tid, {lod} ORDER BY tid, s""")
+                irqs = cols(f"""
+                    SELECT cpu, kind, arg_max(what, {longest}) AS what, min(start) AS s, max("end") AS e,
+                           count(*) AS n
+                    FROM w_irq GROUP BY cpu, kind, {lod} ORDER BY cpu, s""")
         lanes_cpu = [f"CPU {c}" for c in sorted(set(cpus["cpu"]) | set(kw.cpus))]
 
         def thread_lane(tid: int) -> str:
