@@ -33,10 +33,28 @@ def _hostname(text: bytes) -> bytes | None:
     return m.group(1) if m else None
 
 
-def distinct_copy(src: Path, dest: Path, index: int) -> Path:
+def _shift_clocks(meta: bytes, shift_ns: int, where: Path) -> bytes:
+    """Every clock's `offset = N;` moved by shift_ns (same number of digits: packetized
+    metadata keeps its packet sizes), so the copy's events come shift_ns later."""
+    def one(m: re.Match) -> bytes:
+        old = m.group(2)
+        new = str(int(old) + shift_ns).encode()
+        if len(new) != len(old):
+            raise ValueError(f"{where}/metadata: clock offset {old.decode()} + {shift_ns} changes its length")
+        return m.group(1) + new + b";"
+    out, n = re.subn(rb"(\boffset\s*=\s*)([0-9]+);", one, meta)
+    if not n:
+        raise ValueError(f"{where}/metadata: no clock offset to shift")
+    return out
+
+
+def distinct_copy(src: Path, dest: Path, index: int, shift_ns: int = 0) -> Path:
     """Copy trace `src` to `dest` with a new trace UUID and a new hostname of the same length
-    (derived from `index`, so copies made twice are identical). Returns `dest`."""
+    (derived from `index`, so copies made twice are identical), its clocks moved by
+    `shift_ns` (copies that follow each other in time, as one long trace). Returns `dest`."""
     meta = (src / "metadata").read_bytes()
+    if shift_ns:
+        meta = _shift_clocks(meta, shift_ns, src)
     old_text = _trace_uuid(meta)
     if old_text is None:
         raise ValueError(f"{src}/metadata: no trace uuid found")
@@ -65,15 +83,16 @@ def distinct_copy(src: Path, dest: Path, index: int) -> Path:
     return dest
 
 
-def distinct_copies(src: Path, root: Path, n: int) -> list[Path]:
-    """`n` distinct copies of trace `src` under `root` (reused when already there)."""
+def distinct_copies(src: Path, root: Path, n: int, shift_ns: int = 0) -> list[Path]:
+    """`n` distinct copies of trace `src` under `root` (reused when already there); copy i's
+    clocks moved by i * shift_ns (shift_ns longer than the trace: one host's copies in a row)."""
     out = []
     for i in range(n):
         d = root / f"{src.name}-{i:03d}"
         if not (d / "metadata").is_file():
             tmp = root / f".{src.name}-{i:03d}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            distinct_copy(src, tmp, i)
+            distinct_copy(src, tmp, i, i * shift_ns)
             tmp.rename(d)
         out.append(d)
     return out

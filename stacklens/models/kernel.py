@@ -459,6 +459,13 @@ class KernelModel:
 
 
 def kernel_hosts(store) -> list[str]:
-    """Hosts that have kernel events in the store."""
-    con = store.connect(layer="kernel")
-    return [r[0] for r in con.execute("SELECT DISTINCT host FROM events ORDER BY host").fetchall()]
+    """Hosts that have kernel events in the store: the host=/layer=kernel partitions the
+    manifests list (a file is written only with rows), not a scan of every kernel event
+    (~50 ms on 5 M events, paid by the web UI's first kernel view)."""
+    from urllib.parse import unquote
+    hosts = set()
+    for f in store.event_files(layer="kernel"):
+        part = f.relative_to(store.root / "events").parts[0]
+        if part.startswith("host="):
+            hosts.add(unquote(part[5:]))
+    return sorted(hosts)

@@ -54,6 +54,7 @@ class KernelWindow:
         self._last: dict | None = None  # the last window's parsed rows and look-back
         self._cache: list[tuple[int, int, pa.Table]] = []  # (a, b, parsed sched rows of [a, b))
         self._first_after: dict[int, pa.Table] = {}  # cpu → its first switch after a window near the start
+        self._view_con: duckdb.DuckDBPyConnection | None = None
 
     # ---- time bounds ------------------------------------------------------------------------
     def _raw(self, ts: int) -> int:
@@ -242,3 +243,47 @@ class KernelWindow:
             WHERE state IN ({", ".join(f"'{s}'" for s in states)}) AND "end" > {lo} AND start < {hi}
               AND least("end", {hi}) > greatest(start, {lo})
             ORDER BY tid, start""").to_arrow_table()
+
+    def syscalls_irqs(self, tids: list[int], lo: int, hi: int, running: pa.Table | None = None
+                      ) -> tuple[pa.Table, pa.Table]:
+        """(tid, call, start, end) of the system calls of `tids` and (cpu, kind, what, start,
+        end) of the interrupts, both from the events of [lo, hi) (an entry and its exit both in
+        the window); `running`: this window's running(lo, hi), when already read."""
+        from stacklens.models.kernel_intervals import irq_intervals_sql, syscall_intervals_sql, syscall_irq_events_sql
+        lo, hi = int(lo), int(hi)
+        if running is None:
+            running = self.running(lo, hi)
+        ev = self.con.sql(syscall_irq_events_sql(f"ts >= {lo} AND ts < {hi}")).to_arrow_table()
+        con = self.view_con
+        con.register("kev", ev)
+        con.register("running", running)
+        con.register("shown", pa.table({"tid": pa.array(sorted({int(t) for t in tids}), pa.int64())}))
+        sys = con.sql(syscall_intervals_sql("kev", "running", "r.tid IN (SELECT tid FROM shown)")).to_arrow_table()
+        irq = con.sql(irq_intervals_sql("kev")).to_arrow_table()
+        return sys, irq
+
+    def processes(self) -> dict[int, tuple[int, str | None]]:
+        """tid → (pid, name) from the trace's fork and state-dump events."""
+        from stacklens.models.kernel_intervals import processes_of
+        return processes_of(self.con)
+
+    # ---- what the web view queries: the window's relations in view_con ----------------------
+    @property
+    def view_con(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory connection over this reader's window tables (a new one costs ~17 ms)."""
+        if self._view_con is None:
+            self._view_con = duckdb.connect()
+        return self._view_con
+
+    def stage_running(self, lo: int, hi: int) -> None:
+        """`w_running` (and `w_running_by_tid`: the same rows) in view_con: running(lo, hi)."""
+        self._staged_running = self.running(lo, hi)
+        self.view_con.register("w_running", self._staged_running)
+        self.view_con.register("w_running_by_tid", self._staged_running)
+
+    def stage_threads(self, tids: list[int], lo: int, hi: int, states: tuple[str, ...]) -> None:
+        """`w_states`, `w_sys`, `w_irq` in view_con: thread_states and syscalls_irqs of the window."""
+        self.view_con.register("w_states", self.thread_states(tids, lo, hi, states=states))
+        sys, irq = self.syscalls_irqs(tids, lo, hi, self._staged_running)
+        self.view_con.register("w_sys", sys)
+        self.view_con.register("w_irq", irq)

@@ -18,6 +18,7 @@ Safe edges (the API reads a whole trace store, so a web page must not be able to
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 import anyio
 import anyio.to_thread
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -144,7 +146,7 @@ async def _off_loop(fn: Callable[[], Any], what: str) -> Response:
     does not finish in time (the thread is left to finish and fill the cache)."""
     try:
         with anyio.fail_after(VIEW_TIME_LIMIT_S):
-            result = await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+            body = await anyio.to_thread.run_sync(lambda: _json_bytes(fn()), abandon_on_cancel=True)
     except TimeoutError:
         return JSONResponse({"error": f"too slow: {what} took more than {VIEW_TIME_LIMIT_S:.0f} s; "
                                       "try a narrower window (it goes on in the background: retry later)"},
@@ -156,12 +158,24 @@ async def _off_loop(fn: Callable[[], Any], what: str) -> Response:
     except Exception as e:  # a bug, not bad input: one line for the browser, not a traceback page
         first = (str(e).strip().splitlines() or [""])[0][:300]
         return JSONResponse({"error": f"internal error in {what}: {type(e).__name__}: {first}"}, status_code=500)
-    return JSONResponse(result)
+    return Response(body, media_type="application/json")
+
+
+def _json_bytes(result: Any) -> bytes:
+    """The answer as JSON, encoded in the worker thread (not on the event loop) by orjson: a
+    whole-trace kernel view of ~30 k bars takes ~6 ms there against ~75 ms with json.dumps.
+    What orjson refuses (integers beyond 64 bits, non-string keys) goes through json."""
+    try:
+        return orjson.dumps(result)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def create_app(store, *, bind: str = "127.0.0.1", port: int | None = None, token: str | None = None,
-               allowed_hosts: tuple[str, ...] = ()) -> Any:
+               allowed_hosts: tuple[str, ...] = (), prepare: bool = False) -> Any:
     data = WebData(store)
+    if prepare:  # the first kernel host's stored intervals opened, or built, before it is asked for
+        data.prepare_kernel()
 
     async def index(_: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -243,5 +257,5 @@ def resolve_token(bind: str, token: str | None) -> str | None:
 def serve(store, port: int = 8765, *, bind: str = "127.0.0.1", token: str | None = None,
           allowed_hosts: tuple[str, ...] = ()) -> None:
     import uvicorn
-    app = create_app(store, bind=bind, port=port, token=token, allowed_hosts=allowed_hosts)
+    app = create_app(store, bind=bind, port=port, token=token, allowed_hosts=allowed_hosts, prepare=True)
     uvicorn.run(app, host=bind, port=port, log_level="warning")

@@ -19,8 +19,12 @@ VIEWS = ("vm_states", "tasks", "requests", "migration", "ovs", "kernel", "resour
 
 
 class WebData:
-    def __init__(self, store) -> None:
+    def __init__(self, store, *, kernel_source: str = "auto") -> None:
         self.store = store
+        self.kernel_mode = kernel_source  # auto | window | whole (kernel_source())
+        self._kernel_whole: dict[str, Any] = {}
+        self._kernel_building: dict[str, threading.Thread] = {}
+        self._kernel_failed: dict[str, str] = {}
         self._lock = threading.RLock()  # builders call other cached builders
         self._cache: dict[str, Any] = {}
         self.con = store.connect()
@@ -66,9 +70,11 @@ class WebData:
 
     # ---- views -------------------------------------------------------------------------------
     def view(self, name: str, start: int | None, end: int | None, px: int = 1000, *,
-             host: str | None = None, offset: int = 0) -> dict[str, Any]:
+             host: str | None = None, offset: int = 0, columns: bool = False) -> dict[str, Any]:
         """The view's bars/series in [start, end) (ns; None: the view's own extent, not the
-        store's — a store may hold traces years apart). Times are absolute ns."""
+        store's — a store may hold traces years apart). Times are absolute ns. `columns`: a
+        view that builds its bars as columns (kernel) leaves them in out["columns"] (one list
+        per field, `lane` an index into out["lanes"]) instead of making one dict per bar."""
         if name not in VIEWS:
             raise BadParam(f"unknown view {name!r}")
         px = max(50, min(int(px), 4000))
@@ -86,7 +92,11 @@ class WebData:
             out["start"], out["end"] = self._extent(out)
         if out["end"] <= out["start"]:
             out["end"] = out["start"] + 1
-        if not out["bars"] and not any(s["x"] for s in out["series"]):
+        cols = out.get("columns")
+        if cols is not None and not columns:
+            out["bars"] = bars_from_columns(cols, out["lanes"], out.pop("bar_constants"))
+            del out["columns"]
+        if not (out["bars"] or cols and cols["start"]) and not any(s["x"] for s in out["series"]):
             out.setdefault("message", f"no {VIEW_NOUNS[name]} in this window" if start is not None
                            else f"no {VIEW_NOUNS[name]} in this store")
         return out
@@ -104,10 +114,14 @@ class WebData:
         """view() for the browser: JavaScript numbers hold 53 bits, epoch ns need 61, so the
         absolute times travel as strings (origin, start, end) and every bar and point as an
         offset from `origin` (exact below 104 days, which a window with detail always is)."""
-        out = self.view(name, start, end, px, host=host, offset=offset)
+        out = self.view(name, start, end, px, host=host, offset=offset, columns=True)
         origin = out["start"]
         for b in out["bars"]:
             b["s"], b["e"] = b.pop("start") - origin, b.pop("end") - origin
+        cols = out.get("columns")
+        if cols is not None:  # the browser makes the bar objects (static/app.js barsOf)
+            cols["s"] = [x - origin for x in cols.pop("start")]
+            cols["e"] = [x - origin for x in cols.pop("end")]
         for s in out["series"]:
             s["x"] = [x - origin for x in s["x"]]
         for k in ("start", "end", "extent_start", "extent_end"):
@@ -273,29 +287,78 @@ class WebData:
         from stacklens.models.kernel_window import KernelWindow
         return self._cached(f"kwindow:{host}", lambda: KernelWindow(self.store, host))
 
-    def _processes(self, host: str) -> dict[int, tuple[int, str | None]]:
+    def kernel_source(self, host: str):
+        """Where the kernel view of `host` reads its intervals: the whole host's stored intervals
+        (models/kernel_intervals.py) once built — faster than reading the window at every window
+        width, bench/view_query.py — else the window (models/kernel_window.py) while they are
+        built in a background thread (started here, once per host). Both give the same bars
+        (tests/test_kernel_intervals.py). `kernel_source` "window" / "whole" forces one."""
+        from stacklens.models.kernel_intervals import KernelIntervals
+        with self._lock:
+            if self.kernel_mode == "window":
+                return self.kernel_window(host)
+            ki = self._kernel_whole.get(host)
+            if ki is not None:
+                return ki
+            if host not in self._kernel_building:
+                ki = KernelIntervals.open(self.store, host)
+                if ki is None and self.kernel_mode == "whole":
+                    ki = KernelIntervals.build(self.store, host)
+                if ki is not None:
+                    ki.warm()
+                    self._kernel_whole[host] = ki
+                    return ki
+                self._kernel_building[host] = threading.Thread(
+                    target=self._build_kernel, args=(host,), name=f"kernel-intervals-{host}", daemon=True)
+                self._kernel_building[host].start()
+            return self.kernel_window(host)
+
+    def prepare_kernel(self) -> None:
+        """In a background thread: kernel_source() of the kernel view's default host (the first),
+        so its stored intervals are open — or being built — when the view is first asked for."""
+        def run() -> None:
+            from stacklens.models.kernel import kernel_hosts
+            try:
+                hosts = self._cached("khosts", lambda: kernel_hosts(self.store))
+                if hosts:
+                    self._vm_threads()
+                    source = self.kernel_source(hosts[0])
+                    self._processes(hosts[0], source)
+            except Exception as e:  # noqa: BLE001 - the view reports it when asked
+                with self._lock:
+                    self._kernel_failed["*"] = f"{type(e).__name__}: {e}"
+        self.prepared = threading.Thread(target=run, name="kernel-prepare", daemon=True)
+        self.prepared.start()
+
+    def _build_kernel(self, host: str) -> None:
+        from stacklens.models.kernel_intervals import KernelIntervals
+        try:
+            ki = KernelIntervals.build(self.store, host)
+            ki.warm()
+        except Exception as e:  # noqa: BLE001 - a store we cannot write to keeps the windowed path
+            with self._lock:
+                self._kernel_failed[host] = f"{type(e).__name__}: {e}"
+            return
+        with self._lock:
+            self._kernel_whole[host] = ki
+
+    def _vm_threads(self) -> dict[int, dict]:
+        """tid → the VM thread it is (lab.json threads only with a role)."""
+        from stacklens.models.correlation import vm_threads
+        return self._cached("vmthreads", lambda: {r["tid"]: r for r in vm_threads(self.con).to_pylist()
+                                                 if r["role"] or r["via"] != "lab.json"})
+
+    def _processes(self, host: str, source) -> dict[int, tuple[int, str | None]]:
         """tid → (pid, process-side name) from the trace's own fork and state-dump events."""
-        def build():
-            kw = self.kernel_window(host)
-            rows = kw.con.execute("""
-                WITH f AS (
-                  SELECT TRY_CAST(fields->>'child_tid' AS BIGINT) AS tid, TRY_CAST(fields->>'child_pid' AS BIGINT) AS pid,
-                         fields->>'child_comm' AS comm, ts FROM events WHERE name = 'sched_process_fork'
-                  UNION ALL
-                  SELECT TRY_CAST(fields->>'tid' AS BIGINT), TRY_CAST(fields->>'pid' AS BIGINT), fields->>'name', ts
-                  FROM events WHERE name = 'lttng_statedump_process_state')
-                SELECT tid, arg_max(pid, ts), arg_max(comm, ts) FROM f WHERE tid IS NOT NULL GROUP BY tid""").fetchall()
-            return {int(t): (int(p) if p is not None else int(t), c) for t, p, c in rows}
-        return self._cached(f"procs:{host}", build)
+        return self._cached(f"procs:{host}", source.processes)
 
     def _view_kernel(self, lo, hi, px, host=None, offset=0):
         """Threads (grouped by process: lanes ordered by pid, then tid) with their states —
         running, preempted (runnable), blocked, blocked on I/O, in a system call — and what ran
-        on each CPU (coloured by thread) with its interrupts, read from the window only
-        (models/kernel_window.py). VM threads first when the store names them; at most
+        on each CPU (coloured by thread) with its interrupts, read from the host's stored
+        whole-host intervals or from the window (kernel_source()). VM threads first when the store names them; at most
         KERNEL_THREAD_LANES thread lanes per page (`offset` pages over all of them)."""
         from stacklens.errors import StacklensError
-        from stacklens.models.correlation import vm_threads
         from stacklens.models.kernel import kernel_hosts
         hosts = self._cached("khosts", lambda: kernel_hosts(self.store))
         if not hosts:
@@ -305,40 +368,60 @@ class WebData:
             return {"bars": [], "host": host, "start": lo, "end": hi,
                     "message": f"host {host!r} has no kernel events (kernel hosts: {', '.join(hosts)})"}
         try:
-            kw = self.kernel_window(host)
+            kw = self.kernel_source(host)
         except StacklensError as e:
             return {"bars": [], "host": host, "message": str(e)}
         if lo is None:
             lo, hi = kw.span_start, kw.span_end + 1
-        named = self._cached("vmthreads", lambda: {r["tid"]: r for r in vm_threads(self.con).to_pylist()
-                                                  if r["role"] or r["via"] != "lab.json"})
-        procs = self._processes(host)
+        named = self._vm_threads()
+        procs = self._processes(host, kw)
         bucket = max(1, (hi - lo) // px)
-        with self._lock:
-            running = kw.running(lo, hi)
-            # one in-memory connection for every kernel view (a new one costs ~17 ms)
-            con = self._cached("kernel_view_con", duckdb.connect)
-            con.register("running", running)
-            names = dict(con.execute('SELECT tid, arg_max(comm, "end" - start) FROM running GROUP BY tid').fetchall())
-            in_window = [r[0] for r in con.execute("SELECT DISTINCT tid FROM running WHERE tid <> 0").fetchall()]
-            # VM threads first, then every thread by (pid, tid): a process's threads side by side
+        # level of detail: intervals shorter than a pixel merge per lane and pixel (the bar spans
+        # them, labelled by the longest, ties by the earliest: one 128-bit key, as fast as a
+        # plain arg_max where a (duration, -start) struct costs twice as much); longer ones are
+        # returned as they are
+        lod = 'CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END'
+        longest = '(CAST("end" - start AS HUGEINT) * 9223372036854775807 - start)'
+        arrays = getattr(kw, "arrays", None)
+        if arrays is not None:  # the stored intervals in NumPy (views/web/lod.py): no query
+            in_window = kw.np_in_window(lo, hi)
             order = sorted(set(in_window) | {t for t in named if t in in_window},
                            key=lambda t: (t not in named, procs.get(t, (t, None))[0], t))
             shown = order[offset:offset + KERNEL_THREAD_LANES]
-            con.register("states", kw.thread_states(shown, lo, hi, states=THREAD_STATES))
-            # level of detail: intervals shorter than a pixel merge per lane and pixel (the bar
-            # spans them, labelled by the longest); longer ones are returned as they are
-            states = con.execute("""
-                SELECT tid, state, min(start), max("end"), count(*) FROM states
-                GROUP BY tid, state, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
-                ORDER BY tid, 3""", [lo, bucket]).fetchall()
-            cpus = con.execute("""
-                SELECT cpu, arg_max(tid, "end" - start), arg_max(comm, "end" - start), min(start), max("end"), count(*)
-                FROM running WHERE tid <> 0
-                GROUP BY cpu, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
-                ORDER BY cpu, 4""", [lo, bucket]).fetchall()
-            syscalls, irqs = self._syscalls_irqs(kw, con, shown, lo, hi, bucket)
-        lanes_cpu = [f"CPU {c}" for c in sorted({r[0] for r in cpus} | set(kw.cpus))]
+            labelled = sorted(set(shown) | {procs.get(t, (t, None))[0] for t in shown})
+            names = kw.np_names(labelled, lo, hi)
+            states, cpus, syscalls, irqs = kw.np_view(lo, hi, bucket, shown)
+        else:
+            with self._lock:
+                kw.stage_running(lo, hi)  # the window's relations in kw.view_con: w_running(_by_tid), then w_states, w_sys, w_irq
+                con = kw.view_con
+                in_window = [r[0] for r in con.execute("SELECT DISTINCT tid FROM w_running WHERE tid <> 0").fetchall()]
+                # VM threads first, then every thread by (pid, tid): a process's threads side by side
+                order = sorted(set(in_window) | {t for t in named if t in in_window},
+                               key=lambda t: (t not in named, procs.get(t, (t, None))[0], t))
+                shown = order[offset:offset + KERNEL_THREAD_LANES]
+                # the names the lanes show: of the shown threads and of their processes' main threads
+                labelled = sorted(set(shown) | {procs.get(t, (t, None))[0] for t in shown}) or [-1]
+                names = dict(con.execute(f"""SELECT tid, arg_max(comm, {longest}) FROM w_running_by_tid
+                                             WHERE tid IN ({", ".join(map(str, labelled))}) GROUP BY tid""").fetchall())
+                kw.stage_threads(shown, lo, hi, THREAD_STATES)
+                def cols(sql: str) -> dict[str, list]:  # column lists (no per-row Python tuples)
+                    return {k: v.tolist() for k, v in con.execute(sql, [lo, bucket]).fetchnumpy().items()}
+                states = cols(f"""
+                    SELECT tid, state, min(start) AS s, max("end") AS e, count(*) AS n FROM w_states
+                    GROUP BY tid, state, {lod} ORDER BY tid, s""")
+                cpus = cols(f"""
+                    SELECT cpu, arg_max(tid, {longest}) AS tid, arg_max(comm, {longest}) AS comm, min(start) AS s,
+                           max("end") AS e, count(*) AS n
+                    FROM w_running WHERE tid <> 0 GROUP BY cpu, {lod} ORDER BY cpu, s""")
+                syscalls = cols(f"""
+                    SELECT tid, arg_max(call, {longest}) AS call, min(start) AS s, max("end") AS e, count(*) AS n
+                    FROM w_sys GROUP BY tid, {lod} ORDER BY tid, s""")
+                irqs = cols(f"""
+                    SELECT cpu, kind, arg_max(what, {longest}) AS what, min(start) AS s, max("end") AS e,
+                           count(*) AS n
+                    FROM w_irq GROUP BY cpu, kind, {lod} ORDER BY cpu, s""")
+        lanes_cpu = [f"CPU {c}" for c in sorted(set(cpus["cpu"]) | set(kw.cpus))]
 
         def thread_lane(tid: int) -> str:
             r = named.get(tid)
@@ -347,70 +430,42 @@ class WebData:
             pid, _ = procs.get(tid, (tid, None))
             pname = names.get(pid) or procs.get(pid, (pid, None))[1] or "?"
             return f"{pname} [{pid}] › {names.get(tid) or procs.get(tid, (0, '?'))[1] or '?'} ({tid})"
-        bars = []
-        for tid, st, s, e, n in states:
-            r = named.get(tid)
-            bars.append({"lane": thread_lane(tid), "start": s, "end": e, "label": STATE_LABELS.get(st, st),
-                         "layer": "kernel", "state": st, "vm": r["vm"] if r else None, "request_id": None,
-                         "tid": tid, "cpu": None, "host": host, "merged": n})
-        for tid, name, s, e, n in syscalls:
-            bars.append({"lane": thread_lane(tid), "start": s, "end": e, "label": f"system call {name}",
-                         "layer": "kernel", "state": "syscall", "vm": None, "request_id": None, "tid": tid,
-                         "cpu": None, "host": host, "merged": n})
-        for cpu, tid, comm, s, e, n in cpus:
-            r = named.get(tid)
-            bars.append({"lane": f"CPU {cpu}", "start": s, "end": e,
-                         "label": f"{comm} ({tid})" + (f" of {r['vm']}" if r else ""), "layer": "kernel",
-                         "state": "cpu", "vm": r["vm"] if r else None, "request_id": None, "tid": tid,
-                         "cpu": cpu, "host": host, "merged": n})
-        for cpu, kind, name, s, e, n in irqs:
-            bars.append({"lane": f"CPU {cpu} IRQ", "start": s, "end": e, "label": f"{kind} {name}",
-                         "layer": "kernel", "state": kind, "vm": None, "request_id": None, "tid": None,
-                         "cpu": cpu, "host": host, "merged": n})
-        irq_lanes = sorted({b["lane"] for b in bars if b["state"] in ("irq", "softirq")},
-                           key=lambda x: int(x.split()[1]))
+        irq_lanes = {f"CPU {c} IRQ" for c in irqs["cpu"]}
         lanes = [x for c in lanes_cpu for x in (c, c + " IRQ") if x in lanes_cpu or x in irq_lanes]
         lanes += [thread_lane(t) for t in shown]
-        return {"bars": bars, "host": host, "start": lo, "end": hi, "lanes": lanes,
+        # the bars as columns (one list per field, lanes as indices into `lanes`): a whole-trace
+        # answer holds ~30 k bars, and one Python object per bar (and per JSON object) was a
+        # third of its cost; view() makes the objects for callers that want them
+        index = {name: i for i, name in enumerate(lanes)}
+        lane_of = {t: len(lanes) - len(shown) + k for k, t in enumerate(shown)}
+        cpu_lane = {c: index[f"CPU {c}"] for c in cpus["cpu"]}
+        irq_lane = {c: index[f"CPU {c} IRQ"] for c in irqs["cpu"]}
+        vm_of = {t: r["vm"] for t, r in named.items()}
+        labels = {st: STATE_LABELS.get(st, st) for st in THREAD_STATES}
+        n_st, n_sys, n_cpu, n_irq = len(states["s"]), len(syscalls["s"]), len(cpus["s"]), len(irqs["s"])
+        columns = {
+            "lane": [lane_of[t] for t in states["tid"]] + [lane_of[t] for t in syscalls["tid"]]
+            + [cpu_lane[c] for c in cpus["cpu"]] + [irq_lane[c] for c in irqs["cpu"]],
+            "start": states["s"] + syscalls["s"] + cpus["s"] + irqs["s"],
+            "end": states["e"] + syscalls["e"] + cpus["e"] + irqs["e"],
+            "label": [labels.get(st, st) for st in states["state"]]
+            + [f"system call {c}" for c in syscalls["call"]]
+            + [f"{comm} ({t})" + (f" of {vm_of[t]}" if t in vm_of else "") for t, comm in zip(cpus["tid"], cpus["comm"])]
+            + [f"{k} {w}" for k, w in zip(irqs["kind"], irqs["what"])],
+            "state": states["state"] + ["syscall"] * n_sys + ["cpu"] * n_cpu + irqs["kind"],
+            "vm": [vm_of.get(t) for t in states["tid"]] + [None] * n_sys + [vm_of.get(t) for t in cpus["tid"]]
+            + [None] * n_irq,
+            "tid": states["tid"] + syscalls["tid"] + cpus["tid"] + [None] * n_irq,
+            "cpu": [None] * (n_st + n_sys) + cpus["cpu"] + irqs["cpu"],
+            "merged": states["n"] + syscalls["n"] + cpus["n"] + irqs["n"],
+        }
+        return {"bars": [], "columns": columns, "bar_constants": {"layer": "kernel", "request_id": None, "host": host},
+                "host": host, "start": lo, "end": hi, "lanes": lanes,
                 "threads_total": len(order), "offset": offset, "page": KERNEL_THREAD_LANES,
-                "extent_start": kw.span_start, "extent_end": kw.span_end}
-
-    @staticmethod
-    def _syscalls_irqs(kw, con, shown: list[int], lo: int, hi: int, bucket: int) -> tuple[list, list]:
-        """System calls of the shown threads (entry → that thread's next exit; the thread is who
-        ran on the event's CPU) and interrupts per CPU (entry → the CPU's next exit of that
-        kind), both level-of-detail merged per lane and pixel. Empty when the trace has none."""
-        ev = kw.con.sql(f"""
-            SELECT ts, cpu, name, coalesce(fields->>'name', fields->>'vec', fields->>'irq') AS what FROM events
-            WHERE ts >= {int(lo)} AND ts < {int(hi)} AND cpu IS NOT NULL AND (
-              name LIKE 'syscall\\_%' ESCAPE '\\' OR name LIKE 'sys\\_%' ESCAPE '\\' OR name = 'exit_syscall'
-              OR name IN ('irq_handler_entry', 'irq_handler_exit', 'softirq_entry', 'softirq_exit',
-                          'irq_softirq_entry', 'irq_softirq_exit'))""").to_arrow_table()
-        if not ev.num_rows:
-            return [], []
-        con.register("kev", ev)
-        con.register("shown", pa.table({"tid": pa.array(shown, pa.int64())}))
-        syscalls = con.execute("""
-            WITH s AS (SELECT kev.*, r.tid FROM kev ASOF JOIN running r ON kev.cpu = r.cpu AND kev.ts >= r.start
-                       WHERE kev.name NOT LIKE '%irq%' AND r.tid IN (SELECT tid FROM shown)),
-            p AS (SELECT tid, ts, name, lead(ts) OVER w AS nts, lead(name) OVER w AS nname FROM s
-                  WINDOW w AS (PARTITION BY tid ORDER BY ts)),
-            iv AS (SELECT tid, regexp_replace(name, '^(syscall_entry_|sys_)', '') AS call, ts AS start, nts AS "end"
-                   FROM p WHERE (name LIKE 'syscall\\_entry\\_%' ESCAPE '\\' OR (name LIKE 'sys\\_%' ESCAPE '\\'))
-                     AND (nname LIKE 'syscall\\_exit\\_%' ESCAPE '\\' OR nname = 'exit_syscall'))
-            SELECT tid, arg_max(call, "end" - start), min(start), max("end"), count(*) FROM iv
-            GROUP BY tid, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
-            ORDER BY tid, 3""", [lo, bucket]).fetchall()
-        irqs = con.execute("""
-            WITH k AS (SELECT cpu, ts, what, CASE WHEN name LIKE '%softirq%' THEN 'softirq' ELSE 'irq' END AS kind,
-                              name LIKE '%entry' AS entry FROM kev WHERE name LIKE '%irq%'),
-            p AS (SELECT *, lead(ts) OVER w AS nts, lead(entry) OVER w AS nentry FROM k
-                  WINDOW w AS (PARTITION BY cpu, kind ORDER BY ts)),
-            iv AS (SELECT cpu, kind, what, ts AS start, nts AS "end" FROM p WHERE entry AND NOT nentry)
-            SELECT cpu, kind, arg_max(what, "end" - start), min(start), max("end"), count(*) FROM iv
-            GROUP BY cpu, kind, CASE WHEN "end" - start >= $2 THEN -1 - start ELSE (start - $1) // $2 END
-            ORDER BY cpu, 4""", [lo, bucket]).fetchall()
-        return syscalls, irqs
+                "extent_start": kw.span_start, "extent_end": kw.span_end,
+                "source": "whole host" if kw.__class__.__name__ == "KernelIntervals" else "window",
+                **({"source_problem": f"the host's whole-host intervals could not be built: {self._kernel_failed[host]}"}
+                   if host in self._kernel_failed else {})}
 
     # ---- the events behind a bar -------------------------------------------------------------
     def events(self, start: int, end: int, *, host: str | None = None, tid: int | None = None,
@@ -446,7 +501,7 @@ class WebData:
             if host is not None and host in self._cached("khosts", lambda: __import__(
                     "stacklens.models.kernel", fromlist=["kernel_hosts"]).kernel_hosts(self.store)):
                 with self._lock:
-                    ran = self.kernel_window(host).running(start, end + 1)
+                    ran = self.kernel_source(host).running(start, end + 1)
                 where.append(f"({mention} OR EXISTS (SELECT 1 FROM ran WHERE ran.tid = $tid AND ran.cpu = e.cpu "
                              "AND e.ts >= ran.start AND e.ts < ran.\"end\"))")
             else:
@@ -528,6 +583,13 @@ STATE_LABELS = {"running": "running", "runnable": "runnable (preempted: waiting 
 VIEW_NOUNS = {"vm_states": "VM state changes", "tasks": "service tasks", "requests": "requests with ids",
               "migration": "live migrations", "ovs": "OvS packets", "kernel": "kernel scheduling events",
               "resources": "VM placement records"}
+
+
+def bars_from_columns(columns: dict[str, list], lanes: list[str], constants: dict[str, Any]) -> list[dict]:
+    """One dict per bar from a columnar answer (lane indices resolved, constants added)."""
+    keys = [k for k in columns if k != "lane"]
+    return [{"lane": lanes[row[0]], **dict(zip(keys, row[1:])), **constants}
+            for row in zip(columns["lane"], *(columns[k] for k in keys))]
 
 
 class BadParam(ValueError):

@@ -80,6 +80,15 @@ function threadColour(tid) {  // a stable, distinct colour per thread (golden-an
 }
 
 // ---- drawing ------------------------------------------------------------------------------
+function barsOf(d) {  // a view answered as columns (one array per field; lane: index into d.lanes)
+  const c = d.columns, k = d.bar_constants || {}, bars = new Array(c.s.length);
+  for (let i = 0; i < bars.length; i++) {
+    bars[i] = {...k, lane: d.lanes[c.lane[i]], s: c.s[i], e: c.e[i], label: c.label[i], state: c.state[i],
+      vm: c.vm[i], tid: c.tid[i], cpu: c.cpu[i], merged: c.merged[i]};
+  }
+  return bars;
+}
+
 async function draw() {
   const chart = document.getElementById("chart");
   chart.dataset.ready = "0";
@@ -95,6 +104,7 @@ async function draw() {
   try { d = await getJSON(`/api/view/${state.view}?` + q); }
   catch (e) { showError(e); chart.dataset.ready = "1"; chart.dataset.error = e.message; return; }
   delete chart.dataset.error;
+  if (d.columns) d.bars = barsOf(d);
   const fetched = performance.now() - t;
   state.last = d;
   const dOrigin = BigInt(d.origin), start = BigInt(d.start), end = BigInt(d.end);
