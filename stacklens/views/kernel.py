@@ -52,13 +52,20 @@ def _one_at_a_time(store, hosts: list[str]):
 
 
 @contextmanager
+def _model(store_path: str, host: str):
+    """One host's model (a per-host task, in-process or on a cluster worker), closed after."""
+    from stacklens.cluster import open_store
+    yield from _one_at_a_time(open_store(store_path), [host])
+
+
+@contextmanager
 def _stream(store_path: str, host: str):
     """One host's streamed aggregates (models/kernel_stream.py: memory follows the host's
     threads and CPUs, not its events), closed after; cyclic GC paused meanwhile."""
     from stacklens.gcpause import paused_gc
     from stacklens.models.kernel_stream import KernelStream
-    from stacklens.store import Store
-    s = KernelStream(Store(store_path), host)
+    from stacklens.cluster import open_store
+    s = KernelStream(open_store(store_path), host)
     try:
         with paused_gc():
             yield s
