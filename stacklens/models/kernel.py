@@ -465,7 +465,8 @@ def kernel_hosts(store) -> list[str]:
     from urllib.parse import unquote
     hosts = set()
     for f in store.event_files(layer="kernel"):
-        part = f.relative_to(store.root / "events").parts[0]
+        # a local Path or an object-store URL string: …/events/host=H/layer=kernel/file
+        part = str(f).replace("\\", "/").split("/")[-3]
         if part.startswith("host="):
             hosts.add(unquote(part[5:]))
     return sorted(hosts)
