@@ -159,6 +159,18 @@ def test_url_store_answers_as_the_local_store(stores):
     assert invoke("cpu", "--store", local, "--json")["hosts"]  # the kernel trace gave `cpu` something to say
     assert invoke("sql", "SELECT count(*) AS n FROM events WHERE name = 'sched_switch'",
                   "--store", at_url, "--json")[0]["n"] > 0
+    # the web UI's kernel view: a URL store keeps no summaries, so it reads the window path,
+    # whose bars equal the local store's window path (tests/test_kernel_intervals.py: the
+    # whole-host path's bars equal the window's)
+    from stacklens.models.kernel import kernel_hosts
+    from stacklens.views.web.data import WebData
+    host = kernel_hosts(Store(local))[0]
+    assert kernel_hosts(Store(at_url)) == kernel_hosts(Store(local))
+    want, got = (WebData(Store(s), kernel_source=m).view("kernel", None, None, 800, host=host)
+                 for s, m in ((local, "window"), (at_url, "auto")))
+    assert got["source"] == want["source"] == "window" and want["bars"]
+    for k in ("lanes", "threads_total", "start", "end", "bars"):
+        assert got[k] == want[k], k
 
 
 def test_migrations_of_a_real_live_migration(tmp_path):

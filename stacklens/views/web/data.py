@@ -294,8 +294,10 @@ class WebData:
         built in a background thread (started here, once per host). Both give the same bars
         (tests/test_kernel_intervals.py). `kernel_source` "window" / "whole" forces one."""
         from stacklens.models.kernel_intervals import KernelIntervals
+        from pathlib import Path
         with self._lock:
-            if self.kernel_mode == "window":
+            # a store at a URL keeps no summaries (as the density buckets): the window path
+            if self.kernel_mode == "window" or not isinstance(self.store.root, Path):
                 return self.kernel_window(host)
             ki = self._kernel_whole.get(host)
             if ki is not None:
