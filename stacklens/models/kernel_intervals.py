@@ -150,10 +150,17 @@ class KernelIntervals:
             ir = table('SELECT cpu, kind, what, start, "end" FROM irqs')
         finally:
             cur.close()
+        n_states = max(1, len(st["state_names"]))
+        view = np.isin(st["state_names"][st["state"]], list(VIEW_STATES)) if len(st["tid"]) else np.zeros(0, bool)
+        if len(st["tid"]) and int(np.abs(st["tid"]).max()) >= (1 << 62) // n_states:
+            return  # thread ids no lane key can hold: the view keeps querying the files
         arrays = {
             "running": Lanes(run["cpu"].astype(np.int64), run["start"], run["end"], tid=run["tid"], comm=run["comm"]),
             "running_by_tid": Lanes(run["tid"], run["start"], run["end"], comm=run["comm"]),
-            "states": Lanes(st["tid"], st["start"], st["end"], state=st["state"]),
+            # the view's states only, one lane per (thread, state): bars come out in the order the
+            # view's SQL gives them, with no sort per request
+            "states": Lanes(st["tid"][view] * n_states + st["state"][view], st["start"][view], st["end"][view],
+                            tid=st["tid"][view], state=st["state"][view]),
             "syscalls": Lanes(sy["tid"], sy["start"], sy["end"], call=sy["call"]),
             "irqs": Lanes(ir["cpu"].astype(np.int64) * 2 + (ir["kind_names"][ir["kind"]] == "softirq")
                           if len(ir["cpu"]) else ir["cpu"].astype(np.int64),
@@ -161,56 +168,41 @@ class KernelIntervals:
             "names": {"comm": run["comm_names"], "state": st["state_names"], "call": sy["call_names"],
                       "what": ir["what_names"]},
         }
+        arrays["running"].bars(self.span_start, self.span_start + 1, 1)  # load the compiled pass here, not in a request
         self.arrays = arrays
 
     # ---- the view's level of detail from the arrays (same answers as the SQL) ---------------
     def np_in_window(self, lo: int, hi: int) -> list[int]:
         """The threads (tid <> 0) that ran in [lo, hi)."""
-        r = self.arrays["running"]
-        idx, _, _ = r.window(lo, hi)
-        return np.unique(r.payload["tid"][idx]).tolist()
+        return self.arrays["running_by_tid"].lanes_with(lo, hi).tolist()
 
     def np_names(self, tids: list[int], lo: int, hi: int) -> dict[int, str | None]:
         """tid → its name on its longest interval in [lo, hi) (ties: the earliest)."""
-        from stacklens.views.web.lod import merge
         r = self.arrays["running_by_tid"]
-        idx, s, e = r.window(lo, hi, lanes=sorted(set(tids)))
-        rep, _, _, _ = merge(r.lane[idx], s, e, lo, 1 << 62)  # one group per thread
+        rep, _, _, _ = r.bars(lo, hi, 1 << 62, lanes=sorted(set(tids)))  # one bar per thread
         comm = self.arrays["names"]["comm"]
-        return {int(t): comm[c] for t, c in zip(r.lane[idx][rep].tolist(), r.payload["comm"][idx][rep].tolist())}
+        return {int(t): comm[c] for t, c in zip(r.lane[rep].tolist(), r.payload["comm"][rep].tolist())}
 
     def np_view(self, lo: int, hi: int, bucket: int, shown: list[int]) -> tuple[dict, dict, dict, dict]:
         """The view's (states, cpus, syscalls, irqs) columns, as its SQL gives them."""
-        from stacklens.views.web.lod import merge
         a, names = self.arrays, self.arrays["names"]
         st = a["states"]
-        idx, s, e = st.window(lo, hi, lanes=shown)
-        code = st.payload["state"][idx]
-        want = np.isin(names["state"][code], list(VIEW_STATES)) if len(code) else np.zeros(0, bool)
-        idx, s, e, code = idx[want], s[want], e[want], code[want]
-        lane = st.lane[idx] * 64 + code
-        order = np.lexsort((s, lane))
-        idx, s, e, lane, code = idx[order], s[order], e[order], lane[order], code[order]
-        rep, gs, ge, n = merge(lane, s, e, lo, bucket)
-        states = {"tid": st.lane[idx][rep].tolist(), "state": names["state"][code[rep]].tolist(),
+        k = max(1, len(names["state"]))
+        codes = [c for c, name in enumerate(names["state"].tolist()) if name in VIEW_STATES]
+        rep, gs, ge, n = st.bars(lo, hi, bucket, lanes=[t * k + c for t in shown for c in codes])
+        states = {"tid": st.payload["tid"][rep].tolist(), "state": names["state"][st.payload["state"][rep]].tolist(),
                   "s": gs.tolist(), "e": ge.tolist(), "n": n.tolist()}
         r = a["running"]
-        idx, s, e = r.window(lo, hi)
-        rep, gs, ge, n = merge(r.lane[idx], s, e, lo, bucket)
-        rows = idx[rep]
+        rows, gs, ge, n = r.bars(lo, hi, bucket)
         cpus = {"cpu": r.lane[rows].tolist(), "tid": r.payload["tid"][rows].tolist(),
                 "comm": names["comm"][r.payload["comm"][rows]].tolist(), "s": gs.tolist(), "e": ge.tolist(),
                 "n": n.tolist()}
         y = a["syscalls"]
-        idx, s, e = y.window(lo, hi, lanes=shown, clip=False)
-        rep, gs, ge, n = merge(y.lane[idx], s, e, lo, bucket)
-        rows = idx[rep]
+        rows, gs, ge, n = y.bars(lo, hi, bucket, lanes=shown, clip=False)
         sys = {"tid": y.lane[rows].tolist(), "call": names["call"][y.payload["call"][rows]].tolist(),
                "s": gs.tolist(), "e": ge.tolist(), "n": n.tolist()}
         q = a["irqs"]
-        idx, s, e = q.window(lo, hi, clip=False)
-        rep, gs, ge, n = merge(q.lane[idx], s, e, lo, bucket)
-        rows = idx[rep]
+        rows, gs, ge, n = q.bars(lo, hi, bucket, clip=False)
         irqs = {"cpu": (q.lane[rows] // 2).tolist(), "kind": np.where(q.lane[rows] % 2 == 1, "softirq", "irq").tolist(),
                 "what": names["what"][q.payload["what"][rows]].tolist(), "s": gs.tolist(), "e": ge.tolist(),
                 "n": n.tolist()}

@@ -386,9 +386,12 @@ class WebData:
         longest = '(CAST("end" - start AS HUGEINT) * 9223372036854775807 - start)'
         arrays = getattr(kw, "arrays", None)
         if arrays is not None:  # the stored intervals in NumPy (views/web/lod.py): no query
-            in_window = kw.np_in_window(lo, hi)
-            order = sorted(set(in_window) | {t for t in named if t in in_window},
-                           key=lambda t: (t not in named, procs.get(t, (t, None))[0], t))
+            # the threads in lane order (VM threads first, then by (pid, tid)), sorted once per host
+            lane_order = self._cached(f"klaneorder:{host}", lambda: sorted(
+                kw.arrays["running_by_tid"].keys.tolist(),
+                key=lambda t: (t not in named, procs.get(t, (t, None))[0], t)))
+            in_window = set(kw.np_in_window(lo, hi))
+            order = [t for t in lane_order if t in in_window]
             shown = order[offset:offset + KERNEL_THREAD_LANES]
             labelled = sorted(set(shown) | {procs.get(t, (t, None))[0] for t in shown})
             names = kw.np_names(labelled, lo, hi)
@@ -443,6 +446,8 @@ class WebData:
         cpu_lane = {c: index[f"CPU {c}"] for c in cpus["cpu"]}
         irq_lane = {c: index[f"CPU {c} IRQ"] for c in irqs["cpu"]}
         vm_of = {t: r["vm"] for t, r in named.items()}
+        def vms(tids: list) -> list:
+            return [vm_of.get(t) for t in tids] if vm_of else [None] * len(tids)
         labels = {st: STATE_LABELS.get(st, st) for st in THREAD_STATES}
         n_st, n_sys, n_cpu, n_irq = len(states["s"]), len(syscalls["s"]), len(cpus["s"]), len(irqs["s"])
         columns = {
@@ -455,7 +460,7 @@ class WebData:
             + [f"{comm} ({t})" + (f" of {vm_of[t]}" if t in vm_of else "") for t, comm in zip(cpus["tid"], cpus["comm"])]
             + [f"{k} {w}" for k, w in zip(irqs["kind"], irqs["what"])],
             "state": states["state"] + ["syscall"] * n_sys + ["cpu"] * n_cpu + irqs["kind"],
-            "vm": [vm_of.get(t) for t in states["tid"]] + [None] * n_sys + [vm_of.get(t) for t in cpus["tid"]]
+            "vm": vms(states["tid"]) + [None] * n_sys + vms(cpus["tid"])
             + [None] * n_irq,
             "tid": states["tid"] + syscalls["tid"] + cpus["tid"] + [None] * n_irq,
             "cpu": [None] * (n_st + n_sys) + cpus["cpu"] + irqs["cpu"],
