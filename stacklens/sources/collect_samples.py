@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -55,6 +54,8 @@ class CollectSampleReader(Reader):
             lines.pop()
         table = pa.table({"pos": pa.array(range(1, len(lines) + 1), pa.int64()),
                           "line": pa.array(lines, pa.string())})
+        import duckdb  # here, not at import: recognising parts imports every reader module
+
         con = duckdb.connect()
         con.execute("SET threads TO 1")
         con.register("lines", table)
