@@ -101,9 +101,14 @@ def fsync_path(path: Path) -> None:
 
 # How event files are encoded. Dictionary encoding only where values repeat: on near-unique
 # columns (ts, pos, fields) it costs time and makes files larger.
+# ts (sorted within a file) and pos (consecutive) as deltas: on 5 M CTF events their encoding
+# took 0.23 s of a 0.96 s write as plain values + zstd, 0.09 s as deltas, 7 MB smaller; DuckDB
+# reads them as fast
 EVENT_FILE_OPTIONS: dict[str, Any] = {"compression": "zstd", "row_group_size": ROW_GROUP,
                                       "use_dictionary": DICTIONARY_COLUMNS,
-                                      "write_statistics": STATISTICS_COLUMNS}
+                                      "write_statistics": STATISTICS_COLUMNS,
+                                      "column_encoding": {"ts": "DELTA_BINARY_PACKED",
+                                                          "pos": "DELTA_BINARY_PACKED"}}
 
 
 def _write_parquet(table: pa.Table, path: Path, options: dict[str, Any] | None = None) -> None:
