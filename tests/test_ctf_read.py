@@ -379,3 +379,27 @@ def test_distinct_traces_share_parsed_layout_and_decoders(tmp_path: Path) -> Non
     assert all(sa.cs is sb.cs for sa, sb in zip(ta.streams, tb.streams))
     n, r = read_all(b)
     assert n == OWNER_COUNTS["tracecompass/many-threads"] and r.report.host_hint == mb.env["hostname"]
+
+
+def test_reused_slot_buffers_leave_rows_as_fresh_buffers_do(monkeypatch) -> None:
+    """Decode slot buffers go back to a pool once a chunk's rows are built and the next chunk
+    (of any stream) decodes into them: rows holding a view of one would change under it. Small
+    chunks (8,192 events a stream) make every stream reuse buffers many times; the rows must
+    equal those read with no reuse at all."""
+    import pyarrow as pa
+    import stacklens.sources.ctf as ctf
+    from stacklens.sources.ctf.streams import SLOT_BUFFERS
+    p = need_data("tracecompass", "many-threads")
+    monkeypatch.setattr(ctf, "MAX_ROWS", 8192)
+
+    def read() -> pa.Table:
+        return pa.concat_tables(list(CtfReader(p).tables())).combine_chunks()
+    monkeypatch.setattr(SLOT_BUFFERS, "KEEP", 0)
+    fresh = read()
+    monkeypatch.setattr(SLOT_BUFFERS, "KEEP", 8)
+    given = []
+    real_give = SLOT_BUFFERS.give
+    monkeypatch.setattr(SLOT_BUFFERS, "give", lambda buf: (given.append(len(buf)), real_give(buf)))
+    reused = read()
+    assert len(given) > 2 * 8  # several chunks per stream, each buffer handed back
+    assert fresh.num_rows == 240_644 and reused.equals(fresh)

@@ -20,7 +20,7 @@ from stacklens.sources.base import Reader, ReadOptions
 
 from . import rowjson
 from .jsonify import json_column
-from .streams import Chunk, CtfTrace, TraceError, merge, merged_order, prefetched
+from .streams import SLOT_BUFFERS, Chunk, CtfTrace, TraceError, merge, merged_order, prefetched
 
 __all__ = ["CtfReader", "CtfTrace", "open_trace", "find_traces", "is_ctf_metadata"]
 
@@ -150,7 +150,8 @@ class CtfReader(Reader):
     def _with_rows(self, trace: CtfTrace, chunks: Iterator[Chunk], kernel: bool) -> Iterator[Chunk]:
         for ch in chunks:
             ch.rows = rowjson.chunk_rows(ch, kernel, chunk_rows)  # type: ignore[attr-defined]
-            ch.buf = _EMPTY  # the slot buffer is no longer needed: free it before the merge
+            SLOT_BUFFERS.give(ch.buf)  # the rows copied what they need: the next chunk decodes into it
+            ch.buf = _EMPTY
             yield ch
 
     def lost(self) -> pa.Table | None:
