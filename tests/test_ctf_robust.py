@@ -295,3 +295,17 @@ def test_packet_time_out_of_line(trace: tuple, stream: str, at: int, size: int, 
     assert all(not min(original) <= x <= max(original) for x in damaged)  # all of them moved
     assert rows == len(kept) and part["skipped"] == len(damaged)
     assert f"{len(damaged)} events left out" in notes and f"{len(damaged)} at byte {at}" in notes, notes
+
+
+def test_string_gather_checks_every_slot_before_copying():
+    """The compiled string copy (decode._strings) reads only inside the stream's data: a slot
+    past its end is an IndexError (the reader's error path), and a null's start slot, which may
+    hold anything, is never read."""
+    import numpy as np
+    from stacklens.sources.ctf.decode import _strings
+    data = np.frombuffer(b"hello world", dtype=np.uint8)
+    ok = _strings(data, np.array([0, 1 << 40, 6]), np.array([5, 0, 5]), np.array([False, True, False]))
+    assert ok.to_pylist() == ["hello", None, "world"]
+    for starts, lens in (([8], [5]), ([-1], [2]), ([1 << 62], [3]), ([0, 11], [1, 1])):
+        with pytest.raises(IndexError):
+            _strings(data, np.array(starts), np.array(lens), None)

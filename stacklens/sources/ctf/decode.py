@@ -963,14 +963,33 @@ def build(node: Node, buf: np.ndarray, idx: np.ndarray, data: np.ndarray, valid:
     raise ValueError(k)
 
 
+@numba.njit(**NO_REFCOUNT)
+def _gather_strings(data, starts, offsets, out):  # noqa: ANN001, ANN201
+    """out[offsets[i]:offsets[i + 1]] = data[starts[i]:...], one copy loop per string. Returns
+    the first string outside `data` (nothing of it copied), or -1. Empty strings are not looked
+    at (a null's start slot may hold anything)."""
+    size = data.shape[0]
+    for i in range(starts.shape[0]):
+        s, o = starts[i], offsets[i]
+        n = offsets[i + 1] - o
+        if n == 0:
+            continue
+        if n < 0 or s < 0 or s > size - n or o + n > out.shape[0]:
+            return i
+        for j in range(n):
+            out[o + j] = data[s + j]
+    return -1
+
+
 def _strings(data: np.ndarray, starts: np.ndarray, lens: np.ndarray, mask: np.ndarray | None) -> pa.Array:
     n = len(starts)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lens, out=offsets[1:])
     total = int(offsets[-1])
     if total:
-        src = np.repeat(starts - offsets[:-1], lens) + np.arange(total)
-        chars = data[src]
+        chars = np.empty(total, dtype=np.uint8)
+        if _gather_strings(data, starts.astype(np.int64, copy=False), offsets, chars) >= 0:
+            raise IndexError("a string slot points outside its stream's data")
     else:
         chars = np.zeros(0, dtype=np.uint8)
     validity = None
@@ -979,7 +998,7 @@ def _strings(data: np.ndarray, starts: np.ndarray, lens: np.ndarray, mask: np.nd
         nulls = int(mask.sum())
     else:
         nulls = 0
-    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()),
+    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars),
                                            validity, nulls)
     # invalid UTF-8 bytes would make later consumers fail: replace them
     try:

@@ -157,6 +157,7 @@ class SlotBuffers:
 
 
 SLOT_BUFFERS = SlotBuffers()
+_NO_SLOTS = np.zeros(0, dtype=np.int64)
 
 _COMPILED: dict[tuple[str | int, int], tuple[TraceMetadata, CompiledStream]] = {}
 
@@ -580,13 +581,22 @@ class CtfTrace:
         for ch in chunks:
             sf = ch.stream
             cpus = _packet_values(sf, "cpu")
+            # each event's CPU (from its packet) once per chunk, not once per class
+            cpu_of = cpus[ch.pkt].astype(np.int32) if len(cpus) and not (cpus < 0).all() else None
+            unknown = cpu_of is not None and bool((cpu_of < 0).any())
             for ci, rows in ch.groups():
                 names, arrays, _ = ch.columns(ci, rows)
-                cpu = _take_packet_values(cpus, ch.pkt[rows])
+                if cpu_of is None:
+                    cpu = pa.nulls(len(rows), pa.int32())
+                else:
+                    v = cpu_of[rows]
+                    cpu = pa.array(v, mask=v < 0 if unknown else None)
                 batch = pa.RecordBatch.from_arrays(
                     [pa.array(ch.ts[rows]), cpu, *arrays],
                     names=["ts", "cpu", *_dedupe(names)])
                 yield sf.cs.classes[ci].cls.name, batch
+            SLOT_BUFFERS.give(ch.buf)  # every column above is a copy: the next chunk decodes into it
+            ch.buf = _NO_SLOTS
 
 
 def prefetched(pool: ThreadPoolExecutor, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -621,13 +631,6 @@ def _dedupe(names: list[str]) -> list[str]:
 def _packet_values(sf: StreamFile, attr: str) -> np.ndarray:
     return np.array([getattr(p, attr) if getattr(p, attr) is not None else -1 for p in sf.packets],
                     dtype=np.int64)
-
-
-def _take_packet_values(vals: np.ndarray, pkt: np.ndarray) -> pa.Array:
-    if len(vals) == 0 or (vals < 0).all():
-        return pa.nulls(len(pkt), pa.int32())
-    v = vals[pkt]
-    return pa.array(v.astype(np.int32), mask=v < 0 if (v < 0).any() else None)
 
 
 def _magic_bytes(meta: TraceMetadata) -> bytes | None:
