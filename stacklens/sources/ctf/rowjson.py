@@ -197,21 +197,29 @@ def _put_u64(out, o, u):
     return o + n
 
 
+def _pool_array(n: int, dtype) -> np.ndarray:  # noqa: ANN001
+    """An uninitialised array in Arrow's memory pool: the rows hand it to Arrow as it is, and
+    the pool keeps freed memory for the next chunk where a fresh NumPy array was paid again
+    in page faults."""
+    return np.frombuffer(pa.allocate_buffer(n * np.dtype(dtype).itemsize), dtype=dtype)
+
+
 def json_events(ops, lits, entry, ev_class, ev_base, buf, data):  # noqa: ANN001, ANN201
     """JSON object bytes of each event (classes with entry < 0 get an empty string).
     Returns (offsets, bytes). The compiled writer never reallocates its output (a buffer
     rebound inside its loop cost two atomic reference-count updates per field): when an
     event does not fit it stops there, and the buffer is doubled here."""
     n = ev_class.shape[0]
-    offsets = np.zeros(n + 1, np.int64)
-    out = np.empty(max(1024, n * 96), np.uint8)
+    offsets = _pool_array(n + 1, np.int64)
+    offsets[0] = 0
+    out = _pool_array(max(1024, n * 96), np.uint8)
     stack = np.empty(3 * 64, np.int64)
     e = 0
     while True:
         e = _write_events(ops, lits, entry, ev_class, ev_base, buf, data, out, offsets, stack, e)
         if e == n:
             return offsets, out[:offsets[n]]
-        bigger = np.empty(2 * len(out), np.uint8)
+        bigger = _pool_array(2 * len(out), np.uint8)
         bigger[:offsets[e]] = out[:offsets[e]]
         out = bigger
 
