@@ -56,7 +56,7 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
             "    subprocess.run(c, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=%d)\n"
             "dt = time.perf_counter() - t0\n"
             "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-            "print(json.dumps({'wall': dt, 'cpu': ru.ru_utime + ru.ru_stime, 'rss_mb': ru.ru_maxrss / 1024}))\n"
+            "print(json.dumps({'wall': dt, 'cpu': ru.ru_utime + ru.ru_stime, 'sys': ru.ru_stime, 'rss_mb': ru.ru_maxrss / 1024}))\n"
             % TIMEOUT)
     out = subprocess.run([sys.executable, "-c", code, json.dumps(cmd)], capture_output=True, text=True,
                          timeout=TIMEOUT + 60, env=env)
@@ -110,6 +110,9 @@ def main() -> int:
     best: dict[str, dict] = {}
 
     def keep(k: str, r: dict) -> None:
+        if os.environ.get("CTF_BENCH_VERBOSE"):
+            print(f"ctf_decode:   round: {k:9s} wall {r['wall']:.2f} s, CPU {r['cpu']:.2f} s"
+                  + (f" (system {r['sys']:.2f} s)" if "sys" in r else ""), flush=True)
         # each figure its best round, the same for every variant: wall time from the fastest
         # round, CPU time from the round that used the least (on a shared machine the two are
         # often different rounds), peak RSS the largest seen
