@@ -168,7 +168,7 @@ class KernelIntervals:
             "names": {"comm": run["comm_names"], "state": st["state_names"], "call": sy["call_names"],
                       "what": ir["what_names"]},
         }
-        arrays["running"].bars(self.span_start, self.span_start + 1, 1)  # load the compiled pass here, not in a request
+        arrays["running"].bars(self.span_start, self.span_start, 1)  # load the compiled pass here, not in a request
         self.arrays = arrays
 
     # ---- the view's level of detail from the arrays (same answers as the SQL) ---------------
