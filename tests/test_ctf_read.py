@@ -403,3 +403,22 @@ def test_reused_slot_buffers_leave_rows_as_fresh_buffers_do(monkeypatch) -> None
     reused = read()
     assert len(given) > 2 * 8  # several chunks per stream, each buffer handed back
     assert fresh.num_rows == 240_644 and reused.equals(fresh)
+
+
+def test_merged_order_is_by_key_then_stream_rank() -> None:
+    """The merge of per-CPU streams: rows by key, equal keys by stream rank, each stream's
+    rows in their own order — against a plain sort of (key, rank, row) tuples."""
+    import numpy as np
+    from stacklens.sources.ctf.streams import Part, merged_order
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        ranks = sorted(rng.choice(16, size=int(rng.integers(1, 9)), replace=False).tolist())
+        if rng.random() < 0.2:
+            rng.shuffle(ranks)  # not the order merge() gives: still right
+        parts, rows = [], []
+        for r in ranks:
+            n = int(rng.integers(1, 60))
+            keys = np.sort(rng.integers(0, 30, n))
+            parts.append(Part(r, None, 0, n, keys))  # type: ignore[arg-type]
+            rows += [(int(k), r, len(rows) + j) for j, k in enumerate(keys)]
+        assert merged_order(parts).tolist() == [i for _, _, i in sorted(rows)]

@@ -826,9 +826,14 @@ def merge(chunk_iters: list[Iterator[Chunk]]) -> Iterator[list[Part]]:
 
 
 def merged_order(parts: list[Part]) -> np.ndarray:
-    """Permutation of the concatenated parts' rows into merged order (stable)."""
+    """Permutation of the concatenated parts' rows into merged order (stable): by key, ties
+    to the lower rank. `merge` lists a step's parts by ascending rank, so a stable sort of the
+    keys alone keeps ties in rank order (no rank array, one key to sort: NumPy's stable sort
+    merges the already sorted runs)."""
     if len(parts) == 1:
         return np.arange(parts[0].end - parts[0].first)
     keys = np.concatenate([p.keys for p in parts])
+    if all(a.rank < b.rank for a, b in zip(parts, parts[1:])):
+        return np.argsort(keys, kind="stable")
     ranks = np.concatenate([np.full(p.end - p.first, p.rank, dtype=np.int32) for p in parts])
     return np.lexsort((ranks, keys))
