@@ -51,8 +51,23 @@ def ingest(paths: list[Path] = typer.Argument(..., help="Trace bundles, trace di
     for p in paths:
         if not p.exists():
             raise StacklensError(f"{p}: no such file or directory")
+    _ingest_memory_pool()
     code = run_ingest(_store(store, create=True), paths, host=host, tz=tz, json_out=json_out, cluster=cluster)
     raise typer.Exit(code)
+
+
+def _ingest_memory_pool() -> None:
+    """Arrow's buffers from jemalloc for an ingest, unless ARROW_DEFAULT_MEMORY_POOL says
+    otherwise: ingest allocates and frees chunk-sized buffers at a high rate, and mimalloc
+    served them as fresh huge pages zeroed by the kernel — jemalloc: CPU -5.6 % (3.92 -> 3.70 s,
+    6 alternating rounds after babeltrace2 runs), peak RSS 570 -> 501 MB on 21 distinct traces."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    import pyarrow as pa
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
+        pass
 
 
 @app.command()
