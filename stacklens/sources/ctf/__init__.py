@@ -121,7 +121,7 @@ class CtfReader(Reader):
         for parts in merge(iters):
             t = pa.concat_tables([p.chunk.rows.slice(p.first, p.end - p.first) for p in parts])  # type: ignore[attr-defined]
             if len(parts) > 1:
-                t = t.take(pa.array(merged_order(parts)))
+                t = _take(t, pa.array(merged_order(parts)))
             n = t.num_rows
             t = t.append_column("pos", pa.array(np.arange(pos, pos + n, dtype=np.int64)))
             pos += n
@@ -167,6 +167,13 @@ class CtfReader(Reader):
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _take(t: pa.Table, order: pa.Array) -> pa.Table:
+    """t.take(order), columns with no value left as they are (a kernel trace's pid, tid and
+    procname: a third of the merge's copying was of nulls)."""
+    return pa.table({name: col if col.null_count == len(col) else col.take(order)
+                     for name, col in zip(t.column_names, t.columns)})
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
