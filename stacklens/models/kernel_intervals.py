@@ -120,12 +120,11 @@ class KernelIntervals:
     def warm(self, max_rows: int = WARM_MAX_ROWS) -> None:
         """Read the intervals into NumPy (views/web/lod.py Lanes: sorted by lane and start) when
         each table holds at most max_rows rows (5 M events: ~3 M rows in all, ~100 MB): a
-        window is then a binary search per lane and the level of detail a few array operations,
-        no query. Until then (or for bigger hosts) the view queries the Parquet files. Runs on
+        window is then a binary search per lane and the level of detail one compiled pass, no
+        query. Until then (or for bigger hosts) the view queries the Parquet files. Runs on
         its own cursor (a background thread may call it while requests use self.con); sets
         self.arrays last, in one assignment."""
         import pyarrow.compute as pc
-        from stacklens.views.web.lod import Lanes
         cur = self.con.cursor()
         try:
             counts = {t: cur.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in self.TABLES[:4]}
@@ -152,9 +151,20 @@ class KernelIntervals:
             cur.close()
         n_states = max(1, len(st["state_names"]))
         view = np.isin(st["state_names"][st["state"]], list(VIEW_STATES)) if len(st["tid"]) else np.zeros(0, bool)
-        if len(st["tid"]) and int(np.abs(st["tid"]).max()) >= (1 << 62) // n_states:
+        key_room = (1 << 62) // n_states  # tid * n_states + state must not wrap (np.abs(int64 min) does)
+        if len(st["tid"]) and (int(st["tid"].max()) >= key_room or int(st["tid"].min()) <= -key_room):
             return  # thread ids no lane key can hold: the view keeps querying the files
-        arrays = {
+        try:
+            arrays = self._lanes(run, st, sy, ir, view, n_states)
+        except ValueError:  # intervals Lanes refuses (an end before its start): the files answer
+            return
+        arrays["running"].bars(self.span_start, self.span_start, 1)  # load the compiled pass here, not in a request
+        self.arrays = arrays
+
+    @staticmethod
+    def _lanes(run: dict, st: dict, sy: dict, ir: dict, view: np.ndarray, n_states: int) -> dict:
+        from stacklens.views.web.lod import Lanes
+        return {
             "running": Lanes(run["cpu"].astype(np.int64), run["start"], run["end"], tid=run["tid"], comm=run["comm"]),
             "running_by_tid": Lanes(run["tid"], run["start"], run["end"], comm=run["comm"]),
             # the view's states only, one lane per (thread, state): bars come out in the order the
@@ -168,8 +178,6 @@ class KernelIntervals:
             "names": {"comm": run["comm_names"], "state": st["state_names"], "call": sy["call_names"],
                       "what": ir["what_names"]},
         }
-        arrays["running"].bars(self.span_start, self.span_start, 1)  # load the compiled pass here, not in a request
-        self.arrays = arrays
 
     # ---- the view's level of detail from the arrays (same answers as the SQL) ---------------
     def np_in_window(self, lo: int, hi: int) -> list[int]:

@@ -174,6 +174,8 @@ def _take(t: pa.Table, order: pa.Array) -> pa.Table:
     procname: a third of the merge's copying was of nulls)."""
     return pa.table({name: col if col.null_count == len(col) else col.take(order)
                      for name, col in zip(t.column_names, t.columns)})
+
+
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-I64_MIN, I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+I64_MIN = np.iinfo(np.int64).min
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=True)
 def _bars(first, stop, longest, start, end, sel, lo, hi, bucket, clip):
     """One pass over the selected lanes' intervals in [lo, hi). clip: every interval overlapping
     the window, clipped to it (empty ones dropped); else those wholly inside (start >= lo,
-    end < hi). Returns (rep row, start,
-    end, intervals merged, lane index, solo) per bar, in the order of the walk: per selected
-    lane, by start."""
+    end < hi). Returns (rep row, start, end, intervals merged, lane index, solo) per bar, in
+    the order of the walk: per selected lane, by start."""
     n_sel = sel.shape[0]
     i0s = np.empty(n_sel, np.int64)
     i1s = np.empty(n_sel, np.int64)
