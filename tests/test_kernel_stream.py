@@ -108,21 +108,38 @@ class Oracle:
     def __init__(self, store: Store, host: str) -> None:
         con = store.connect(host=host, layer="kernel")
         self.start, self.end = con.execute("SELECT min(ts), max(ts) FROM events").fetchone()
-        rows = con.execute("""SELECT ts, src, pos, cpu, name, fields FROM events
-                              WHERE name IN ('sched_switch', 'sched_wakeup', 'sched_wakeup_new')
+        rows = con.execute("""SELECT ts, src, pos, cpu, name, fields, tid FROM events
                               ORDER BY ts, src, pos""").fetchall()
         con.close()
         # running intervals per CPU: (start, end, tid)
         self.running: dict[int, list[tuple[int, int, int | None]]] = defaultdict(list)
         last: dict[int, tuple[int, int | None]] = {}
         events: dict[int, list[tuple]] = defaultdict(list)  # tid -> (ts, src, pos, kind, state, cpu)
-        for ts, src, pos, cpu, name, fields in rows:
+        seen: dict[int, list[tuple[int, int]]] = defaultdict(list)  # cpu -> (ts, task context tid) of its events
+        self.missed: list[tuple] = []  # (cpu, ts, at, hidden tid, found tid)
+        for ts, src, pos, cpu, name, fields, ctx_tid in rows:
+            if name not in ("sched_switch", "sched_wakeup", "sched_wakeup_new"):
+                if cpu is not None and ctx_tid is not None:
+                    seen[cpu].append((ts, ctx_tid))
+                continue
             f = json.loads(fields)
             if name == "sched_switch":
                 if cpu is None:
                     continue
                 prev = _int(f.get("prev_tid", f.get("prev_pid")))
                 nxt = _int(f.get("next_tid", f.get("next_pid")))
+                if cpu in last and prev is not None and last[cpu][1] is not None and prev != last[cpu][1] \
+                        and last[cpu][0] < ts:
+                    # a switch the trace lacks: the hidden thread left right after its last event here
+                    since, hidden = last[cpu]
+                    left = max([since] + [t for t, c in seen[cpu] if c == hidden and since < t < ts])
+                    self.running[cpu].append((since, left, hidden))
+                    events[hidden].append((left, src, pos, 0, "unknown", cpu))
+                    events[prev].append((left, src, pos, 1, "running", cpu))
+                    last[cpu] = (left, prev)
+                    self.missed.append((cpu, left, ts, hidden, prev))
+                if ctx_tid is not None:
+                    seen[cpu].append((ts, ctx_tid))
                 if cpu in last:
                     self.running[cpu].append((last[cpu][0], ts, last[cpu][1]))
                 elif ts > self.start and prev is not None:
@@ -133,6 +150,8 @@ class Oracle:
                 events[prev].append((ts, src, pos, 0, _entered(None if ps is None else str(ps)), cpu))
                 events[nxt].append((ts, src, pos, 1, "running", cpu))
             else:
+                if cpu is not None and ctx_tid is not None:
+                    seen[cpu].append((ts, ctx_tid))
                 tid = _int(f.get("tid", f.get("pid")))
                 target = f.get("target_cpu", cpu)
                 events[tid].append((ts, src, pos, 2, "runnable", None if target is None else int(target)))
@@ -263,6 +282,9 @@ def _check_host(store: Store, host: str, procs: list[str]) -> None:
             names = names.filter(pc.is_in(names["tid"], pa.array(victims, pa.int64())))
             assert stream.name_changes(victims).drop_columns(["how"]).to_pylist() == \
                 names.drop_columns(["how"]).to_pylist()
+        assert [(r["cpu"], r["ts"], r["at"], r["prev_tid"], r["next_tid"]) for r in stream.missed_switches().to_pylist()] \
+            == sorted(oracle.missed) == [(r["cpu"], r["ts"], r["at"], r["prev_tid"], r["next_tid"])
+                                         for r in model.missed_switches().to_pylist()]
         whole = agg.time_in_state()
         assert whole == {t: d for t, d in oracle.time_in_state().items() if d}
         assert stream.threads().to_pylist() == model.threads().to_pylist()

@@ -3,7 +3,9 @@
 Everything here is DuckDB SQL over the `events` view of one host's kernel partition:
   * running intervals: sched_switch sorted by (cpu, ts); consecutive switches on a CPU bound
     the time `next_tid` ran there (the last one runs to the end of the trace, and the first
-    one's `prev_tid` ran there since the trace start);
+    one's `prev_tid` ran there since the trace start); a switch whose prev_tid is not the thread
+    the CPU's previous switch put there shows a switch the trace lacks, put right after that
+    thread's last event on the CPU (inferred_switches; `missed_switches()` lists them);
   * thread states: per tid, every switch-in starts `running`, every switch-out starts what
     `prev_state` says the thread entered (runnable = preempted, blocked, io_wait = D state,
     exited), the first wakeup after a blocking switch-out starts `runnable`, the first switch-out
@@ -68,6 +70,49 @@ WAKEUP_ROWS_SQL = """
                     FROM events WHERE host = $host AND name IN ('sched_wakeup', 'sched_wakeup_new'))"""
 
 
+# A switch whose prev_tid is not the thread the CPU's previous switch put there: the trace lacks
+# a switch in between. Lost events do this; so does a kernel that leaves some task's switch-outs
+# out of the buffer (seen on this project's own test machine: a sandbox agent's threads are
+# switched in, never out). Perfetto and Trace Compass end the thread's run at the next recorded
+# switch, which hands the whole gap to the thread that was switched in and never seen again.
+def missed_switches_sql(switches: str) -> str:
+    """Rows of `switches` (ts, cpu, src, pos, prev_tid, next_tid, prev_comm, next_comm) whose
+    prev_tid (`found_tid`) is not the previous switch's next_tid on that CPU (`hidden_tid`, in
+    since `since`)."""
+    return f"""
+      SELECT * FROM (
+        SELECT ts, cpu, src, pos, prev_tid AS found_tid, prev_comm AS found_comm,
+               lag(next_tid) OVER w AS hidden_tid, lag(next_comm) OVER w AS hidden_comm, lag(ts) OVER w AS since
+        FROM {switches} WINDOW w AS (PARTITION BY cpu ORDER BY ts, src, pos))
+      WHERE hidden_tid <> found_tid AND since < ts"""
+
+
+INFERRED_SWITCH_COLUMNS = ("ts", "cpu", "src", "pos", "prev_tid", "next_tid", "prev_state", "prev_comm", "next_comm")
+
+
+def inferred_switches(con: duckdb.DuckDBPyConnection, missed: pa.Table, host: str, events_where: str = "TRUE") -> pa.Table:
+    """The switches the trace lacks, one per row of `missed` (missed_switches_sql): the hidden
+    thread leaves its CPU for the found one right after its last sign of running there — its
+    switch-in, or the last event on that CPU whose task context (ftrace's header pid, LTTng's tid
+    context) is that thread. The found thread is known to be running at the next switch; the
+    hidden one left no trace of running after its last event. prev_state is NULL: the hidden
+    thread's state after it is unknown. Each row takes the real switch's (src, pos), so it sorts
+    right before it. Columns INFERRED_SWITCH_COLUMNS plus `at` (the real switch's ts)."""
+    con.register("_missed_switches", missed)
+    try:
+        return con.sql(f"""
+            SELECT coalesce(max(e.ts), any_value(m.since)) AS ts, m.cpu, m.src, m.pos,
+                   any_value(m.hidden_tid) AS prev_tid, any_value(m.found_tid) AS next_tid,
+                   CAST(NULL AS VARCHAR) AS prev_state, any_value(m.hidden_comm) AS prev_comm,
+                   any_value(m.found_comm) AS next_comm, m.ts AS at
+            FROM _missed_switches m LEFT JOIN (
+              SELECT ts, cpu, tid FROM events WHERE host = $host AND tid IS NOT NULL AND {events_where}) e
+              ON e.cpu = m.cpu AND e.tid = m.hidden_tid AND e.ts > m.since AND e.ts < m.ts
+            GROUP BY m.cpu, m.src, m.pos, m.ts ORDER BY m.cpu, m.ts""", params={"host": host}).to_arrow_table()
+    finally:
+        con.unregister("_missed_switches")
+
+
 def state_machine_sql(switches: str, wakeups: str, end_ts: int, tid_filter: str = "tid IS NOT NULL AND tid <> 0") -> str:
     """The thread state machine as one query over the tables `switches` (ts, src, pos, cpu,
     prev_tid, next_tid, entered) and `wakeups` (ts, src, pos, cpu, tid): rows tid, state, start,
@@ -121,6 +166,7 @@ class KernelModel:
             raise StacklensError(f"host {host!r}: no kernel events in the store")
         self.span = TraceSpan(int(span[0]), int(span[1]))
         self._built: set[str] = set()
+        self.inferred: pa.Table | None = None  # the switches the trace lacks, once looked for
 
     # ---- building blocks -----------------------------------------------------------------
     def _need(self, table: str) -> None:
@@ -130,7 +176,19 @@ class KernelModel:
         self._built.add(table)
 
     def _build_switches(self) -> None:
-        self.con.execute(f"CREATE TEMP TABLE switches AS {SWITCH_ROWS_SQL} ORDER BY cpu, ts, src, pos", {"host": self.host})
+        """The host's sched_switch rows, plus the switches the trace lacks (inferred_switches,
+        `inferred` true), ordered by (cpu, ts, src, pos)."""
+        self.con.execute(f"CREATE TEMP TABLE _recorded AS {SWITCH_ROWS_SQL}", {"host": self.host})
+        missed = self.con.sql(missed_switches_sql("_recorded")).to_arrow_table()
+        self.inferred = inferred_switches(self.con, missed, self.host)
+        cols = ", ".join(INFERRED_SWITCH_COLUMNS)
+        self.con.register("_inferred", self.inferred)
+        self.con.execute(f"""
+            CREATE TEMP TABLE switches AS
+            SELECT {cols}, false AS inferred FROM _recorded UNION ALL SELECT {cols}, true FROM _inferred
+            ORDER BY cpu, ts, src, pos, inferred DESC""")
+        self.con.unregister("_inferred")
+        self.con.execute("DROP TABLE _recorded")
         self.con.execute(f"ALTER TABLE switches ADD COLUMN entered VARCHAR")
         self.con.execute(f"UPDATE switches SET entered = {_ENTERED_STATE}")
 
@@ -237,6 +295,13 @@ class KernelModel:
             WHERE before IS DISTINCT FROM name ORDER BY tid, since""", {"host": self.host})
 
     # ---- public models -------------------------------------------------------------------
+    def missed_switches(self) -> pa.Table:
+        """The switches the trace lacks and where they were put (inferred_switches): cpu, ts
+        (the inferred switch), at (the recorded switch that showed it), prev_tid / prev_comm
+        (the thread that left unrecorded), next_tid / next_comm (the one found running)."""
+        self._need("switches")
+        return self.inferred.select(["cpu", "ts", "at", "prev_tid", "prev_comm", "next_tid", "next_comm"])
+
     def running(self) -> pa.Table:
         """cpu, tid, comm, start, end: who ran on each CPU (tid 0 = idle)."""
         self._need("running")

@@ -12,7 +12,8 @@ state run. Each interval is added to the sums when it closes and then forgotten.
 The semantics are the whole-host model's (its docstring and state_machine_sql):
   * running: on each CPU a switch starts `next_tid`'s interval, the next switch on that CPU or the
     trace end ends it; before a CPU's first switch, its prev_tid ran since the trace start (the
-    rows that say so are put in the stream at the trace start, where the model's are);
+    rows that say so are put in the stream at the trace start, where the model's are); the
+    switches the trace lacks are inferred by the model's own query and put in the stream;
   * states: a switch-in starts `running`, a switch-out what prev_state says (same SQL mapping),
     a wakeup `runnable` only when the last switch left the thread blocked / io_wait or there was
     none; equal consecutive states merge; `unknown` from the trace start to the first evidence;
@@ -40,7 +41,8 @@ from numba import types
 from numba.typed import Dict
 
 from stacklens.errors import StacklensError
-from stacklens.models.kernel import _ENTERED_STATE, STATES, SWITCH_ROWS_SQL, WAKEUP_ROWS_SQL, KernelModel
+from stacklens.models.kernel import (_ENTERED_STATE, STATES, SWITCH_ROWS_SQL, WAKEUP_ROWS_SQL, KernelModel,
+                                     inferred_switches, missed_switches_sql)
 
 RUNNING, RUNNABLE, BLOCKED, IO_WAIT, EXITED, UNKNOWN = range(6)
 assert STATES == ("running", "runnable", "blocked", "io_wait", "exited", "unknown")
@@ -350,6 +352,20 @@ class KernelStream(KernelModel):
                          "cpu": pa.array([c for c, _, _ in keep], pa.int32()),
                          "a": pa.array([t for _, _, t in keep], pa.int64())})
 
+    def _inferred_switches(self) -> pa.Table:
+        """The switches the trace lacks, inferred as the whole model does (kernel.inferred_switches);
+        one pass over the host's switches in (cpu, ts) order, done once."""
+        if getattr(self, "inferred", None) is None:
+            with self._duckdb_errors("looking for switches the trace lacks"):
+                missed = self.con.sql(missed_switches_sql(f"({SWITCH_ROWS_SQL})"),
+                                      params={"host": self.host}).to_arrow_table()
+                self.inferred = inferred_switches(self.con, missed, self.host)
+        return self.inferred
+
+    def missed_switches(self) -> pa.Table:
+        """As KernelModel.missed_switches, without materialising the host's switches."""
+        return self._inferred_switches().select(["cpu", "ts", "at", "prev_tid", "prev_comm", "next_tid", "next_comm"])
+
     def _stream(self):
         """Arrow batches of the host's scheduling rows in the model's order (ts, src, pos):
         ts, kind, cpu, a (prev_tid / the woken tid / the K_FIRST tid), b (next_tid), entered."""
@@ -358,6 +374,7 @@ class KernelStream(KernelModel):
         self.con.register("_src_no", pa.table({"src": pa.array(srcs, pa.string()),
                                                "src_no": pa.array(range(len(srcs)), pa.int32())}))
         self.con.register("_first_rows", self._first_switches(src_no))
+        self.con.register("_inferred_rows", self._inferred_switches())
         codes = "[" + ", ".join(f"'{s}'" for s in STATES) + "]"
         sql = f"""
             SELECT ts, kind, cpu, a, b, entered FROM (
@@ -367,6 +384,9 @@ class KernelStream(KernelModel):
               UNION ALL
               SELECT ts, src_no, pos, {K_WAKEUP}, cpu, tid, NULL, NULL
               FROM ({WAKEUP_ROWS_SQL}) JOIN _src_no USING (src)
+              UNION ALL  -- the switches the trace lacks (kernel.inferred_switches): the hidden thread's state is unknown after
+              SELECT ts, src_no, pos, {K_SWITCH}, cpu, prev_tid, next_tid, {STATES.index("unknown")}
+              FROM _inferred_rows JOIN _src_no USING (src)
               UNION ALL
               SELECT ts, src_no, pos, {K_FIRST}, cpu, a, NULL, NULL FROM _first_rows
             ) ORDER BY ts, src_no, pos, kind"""

@@ -9,6 +9,7 @@ can answer anything; a view that only draws [lo, hi) needs:
     thread asked for (its state at lo), or reaches the trace start or LOOKBACK_MAX_NS;
   * when it reaches the trace start, each CPU's first switch (looked for after hi when the CPU
     has none before): its prev_tid ran there since the trace start, as in the whole model.
+The switches the trace lacks are inferred among these rows as the whole model does.
 Each row's `fields` JSON is parsed once, and the parsed ranges are kept (up to
 PARSED_CACHE_ROWS rows) so later windows over the same time read only what is new.
 The thread states come from the whole model's own state machine query (state_machine_sql,
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacklens.errors import StacklensError
-from stacklens.models.kernel import _ENTERED_STATE, state_machine_sql
+from stacklens.models.kernel import _ENTERED_STATE, inferred_switches, missed_switches_sql, state_machine_sql
 
 LOOKBACK_FIRST_NS = 1_000_000  # at least 1 ms (else the window's width), xLOOKBACK_GROWTH until found
 LOOKBACK_GROWTH = 16  # each look-back query costs ~10 ms however short: few, growing fast
@@ -148,7 +149,29 @@ class KernelWindow:
             switches = rows.filter(rows["is_switch"])
             c["cpus"].update(v for v in pc.unique(switches["cpu"]).to_pylist() if v is not None)
             c["tids"].update(v for v in pc.unique(switches["next_tid"]).to_pylist() if v is not None)
-        return rows, set(cpus) - c["cpus"], set(tids) - c["tids"]
+        key = (len(c["parts"]), rows.num_rows)
+        if c.get("inferred_key") != key:
+            c["inferred_key"], c["with_inferred"] = key, self._with_inferred(rows)
+        return c["with_inferred"], set(cpus) - c["cpus"], set(tids) - c["tids"]
+
+    def _with_inferred(self, rows: pa.Table) -> pa.Table:
+        """`rows` plus the switches the trace lacks among them, inferred as the whole model does
+        (kernel.inferred_switches). A switch whose predecessor on its CPU lies before the look-back
+        is not checked: only windows whose look-back reaches past such a gap differ."""
+        self.con.register("_kw_all", rows)
+        try:
+            missed = self.con.sql(missed_switches_sql("(SELECT * FROM _kw_all WHERE is_switch)")).to_arrow_table()
+        finally:
+            self.con.unregister("_kw_all")
+        if not missed.num_rows:
+            return rows
+        a, b = pc.min(missed["since"]).as_py(), pc.max(missed["ts"]).as_py() + 1
+        inferred = inferred_switches(self.con, missed, self.host, self._between(a, b))
+        n = inferred.num_rows
+        columns = {"is_switch": pa.array([True] * n), "woken_tid": pa.nulls(n, rows.schema.field("woken_tid").type)}
+        extra = pa.table({f.name: (columns[f.name] if f.name in columns else inferred[f.name].cast(f.type))
+                          for f in rows.schema}, schema=rows.schema)
+        return pa.concat_tables([rows, extra])
 
     def _first_switch_after(self, cpu: int, at: int) -> pa.Table:
         """The first sched_switch of `cpu` at or after `at`, asked only when the CPU has none

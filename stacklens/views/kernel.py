@@ -92,7 +92,22 @@ def cpu_host(store: str, host: str, start: int | None, end: int | None, by: str,
         per_cpu = agg.cpu_by_cpu()
         per = agg.cpu_by_process() if by == "process" else agg.cpu_by_thread()
         return {"host": m.host, "start": lo, "end": hi, "cpus": per_cpu.to_pylist(),
-                by + "es" if by == "process" else "threads": _rows(per, limit)}
+                by + "es" if by == "process" else "threads": _rows(per, limit),
+                "missed_switches": _missed_switches(m.missed_switches(), lo, hi)}
+
+
+def _missed_switches(missed: pa.Table, lo: int, hi: int) -> list[dict]:
+    """Per (cpu, thread that left unrecorded): how many switches the trace lacks in [lo, hi) and
+    the time they moved from that thread to the one found running (`moved_ns`)."""
+    rows: dict[tuple, dict] = {}
+    for r in missed.to_pylist():
+        if r["at"] <= lo or r["ts"] >= hi:
+            continue
+        k = (r["cpu"], r["prev_tid"])
+        d = rows.setdefault(k, {"cpu": r["cpu"], "tid": r["prev_tid"], "name": r["prev_comm"], "count": 0, "moved_ns": 0})
+        d["count"] += 1
+        d["moved_ns"] += min(r["at"], hi) - max(r["ts"], lo)
+    return [rows[k] for k in sorted(rows)]
 
 
 def show_cpu(store: str, host: str | None, start: int | None, end: int | None, by: str, limit: int,
@@ -114,6 +129,11 @@ def show_cpu(store: str, host: str | None, start: int | None, end: int | None, b
             print_table(["tid", "thread", "pid", "process", "cpu time", "wait for cpu"],
                         [[r["tid"], r["name"], r["pid"], r["process"], fmt_duration(r["cpu_ns"]),
                           fmt_duration(r["wait_cpu_ns"])] for r in h["threads"]], right=["cpu time", "wait for cpu"])
+        for g in h.get("missed_switches", []):
+            n = g["count"]
+            console.print(f"[yellow]CPU {g['cpu']}: {n} switch-out{'s' if n > 1 else ''} of {g['name'] or '?'} "
+                          f"({g['tid']}) not in the trace: the {fmt_duration(g['moved_ns'])} after its last event "
+                          f"{'were' if n > 1 else 'was'} counted to the thread found running at the next switch[/]")
 
 
 def threads_host(store: str, host: str, tid: int | None, proc: str | None, limit: int) -> dict:
