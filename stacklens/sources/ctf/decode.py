@@ -476,6 +476,7 @@ class CompiledClass:
     k: int  # slots of context + payload
     context: Node | None
     payload: Node | None
+    plan: object = field(default=None, repr=False, compare=False)  # streams.ColumnPlan, made at first use
 
 
 @dataclass

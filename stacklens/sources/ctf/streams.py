@@ -93,24 +93,60 @@ class Chunk:
             yield int(self.cls[rows[0]]), rows
 
     def columns(self, ci: int, rows: np.ndarray) -> tuple[list[str], list[pa.Array], list[str]]:
-        """Typed columns of class `ci` for `rows`: names, arrays, and which ones are context."""
+        """Typed columns of class `ci` for `rows`: names, arrays, and which ones are context.
+        The integer columns (most of a kernel trace's) come from one gather of their slots;
+        a chunk's classes have a few hundred rows each, so per-column calls would dominate."""
         cs = self.stream.cs
         cc = cs.classes[ci]
+        plan = cc.plan if cc.plan is not None else ColumnPlan.of(cs, cc)
         base = self.base[rows]
+        arrays: list[pa.Array] = [None] * len(plan.names)  # type: ignore[list-item]
+        if len(plan.int_slots):
+            gathered = self.buf[plan.int_slots[:, None] + base[None, :]]  # a copy: one row per column
+            for j, (pos, unsigned64) in enumerate(zip(plan.int_pos, plan.int_u64)):
+                arrays[pos] = pa.array(gathered[j].view(np.uint64) if unsigned64 else gathered[j])
+        for pos, node, off in plan.others:
+            arrays[pos] = build(node, self.buf, base + off, self.stream.data)
+        return plan.names, arrays, plan.ctx
+
+
+@dataclass
+class ColumnPlan:
+    """How one event class's columns are gathered from its slots (made once per class)."""
+
+    names: list[str]
+    ctx: list[str]
+    unique_names: list[str]  # `names` with repeats numbered (_dedupe)
+    int_slots: np.ndarray  # slot of each plain integer / enumeration column, from the event's base
+    int_pos: list[int]  # its position among the columns
+    int_u64: list[bool]  # unsigned 64-bit: Arrow uint64
+    others: list[tuple[int, object, int]]  # (position, layout node, slot offset) built one by one
+
+    @staticmethod
+    def of(cs: CompiledStream, cc) -> "ColumnPlan":
         names: list[str] = []
-        arrays: list[pa.Array] = []
         ctx: list[str] = []
-        for node, off in ((cs.stream_ctx, 0), (cc.context, cs.kh)):
-            if node is not None:
-                for n, child in node.children:
-                    names.append(strip_underscore(n))
-                    ctx.append(strip_underscore(n))
-                    arrays.append(build(child, self.buf, base + off, self.stream.data))
-        if cc.payload is not None:
-            for n, child in cc.payload.children:
+        slots: list[int] = []
+        plan = ColumnPlan(names, ctx, [], np.zeros(0, np.int64), [], [], [])
+        members = [(node, off, node is not cc.payload) for node, off in
+                   ((cs.stream_ctx, 0), (cc.context, cs.kh), (cc.payload, cs.kh)) if node is not None]
+        for node, off, is_ctx in members:
+            for n, child in node.children:
+                pos = len(names)
                 names.append(strip_underscore(n))
-                arrays.append(build(child, self.buf, base + cs.kh, self.stream.data))
-        return names, arrays, ctx
+                if is_ctx:
+                    ctx.append(strip_underscore(n))
+                if child.kind in ("int", "enum"):
+                    it = child.type.int_type if isinstance(child.type, EnumType) else child.type
+                    slots.append(off + child.slot)
+                    plan.int_pos.append(pos)
+                    plan.int_u64.append(it.size == 64 and not it.signed)
+                else:
+                    plan.others.append((pos, child, off))
+        plan.int_slots = np.array(slots, dtype=np.int64)
+        plan.unique_names = _dedupe(names)
+        cc.plan = plan
+        return plan
 
 
 def clock_ns(cycles: np.ndarray, clock: Clock | None) -> np.ndarray:
@@ -585,7 +621,7 @@ class CtfTrace:
             cpu_of = cpus[ch.pkt].astype(np.int32) if len(cpus) and not (cpus < 0).all() else None
             unknown = cpu_of is not None and bool((cpu_of < 0).any())
             for ci, rows in ch.groups():
-                names, arrays, _ = ch.columns(ci, rows)
+                _, arrays, _ = ch.columns(ci, rows)
                 if cpu_of is None:
                     cpu = pa.nulls(len(rows), pa.int32())
                 else:
@@ -593,7 +629,7 @@ class CtfTrace:
                     cpu = pa.array(v, mask=v < 0 if unknown else None)
                 batch = pa.RecordBatch.from_arrays(
                     [pa.array(ch.ts[rows]), cpu, *arrays],
-                    names=["ts", "cpu", *_dedupe(names)])
+                    names=["ts", "cpu", *sf.cs.classes[ci].plan.unique_names])
                 yield sf.cs.classes[ci].cls.name, batch
             SLOT_BUFFERS.give(ch.buf)  # every column above is a copy: the next chunk decodes into it
             ch.buf = _NO_SLOTS
