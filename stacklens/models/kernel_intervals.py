@@ -28,7 +28,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2  # 2: switches the trace lacks are inferred (kernel.inferred_switches)
 WARM_MAX_ROWS = 4_000_000
 VIEW_STATES = ("running", "runnable", "blocked", "io_wait")
 
