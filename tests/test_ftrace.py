@@ -270,7 +270,8 @@ def test_switches_missing_from_the_trace_are_inferred(recording, tmp_path):
     model, orig = KernelModel(store, "here"), KernelModel(recording["store"], "here")
     assert orig.missed_switches().num_rows + len(removed) == model.missed_switches().num_rows
     hands = {(r["prev_tid"], r["next_tid"]) for r in model.missed_switches().to_pylist()}
-    assert {(switches[[s[0] for s in switches].index(i)][3], busy) for i in removed} <= hands
+    prev_of_line = {s[0]: s[3] for s in switches}
+    assert {(prev_of_line[i], busy) for i in removed} <= hands
     lo, hi = orig.span.start, orig.span.end  # the whole trace: every removal counts
     got = {r["tid"]: r["cpu_ns"] for r in model.cpu_by_thread(lo, hi).to_pylist()}[busy]
     want = {r["tid"]: r["cpu_ns"] for r in orig.cpu_by_thread(lo, hi).to_pylist()}[busy]

@@ -88,6 +88,7 @@ def missed_switches_sql(switches: str) -> str:
 
 
 INFERRED_SWITCH_COLUMNS = ("ts", "cpu", "src", "pos", "prev_tid", "next_tid", "prev_state", "prev_comm", "next_comm")
+MISSED_SWITCH_COLUMNS = ["cpu", "ts", "at", "prev_tid", "prev_comm", "next_tid", "next_comm"]  # missed_switches()
 
 
 def inferred_switches(con: duckdb.DuckDBPyConnection, missed: pa.Table, host: str, events_where: str = "TRUE") -> pa.Table:
@@ -97,18 +98,19 @@ def inferred_switches(con: duckdb.DuckDBPyConnection, missed: pa.Table, host: st
     context) is that thread. The found thread is known to be running at the next switch; the
     hidden one left no trace of running after its last event. prev_state is NULL: the hidden
     thread's state after it is unknown. Each row takes the real switch's (src, pos), so it sorts
-    right before it. Columns INFERRED_SWITCH_COLUMNS plus `at` (the real switch's ts)."""
+    right before it. Columns INFERRED_SWITCH_COLUMNS plus `at` (the real switch's ts).
+    The last event is found by an ASOF join (sorted, n log n): a range join would compare
+    every gap with every event of its thread, quadratic on a trace where most switches disagree."""
     con.register("_missed_switches", missed)
     try:
         return con.sql(f"""
-            SELECT coalesce(max(e.ts), any_value(m.since)) AS ts, m.cpu, m.src, m.pos,
-                   any_value(m.hidden_tid) AS prev_tid, any_value(m.found_tid) AS next_tid,
-                   CAST(NULL AS VARCHAR) AS prev_state, any_value(m.hidden_comm) AS prev_comm,
-                   any_value(m.found_comm) AS next_comm, m.ts AS at
-            FROM _missed_switches m LEFT JOIN (
+            SELECT greatest(m.since, coalesce(e.ts, m.since)) AS ts, m.cpu, m.src, m.pos,
+                   m.hidden_tid AS prev_tid, m.found_tid AS next_tid, CAST(NULL AS VARCHAR) AS prev_state,
+                   m.hidden_comm AS prev_comm, m.found_comm AS next_comm, m.ts AS at
+            FROM _missed_switches m ASOF LEFT JOIN (
               SELECT ts, cpu, tid FROM events WHERE host = $host AND tid IS NOT NULL AND {events_where}) e
-              ON e.cpu = m.cpu AND e.tid = m.hidden_tid AND e.ts > m.since AND e.ts < m.ts
-            GROUP BY m.cpu, m.src, m.pos, m.ts ORDER BY m.cpu, m.ts""", params={"host": host}).to_arrow_table()
+              ON e.cpu = m.cpu AND e.tid = m.hidden_tid AND m.ts > e.ts
+            ORDER BY m.cpu, m.ts""", params={"host": host}).to_arrow_table()
     finally:
         con.unregister("_missed_switches")
 
@@ -300,7 +302,7 @@ class KernelModel:
         (the inferred switch), at (the recorded switch that showed it), prev_tid / prev_comm
         (the thread that left unrecorded), next_tid / next_comm (the one found running)."""
         self._need("switches")
-        return self.inferred.select(["cpu", "ts", "at", "prev_tid", "prev_comm", "next_tid", "next_comm"])
+        return self.inferred.select(MISSED_SWITCH_COLUMNS)
 
     def running(self) -> pa.Table:
         """cpu, tid, comm, start, end: who ran on each CPU (tid 0 = idle)."""

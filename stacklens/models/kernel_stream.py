@@ -41,8 +41,8 @@ from numba import types
 from numba.typed import Dict
 
 from stacklens.errors import StacklensError
-from stacklens.models.kernel import (_ENTERED_STATE, STATES, SWITCH_ROWS_SQL, WAKEUP_ROWS_SQL, KernelModel,
-                                     inferred_switches, missed_switches_sql)
+from stacklens.models.kernel import (_ENTERED_STATE, MISSED_SWITCH_COLUMNS, STATES, SWITCH_ROWS_SQL,
+                                     WAKEUP_ROWS_SQL, KernelModel, inferred_switches, missed_switches_sql)
 
 RUNNING, RUNNABLE, BLOCKED, IO_WAIT, EXITED, UNKNOWN = range(6)
 assert STATES == ("running", "runnable", "blocked", "io_wait", "exited", "unknown")
@@ -355,7 +355,7 @@ class KernelStream(KernelModel):
     def _inferred_switches(self) -> pa.Table:
         """The switches the trace lacks, inferred as the whole model does (kernel.inferred_switches);
         one pass over the host's switches in (cpu, ts) order, done once."""
-        if getattr(self, "inferred", None) is None:
+        if self.inferred is None:
             with self._duckdb_errors("looking for switches the trace lacks"):
                 missed = self.con.sql(missed_switches_sql(f"({SWITCH_ROWS_SQL})"),
                                       params={"host": self.host}).to_arrow_table()
@@ -364,7 +364,7 @@ class KernelStream(KernelModel):
 
     def missed_switches(self) -> pa.Table:
         """As KernelModel.missed_switches, without materialising the host's switches."""
-        return self._inferred_switches().select(["cpu", "ts", "at", "prev_tid", "prev_comm", "next_tid", "next_comm"])
+        return self._inferred_switches().select(MISSED_SWITCH_COLUMNS)
 
     def _stream(self):
         """Arrow batches of the host's scheduling rows in the model's order (ts, src, pos):

@@ -168,7 +168,7 @@ class KernelWindow:
         a, b = pc.min(missed["since"]).as_py(), pc.max(missed["ts"]).as_py() + 1
         inferred = inferred_switches(self.con, missed, self.host, self._between(a, b))
         n = inferred.num_rows
-        columns = {"is_switch": pa.array([True] * n), "woken_tid": pa.nulls(n, rows.schema.field("woken_tid").type)}
+        columns = {"is_switch": pa.repeat(pa.scalar(True), n), "woken_tid": pa.nulls(n, rows.schema.field("woken_tid").type)}
         extra = pa.table({f.name: (columns[f.name] if f.name in columns else inferred[f.name].cast(f.type))
                           for f in rows.schema}, schema=rows.schema)
         return pa.concat_tables([rows, extra])

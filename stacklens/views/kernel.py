@@ -99,15 +99,14 @@ def cpu_host(store: str, host: str, start: int | None, end: int | None, by: str,
 def _missed_switches(missed: pa.Table, lo: int, hi: int) -> list[dict]:
     """Per (cpu, thread that left unrecorded): how many switches the trace lacks in [lo, hi) and
     the time they moved from that thread to the one found running (`moved_ns`)."""
-    rows: dict[tuple, dict] = {}
-    for r in missed.to_pylist():
-        if r["at"] <= lo or r["ts"] >= hi:
-            continue
-        k = (r["cpu"], r["prev_tid"])
-        d = rows.setdefault(k, {"cpu": r["cpu"], "tid": r["prev_tid"], "name": r["prev_comm"], "count": 0, "moved_ns": 0})
-        d["count"] += 1
-        d["moved_ns"] += min(r["at"], hi) - max(r["ts"], lo)
-    return [rows[k] for k in sorted(rows)]
+    import pyarrow.compute as pc
+    inside = missed.filter(pc.and_(pc.greater(missed["at"], lo), pc.less(missed["ts"], hi)))
+    moved = pc.subtract(pc.min_element_wise(inside["at"], hi), pc.max_element_wise(inside["ts"], lo))
+    grouped = inside.append_column("moved_ns", moved).group_by(["cpu", "prev_tid"], use_threads=False).aggregate(
+        [("prev_comm", "first"), ("ts", "count"), ("moved_ns", "sum")])
+    return [{"cpu": r["cpu"], "tid": r["prev_tid"], "name": r["prev_comm_first"], "count": r["ts_count"],
+             "moved_ns": r["moved_ns_sum"]}
+            for r in sorted(grouped.to_pylist(), key=lambda r: (r["cpu"], r["prev_tid"]))]
 
 
 def show_cpu(store: str, host: str | None, start: int | None, end: int | None, by: str, limit: int,

@@ -95,7 +95,8 @@ class Chunk:
     def columns(self, ci: int, rows: np.ndarray) -> tuple[list[str], list[pa.Array], list[str]]:
         """Typed columns of class `ci` for `rows`: names, arrays, and which ones are context.
         The integer columns (most of a kernel trace's) come from one gather of their slots;
-        a chunk's classes have a few hundred rows each, so per-column calls would dominate."""
+        a chunk's classes have a few hundred rows each, so per-column calls would dominate.
+        `names` and `ctx` are the class's plan's own lists: read them, do not change them."""
         cs = self.stream.cs
         cc = cs.classes[ci]
         plan = cc.plan if cc.plan is not None else ColumnPlan.of(cs, cc)
