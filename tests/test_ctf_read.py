@@ -405,6 +405,29 @@ def test_reused_slot_buffers_leave_rows_as_fresh_buffers_do(monkeypatch) -> None
     assert fresh.num_rows == 240_644 and reused.equals(fresh)
 
 
+def test_class_table_and_binary_search_find_the_same_classes(monkeypatch) -> None:
+    """Event class ids below CLASS_TABLE are looked up in a table, others by a binary search
+    over the sorted ids: with the table turned off, every row is the same."""
+    import pyarrow as pa
+    from stacklens.sources.ctf import decode as D
+    from stacklens.sources.ctf import streams as S
+    p = need_data("tracecompass", "many-threads")
+
+    def read() -> tuple[pa.Table, list[int]]:
+        S._COMPILED.clear()  # compiled again under the setting in force
+        r = CtfReader(p)
+        t = pa.concat_tables(list(r.tables())).combine_chunks()
+        return t, [len(cs.class_index) for cs in open_trace(p).compiled.values()]
+    table, sizes = read()
+    assert min(sizes) > 0
+    monkeypatch.setattr(D, "CLASS_TABLE", 0)
+    searched, sizes = read()
+    assert max(sizes) == 0
+    monkeypatch.undo()
+    S._COMPILED.clear()
+    assert table.num_rows == 240_644 and searched.equals(table)
+
+
 def test_merged_order_is_by_key_then_stream_rank() -> None:
     """The merge of per-CPU streams: rows by key, equal keys by stream rank, each stream's
     rows in their own order — against a plain sort of (key, rank, row) tuples."""

@@ -23,13 +23,14 @@ unbounded allocation or an endless loop.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numba
 import numpy as np
 import pyarrow as pa
 
-from stacklens.sources.swar import NO_REFCOUNT
+from stacklens.sources.swar import NO_REFCOUNT, load_u64
 
 from .types import (BE, ArrayType, BlobType, CtfType, EnumType, EventClass, FloatType, IntType,
                     OptionalType, SequenceType, StreamClass, StringType, StructType,
@@ -77,7 +78,11 @@ MAX_ALIGN = 1 << 32  # bits: far above any real alignment (a page is 32768), low
 #                      bit offsets (< 2^60 for any file) plus an alignment never overflow int64
 MAX_LENGTH = 1 << 48  # elements/bytes of a static array or BLOB: n * 64 bits stays < 2^63
 MAX_MIN_BITS = 1 << 52  # the smallest size of an element, saturated (only compared by division)
+CLASS_TABLE = 1 << 16  # event class ids below this are looked up in a table
 ZERO_BIT_ELEMENTS = 65536  # one array/sequence of elements that take no bits: at most this
+
+
+LITTLE_ENDIAN_HOST = sys.byteorder == "little"  # load_u64 reads in the host's order
 
 
 # --- the numba kernel ----------------------------------------------------------------
@@ -132,14 +137,15 @@ def _exec(ops, vtab, pc, base, data, P, st, buf, regs, stack):
                 return E_TRUNC
             flags = ops[pc, 3]
             b0 = P + (bit >> 3)
-            if (bit & 7) == 0 and (flags & F_BE) == 0 and size == 32:
-                # fast paths for the common byte-aligned little-endian sizes
-                u = np.uint64(data[b0]) | (np.uint64(data[b0 + 1]) << np.uint64(8)) | \
-                    (np.uint64(data[b0 + 2]) << np.uint64(16)) | (np.uint64(data[b0 + 3]) << np.uint64(24))
-            elif (bit & 7) == 0 and size == 8:
-                u = np.uint64(data[b0])
+            shift = bit & 7
+            if LITTLE_ENDIAN_HOST and (flags & F_BE) == 0 and shift + size <= 64 and b0 + 8 <= data.shape[0]:
+                # little-endian and within one 8-byte word that lies inside the file (the
+                # content check above bounds the field, not the word): one unaligned load
+                u = load_u64(data, b0) >> np.uint64(shift)
+                if size < 64:
+                    u &= (np.uint64(1) << np.uint64(size)) - np.uint64(1)
             else:
-                u = _read_bits(data, b0, bit & 7, size, flags & F_BE)
+                u = _read_bits(data, b0, shift, size, flags & F_BE)
             v = np.int64(u)
             if flags & F_SIGNED and size < 64:
                 if (u >> np.uint64(size - 1)) & np.uint64(1):
@@ -360,11 +366,12 @@ def _packet_start(ops, vtab, entry, base, data, P, st, buf, regs, stack):
 
 
 @numba.njit(**NO_REFCOUNT)
-def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, stack,
+def decode_stream(data, ops, vtab, entries, class_ids, class_index, class_k, st, buf, regs, stack,
                   ev_class, ev_ts, ev_base, ev_pkt, pkt_base, pkt_off, pkt_size, pkt_csize):
     """Decode events of one stream file from the state in `st` until it ends or a buffer is
     full. entries = [packet program, header program, stream-event-context program,
-    class programs...]; class_k = [slots of header + stream event context, slots of each
+    class programs...]; class_index[id] = the class of a small id (or -1), empty when ids are
+    not small (then a binary search over class_ids); class_k = [slots of header + stream event context, slots of each
     class]. Packet records go to buf too (their base in pkt_base). Returns (status,
     events, packets) decoded in this call; on FULL the caller flushes and calls again."""
     nev = 0
@@ -377,6 +384,7 @@ def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, s
     if st[S_ZMAX] == 0:
         st[S_ZMAX] = ZERO_BIT_ELEMENTS + 16 * n
     ci = 0
+    has_sctx = ops[entries[2], 0] != OP_END
     while True:
         if st[S_PHASE] == 0:
             # start of a packet
@@ -420,16 +428,22 @@ def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, s
         st[S_ID] = 0
         status = _exec(ops, vtab, entries[1], base, data, P, st, buf, regs, stack)
         if status == OK:
-            # class lookup by binary search over the sorted ids
             eid = st[S_ID]
-            lo = 0
-            hi = class_ids.shape[0]
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if class_ids[mid] < eid:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            if class_index.shape[0] > 0:
+                # ids of the stream class are small: a table gives the class
+                lo = class_index[eid] if 0 <= eid < class_index.shape[0] else -1
+                if lo < 0:
+                    lo = class_ids.shape[0]
+            else:
+                # binary search over the sorted ids
+                lo = 0
+                hi = class_ids.shape[0]
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if class_ids[mid] < eid:
+                        lo = mid + 1
+                    else:
+                        hi = mid
             if lo >= class_ids.shape[0] or class_ids[lo] != eid:
                 st[S_ERRV] = eid
                 status = E_EVID
@@ -439,7 +453,8 @@ def decode_stream(data, ops, vtab, entries, class_ids, class_k, st, buf, regs, s
                     status = FULL
                 else:
                     st[S_ATOP] = base + kh + class_k[ci + 1]
-                    status = _exec(ops, vtab, entries[2], base, data, P, st, buf, regs, stack)
+                    if has_sctx:
+                        status = _exec(ops, vtab, entries[2], base, data, P, st, buf, regs, stack)
                     if status == OK:
                         status = _exec(ops, vtab, entries[3 + ci], base + kh, data, P, st, buf,
                                        regs, stack)
@@ -498,6 +513,7 @@ class CompiledStream:
     classes: list[CompiledClass]
     packet_fields: dict[str, tuple[int, IntType]]  # role/name -> (slot, type) in pkt_rec
     clock: str | None
+    class_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # id -> class (small ids)
 
 
 SCOPES = {
@@ -867,7 +883,18 @@ def compile_stream(meta: TraceMetadata, sclass: StreamClass) -> CompiledStream:
     return CompiledStream(sclass, np.array(c.ops, dtype=np.int64).reshape(-1, OPW),
                           np.array(c.vtab, dtype=np.int64).reshape(-1, 4), np.array(entries, dtype=np.int64),
                           np.array(ids, dtype=np.int64), np.array(ks, dtype=np.int64), max(c.nregs, 1),
-                          pnode, max(palloc[0], 1), hnode, snode, kh, classes, pf, clock_name)
+                          pnode, max(palloc[0], 1), hnode, snode, kh, classes, pf, clock_name,
+                          _class_index(ids))
+
+
+def _class_index(ids: list[int]) -> np.ndarray:
+    """id -> class position for ids below CLASS_TABLE (a lookup instead of a binary search
+    per event); empty when an id is negative or larger."""
+    if not ids or ids[0] < 0 or ids[-1] >= CLASS_TABLE:
+        return np.zeros(0, np.int32)
+    table = np.full(ids[-1] + 1, -1, np.int32)
+    table[np.array(ids, dtype=np.int64)] = np.arange(len(ids), dtype=np.int32)
+    return table
 
 
 # --- from slots back to Arrow ------------------------------------------------------------

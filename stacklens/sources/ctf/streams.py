@@ -77,20 +77,25 @@ class Chunk:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def groups(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(class index, row positions) for each class present, rows in stream order."""
-        if len(self.cls) == 0:
-            return
+    def by_class(self) -> tuple[np.ndarray, np.ndarray]:
+        """(order, bounds): the rows sorted by class, each class's rows in stream order, and
+        where each class's run starts in `order` (with len(order) last)."""
         # class indices are small: as uint8/int16 NumPy's stable sort is a radix sort (5-8x
         # faster than on int32 here)
         top, low = int(self.cls.max()), int(self.cls.min())
         keys = self.cls if low < 0 else self.cls.astype(np.uint8) if top < 256 else \
             self.cls.astype(np.int16) if top < 32768 else self.cls
         order = np.argsort(keys, kind="stable")
-        sc = self.cls[order]
-        cuts = np.flatnonzero(np.diff(sc)) + 1
-        for rows in np.split(order, cuts):
-            yield int(self.cls[rows[0]]), rows
+        cuts = np.flatnonzero(np.diff(self.cls[order])) + 1
+        return order, np.concatenate(([0], cuts, [len(order)]))
+
+    def groups(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(class index, row positions) for each class present, rows in stream order."""
+        if len(self.cls) == 0:
+            return
+        order, bounds = self.by_class()
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            yield int(self.cls[order[a]]), order[a:b]
 
     def columns(self, ci: int, rows: np.ndarray) -> tuple[list[str], list[pa.Array], list[str]]:
         """Typed columns of class `ci` for `rows`: names, arrays, and which ones are context.
@@ -103,9 +108,12 @@ class Chunk:
         base = self.base[rows]
         arrays: list[pa.Array] = [None] * len(plan.names)  # type: ignore[list-item]
         if len(plan.int_slots):
-            gathered = self.buf[plan.int_slots[:, None] + base[None, :]]  # a copy: one row per column
+            # a copy, one row per column, made one Arrow array: the columns are slices of it
+            n = len(base)
+            gathered = pa.array(self.buf[plan.int_slots[:, None] + base[None, :]].reshape(-1))
             for j, (pos, unsigned64) in enumerate(zip(plan.int_pos, plan.int_u64)):
-                arrays[pos] = pa.array(gathered[j].view(np.uint64) if unsigned64 else gathered[j])
+                col = gathered.slice(j * n, n)
+                arrays[pos] = col.view(pa.uint64()) if unsigned64 else col
         for pos, node, off in plan.others:
             arrays[pos] = build(node, self.buf, base + off, self.stream.data)
         return plan.names, arrays, plan.ctx
@@ -410,7 +418,7 @@ class CtfTrace:
             pkt_csize = np.empty(maxpk, dtype=np.int64)
             st[D.S_ATOP] = 0
             st[D.S_CAP] = cap
-            status, nev, npk = D.decode_stream(sf.data, cs.ops, cs.vtab, cs.entries, cs.class_ids,
+            status, nev, npk = D.decode_stream(sf.data, cs.ops, cs.vtab, cs.entries, cs.class_ids, cs.class_index,
                                                cs.class_k, st, buf, regs, stack, ev_class, ev_ts,
                                                ev_base, ev_pkt, pkt_base, pkt_off, pkt_size, pkt_csize)
             self._packets(sf, buf, pkt_base[:npk], pkt_off[:npk], pkt_size[:npk], pkt_csize[:npk])
@@ -621,15 +629,23 @@ class CtfTrace:
             # each event's CPU (from its packet) once per chunk, not once per class
             cpu_of = cpus[ch.pkt].astype(np.int32) if len(cpus) and not (cpus < 0).all() else None
             unknown = cpu_of is not None and bool((cpu_of < 0).any())
-            for ci, rows in ch.groups():
+            if not len(ch):
+                SLOT_BUFFERS.give(ch.buf)
+                continue
+            # ts and cpu in class order once per chunk; each class's are slices of them
+            order, bounds = ch.by_class()
+            ts_all = pa.array(ch.ts[order])
+            if cpu_of is None:
+                cpu_all = pa.nulls(len(order), pa.int32())
+            else:
+                v = cpu_of[order]
+                cpu_all = pa.array(v, mask=v < 0 if unknown else None)
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+                rows = order[a:b]
+                ci = int(ch.cls[rows[0]])
                 _, arrays, _ = ch.columns(ci, rows)
-                if cpu_of is None:
-                    cpu = pa.nulls(len(rows), pa.int32())
-                else:
-                    v = cpu_of[rows]
-                    cpu = pa.array(v, mask=v < 0 if unknown else None)
                 batch = pa.RecordBatch.from_arrays(
-                    [pa.array(ch.ts[rows]), cpu, *arrays],
+                    [ts_all.slice(a, b - a), cpu_all.slice(a, b - a), *arrays],
                     names=["ts", "cpu", *sf.cs.classes[ci].plan.unique_names])
                 yield sf.cs.classes[ci].cls.name, batch
             SLOT_BUFFERS.give(ch.buf)  # every column above is a copy: the next chunk decodes into it
