@@ -318,7 +318,7 @@ class CtfTrace:
         stack = np.zeros(3 * (D.MAX_DEPTH + 8), dtype=np.int64)
         # the packet program starts with the trace packet header: run it until the context
         hdr_only = _header_only_ops(any_cs)
-        status = D._exec(hdr_only, any_cs.vtab, 0, 0, data, 0, st, buf, regs, stack)
+        status = D.run_program(hdr_only, any_cs.vtab, 0, 0, data, 0, st, buf, regs, stack)
         if status != D.OK:
             what = "header too large" if status == D.FULL else D.ERRORS.get(status, f"error {status}")
             raise TraceError(p, f"cannot read the first packet header ({what})")
