@@ -276,3 +276,32 @@ def test_parts_read_at_once_store_what_one_at_a_time_stores(tmp_path, monkeypatc
         out = subprocess.run([bt2, str(trace)], capture_output=True, text=True, check=True).stdout
         rows = sum(r.rows for r in par if r.format == "ctf" and Path(r.path).is_relative_to(trace))
         assert rows == out.count("\n"), trace
+
+
+def test_ctf_event_files_keep_their_dictionaries(tmp_path):
+    """The columns the store dictionary-encodes are written as dictionaries in every row group
+    of a CTF trace's event files: Parquet writes a dictionary with a repeated value (the
+    reader's layer per event class was one) as plain strings, 1.3 MB per row group for
+    `layer` on many-threads where the dictionary takes bytes."""
+    import pyarrow.parquet as pq
+    from stacklens.store.store import DICTIONARY_COLUMNS
+    trace = need_data("tracecompass", "many-threads")
+    root = tmp_path / "s"
+    res = ingest(Store(root, create=True), [trace])
+    assert [r.status for r in res] == ["ingested"] and res[0].rows == 240_644
+    files = sorted((root / "events").rglob("*.parquet"))
+    assert files
+    checked = set()
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            for c in range(rg.num_columns):
+                col = rg.column(c)
+                if col.path_in_schema in DICTIONARY_COLUMNS and col.statistics is not None \
+                        and col.statistics.null_count < rg.num_rows:
+                    assert "RLE_DICTIONARY" in col.encodings, (f.name, g, col.path_in_schema, col.encodings)
+                    checked.add(col.path_in_schema)
+    assert {"layer", "name", "cpu", "host"} <= checked
+    con = Store(root).connect()
+    assert con.execute("SELECT DISTINCT layer FROM events").fetchall() == [("kernel",)]

@@ -114,6 +114,21 @@ EVENT_FILE_OPTIONS: dict[str, Any] = {"compression": "zstd", "row_group_size": R
                                       "write_batch_size": 16384}
 
 
+def _distinct(col: pa.ChunkedArray) -> list:
+    """The distinct values of a column, in order of first appearance. A dictionary chunk
+    whose dictionary holds one value (a part's host, a trace's layer) is that value without
+    hashing its indices; unique() on dictionary chunks is per chunk, hence the dict."""
+    out: dict = {}
+    for chunk in col.chunks:
+        if not len(chunk):
+            continue
+        if pa.types.is_dictionary(chunk.type) and len(chunk.dictionary) == 1 and not chunk.null_count:
+            out.setdefault(chunk.dictionary[0].as_py(), None)
+        else:
+            out.update(dict.fromkeys(pc.unique(chunk).to_pylist()))
+    return list(out)
+
+
 def _write_parquet(table: pa.Table, path: Path, options: dict[str, Any] | None = None) -> None:
     pq.write_table(table, path, **(options or {}))
     fsync_path(path)  # in the writer's thread: overlaps with decoding the next batch
@@ -504,10 +519,8 @@ class SourceWriter:
         lo, hi = mm["min"].as_py(), mm["max"].as_py()
         self.ts_min = lo if self.ts_min is None else min(self.ts_min, lo)
         self.ts_max = hi if self.ts_max is None else max(self.ts_max, hi)
-        # (on dictionary columns unique() is per chunk's dictionary: the same value can come
-        # back once per chunk)
-        hosts = list(dict.fromkeys(pc.unique(table.column("host")).to_pylist()))
-        layers = list(dict.fromkeys(pc.unique(table.column("layer")).to_pylist()))
+        hosts = _distinct(table.column("host"))
+        layers = _distinct(table.column("layer"))
         if len(hosts) == 1 and len(layers) == 1:
             self._add((hosts[0], layers[0]), table)
             return

@@ -45,7 +45,9 @@ class JsonPlan:
     pid_slot: np.ndarray  # int64 per class: slot in the event record, -1 if none
     tid_slot: np.ndarray
     proc_slot: np.ndarray  # string slot (start, length), -1 if none
-    layers: dict = field(default_factory=dict)  # kernel trace or not → layer per class (Arrow)
+    # kernel trace or not → (layers, each class's index in them): a dictionary of distinct
+    # values, as Parquet keeps a dictionary with repeated values only by writing plain strings
+    layers: dict = field(default_factory=dict)
 
 
 class _PlanBuilder:
@@ -401,12 +403,14 @@ def chunk_rows(ch, kernel: bool, fallback) -> pa.Table:
     # name and layer as dictionaries over the stream's classes: no string per event is built,
     # compared or copied by the merge, and Parquet writes the dictionary as it is
     indices = pa.array(cls.astype(np.int32, copy=False))
-    from . import layer_of  # noqa: PLC0415 (package init defines it)
     layers = plan.layers.get(kernel)
     if layers is None:
-        layers = plan.layers[kernel] = layer_of(plan.names, kernel)
+        from . import layer_of  # noqa: PLC0415 (package init defines it)
+        per_class = layer_of(plan.names, kernel)
+        distinct = pc.unique(per_class)
+        layers = plan.layers[kernel] = (distinct, pc.index_in(per_class, distinct).to_numpy().astype(np.int32))
     out = {"ts": pa.array(ch.ts), "name": pa.DictionaryArray.from_arrays(indices, plan.names),
-           "layer": pa.DictionaryArray.from_arrays(indices, layers), "cpu": _cpu(ch)}
+           "layer": pa.DictionaryArray.from_arrays(pa.array(layers[1][cls]), layers[0]), "cpu": _cpu(ch)}
     out["pid"] = _slot_ints(ch.buf, ch.base, plan.pid_slot[cls])
     out["tid"] = _slot_ints(ch.buf, ch.base, plan.tid_slot[cls])
     ps = plan.proc_slot[cls]
