@@ -16,19 +16,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stacklens.sources.swar import NO_REFCOUNT
-from stacklens.sources.textscan import put_json_string
-
+from .compiled import kernels
 from .decode import CompiledStream, Node, _strings
+from .isa import J_END, J_IFOPT, J_IFSEL, J_INT, J_KEY, J_LIST, J_LIST_END, J_LIT, J_STR, J_TOPOPT, J_U64
 from .tsdl import strip_underscore
 
-# JSON program instructions: rows of (op, a, b, c)
-J_END, J_LIT, J_KEY, J_INT, J_U64, J_STR, J_LIST, J_LIST_END, J_IFSEL, J_IFOPT, J_TOPOPT = range(11)
 
 
 class Unsupported(Exception):
@@ -173,32 +169,6 @@ def plan_of(cs: CompiledStream) -> JsonPlan:
     return plan
 
 
-# --- the kernel ------------------------------------------------------------------------
-@numba.njit(cache=True, inline="always")
-def _put_null(out, o):
-    """`null` written at out[o:] (room made by the caller): the new offset."""
-    out[o] = 110
-    out[o + 1] = 117
-    out[o + 2] = 108
-    out[o + 3] = 108
-    return o + 4
-
-
-@numba.njit(cache=True, inline="always")
-def _put_u64(out, o, u):
-    """The decimal digits of u at out[o:] (no scratch array: one per call was a heap
-    allocation per integer field): the new offset."""
-    n = 1
-    t = u
-    while t >= np.uint64(10):
-        t = t // np.uint64(10)
-        n += 1
-    for j in range(n - 1, -1, -1):
-        out[o + j] = 48 + np.uint8(u % np.uint64(10))
-        u = u // np.uint64(10)
-    return o + n
-
-
 def _pool_array(n: int, dtype) -> np.ndarray:  # noqa: ANN001
     """An uninitialised array in Arrow's memory pool: the rows hand it to Arrow as it is, and
     the pool keeps freed memory for the next chunk where a fresh NumPy array was paid again
@@ -218,148 +188,12 @@ def json_events(ops, lits, entry, ev_class, ev_base, buf, data):  # noqa: ANN001
     stack = np.empty(3 * 64, np.int64)
     e = 0
     while True:
-        e = _write_events(ops, lits, entry, ev_class, ev_base, buf, data, out, offsets, stack, e)
+        e = kernels().write_events(ops, lits, entry, ev_class, ev_base, buf, data, out, offsets, stack, e)
         if e == n:
             return offsets, out[:offsets[n]]
         bigger = _pool_array(2 * len(out), np.uint8)
         bigger[:offsets[e]] = out[:offsets[e]]
         out = bigger
-
-
-@numba.njit(**NO_REFCOUNT)
-def _write_events(ops, lits, entry, ev_class, ev_base, buf, data, out, offsets, stack, e0):
-    """Write the JSON of events e0.. at out[offsets[e0]:], offsets[e + 1] after each; the
-    first event that does not fit is left unwritten and returned (n when all are done)."""
-    n = ev_class.shape[0]
-    o = offsets[e0]
-    for e in range(e0, n):
-        pc = entry[ev_class[e]]
-        if pc < 0:
-            offsets[e + 1] = o
-            continue
-        base = ev_base[e]
-        if o + 1 > out.shape[0]:
-            return e
-        out[o] = 123  # {
-        o += 1
-        members = 0
-        sp = 0
-        while True:
-            op = ops[pc, 0]
-            if op == J_END:
-                break
-            elif op == J_LIT:
-                m = ops[pc, 2]
-                if o + m > out.shape[0]:
-                    return e
-                s = ops[pc, 1]
-                for j in range(m):
-                    out[o + j] = lits[s + j]
-                o += m
-                pc += 1
-            elif op == J_KEY:
-                m = ops[pc, 2]
-                if o + (m + 1) > out.shape[0]:
-                    return e
-                if members:
-                    out[o] = 44  # ,
-                    o += 1
-                members += 1
-                s = ops[pc, 1]
-                for j in range(m):
-                    out[o + j] = lits[s + j]
-                o += m
-                pc += 1
-            elif op == J_INT:
-                if o + 21 > out.shape[0]:
-                    return e
-                v = buf[base + ops[pc, 1]]
-                if v < 0:
-                    out[o] = 45  # -
-                    o += 1
-                    o = _put_u64(out, o, np.uint64(0) - np.uint64(v))
-                else:
-                    o = _put_u64(out, o, np.uint64(v))
-                pc += 1
-            elif op == J_U64:
-                if o + 21 > out.shape[0]:
-                    return e
-                o = _put_u64(out, o, np.uint64(buf[base + ops[pc, 1]]))
-                pc += 1
-            elif op == J_STR:
-                s = buf[base + ops[pc, 1]]
-                m = buf[base + ops[pc, 1] + 1]
-                if o + (6 * m + 2) > out.shape[0]:
-                    return e
-                out[o] = 34
-                o += 1
-                o = put_json_string(data, s, s + m, out, o)
-                out[o] = 34
-                o += 1
-                pc += 1
-            elif op == J_LIST:
-                start = buf[base + ops[pc, 1]]
-                count = buf[base + ops[pc, 1] + 1]
-                if o + 2 > out.shape[0]:
-                    return e
-                out[o] = 91  # [
-                o += 1
-                if count <= 0:
-                    out[o] = 93  # ]
-                    o += 1
-                    pc = ops[pc, 3]
-                else:
-                    stack[sp] = pc
-                    stack[sp + 1] = count
-                    stack[sp + 2] = base
-                    sp += 3
-                    base = start
-                    pc += 1
-            elif op == J_LIST_END:
-                begin = stack[sp - 3]
-                stack[sp - 2] -= 1
-                if o + 1 > out.shape[0]:
-                    return e
-                if stack[sp - 2] > 0:
-                    out[o] = 44
-                    o += 1
-                    base += ops[begin, 2]
-                    pc = begin + 1
-                else:
-                    out[o] = 93
-                    o += 1
-                    base = stack[sp - 1]
-                    sp -= 3
-                    pc += 1
-            elif op == J_IFSEL:
-                if buf[base + ops[pc, 1]] != ops[pc, 2]:
-                    if o + 4 > out.shape[0]:
-                        return e
-                    o = _put_null(out, o)
-                    pc = ops[pc, 3]
-                else:
-                    pc += 1
-            elif op == J_IFOPT:
-                if buf[base + ops[pc, 1]] == 0:
-                    if o + 4 > out.shape[0]:
-                        return e
-                    o = _put_null(out, o)
-                    pc = ops[pc, 3]
-                else:
-                    pc += 1
-            elif op == J_TOPOPT:
-                if buf[base + ops[pc, 1]] == 0:
-                    pc = ops[pc, 3]
-                else:
-                    pc += 1
-            else:
-                break
-        if o + 1 > out.shape[0]:
-            return e
-        out[o] = 125  # }
-        o += 1
-        offsets[e + 1] = o
-    return n
 
 
 # --- rows ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """A CTF trace on disk: its stream files, their packets, decoding by chunks, the merge of
 all streams by timestamp, and lost-event (discarded) records.
 
-A stream file is memory-mapped and decoded by `decode.decode_stream` a bounded number of
+A stream file is memory-mapped and decoded by `kernels.decode_stream` a bounded number of
 events at a time; each call gives a `Chunk` (timestamps, class index, packet index and the
 slot buffer), from which typed Arrow columns are gathered per event class.
 """
@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import decode as D
+from .compiled import kernels
 from .decode import CompiledStream, build, compile_stream
 from .tsdl import MetadataError, clock_offset_ns, read_metadata_file, strip_underscore
 from .types import BE, Clock, EnumType, IntType, TraceMetadata
@@ -318,7 +319,7 @@ class CtfTrace:
         stack = np.zeros(3 * (D.MAX_DEPTH + 8), dtype=np.int64)
         # the packet program starts with the trace packet header: run it until the context
         hdr_only = _header_only_ops(any_cs)
-        status = D.run_program(hdr_only, any_cs.vtab, 0, 0, data, 0, st, buf, regs, stack)
+        status = kernels().run_program(hdr_only, any_cs.vtab, 0, 0, data, 0, st, buf, regs, stack)
         if status != D.OK:
             what = "header too large" if status == D.FULL else D.ERRORS.get(status, f"error {status}")
             raise TraceError(p, f"cannot read the first packet header ({what})")
@@ -418,7 +419,7 @@ class CtfTrace:
             pkt_csize = np.empty(maxpk, dtype=np.int64)
             st[D.S_ATOP] = 0
             st[D.S_CAP] = cap
-            status, nev, npk = D.decode_stream(sf.data, cs.ops, cs.vtab, cs.entries, cs.class_ids, cs.class_index,
+            status, nev, npk = kernels().decode_stream(sf.data, cs.ops, cs.vtab, cs.entries, cs.class_ids, cs.class_index,
                                                cs.class_k, st, buf, regs, stack, ev_class, ev_ts,
                                                ev_base, ev_pkt, pkt_base, pkt_off, pkt_size, pkt_csize)
             self._packets(sf, buf, pkt_base[:npk], pkt_off[:npk], pkt_size[:npk], pkt_csize[:npk])
