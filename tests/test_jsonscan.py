@@ -184,3 +184,17 @@ def test_text_columns_of_spans_sharing_bytes():
     assert col.to_pylist() == [None if i == 3 else '"ab' * 25 for i in range(n)]
     (cut,) = text_columns(buf, starts, ends, kinds, [[0]], cut={0: ord("b")})
     assert cut.to_pylist()[0] == '"a'
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=st.sampled_from(list('abcXYZ09 _-/"\\\x00\x01\x08\t\n\x0c\r\x1f\x7fé€😀')), max_size=60),
+       st.integers(0, 9))
+def test_json_string_content_is_what_json_dumps_writes(text, offset):
+    """put_json_string (eight bytes at a time while none needs an escape, then byte by byte),
+    at any offset into its source, writes what json.dumps writes between the quotes."""
+    from stacklens.sources.textscan import put_json_string
+    raw = text.encode()
+    src = np.frombuffer(b"#" * offset + raw + b"#" * 3, np.uint8)
+    out = np.zeros(6 * len(raw) + 16, np.uint8)
+    o = put_json_string(src, offset, offset + len(raw), out, 5)
+    assert bytes(out[5:o]) == json.dumps(text, ensure_ascii=False)[1:-1].encode()

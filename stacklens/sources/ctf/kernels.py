@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from stacklens.sources.swar import NO_REFCOUNT, load_u64
+from stacklens.sources.swar import NO_REFCOUNT, load_u64, store_u64
 from stacklens.sources.textscan import put_json_string
 
 from .isa import *  # noqa: F403 (the instruction sets, as compile-time constants)
@@ -469,19 +469,48 @@ def _put_null(out, o):
     return o + 4
 
 
+# "00" .. "99": integers are written two digits per division
+_PAIRS = np.frombuffer(b"".join(b"%02d" % i for i in range(100)), np.uint8).copy()
+_POW10 = np.array([10 ** i for i in range(20)], np.uint64)
+
+
 @numba.njit(cache=True, inline="always")
 def _put_u64(out, o, u):
     """The decimal digits of u at out[o:] (no scratch array: one per call was a heap
-    allocation per integer field): the new offset."""
+    allocation per integer field): the new offset. The length comes from comparisons, then
+    the digits from the end, two per division by 100 (half the divisions of one per digit,
+    and none to count them)."""
     n = 1
-    t = u
-    while t >= np.uint64(10):
-        t = t // np.uint64(10)
+    while n < 20 and u >= _POW10[n]:
         n += 1
-    for j in range(n - 1, -1, -1):
-        out[o + j] = 48 + np.uint8(u % np.uint64(10))
-        u = u // np.uint64(10)
+    p = o + n
+    while u >= np.uint64(100):
+        q = u // np.uint64(100)
+        r = np.int64(u - q * np.uint64(100)) * 2
+        p -= 2
+        out[p] = _PAIRS[r]
+        out[p + 1] = _PAIRS[r + 1]
+        u = q
+    if u >= np.uint64(10):
+        r = np.int64(u) * 2
+        out[p - 2] = _PAIRS[r]
+        out[p - 1] = _PAIRS[r + 1]
+    else:
+        out[p - 1] = 48 + np.uint8(u)
     return o + n
+
+
+@numba.njit(inline="always", **NO_REFCOUNT)
+def _put_lit(lits, s, m, out, o):
+    """out[o:o + m] = lits[s:s + m], eight bytes at a time where both arrays have room for
+    the last word's overshoot (bytes past o + m are written over next, or are past the end
+    of the chunk's JSON), else byte by byte."""
+    if o + m + 8 <= out.shape[0] and s + m + 8 <= lits.shape[0]:
+        for j in range(0, m, 8):
+            store_u64(out, o + j, load_u64(lits, s + j))
+    else:
+        for j in range(m):
+            out[o + j] = lits[s + j]
 
 
 @numba.njit(**NO_REFCOUNT)
@@ -510,9 +539,7 @@ def _write_events(ops, lits, entry, ev_class, ev_base, buf, data, out, offsets, 
                 m = ops[pc, 2]
                 if o + m > out.shape[0]:
                     return e
-                s = ops[pc, 1]
-                for j in range(m):
-                    out[o + j] = lits[s + j]
+                _put_lit(lits, ops[pc, 1], m, out, o)
                 o += m
                 pc += 1
             elif op == J_KEY:
@@ -523,9 +550,7 @@ def _write_events(ops, lits, entry, ev_class, ev_base, buf, data, out, offsets, 
                     out[o] = 44  # ,
                     o += 1
                 members += 1
-                s = ops[pc, 1]
-                for j in range(m):
-                    out[o + j] = lits[s + j]
+                _put_lit(lits, ops[pc, 1], m, out, o)
                 o += m
                 pc += 1
             elif op == J_INT:
