@@ -104,7 +104,8 @@ class CtfReader(Reader):
         per_stream = max(8192, min(1 << 17, MAX_ROWS // max(1, len(trace.streams))))
         # each stream's next chunk is decoded and turned into rows by a worker thread (the
         # compiled kernels release the GIL) while the merge consumes the current ones
-        pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ctf")
+        workers = min(WORKERS, self.options.threads or WORKERS)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctf")
         # and the merge (concatenation, reordering) of the next rows runs in its own thread
         # while the caller writes the current table
         merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctf-merge")

