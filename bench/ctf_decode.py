@@ -80,8 +80,10 @@ def typed_child(paths: list[Path]) -> None:
     run(paths[:1])  # warm-up: numba cache load, first metadata parse
     c0, t0 = time.process_time(), time.perf_counter()
     n = run(paths)
+    from stacklens.sources.ctf.compiled import kernels
     print(json.dumps({"events": n, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "kernels": kernels().kind}))
 
 
 def stacklens_cmd() -> list[str]:
@@ -148,8 +150,9 @@ def main() -> int:
 
     peer_key = min(("bt2_each", "bt2_all"), key=lambda k: best[k]["wall"])
     peer = best[peer_key]
+    kind = {"aot": "built ahead of time (./dev setup)", "jit": "numba's JIT (no build for these sources)"}
     print(f"ctf_decode: {n:,} events in {args.copies} distinct traces (many-threads copies), "
-          f"best of {args.rounds} alternating rounds; {loadavg()}")
+          f"best of {args.rounds} alternating rounds; {loadavg()}; CTF kernels {kind[best['typed']['kernels']]}")
     print(f"{'':44s} {'wall s':>7s} {'CPU s':>7s} {'M ev/s':>7s} {'M ev/CPU-s':>10s} {'peak MB':>8s}")
     labels = {"bt2_each": "babeltrace2 -o dummy, one process per trace",
               "bt2_all": "babeltrace2 -o dummy, all traces in one run",

@@ -10,6 +10,7 @@ and releasing the GIL (decoding runs in worker threads). ~6 s; prints where it w
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sys
 import tempfile
@@ -39,7 +40,7 @@ def build(dest: Path | None = None) -> Path:
     from numba import types
     from numba.pycc import CC
 
-    from . import kernels as K
+    K = importlib.import_module(__package__ + ".kernels")
 
     class GilFreeFlags(pycc_compiler.Flags):  # numba's AOT compiler has no nogil option
         def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003

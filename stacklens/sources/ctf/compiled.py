@@ -74,7 +74,8 @@ def jit_kernels() -> SimpleNamespace:
     """The same functions through numba's JIT (imports numba)."""
     global _jit
     if _jit is None:
-        from . import kernels as K  # noqa: PLC0415 (numba only when needed)
+        # by its full name: the package's `kernels` attribute may be this module's function
+        K = importlib.import_module(__package__ + ".kernels")  # numba only when needed
         _jit = SimpleNamespace(kind="jit", **{name: getattr(K, fn) for name, (fn, _, _) in SIGNATURES.items()})
     return _jit
 
