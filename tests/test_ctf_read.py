@@ -504,3 +504,38 @@ def test_typed_batches_equal_babeltrace2_values() -> None:
             assert before is not None and all(a[i] == "" and b[i] == before[i] for i in diff), (name, a, b)
             stale.append((name, a[0]))
     assert len(stale) <= 3, stale  # one in this trace (syscall_entry_access at 17:46:23.226574671)
+
+
+def test_readers_share_the_decode_pool_and_stop_cleanly():
+    """Traces read at once share one pool of decode workers: two readers interleaved give
+    babeltrace2's counts each, and a reader stopped after its first table leaves no task of
+    its own behind on the pool."""
+    from stacklens.sources import ctf as C
+    counts = {"many-threads": 240_644}
+    a = C.CtfReader(need_data("tracecompass", "many-threads")).tables()
+    b = C.CtfReader(need_data("tracecompass", "many-threads")).tables()
+    na = nb = 0
+    for ta, tb in zip(a, b):
+        na += ta.num_rows
+        nb += tb.num_rows
+    na += sum(t.num_rows for t in a)
+    nb += sum(t.num_rows for t in b)
+    assert na == nb == counts["many-threads"]
+    shares = []
+    orig = C.PoolShare
+
+    class Recorded(orig):
+        def __init__(self, pool):
+            super().__init__(pool)
+            shares.append(self)
+    C.PoolShare = Recorded
+    try:
+        stopped = C.CtfReader(need_data("tracecompass", "many-threads")).tables()
+        first = next(stopped)
+        assert first.num_rows > 0
+        stopped.close()
+    finally:
+        C.PoolShare = orig
+    assert len(shares) == 1 and not shares[0].futures
+    assert all(f.done() for f in shares[0].futures)
+    assert sum(t.num_rows for t in C.CtfReader(need_data("tracecompass", "many-threads")).tables()) == 240_644

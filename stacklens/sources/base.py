@@ -31,9 +31,6 @@ class ReadOptions:
     host: str | None = None  # forced host name (bundle.toml or --host)
     tz: str = "UTC"  # time zone of text timestamps without one ("UTC", "+02:00", "Europe/Paris")
     on_progress: Callable[[int], None] | None = None  # called with bytes consumed
-    # worker threads a reader may use (None: as many as it likes); ingest gives each of the
-    # parts it reads at once its share of the CPUs
-    threads: int | None = None
 
     def progress(self, nbytes: int) -> None:
         if self.on_progress is not None and nbytes:

@@ -67,16 +67,9 @@ def part_size(path: Path) -> int:
 # Parts read at once: a part's serial steps (hashing, metadata, the commit's fsyncs) and the
 # GIL-holding parts of its readers overlap with another part's compiled decoding and Parquet
 # encoding. A part bigger than BIG_PART is read alone, so peak memory stays one big part's.
-# A part read beside others gets its share of the CPUs for its reader's worker threads (one
-# each on 2 CPUs, not two: 21 distinct traces, wall 1.63 -> 1.52 s, CPU 2.46 -> 2.35 s,
-# medians of 5 alternating runs; fewer threads switching on the same cores); a part read
-# alone gets them all.
 PARTS_AT_ONCE = max(1, min(2, os.cpu_count() or 1))
 BIG_PART = 256 << 20
 
-
-def _threads_beside_others() -> int:
-    return max(1, (os.cpu_count() or 1) // PARTS_AT_ONCE)
 
 
 def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | None = None,
@@ -88,7 +81,7 @@ def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | N
     with paused_gc():  # recognising the parts imports their readers (and compiled code)
         parts = discover(paths)
 
-    def one(part: Part, size: int, threads: int | None = None) -> PartResult:
+    def one(part: Part, size: int) -> PartResult:
         if on_part:
             on_part(part, size)
         reported = 0
@@ -101,7 +94,7 @@ def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | N
                 on_progress(n)
 
         with paused_gc():  # no GC scans in the decode loop; the part's cycles freed after it
-            result = _ingest_part(store, part, host, tz, progress, threads)
+            result = _ingest_part(store, part, host, tz, progress)
         progress(size - reported)
         return result
 
@@ -116,8 +109,7 @@ def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | N
                 if size > BIG_PART or len(in_flight) >= PARTS_AT_ONCE:
                     wait(in_flight, return_when=ALL_COMPLETED if size > BIG_PART else FIRST_COMPLETED)
                 _raise_failed(futures)  # a full disk stops the ingest before the next part
-                alone = size > BIG_PART
-                futures.append(pool.submit(one, part, size, None if alone else _threads_beside_others()))
+                futures.append(pool.submit(one, part, size))
                 if size > BIG_PART:
                     wait([futures[-1]])
             results = [f.result() for f in futures]
@@ -160,7 +152,7 @@ def ingest_part(store: Store, part: Part, host: str | None = None, tz: str | Non
 
 
 def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,
-                 progress: Callable[[int], None], threads: int | None = None) -> PartResult:
+                 progress: Callable[[int], None]) -> PartResult:
     path = str(part.path)
     if part.reader is None:
         return PartResult(path, "unrecognised", message="not a recognised format")
@@ -173,7 +165,7 @@ def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,
         return PartResult(path, "rejected", fmt, message=f"cannot read: {e.strerror or e}")
     if store.has_source(src):
         return PartResult(path, "already", fmt, src=src, message="already in the store")
-    options = ReadOptions(host=host or part.host, tz=tz or part.tz, on_progress=progress, threads=threads)
+    options = ReadOptions(host=host or part.host, tz=tz or part.tz, on_progress=progress)
     reader = part.reader(part.path, options)
     writer = None
     resolved_host: str | None = None

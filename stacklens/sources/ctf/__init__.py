@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterator
 
@@ -104,8 +105,7 @@ class CtfReader(Reader):
         per_stream = max(8192, min(1 << 17, MAX_ROWS // max(1, len(trace.streams))))
         # each stream's next chunk is decoded and turned into rows by a worker thread (the
         # compiled kernels release the GIL) while the merge consumes the current ones
-        workers = min(WORKERS, self.options.threads or WORKERS)
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctf")
+        pool = PoolShare(decode_pool())
         # and the merge (concatenation, reordering) of the next rows runs in its own thread
         # while the caller writes the current table
         merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctf-merge")
@@ -115,7 +115,7 @@ class CtfReader(Reader):
             yield from prefetched(merger, self._merged(trace, iters))
         finally:
             merger.shutdown(wait=True, cancel_futures=True)
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
 
     def _merged(self, trace: CtfTrace, iters: list[Iterator[Chunk]]) -> Iterator[pa.Table]:
         pos = 0
@@ -178,6 +178,41 @@ def _take(t: pa.Table, order: pa.Array) -> pa.Table:
 
 
 WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+# One pool of decode workers for the process, shared by every trace read at once (ingest
+# reads two parts at a time): a pool per trace put twice as many decoding threads as cores
+# on the CPUs, and left the last trace with half of them while the others had finished.
+_DECODE_POOL: ThreadPoolExecutor | None = None
+_DECODE_POOL_LOCK = threading.Lock()
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    global _DECODE_POOL
+    with _DECODE_POOL_LOCK:
+        if _DECODE_POOL is None:
+            _DECODE_POOL = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ctf")
+        return _DECODE_POOL
+
+
+class PoolShare:
+    """A reader's tasks on a shared pool: `close` drops those not started and waits for the
+    running ones, as shutting down a pool of its own did (a reader stopped early)."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+        self.futures: set[Future] = set()
+
+    def submit(self, fn, *args) -> Future:  # noqa: ANN001
+        f = self.pool.submit(fn, *args)
+        self.futures.add(f)
+        f.add_done_callback(self.futures.discard)
+        return f
+
+    def close(self) -> None:
+        pending = list(self.futures)
+        for f in pending:
+            f.cancel()
+        wait(pending)
 
 
 def layer_of(names: pa.Array, kernel: bool) -> pa.Array:
