@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from .compiled import kernels
 from .decode import CompiledStream, Node, _strings
 from .isa import J_END, J_IFOPT, J_IFSEL, J_INT, J_KEY, J_LIST, J_LIST_END, J_LIT, J_STR, J_TOPOPT, J_U64
-from .tsdl import strip_underscore
+from .tsdl import LAYOUT_LOCK, strip_underscore
 
 
 
@@ -126,10 +126,19 @@ _PLANS: dict[int, tuple[CompiledStream, JsonPlan]] = {}
 
 
 def plan_of(cs: CompiledStream) -> JsonPlan:
-    """The JSON plan of a compiled stream (memoised: compiled streams are shared)."""
+    """The JSON plan of a compiled stream (memoised: compiled streams are shared; one thread
+    builds it, the others wait for it)."""
     hit = _PLANS.get(id(cs))
     if hit is not None and hit[0] is cs:
         return hit[1]
+    with LAYOUT_LOCK:
+        hit = _PLANS.get(id(cs))
+        if hit is not None and hit[0] is cs:
+            return hit[1]
+        return _build_plan(cs)
+
+
+def _build_plan(cs: CompiledStream) -> JsonPlan:
     b = _PlanBuilder()
     ncls = len(cs.classes)
     entry = np.full(ncls, -1, np.int64)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from . import decode as D
 from .compiled import kernels
 from .decode import CompiledStream, build, compile_stream
-from .tsdl import MetadataError, clock_offset_ns, read_metadata_file, strip_underscore
+from .tsdl import LAYOUT_LOCK, MetadataError, clock_offset_ns, read_metadata_file, strip_underscore
 from .types import BE, Clock, EnumType, IntType, TraceMetadata
 
 CHUNK_EVENTS = 131072  # events per decode call and stream: bounds memory per stream
@@ -260,11 +260,12 @@ class CtfTrace:
                 # compiled decoders are shared by traces with the same layout (each trace's
                 # metadata differs only in uuid, env and clocks, which decoding does not read)
                 key = (self.metadata.layout or id(self.metadata), sid)
-                if key not in _COMPILED or not (self.metadata.layout or _COMPILED[key][0] is self.metadata):
-                    if len(_COMPILED) >= 64:
-                        _COMPILED.pop(next(iter(_COMPILED)))
-                    _COMPILED[key] = (self.metadata, compile_stream(self.metadata, sc))
-                self.compiled[sid] = _COMPILED[key][1]
+                with LAYOUT_LOCK:  # one thread compiles a layout, the others take it
+                    if key not in _COMPILED or not (self.metadata.layout or _COMPILED[key][0] is self.metadata):
+                        if len(_COMPILED) >= 64:
+                            _COMPILED.pop(next(iter(_COMPILED)))
+                        _COMPILED[key] = (self.metadata, compile_stream(self.metadata, sc))
+                    self.compiled[sid] = _COMPILED[key][1]
             except MetadataError as e:
                 raise TraceError(self.path / 'metadata', f"{e}") from None
             except RecursionError:

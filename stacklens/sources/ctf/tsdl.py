@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 from pathlib import Path
 
 from lark import Lark, Token, Tree
@@ -98,10 +99,15 @@ LINE_COMMENT: /\/\/[^\n]*/
 _parser: Lark | None = None
 
 
+_parser_lock = threading.Lock()
+
+
 def parser() -> Lark:
     global _parser
     if _parser is None:
-        _parser = Lark(GRAMMAR, parser="lalr", lexer="contextual", maybe_placeholders=False, cache=True)
+        with _parser_lock:  # built once (~14 ms), not by each of the threads opening traces
+            if _parser is None:
+                _parser = Lark(GRAMMAR, parser="lalr", lexer="contextual", maybe_placeholders=False, cache=True)
     return _parser
 
 
@@ -681,8 +687,23 @@ def _parse_ctf2(raw: bytes) -> TraceMetadata:
     return parse_ctf2(raw)
 
 
+# Traces read at once (ingest reads two parts at a time) mostly share a layout: the first
+# to need it loads or parses it while the others wait for that model, where each thread did
+# the same work under the GIL (the first two parts of an ingest: ~70 ms more before either
+# decoded an event). Shared by the compiled-stream and JSON-plan caches.
+LAYOUT_LOCK = threading.RLock()
+
+
 def _cached(key: bytes, parse) -> TraceMetadata:
     """The model of layout `key`: from memory, else from the disk cache, else `parse()`."""
+    meta = _CACHE.get(key)
+    if meta is not None:
+        return meta
+    with LAYOUT_LOCK:
+        return _cached_locked(key, parse)
+
+
+def _cached_locked(key: bytes, parse) -> TraceMetadata:
     meta = _CACHE.get(key)
     if meta is not None:
         return meta
