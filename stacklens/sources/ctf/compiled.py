@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from stacklens.cachedir import cache_dir
+
 HERE = Path(__file__).resolve().parent
 # what the build is made of: a change to any of these makes its key another
 SOURCES = [HERE / "kernels.py", HERE / "isa.py", HERE / "compiled.py", HERE / "aot.py",
@@ -109,11 +111,7 @@ def module_name(key: str) -> str:
 
 
 def build_dir() -> Path | None:
-    base = os.environ.get("STACKLENS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stacklens")
-    if base in ("", "off", "none"):
-        return None
-    return Path(base) / "ctf-kernels"
+    return cache_dir("ctf-kernels")
 
 
 def build_path(key: str) -> Path | None:

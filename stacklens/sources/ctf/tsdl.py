@@ -722,12 +722,8 @@ def _cached_locked(key: bytes, parse) -> TraceMetadata:
 # second to parse, while the same kernel writes the same metadata in every session. The key
 # covers the metadata bytes and the source of the model code, so a code change invalidates it.
 def _cache_dir() -> Path | None:
-    import os
-    base = os.environ.get("STACKLENS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stacklens")
-    if base in ("", "off", "none"):
-        return None
-    return Path(base) / "ctf-metadata"
+    from stacklens.cachedir import cache_dir
+    return cache_dir("ctf-metadata")
 
 
 def _code_version() -> str:
