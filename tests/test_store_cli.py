@@ -305,3 +305,34 @@ def test_ctf_event_files_keep_their_dictionaries(tmp_path):
     assert {"layer", "name", "cpu", "host"} <= checked
     con = Store(root).connect()
     assert con.execute("SELECT DISTINCT layer FROM events").fetchall() == [("kernel",)]
+
+
+def test_ids_hashed_ahead_are_the_parts_ids(tmp_path):
+    """The command hashes the parts named on its command line in a thread while it imports
+    its modules: what a part then takes is its own content id (files, trace directories, a
+    path given twice), each computed once, and an ingest run from the
+    command line stores under those ids (a second run finds everything already there)."""
+    from stacklens.store import source_ids as S
+    trace = need_data("tracecompass", "many-threads")
+    log = need_data("openstack", "loghub", "OpenStack_2k.log")
+    computed = []
+    real = S.source_id
+
+    def counting(p):
+        computed.append(str(p))
+        return real(p)
+    S.source_id = counting
+    try:
+        pre = S.PreHashes([trace, Path(log), trace])
+        pre._thread.join(timeout=60)
+        assert pre.take(trace) == real(trace)
+        assert pre.take(trace) is None  # given twice: taken once, the second part hashes it
+        assert pre.take(Path(log)) == real(Path(log))
+    finally:
+        S.source_id = real
+    assert computed.count(str(trace)) == 1 and computed.count(str(log)) == 1
+    store = tmp_path / "s"
+    first = json.loads(cli("ingest", "-s", str(store), "--json", str(trace), str(log)).stdout)
+    assert [p["src"] for p in first["parts"]] == [real(trace), real(Path(log))]
+    again = json.loads(cli("ingest", "-s", str(store), "--json", str(trace), str(log)).stdout)
+    assert [p["status"] for p in again["parts"]] == ["already", "already"]

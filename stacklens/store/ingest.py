@@ -8,7 +8,6 @@ StoreFullError and leaves the store as it was before that part.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -19,9 +18,8 @@ from stacklens.errors import SourceError, StacklensError
 from stacklens.gcpause import paused_gc
 from stacklens.sources.base import ReadOptions
 from stacklens.sources.bundle import NotRead, Part, discover
+from stacklens.store.source_ids import part_source_id, source_id  # noqa: F401 (source_id: re-exported)
 from stacklens.store.store import Store, is_disk_full
-
-HASH_CHUNK = 1 << 20
 
 
 class StoreFullError(StacklensError):
@@ -43,19 +41,6 @@ class PartResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def source_id(path: Path) -> str:
-    """Content hash of a file, or of a directory's files (relative names and bytes)."""
-    h = hashlib.sha256()  # the fastest of hashlib's here (CPU SHA extensions)
-    files = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(HASH_CHUNK):
-                h.update(chunk)
-    return h.hexdigest()[:24]
 
 
 def part_size(path: Path) -> int:
@@ -160,7 +145,7 @@ def _ingest_part(store: Store, part: Part, host: str | None, tz: str | None,
     if issubclass(part.reader, NotRead):  # a device, FIFO or link back: never opened nor hashed
         return PartResult(path, "rejected", fmt, message=part.reader.problem)
     try:
-        src = source_id(part.path)
+        src = part_source_id(part.path)
     except OSError as e:
         return PartResult(path, "rejected", fmt, message=f"cannot read: {e.strerror or e}")
     if store.has_source(src):
