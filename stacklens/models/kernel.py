@@ -62,6 +62,13 @@ SWITCH_ROWS_SQL = """
                                                       'prev_state', 'prev_comm', 'next_comm']) AS j
                   FROM events WHERE host = $host AND name = 'sched_switch' AND cpu IS NOT NULL)"""
 
+# How the names a thread is given are ordered: by time, and names given at one instant (ftrace
+# times are microseconds: an exec and a switch can share one) as the trace gives them, by
+# the event's place in its source, a switch's outgoing thread before its incoming one. Order
+# by time alone left ties to DuckDB's window sort: a renamed thread's name at that instant
+# could come out either way.
+NAME_ORDER = "since, src, pos, side"
+
 # The sched_wakeup rows of one host (parameter $host): ts, src, pos, tid, cpu (the target CPU).
 WAKEUP_ROWS_SQL = """
               SELECT ts, src, pos, CAST(coalesce(j[1], j[2]) AS BIGINT) AS tid,
@@ -261,25 +268,29 @@ class KernelModel:
             SELECT t.tid, t.pid, t.name, coalesce(pn.name, t.name) AS process
             FROM t LEFT JOIN last_names pn ON pn.tid = t.pid""")
 
-    def _named_events_sql(self) -> str:
-        """Rows (tid, pid, name, since, how) of the events that name a thread (parameter $host)."""
-        return """
+    def _named_events_sql(self, order: bool = False) -> str:
+        """Rows (tid, pid, name, since, how) of the events that name a thread (parameter $host);
+        with `order`, also (src, pos, side) of the event, to order names given at one instant
+        as the trace gives them (see NAME_ORDER)."""
+        at = ", src, pos, 0 AS side" if order else ""
+        first = ", arg_min(src, ts), arg_min(pos, ts), 0" if order else ""
+        return f"""
               SELECT CAST(coalesce(fields->>'child_tid', fields->>'child_pid') AS BIGINT) AS tid,
                      -- ftrace's child_pid is the child's tid; LTTng's is its process id
                      CASE WHEN source = 'ftrace' THEN NULL ELSE CAST(fields->>'child_pid' AS BIGINT) END AS pid,
-                     fields->>'child_comm' AS name, ts AS since, 'fork' AS how
+                     fields->>'child_comm' AS name, ts AS since, 'fork' AS how{at}
               FROM events WHERE host = $host AND name = 'sched_process_fork'
               UNION ALL
               SELECT CAST(coalesce(fields->>'tid', fields->>'pid') AS BIGINT),
-                     CAST(fields->>'pid' AS BIGINT), fields->>'name', ts, 'statedump'
+                     CAST(fields->>'pid' AS BIGINT), fields->>'name', ts, 'statedump'{at}
               FROM events WHERE host = $host AND name = 'lttng_statedump_process_state'
               UNION ALL
               SELECT coalesce(CAST(fields->>'tid' AS BIGINT), tid), pid,
-                     regexp_extract(fields->>'filename', '[^/]*$'), ts, 'exec'
+                     regexp_extract(fields->>'filename', '[^/]*$'), ts, 'exec'{at}
               FROM events WHERE host = $host AND name = 'sched_process_exec'
               UNION ALL
               -- sources with a task context per event (ftrace: comm-tid and the tgid column)
-              SELECT tid, pid, procname, min(ts), 'event' FROM events
+              SELECT tid, pid, procname, min(ts), 'event'{first} FROM events
               WHERE host = $host AND tid IS NOT NULL AND procname IS NOT NULL GROUP BY tid, pid, procname"""
 
     def _build_name_changes(self) -> None:
@@ -288,13 +299,13 @@ class KernelModel:
         self.con.execute(f"""
             CREATE TEMP TABLE name_changes AS
             WITH named AS (
-              SELECT * FROM ({self._named_events_sql()}
-                UNION ALL SELECT next_tid, NULL, next_comm, ts, 'switch' FROM switches
-                UNION ALL SELECT prev_tid, NULL, prev_comm, ts, 'switch' FROM switches
+              SELECT * FROM ({self._named_events_sql(order=True)}
+                UNION ALL SELECT next_tid, NULL, next_comm, ts, 'switch', src, pos, 1 FROM switches
+                UNION ALL SELECT prev_tid, NULL, prev_comm, ts, 'switch', src, pos, 0 FROM switches
               ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>'))
-            SELECT tid, name, since, how FROM (
-              SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY since) AS before FROM named)
-            WHERE before IS DISTINCT FROM name ORDER BY tid, since""", {"host": self.host})
+            SELECT tid, name, since, how, row_number() OVER (ORDER BY tid, {NAME_ORDER}) AS k FROM (
+              SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY {NAME_ORDER}) AS before FROM named)
+            WHERE before IS DISTINCT FROM name""", {"host": self.host})
 
     # ---- public models -------------------------------------------------------------------
     def missed_switches(self) -> pa.Table:
@@ -323,7 +334,7 @@ class KernelModel:
     def name_changes(self) -> pa.Table:
         """tid, name, since, how: the names each thread had over time."""
         self._need("name_changes")
-        return self.con.sql("SELECT * FROM name_changes ORDER BY tid, since").to_arrow_table()
+        return self.con.sql("SELECT tid, name, since, how FROM name_changes ORDER BY k").to_arrow_table()
 
     def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
         return (self.span.start if start is None else int(start), self.span.end if end is None else int(end))

@@ -41,7 +41,7 @@ from numba import types
 from numba.typed import Dict
 
 from stacklens.errors import StacklensError
-from stacklens.models.kernel import (_ENTERED_STATE, MISSED_SWITCH_COLUMNS, STATES, SWITCH_ROWS_SQL,
+from stacklens.models.kernel import (_ENTERED_STATE, MISSED_SWITCH_COLUMNS, NAME_ORDER, STATES, SWITCH_ROWS_SQL,
                                      WAKEUP_ROWS_SQL, KernelModel, inferred_switches, missed_switches_sql)
 
 RUNNING, RUNNABLE, BLOCKED, IO_WAIT, EXITED, UNKNOWN = range(6)
@@ -319,14 +319,15 @@ class KernelStream(KernelModel):
         keep = "" if tids is None else "AND tid IN (SELECT tid FROM _name_tids)"
         return self.con.sql(f"""
             WITH named AS (
-              SELECT * FROM ({self._named_events_sql()}
-                UNION ALL SELECT x.tid, NULL, x.comm, ts, 'switch' FROM (
-                  SELECT ts, unnest([{{'tid': prev_tid, 'comm': prev_comm}}, {{'tid': next_tid, 'comm': next_comm}}]) AS x
+              SELECT * FROM ({self._named_events_sql(order=True)}
+                UNION ALL SELECT x.tid, NULL, x.comm, ts, 'switch', src, pos, x.side FROM (
+                  SELECT ts, src, pos, unnest([{{'tid': prev_tid, 'comm': prev_comm, 'side': 0}},
+                                               {{'tid': next_tid, 'comm': next_comm, 'side': 1}}]) AS x
                   FROM ({SWITCH_ROWS_SQL}))
               ) WHERE tid IS NOT NULL AND name IS NOT NULL AND name NOT IN ('<...>', '<idle>') {keep})
             SELECT tid, name, since, how FROM (
-              SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY since) AS before FROM named)
-            WHERE before IS DISTINCT FROM name ORDER BY tid, since""", params={"host": self.host}).to_arrow_table()
+              SELECT *, lag(name) OVER (PARTITION BY tid ORDER BY {NAME_ORDER}) AS before FROM named)
+            WHERE before IS DISTINCT FROM name ORDER BY tid, {NAME_ORDER}""", params={"host": self.host}).to_arrow_table()
 
     # ---- the ordered stream ----------------------------------------------------------------
     def _first_switches(self, src_no: dict[str, int]) -> pa.Table:
