@@ -393,8 +393,11 @@ def run(seed: int, start: int, end: int, workdir: Path, timeout: float = 20.0, d
     res = Run()
     t0 = time.monotonic()
     nxt = start
-    env = dict(os.environ, STACKLENS_CACHE="off", PYTHONPATH=os.pathsep.join(
-        [str(CODE), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    # no metadata cache (mutated metadata would fill it), but the kernels ingest runs: the
+    # ones built ahead of time when this machine has them
+    from stacklens.sources.ctf.compiled import build_dir
+    env = dict(os.environ, STACKLENS_CACHE="off", STACKLENS_KERNELS_DIR=str(build_dir() or ""),
+               PYTHONPATH=os.pathsep.join([str(CODE), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     while nxt < end:
         journal.write_text("")
         code = ("import sys, resource; from pathlib import Path; import ctf_fuzzing as F; "

@@ -39,7 +39,9 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _stacklens(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="1000", NO_COLOR="1", STACKLENS_CACHE="off")
+    from stacklens.sources.ctf.compiled import build_dir
+    env = dict(os.environ, COLUMNS="1000", NO_COLOR="1", STACKLENS_CACHE="off",
+               STACKLENS_KERNELS_DIR=str(build_dir() or ""))  # the kernels ingest runs
     return subprocess.run([sys.executable, "-c", "from stacklens.cli import main; main()", *args],
                           capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 

@@ -56,7 +56,6 @@ PARTS_AT_ONCE = max(1, min(2, os.cpu_count() or 1))
 BIG_PART = 256 << 20
 
 
-
 def ingest(store: Store, paths: list[Path], host: str | None = None, tz: str | None = None,
            on_part: Callable[[Part, int], None] | None = None,
            on_progress: Callable[[int], None] | None = None) -> list[PartResult]:

@@ -50,14 +50,16 @@ class PreHashes:
                 if key in self._claimed or key in self._ids:
                     continue
                 self._current = key
+            found: str | None = None
             try:
-                found: str | None = source_id(Path(key))
-            except OSError:  # the part's own hashing reports it
-                found = None
-            with self._cond:
-                self._ids[key] = found
-                self._current = None
-                self._cond.notify_all()
+                found = source_id(Path(key))
+            except Exception:  # noqa: BLE001 - the part's own hashing meets it again and reports it
+                pass
+            finally:  # whatever happened, a part waiting for this one is let go
+                with self._cond:
+                    self._ids[key] = found
+                    self._current = None
+                    self._cond.notify_all()
 
     def take(self, path: Path) -> str | None:
         key = _key(path)

@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from . import compiled
@@ -68,6 +69,13 @@ def build(dest: Path | None = None) -> Path:
             part = target.with_name(target.name + f".{os.getpid()}.part")
             part.write_bytes(content)
             os.replace(part, target)
+    # what a build killed while writing left behind (a .part an hour old is nobody's)
+    for p in dest.parent.glob("*.part"):
+        try:
+            if time.time() - p.stat().st_mtime > 3600:
+                p.unlink()
+        except OSError:
+            pass
     # builds for earlier sources: the newest few kept (other checkouts may share the cache)
     older = sorted((p for p in dest.parent.glob("ctf_kernels_*") if not p.name.startswith(name)
                     and not p.name.endswith((".sha256", ".part"))), key=lambda p: p.stat().st_mtime)

@@ -111,7 +111,10 @@ def module_name(key: str) -> str:
 
 
 def build_dir() -> Path | None:
-    return cache_dir("ctf-kernels")
+    """Where builds are kept: $STACKLENS_KERNELS_DIR, else the stacklens cache's
+    `ctf-kernels` (a process may keep no metadata cache and still run the built kernels)."""
+    explicit = os.environ.get("STACKLENS_KERNELS_DIR")
+    return Path(explicit) if explicit else cache_dir("ctf-kernels")
 
 
 def build_path(key: str) -> Path | None:
